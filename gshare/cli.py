@@ -1,0 +1,479 @@
+"""The command line: `gsub` submits jobs, `gshare` does the rest."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+from gshare import __version__
+from gshare.address import AddressError
+from gshare.api import gshare_pb2 as pb
+from gshare.client import Client, ClientError
+from gshare.jobscript import JobScript, ScriptError, read_script, wrap
+from gshare.timefmt import TimeFormatError, format_duration, parse_duration
+
+INT32_MAX = 2**31 - 1
+LIVE = ("PENDING", "HELD", "STARTING", "RUNNING", "PREEMPTING", "LOST", "HANDED_OFF", "RUNNING_REMOTE")
+STATE_NAMES = [n for n in pb.JobState.keys() if n != "JOB_STATE_UNSPECIFIED"]
+
+
+class UsageError(Exception):
+    """Bad input on the command line or in a #GSUB line (exit 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Raises instead of exiting, so #GSUB lines can report their line number."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def fail(prog: str, message: str, code: int = 1) -> int:
+    print(f"{prog}: {message}", file=sys.stderr)
+    return code
+
+
+# ---------------------------------------------------------------- gsub
+
+def _memory_mb(text: str) -> int:
+    match = re.fullmatch(r"(\d+)\s*([kKmMgGtT]?)[bB]?", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"bad memory size {text!r} (use e.g. 16G, 512M, 32000)")
+    value, unit = int(match.group(1)), match.group(2).upper()
+    scale = {"": 1, "K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}[unit]
+    return max(1, int(value * scale)) if value else 0
+
+
+def _duration(text: str) -> int:
+    try:
+        return parse_duration(text)
+    except TimeFormatError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _gpus(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--gpus needs a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--gpus must be at least 1, not {value}")
+    if value > INT32_MAX:
+        raise argparse.ArgumentTypeError(f"--gpus {value} is far more than any node has")
+    return value
+
+
+def _int32(name: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} needs a whole number, not {text!r}") from None
+        if abs(value) > INT32_MAX:
+            raise argparse.ArgumentTypeError(f"{name} {value} is out of range")
+        return value
+
+    return parse
+
+
+def _env(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+        raise argparse.ArgumentTypeError(f"--env needs KEY=VALUE, not {text!r}")
+    return key, value
+
+
+def _job_options(p: argparse.ArgumentParser) -> None:
+    """Options valid both on the command line and on #GSUB lines. Defaults are None so the
+    command line can be told apart from what it did not say."""
+    p.add_argument("-g", "--gpus", type=_gpus, help="GPUs, all on one node (default 1)")
+    p.add_argument("-J", "--name", help="job name (default: the script's name)")
+    p.add_argument("-q", "--queue", help="queue (default: the scheduler's default queue)")
+    p.add_argument("--priority", type=_int32("--priority"),
+                   help="priority; users may lower their own jobs (negative), admins raise")
+    p.add_argument("-t", "--time", type=_duration,
+                   help="time limit: 30m, 2h, 1d, 1:30:00 or minutes (default: the queue's)")
+    p.add_argument("-c", "--cpus", type=_int32("--cpus"), help="CPU cores the job needs")
+    p.add_argument("--mem", type=_memory_mb, help="host memory the job needs, e.g. 32G")
+    p.add_argument("-D", "--workdir", help="working directory (default: the current one)")
+    p.add_argument("--env", type=_env, action="append", metavar="KEY=VALUE",
+                   help="set a variable in the job's environment (repeatable)")
+    p.add_argument("-o", "--output", help="log file for stdout and stderr, %%j is the job id "
+                   "(default: gshare-%%j.out in the working directory)")
+
+
+def gsub_parser() -> _Parser:
+    p = _Parser(
+        prog="gsub",
+        description="Submit a job to gshare. Options may also be given as '#GSUB --option' "
+        "lines at the top of the script; the command line wins.",
+        epilog="Arguments after the script go to it; put script arguments that start with '-' "
+        "after '--'.  Example: gsub train.sh --gpus 2 -- --lr 0.1",
+    )
+    p.add_argument("script", nargs="?", help="the job script (must start with #!)")
+    p.add_argument("args", nargs="*", help="arguments for the script")
+    p.add_argument("--wrap", metavar="COMMAND", help="submit COMMAND as a /bin/sh script instead of a file")
+    p.add_argument("--json", action="store_true", help='print {"job_id": N}')
+    p.add_argument("--address", help="scheduler: unix:PATH or HOST:PORT (default: $GSHARE_ADDRESS)")
+    p.add_argument("--version", action="version", version=f"gsub {__version__}")
+    _job_options(p)
+    return p
+
+
+def directive_options(script: JobScript) -> dict[str, Any]:
+    parser = _Parser(prog="#GSUB", add_help=False)
+    _job_options(parser)
+    merged: dict[str, Any] = {}
+    for number, words in script.directives:
+        try:
+            ns, extra = parser.parse_known_args(words)
+        except UsageError as exc:
+            raise UsageError(f"{script.path}:{number}: #GSUB {' '.join(words)}: {exc}") from None
+        if extra:
+            raise UsageError(f"{script.path}:{number}: #GSUB: unknown option {' '.join(extra)}")
+        for key, value in vars(ns).items():
+            if value is None:
+                continue
+            if key == "env":
+                merged.setdefault("env", []).extend(value)
+            else:
+                merged[key] = value
+    return merged
+
+
+def build_spec(args: argparse.Namespace, environ: dict[str, str]) -> pb.JobSpec:
+    if args.wrap and args.script:
+        raise UsageError("give either a script or --wrap, not both")
+    if args.wrap:
+        content, name, from_script = wrap(args.wrap), "wrap", {}
+    elif args.script:
+        script = read_script(Path(args.script))
+        content, name = script.content, Path(args.script).name
+        from_script = directive_options(script)
+    else:
+        raise UsageError("no job script given (gsub SCRIPT [ARGS...] --gpus N, or --wrap COMMAND)")
+    options = dict(from_script)
+    for key, value in vars(args).items():
+        if value is None:
+            continue
+        if key == "env":
+            options["env"] = options.get("env", []) + value
+        else:
+            options[key] = value
+    env = dict(environ)
+    env.update(dict(options.get("env", [])))
+    workdir = os.path.abspath(options.get("workdir") or os.getcwd())
+    return pb.JobSpec(
+        name=options.get("name") or name,
+        queue=options.get("queue") or "",
+        gpus=options.get("gpus") or 1,
+        priority=options.get("priority") or 0,
+        time_limit_s=options.get("time") or 0,
+        cpus=options.get("cpus") or 0,
+        mem_mb=options.get("mem") or 0,
+        workdir=workdir,
+        env=env,
+        output=options.get("output") or "",
+        script=content,
+        args=list(args.args),
+        script_name=name,
+    )
+
+
+def gsub_main(argv: Sequence[str] | None = None) -> int:
+    parser = gsub_parser()
+    try:
+        args = parser.parse_intermixed_args(argv)
+        spec = build_spec(args, dict(os.environ))
+    except (UsageError, ScriptError) as exc:
+        return fail("gsub", str(exc), 2)
+    try:
+        with Client(args.address) as client:
+            job_id = client.submit(spec)
+    except (ClientError, AddressError) as exc:
+        return fail("gsub", str(exc))
+    print(json.dumps({"job_id": job_id}) if args.json else job_id)
+    return 0
+
+
+# ---------------------------------------------------------------- gshare
+
+def _state(job: pb.Job) -> str:
+    return pb.JobState.Name(job.state)
+
+
+def _when(t: float) -> str:
+    return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") if t else "-"
+
+
+def _runtime(job: pb.Job, now: float) -> str:
+    if not job.start_time:
+        return "-"
+    return format_duration((job.end_time or now) - job.start_time)
+
+
+def job_json(job: pb.Job) -> dict[str, Any]:
+    return {
+        "job_id": job.job_id,
+        "name": job.spec.name,
+        "user": job.user,
+        "queue": job.spec.queue,
+        "state": _state(job),
+        "priority": job.spec.priority,
+        "gpus_requested": job.spec.gpus,
+        "gpus": [{"node": g.node, "index": g.index, "uuid": g.uuid} for g in job.gpus],
+        "node": job.node or None,
+        "time_limit_s": job.spec.time_limit_s or None,
+        "submit_time": job.submit_time,
+        "start_time": job.start_time or None,
+        "end_time": job.end_time or None,
+        "exit_code": job.exit_code if job.has_exit else None,
+        "exit_signal": job.exit_signal or None,
+        "restarts": job.restarts,
+        "reason": job.reason,
+        "workdir": job.spec.workdir,
+        "output": job.output_path,
+        "script": job.spec.script_name,
+        "args": list(job.spec.args),
+        "events": [
+            {"time": e.time, "kind": e.kind, "from": e.from_state, "to": e.to_state,
+             "actor": e.actor, "reason": e.reason}
+            for e in job.events
+        ],
+    }
+
+
+def table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def _short(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def cmd_queue(client: Client, args: argparse.Namespace) -> int:
+    users = list(args.user or [])
+    if args.me:
+        users.append(os.environ.get("USER") or str(os.getuid()))
+    states = []
+    for s in args.state or []:
+        name = s.upper()
+        if name not in STATE_NAMES:
+            raise UsageError(f"unknown state {s!r} (states: {', '.join(STATE_NAMES)})")
+        states.append(pb.JobState.Value(name))
+    jobs = client.jobs(users, states, args.queue or [], include_finished=args.all)
+    if args.json:
+        print(json.dumps([job_json(j) for j in jobs], indent=2))
+        return 0
+    now = time.time()
+    rows = [
+        [
+            str(j.job_id), _short(j.spec.name, 20), j.user, j.spec.queue, _state(j),
+            str(j.spec.gpus), j.node or "-", _runtime(j, now),
+            _short(j.reason or ("" if j.state != pb.PENDING else "waiting for a cycle")),
+        ]
+        for j in jobs
+    ]
+    print(table(rows, ["JOBID", "NAME", "USER", "QUEUE", "STATE", "GPUS", "NODE", "TIME", "REASON"]))
+    return 0
+
+
+def cmd_show(client: Client, args: argparse.Namespace) -> int:
+    job = client.job(args.job)
+    if args.json:
+        print(json.dumps(job_json(job), indent=2))
+        return 0
+    d = job_json(job)
+    gpus = ", ".join(f"{g['node']}:{g['index']}" for g in d["gpus"]) or "-"
+    fields = [
+        ("Job", f"{job.job_id} ({job.spec.name})"),
+        ("State", d["state"] + (f" - {job.reason}" if job.reason else "")),
+        ("User", f"{job.user} (uid {job.uid})"),
+        ("Queue", job.spec.queue),
+        ("Priority", str(job.spec.priority)),
+        ("GPUs", f"{job.spec.gpus} requested; assigned {gpus}"),
+        ("Time limit", format_duration(job.spec.time_limit_s) if job.spec.time_limit_s else "none"),
+        ("Submitted", _when(job.submit_time)),
+        ("Started", _when(job.start_time)),
+        ("Ended", _when(job.end_time)),
+        ("Run time", _runtime(job, time.time())),
+        ("Exit", (f"code {job.exit_code}" + (f", signal {job.exit_signal}" if job.exit_signal else ""))
+         if job.has_exit else "-"),
+        ("Restarts", str(job.restarts)),
+        ("Script", f"{job.spec.script_name} {' '.join(job.spec.args)}".strip()),
+        ("Workdir", job.spec.workdir),
+        ("Output", job.output_path),
+    ]
+    width = max(len(k) for k, _ in fields)
+    for key, value in fields:
+        print(f"{key.rjust(width)}: {value}")
+    print("\nEvents:")
+    for e in job.events:
+        move = f"{e.from_state or '-'} -> {e.to_state}"
+        print(f"  {_when(e.time)}  {e.kind:<16} {move:<24} {e.actor}{': ' + e.reason if e.reason else ''}")
+    return 0
+
+
+def _each(client: Client, ids: list[int], action: Callable[[int], pb.Job], verb: str) -> int:
+    status = 0
+    for job_id in ids:
+        try:
+            job = action(job_id)
+            print(f"job {job_id}: {verb} ({_state(job)})")
+        except ClientError as exc:
+            print(f"gshare: job {job_id}: {exc}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
+    return _each(client, args.jobs, client.cancel, "cancel requested")
+
+
+def cmd_hold(client: Client, args: argparse.Namespace) -> int:
+    return _each(client, args.jobs, client.hold, "held")
+
+
+def cmd_release(client: Client, args: argparse.Namespace) -> int:
+    return _each(client, args.jobs, client.release, "released")
+
+
+def cmd_nodes(client: Client, args: argparse.Namespace) -> int:
+    nodes = client.nodes()
+    if args.json:
+        print(json.dumps([
+            {
+                "name": n.name,
+                "state": pb.NodeState.Name(n.state).removeprefix("NODE_"),
+                "reason": n.reason,
+                "gpu_backend": n.gpu_backend,
+                "gpus": [
+                    {"index": g.index, "uuid": g.uuid, "model": g.model, "memory_mb": g.memory_mb,
+                     "nvlink_peers": list(g.nvlink_peers), "busy": g.index in n.busy_gpus}
+                    for g in n.gpus
+                ],
+                "cpus": n.cpus,
+                "mem_mb": n.mem_mb,
+            }
+            for n in nodes
+        ], indent=2))
+        return 0
+    rows = []
+    for n in nodes:
+        models = sorted({g.model for g in n.gpus})
+        rows.append([
+            n.name, pb.NodeState.Name(n.state).removeprefix("NODE_"),
+            f"{len(n.busy_gpus)}/{len(n.gpus)}", ", ".join(models) or "-",
+            n.gpu_backend or "-", str(n.cpus), f"{n.mem_mb // 1024}G", _short(n.reason, 40),
+        ])
+    print(table(rows, ["NODE", "STATE", "GPUS(USED/ALL)", "MODEL", "BACKEND", "CPUS", "MEM", "REASON"]))
+    return 0
+
+
+def cmd_logs(client: Client, args: argparse.Namespace) -> int:
+    job = client.job(args.job)
+    path = Path(job.output_path)
+    deadline = time.monotonic() + 10
+    while not path.exists():
+        if not args.follow or _state(job) not in LIVE or time.monotonic() > deadline and job.start_time:
+            raise ClientError(f"no log yet at {path} (job {job.job_id} is {_state(job)})")
+        time.sleep(0.5)
+        job = client.job(args.job)
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(65536)
+            if chunk:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+                continue
+            if not args.follow:
+                return 0
+            if _state(client.job(args.job)) not in LIVE:
+                rest = f.read()
+                sys.stdout.buffer.write(rest)
+                sys.stdout.flush()
+                return 0
+            time.sleep(0.5)
+
+
+def gshare_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gshare",
+        description="gshare: a fair GPU cluster-sharing scheduler. Submit jobs with gsub.",
+    )
+    p.add_argument("--address", help="scheduler: unix:PATH or HOST:PORT (default: $GSHARE_ADDRESS, "
+                   "else the local socket)")
+    p.add_argument("--version", action="version", version=f"gshare {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    q = sub.add_parser("queue", help="list pending and running jobs", description="List jobs, "
+                       "like squeue. Live jobs by default; --all adds ended ones.")
+    q.add_argument("-u", "--user", action="append", help="only this user's jobs (repeatable)")
+    q.add_argument("--me", action="store_true", help="only my jobs")
+    q.add_argument("-s", "--state", action="append", help="only jobs in this state (repeatable)")
+    q.add_argument("-q", "--queue", action="append", help="only jobs in this queue (repeatable)")
+    q.add_argument("-a", "--all", action="store_true", help="include ended jobs")
+    q.add_argument("--json", action="store_true", help="JSON list")
+    q.set_defaults(func=cmd_queue)
+
+    s = sub.add_parser("show", help="one job in detail, with its events")
+    s.add_argument("job", type=int)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_show)
+
+    for name, func, text in (
+        ("cancel", cmd_cancel, "cancel jobs (a running job is stopped: SIGTERM, grace, SIGKILL)"),
+        ("hold", cmd_hold, "keep pending jobs from starting"),
+        ("release", cmd_release, "let held jobs start again"),
+    ):
+        c = sub.add_parser(name, help=text, description=text)
+        c.add_argument("jobs", type=int, nargs="+", metavar="JOB")
+        c.set_defaults(func=func)
+
+    n = sub.add_parser("nodes", help="nodes and their GPUs")
+    n.add_argument("--json", action="store_true")
+    n.set_defaults(func=cmd_nodes)
+
+    lg = sub.add_parser("logs", help="print a job's output", description="Print a job's output "
+                        "file (read where the job writes it: on this machine or a shared file system).")
+    lg.add_argument("job", type=int)
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+    lg.set_defaults(func=cmd_logs)
+
+    from gshare.up import add_up_parser
+
+    add_up_parser(sub)
+    return p
+
+
+def gshare_main(argv: Sequence[str] | None = None) -> int:
+    parser = gshare_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    if args.command == "up":
+        return int(args.func(args))
+    try:
+        with Client(args.address) as client:
+            return int(args.func(client, args))
+    except UsageError as exc:
+        return fail("gshare", str(exc), 2)
+    except (ClientError, AddressError) as exc:
+        return fail("gshare", str(exc))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0

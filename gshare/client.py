@@ -1,0 +1,94 @@
+"""A blocking client for the scheduler's ClientService (what the CLI uses)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+import grpc
+
+from gshare.address import resolve
+from gshare.api import gshare_pb2 as pb
+from gshare.api import gshare_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+
+
+class ClientError(Exception):
+    """A request the scheduler refused or could not serve; str() is the reason."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Client:
+    def __init__(self, address: str | None = None, timeout: float = 30.0) -> None:
+        self.target = resolve(address)
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(self.target)
+        self._stub = pb_grpc.ClientServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: grpc.UnaryUnaryMultiCallable[object, T], request: object) -> T:
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+
+    def _error(self, exc: grpc.RpcError) -> ClientError:
+        code = exc.code() if isinstance(exc, grpc.Call) else None
+        details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return ClientError(
+                f"cannot reach the scheduler at {self.target} ({details}); "
+                "is it running? (start one with `gshare up`, or set GSHARE_ADDRESS)",
+                code,
+            )
+        return ClientError(details or str(code), code)
+
+    def submit(self, spec: pb.JobSpec) -> int:
+        return self._call(self._stub.SubmitJob, pb.SubmitJobRequest(spec=spec)).job_id
+
+    def job(self, job_id: int) -> pb.Job:
+        return self._call(self._stub.GetJob, pb.GetJobRequest(job_id=job_id))
+
+    def jobs(
+        self,
+        users: Iterable[str] = (),
+        states: Iterable[int] = (),
+        queues: Iterable[str] = (),
+        include_finished: bool = False,
+        limit: int = 0,
+    ) -> list[pb.Job]:
+        request = pb.ListJobsRequest(
+            users=list(users), states=list(states), queues=list(queues),
+            include_finished=include_finished, limit=limit,
+        )
+        return list(self._call(self._stub.ListJobs, request).jobs)
+
+    def cancel(self, job_id: int) -> pb.Job:
+        return self._call(self._stub.CancelJob, pb.JobIdRequest(job_id=job_id)).job
+
+    def hold(self, job_id: int) -> pb.Job:
+        return self._call(self._stub.HoldJob, pb.JobIdRequest(job_id=job_id)).job
+
+    def release(self, job_id: int) -> pb.Job:
+        return self._call(self._stub.ReleaseJob, pb.JobIdRequest(job_id=job_id)).job
+
+    def nodes(self) -> list[pb.Node]:
+        return list(self._call(self._stub.ListNodes, pb.ListNodesRequest()).nodes)
+
+    def watch(self, initial: bool = True) -> Iterator[pb.ClusterChange]:
+        try:
+            yield from self._stub.WatchCluster(pb.WatchClusterRequest(initial=initial))
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None

@@ -1,0 +1,177 @@
+"""gshare.toml: one file for the scheduler, the agents and the clients, validated at load.
+
+    [scheduler]
+    policy = "priority"          # scheduling policy by name
+    admins = ["alice"]           # may cancel, hold and prioritise anyone's jobs
+    node_lease_s = 60            # an agent silent this long is down, its jobs lost
+    max_script_bytes = 1048576
+
+    [server]
+    socket = "/run/gshare/gshare.sock"
+    tcp = "0.0.0.0:7710"          # optional: agents and clients on other hosts
+
+    [store]
+    url = "sqlite:////var/lib/gshare/gshare.db"   # any SQLAlchemy URL
+    sqlite_synchronous = "FULL"
+
+    [queues.default]
+    default_time_limit = "1d"    # 0 or absent: unlimited
+    max_time_limit = "7d"
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gshare.timefmt import TimeFormatError, parse_duration
+
+SYSTEM_CONFIG = Path("/etc/gshare/gshare.toml")
+SYSTEM_SOCKET = Path("/run/gshare/gshare.sock")
+
+
+class ConfigError(ValueError):
+    """The configuration file is unreadable or holds a bad value."""
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    name: str
+    default_time_limit_s: int = 0
+    max_time_limit_s: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    policy: str = "priority"
+    policy_params: dict[str, Any] = field(default_factory=dict)
+    admins: tuple[str, ...] = ()
+    node_lease_s: float = 60.0
+    heartbeat_s: float = 5.0
+    kill_grace_s: float = 10.0
+    max_script_bytes: int = 1 << 20
+    socket: str = ""
+    tcp: str = ""
+    store_url: str = ""
+    sqlite_synchronous: str = "FULL"
+    queues: dict[str, QueueConfig] = field(
+        default_factory=lambda: {"default": QueueConfig("default")}
+    )
+    default_queue: str = "default"
+    source: str = "(built-in defaults)"
+
+
+def default_state_dir() -> Path:
+    """Where a user's own `gshare up` keeps its state (XDG), or /var/lib/gshare for root."""
+    if os.geteuid() == 0 and not os.environ.get("XDG_STATE_HOME"):
+        return Path("/var/lib/gshare")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "gshare"
+
+
+def _section(data: dict[str, Any], name: str, where: str) -> dict[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: [{name}] must be a table")
+    return value
+
+
+def _typed(table: dict[str, Any], key: str, kind: type, where: str, default: Any) -> Any:
+    if key not in table:
+        return default
+    value = table[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: {key} must be a {kind.__name__}, not {value!r}")
+    return value
+
+
+def _duration(table: dict[str, Any], key: str, where: str) -> int:
+    if key not in table:
+        return 0
+    value = table[key]
+    try:
+        seconds = value if isinstance(value, int) else parse_duration(str(value))
+    except TimeFormatError as exc:
+        raise ConfigError(f"{where}: {key}: {exc}") from exc
+    if seconds < 0:
+        raise ConfigError(f"{where}: {key} must not be negative")
+    return int(seconds)
+
+
+def parse_config(data: dict[str, Any], source: str) -> Config:
+    known = {"scheduler", "server", "store", "queues", "agent"}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{source}: unknown section [{key}] (known: {', '.join(sorted(known))})")
+    sched = _section(data, "scheduler", source)
+    server = _section(data, "server", source)
+    store = _section(data, "store", source)
+    where = f"{source} [scheduler]"
+    admins = _typed(sched, "admins", list, where, [])
+    if not all(isinstance(a, str) for a in admins):
+        raise ConfigError(f"{where}: admins must be a list of user names")
+    lease = _typed(sched, "node_lease_s", float, where, 60.0)
+    heartbeat = _typed(sched, "heartbeat_s", float, where, 5.0)
+    if heartbeat <= 0 or lease <= heartbeat:
+        raise ConfigError(f"{where}: need 0 < heartbeat_s < node_lease_s")
+    grace = _typed(sched, "kill_grace_s", float, where, 10.0)
+    if grace < 0:
+        raise ConfigError(f"{where}: kill_grace_s must not be negative")
+    max_script = _typed(sched, "max_script_bytes", int, where, 1 << 20)
+    if max_script <= 0:
+        raise ConfigError(f"{where}: max_script_bytes must be positive")
+    sync = _typed(store, "sqlite_synchronous", str, f"{source} [store]", "FULL").upper()
+    if sync not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        raise ConfigError(f"{source} [store]: sqlite_synchronous must be NORMAL, FULL or EXTRA")
+    queues: dict[str, QueueConfig] = {}
+    for name, table in _section(data, "queues", source).items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: [queues.{name}] must be a table")
+        qwhere = f"{source} [queues.{name}]"
+        queues[name] = QueueConfig(
+            name,
+            _duration(table, "default_time_limit", qwhere),
+            _duration(table, "max_time_limit", qwhere),
+        )
+    if not queues:
+        queues = {"default": QueueConfig("default")}
+    default_queue = _typed(sched, "default_queue", str, where, next(iter(queues)))
+    if default_queue not in queues:
+        raise ConfigError(f"{where}: default_queue {default_queue!r} is not a configured queue")
+    params = _typed(sched, "policy_params", dict, where, {})
+    return Config(
+        policy=_typed(sched, "policy", str, where, "priority"),
+        policy_params=params,
+        admins=tuple(admins),
+        node_lease_s=lease,
+        heartbeat_s=heartbeat,
+        kill_grace_s=grace,
+        max_script_bytes=max_script,
+        socket=_typed(server, "socket", str, f"{source} [server]", ""),
+        tcp=_typed(server, "tcp", str, f"{source} [server]", ""),
+        store_url=_typed(store, "url", str, f"{source} [store]", ""),
+        sqlite_synchronous=sync,
+        queues=queues,
+        default_queue=default_queue,
+        source=source,
+    )
+
+
+def load_config(path: Path | None) -> Config:
+    """Load `path`, or /etc/gshare/gshare.toml when it exists, or the built-in defaults."""
+    if path is None:
+        if not SYSTEM_CONFIG.exists():
+            return Config()
+        path = SYSTEM_CONFIG
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse_config(data, str(path))

@@ -1,0 +1,159 @@
+"""`gshare up`: a scheduler and K local agents in the foreground, on one machine."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gshare.api import gshare_pb2 as pb
+from gshare.client import Client, ClientError
+from gshare.config import default_state_dir
+
+
+def nvml_available() -> bool:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        pynvml.nvmlShutdown()
+        return True
+    except Exception:
+        return False
+
+
+def add_up_parser(sub: Any) -> None:
+    up = sub.add_parser(
+        "up",
+        help="run a scheduler and local agents in the foreground",
+        description="Run a whole gshare cluster on this machine: the scheduler (SQLite store) "
+        "and K node agents. Uses the real GPUs through NVML when there is a driver, "
+        "else fake GPUs. Ctrl-C stops the daemons; running jobs keep running and are "
+        "re-adopted by the next `gshare up` on the same state dir.",
+    )
+    up.add_argument("--fake-gpus", type=int, metavar="N",
+                    help="fake GPUs per agent (default: real GPUs if NVML works, else 4)")
+    up.add_argument("--agents", type=int, default=1, metavar="K", help="local agents (default 1)")
+    up.add_argument("--state-dir", type=Path, help=f"default: {default_state_dir()}")
+    up.add_argument("--config", type=Path, help="gshare.toml for the scheduler")
+    up.add_argument("--policy", help="scheduling policy")
+    up.add_argument("--tcp", metavar="HOST:PORT", help="also listen on TCP for remote agents")
+    up.add_argument("--log-level", default="WARNING", help="daemon log level (default WARNING)")
+    up.set_defaults(func=run_up)
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in reversed(procs):  # agents first, the scheduler last
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for proc in reversed(procs):
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def run_up(args: argparse.Namespace) -> int:
+    if args.agents < 1:
+        print("gshare up: --agents must be at least 1", file=sys.stderr)
+        return 2
+    if args.fake_gpus is not None and args.fake_gpus < 1:
+        print("gshare up: --fake-gpus must be at least 1", file=sys.stderr)
+        return 2
+    state = (args.state_dir or default_state_dir()).absolute()
+    sock = state / "gshare.sock"
+    address = f"unix:{sock}"
+    fake = args.fake_gpus
+    if fake is None and not nvml_available():
+        fake = 4
+    if sock.exists():
+        try:
+            with Client(address, timeout=2) as probe:
+                probe.nodes()
+            print(f"gshare up: a scheduler is already running at {address}", file=sys.stderr)
+            return 1
+        except ClientError:
+            pass  # a stale socket from a run that was killed
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    py = sys.executable
+    sched_cmd = [py, "-m", "schedulerd.main", "--state-dir", str(state), "--socket", str(sock),
+                 "--log-level", args.log_level]
+    if args.config:
+        sched_cmd += ["--config", str(args.config)]
+    if args.policy:
+        sched_cmd += ["--policy", args.policy]
+    if args.tcp:
+        sched_cmd += ["--tcp", args.tcp]
+    host = socket.gethostname()
+    names = [host] if args.agents == 1 else [f"{host}-{i}" for i in range(args.agents)]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        procs.append(subprocess.Popen(sched_cmd))
+        if not _wait_socket(procs[0], sock):
+            return 1
+        for name in names:
+            cmd = [py, "-m", "nodeagent.main", "--address", address, "--node", name,
+                   "--state-dir", str(state / f"agent-{name}"), "--log-level", args.log_level]
+            if fake is not None:
+                cmd += ["--fake-gpus", str(fake)]
+            procs.append(subprocess.Popen(cmd))
+        gpus = _wait_ready(procs, address, len(names))
+        if gpus is None:
+            _stop(procs)
+            return 1
+        kind = f"{fake} fake GPUs each" if fake is not None else "real GPUs (NVML)"
+        print(f"gshare is up: scheduler at {address}, {len(names)} node(s) with {kind}, {gpus} GPUs.")
+        if state != default_state_dir():
+            print(f"  export GSHARE_ADDRESS={address}")
+        print("  try:   gsub examples/train.sh --gpus 2     then: gshare queue   gshare top")
+        print("  stop:  Ctrl-C (running jobs keep running and are re-adopted next time)")
+        sys.stdout.flush()
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        dead = [p for p in procs if p.poll() is not None]
+        print(f"gshare up: {' '.join(str(p.args[2]) for p in dead)} exited "
+              f"({dead[0].returncode}); stopping", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        _stop(procs)
+
+
+def _wait_socket(proc: subprocess.Popen[bytes], sock: Path) -> bool:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            print(f"gshare up: the scheduler exited with {proc.returncode}", file=sys.stderr)
+            return False
+        if sock.exists():
+            return True
+        time.sleep(0.1)
+    print("gshare up: the scheduler did not start within 60s", file=sys.stderr)
+    return False
+
+
+def _wait_ready(procs: list[subprocess.Popen[bytes]], address: str, agents: int) -> int | None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.poll() is not None:
+                print(f"gshare up: {proc.args[2]} exited with {proc.returncode}", file=sys.stderr)
+                return None
+        try:
+            with Client(address, timeout=2) as client:
+                nodes = [n for n in client.nodes() if n.state == pb.NODE_UP]
+            if len(nodes) >= agents:
+                return sum(len(n.gpus) for n in nodes)
+        except ClientError:
+            pass
+        time.sleep(0.2)
+    print("gshare up: the cluster did not come up within 60s", file=sys.stderr)
+    return None
+

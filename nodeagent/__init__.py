@@ -1,0 +1,1 @@
+"""nodeagent: one per GPU node. Inventories GPUs, launches and signals jobs."""

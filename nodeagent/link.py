@@ -1,0 +1,169 @@
+"""The agent's one long-lived stream to the scheduler, re-established with backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from gshare import __version__
+from gshare.api import gshare_pb2 as pb
+from gshare.api import gshare_pb2_grpc as pb_grpc
+from nodeagent.gpus import GpuDevice
+from nodeagent.launcher import JobProcess, LaunchRequest, Launcher
+
+log = logging.getLogger(__name__)
+
+AGENT_TOKEN_HEADER = "x-gshare-agent-token"
+
+
+def agent_job(proc: JobProcess) -> pb.AgentJob:
+    return pb.AgentJob(
+        job_id=proc.job_id,
+        pid=proc.pid,
+        start_time=proc.start_time,
+        exited=proc.exited,
+        exit_code=proc.exit_code,
+        exit_signal=proc.exit_signal,
+        end_time=proc.end_time,
+        error=proc.error,
+    )
+
+
+class SchedulerLink:
+    def __init__(
+        self,
+        target: str,
+        node: str,
+        gpus: list[GpuDevice],
+        backend: str,
+        cpus: int,
+        mem_mb: int,
+        launcher: Launcher,
+        token: str = "",
+    ) -> None:
+        self.target = target
+        self.node = node
+        self.gpus = gpus
+        self.backend = backend
+        self.cpus = cpus
+        self.mem_mb = mem_mb
+        self.launcher = launcher
+        self.token = token
+        self.heartbeat_s = 5.0
+        self.connected = asyncio.Event()
+        self._outbox: asyncio.Queue[pb.AgentMessage] | None = None
+        self.registered_once = asyncio.Event()
+
+    def report(self, proc: JobProcess) -> None:
+        """A job started or ended: tell the scheduler now if connected (else at re-register)."""
+        if self._outbox is not None:
+            self._outbox.put_nowait(pb.AgentMessage(job_update=agent_job(proc)))
+
+    def _register(self) -> pb.AgentMessage:
+        return pb.AgentMessage(
+            register=pb.Register(
+                node=self.node,
+                gpus=[
+                    pb.Gpu(index=g.index, uuid=g.uuid, model=g.model, memory_mb=g.memory_mb,
+                           nvlink_peers=list(g.nvlink_peers))
+                    for g in self.gpus
+                ],
+                cpus=self.cpus,
+                mem_mb=self.mem_mb,
+                jobs=[agent_job(p) for p in self.launcher.jobs.values()],
+                gpu_backend=self.backend,
+                agent_version=__version__,
+            )
+        )
+
+    async def _requests(self, outbox: asyncio.Queue[pb.AgentMessage]) -> AsyncIterator[pb.AgentMessage]:
+        while True:
+            yield await outbox.get()
+
+    async def _heartbeats(self, outbox: asyncio.Queue[pb.AgentMessage]) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            outbox.put_nowait(pb.AgentMessage(heartbeat=pb.Heartbeat(time=time.time())))
+
+    def _handle(self, msg: pb.SchedulerMessage) -> None:
+        kind = msg.WhichOneof("msg")
+        if kind == "registered":
+            self.heartbeat_s = msg.registered.heartbeat_s or self.heartbeat_s
+        elif kind == "launch":
+            launch = msg.launch
+            spec = launch.spec
+            proc = self.launcher.launch(
+                LaunchRequest(
+                    job_id=launch.job_id,
+                    script=spec.script,
+                    args=list(spec.args),
+                    env=dict(spec.env),
+                    workdir=spec.workdir,
+                    output_path=launch.output_path,
+                    user=launch.user,
+                    uid=launch.uid,
+                    gid=launch.gid,
+                    gpu_indexes=list(launch.gpu_indexes),
+                    gpu_uuids=list(launch.gpu_uuids),
+                    node=self.node,
+                    restart_count=launch.restart_count,
+                )
+            )
+            if not proc.exited:
+                log.info("job %d: launched on GPUs %s", launch.job_id, list(launch.gpu_indexes))
+        elif kind == "kill":
+            log.info("job %d: kill (grace %.0fs)", msg.kill.job_id, msg.kill.grace_s)
+            self.launcher.kill(msg.kill.job_id, msg.kill.grace_s)
+        elif kind == "signal":
+            self.launcher.signal(msg.signal.job_id, msg.signal.signal)
+        elif kind == "forget":
+            self.launcher.forget(msg.forget.job_id)
+        elif kind == "drain":
+            log.warning("scheduler drained this node: %s", msg.drain.reason)
+
+    async def run_once(self) -> None:
+        metadata = ((AGENT_TOKEN_HEADER, self.token),) if self.token else None
+        async with grpc.aio.insecure_channel(self.target) as channel:
+            stub = pb_grpc.AgentServiceStub(channel)
+            outbox: asyncio.Queue[pb.AgentMessage] = asyncio.Queue()
+            outbox.put_nowait(self._register())
+            call = stub.Connect(self._requests(outbox), metadata=metadata)
+            beats = asyncio.create_task(self._heartbeats(outbox))
+            self._outbox = outbox
+            try:
+                async for msg in call:
+                    if msg.WhichOneof("msg") == "registered":
+                        self.connected.set()
+                        self.registered_once.set()
+                        log.info("registered with the scheduler at %s", self.target)
+                    self._handle(msg)
+            finally:
+                self._outbox = None
+                self.connected.clear()
+                beats.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await beats
+                call.cancel()
+
+    async def run(self) -> None:
+        delay = 0.2
+        while True:
+            started = time.monotonic()
+            try:
+                await self.run_once()
+                log.warning("the scheduler closed the stream; reconnecting")
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+                    log.error("the scheduler refused this agent: %s", exc.details())
+                else:
+                    log.warning("no scheduler at %s (%s); retrying", self.target, exc.code().name)
+            if time.monotonic() - started > 30:
+                delay = 0.2  # it had been up for a while: come back quickly
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, 10.0)

@@ -1,0 +1,1 @@
+"""schedulerd: the central daemon. The only writer of cluster state."""

@@ -1,0 +1,116 @@
+"""One scheduling cycle: snapshot -> decide -> apply.
+
+1. snapshot: freeze the live jobs and the schedulable nodes into a ClusterSnapshot.
+2. decide:   the configured policy (pure, in policies/) turns it into a Plan.
+3. apply:    persist the starts in one transaction, then send launches to the agents.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from policies import ClusterSnapshot, GpuSlot, NodeView, PendingJob, Plan, Policy, RunningJob
+from schedulerd.jobstate import JobState
+from schedulerd.model import JobRecord, NodeRecord
+from schedulerd.store import Change
+
+
+@dataclass(frozen=True, slots=True)
+class CycleResult:
+    plan: Plan
+    started: list[JobRecord]
+    seconds: float
+
+
+def take_snapshot(
+    now: float,
+    jobs: Iterable[JobRecord],
+    nodes: Mapping[str, NodeRecord],
+    schedulable: Iterable[str],
+) -> ClusterSnapshot:
+    jobs = list(jobs)
+    busy: dict[str, set[int]] = {}
+    used_cpus: dict[str, int] = {}
+    used_mem: dict[str, int] = {}
+    running: list[RunningJob] = []
+    pending: list[PendingJob] = []
+    for job in jobs:
+        if job.state.on_node:
+            busy.setdefault(job.node, set()).update(job.gpu_indexes)
+            used_cpus[job.node] = used_cpus.get(job.node, 0) + job.cpus
+            used_mem[job.node] = used_mem.get(job.node, 0) + job.mem_mb
+            running.append(
+                RunningJob(
+                    job.job_id,
+                    job.user,
+                    job.queue,
+                    job.node,
+                    tuple(job.gpu_indexes),
+                    job.start_time,
+                    job.priority,
+                    job.time_limit_s,
+                )
+            )
+        elif job.state is JobState.PENDING:
+            pending.append(
+                PendingJob(
+                    job.job_id,
+                    job.user,
+                    job.queue,
+                    job.gpus,
+                    job.priority,
+                    job.submit_time,
+                    job.cpus,
+                    job.mem_mb,
+                    job.time_limit_s,
+                )
+            )
+    ok = set(schedulable)
+    views = []
+    for name in sorted(nodes):
+        node = nodes[name]
+        taken = busy.get(name, set())
+        views.append(
+            NodeView(
+                name=name,
+                gpus=tuple(GpuSlot(g.index, g.uuid, frozenset(g.nvlink_peers)) for g in node.gpus),
+                free_gpus=frozenset(g.index for g in node.gpus if g.index not in taken),
+                cpus=node.cpus,
+                mem_mb=node.mem_mb,
+                free_cpus=node.cpus - used_cpus.get(name, 0),
+                free_mem_mb=node.mem_mb - used_mem.get(name, 0),
+                schedulable=name in ok,
+            )
+        )
+    return ClusterSnapshot(now, tuple(views), tuple(pending), tuple(running))
+
+
+def decide(policy: Policy, snapshot: ClusterSnapshot) -> tuple[Plan, float]:
+    t0 = time.perf_counter()
+    plan = policy.decide(snapshot)
+    return plan, time.perf_counter() - t0
+
+
+def start_changes(plan: Plan, nodes: Mapping[str, NodeRecord], now: float) -> list[Change]:
+    changes = []
+    for start in plan.starts:
+        uuids = {g.index: g.uuid for g in nodes[start.node].gpus}
+        changes.append(
+            Change(
+                start.job_id,
+                JobState.STARTING,
+                kind="start",
+                actor="scheduler",
+                reason=f"placed on {start.node} GPUs {','.join(map(str, start.gpu_indexes))}",
+                fields=(
+                    ("node", start.node),
+                    ("gpu_indexes", list(start.gpu_indexes)),
+                    ("gpu_uuids", [uuids[i] for i in start.gpu_indexes]),
+                    ("start_time", now),
+                    ("reason", ""),
+                ),
+            )
+        )
+    return changes

@@ -1,0 +1,584 @@
+"""The scheduler's core: live state, the agents' sessions, and every state change.
+
+All job changes go through `change()`, under one lock: the store writes the change and its
+event in one transaction, then the in-memory view and the watchers follow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+from gshare.api import gshare_pb2 as pb
+from gshare.config import Config
+from policies import Policy
+from schedulerd import cycle
+from schedulerd.jobstate import JobState
+from schedulerd.model import EventRecord, GpuInfo, JobRecord, NodeRecord, NodeState
+from schedulerd.peercred import Caller
+from schedulerd.store import Change, NewJob, Store
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_GPUS_PER_JOB = 4096
+MAX_PRIORITY = 1_000_000
+
+
+class Refused(Exception):
+    """A request that is understood but not allowed or not possible; the message says why."""
+
+    def __init__(self, message: str, code: str = "INVALID_ARGUMENT") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(eq=False)
+class AgentSession:
+    node: str
+    outbox: asyncio.Queue[pb.SchedulerMessage] = field(default_factory=asyncio.Queue)
+    connected_at: float = 0.0
+
+    def send(self, msg: pb.SchedulerMessage) -> None:
+        self.outbox.put_nowait(msg)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        policy: Policy,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.policy = policy
+        self.clock = clock
+        self.jobs: dict[int, JobRecord] = {}
+        self.nodes: dict[str, NodeRecord] = {}
+        self.sessions: dict[str, AgentSession] = {}
+        self.watchers: set[asyncio.Queue[pb.ClusterChange | None]] = set()
+        self.lock = asyncio.Lock()
+        self.last_cycle_s = 0.0
+        self.cycles = 0
+        self._db_thread = ThreadPoolExecutor(1, thread_name_prefix="store")
+        self._wake = asyncio.Event()
+        self._submits: asyncio.Queue[tuple[NewJob, asyncio.Future[int]]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------ life
+
+    async def db(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._db_thread, fn, *args)
+
+    async def start(self) -> None:
+        for node in await self.db(self.store.nodes):
+            node.state = NodeState.DOWN
+            self.nodes[node.name] = node
+        for job in await self.db(self.store.live_jobs):
+            self.jobs[job.job_id] = job
+        log.info("loaded %d live jobs and %d known nodes", len(self.jobs), len(self.nodes))
+        self._tasks = [
+            asyncio.create_task(self._cycle_loop(), name="cycle"),
+            asyncio.create_task(self._submit_loop(), name="submits"),
+            asyncio.create_task(self._tick_loop(), name="tick"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for q in list(self.watchers):
+            q.put_nowait(None)
+        self._db_thread.shutdown(wait=True)
+
+    def kick(self) -> None:
+        """Ask for a scheduling cycle soon (several kicks close together make one cycle)."""
+        self._wake.set()
+
+    # ------------------------------------------------------------ changes
+
+    async def change(self, changes: list[Change]) -> list[JobRecord]:
+        """Persist changes with their events, then update the live view. Caller holds the lock."""
+        if not changes:
+            return []
+        records = await self.db(self.store.apply, changes)
+        for record in records:
+            if record.state.final:
+                self.jobs.pop(record.job_id, None)
+            else:
+                self.jobs[record.job_id] = record
+            self.publish_job(record)
+        return records
+
+    def publish_job(self, job: JobRecord) -> None:
+        from schedulerd.convert import job_to_pb
+
+        self._publish(pb.ClusterChange(job=job_to_pb(job)))
+
+    def publish_node(self, node: NodeRecord) -> None:
+        from schedulerd.convert import node_to_pb
+
+        self._publish(pb.ClusterChange(node=node_to_pb(node, self.busy_gpus(node.name))))
+
+    def _publish(self, change: pb.ClusterChange) -> None:
+        for q in list(self.watchers):
+            try:
+                q.put_nowait(change)
+            except asyncio.QueueFull:
+                # a watcher that cannot keep up is dropped; it reconnects and resyncs
+                self.watchers.discard(q)
+                with contextlib.suppress(asyncio.QueueFull):
+                    q.get_nowait()
+                q.put_nowait(None)
+
+    def busy_gpus(self, node: str) -> list[int]:
+        return sorted(
+            i for j in self.jobs.values() if j.node == node and j.state.on_node for i in j.gpu_indexes
+        )
+
+    # ------------------------------------------------------------ client requests
+
+    def _can_manage(self, caller: Caller, job: JobRecord) -> bool:
+        return caller.uid == 0 or caller.uid == job.uid or caller.user in self.config.admins
+
+    def is_admin(self, caller: Caller) -> bool:
+        return caller.uid == 0 or caller.user in self.config.admins
+
+    def validate(self, caller: Caller, spec: pb.JobSpec) -> JobRecord:
+        """Turn a submission into a job record, or refuse it with the reason."""
+        if caller.anonymous:
+            raise Refused("submitting needs a known user: use the scheduler's Unix socket", "PERMISSION_DENIED")
+        if spec.gpus < 1:
+            raise Refused(f"--gpus must be at least 1, not {spec.gpus}")
+        if spec.gpus > MAX_GPUS_PER_JOB:
+            raise Refused(f"--gpus {spec.gpus} is more than any node can have")
+        queue_name = spec.queue or self.config.default_queue
+        queue = self.config.queues.get(queue_name)
+        if queue is None:
+            known = ", ".join(sorted(self.config.queues))
+            raise Refused(f"unknown queue {queue_name!r} (queues: {known})")
+        if self.nodes:
+            widest = max(len(n.gpus) for n in self.nodes.values())
+            if spec.gpus > widest:
+                raise Refused(
+                    f"job needs {spec.gpus} GPUs on one node, but the largest node has {widest}"
+                )
+        if not spec.script:
+            raise Refused("the job script is empty")
+        if len(spec.script) > self.config.max_script_bytes:
+            raise Refused(
+                f"the job script is {len(spec.script)} bytes, over the limit of "
+                f"{self.config.max_script_bytes}"
+            )
+        if not spec.script.startswith(b"#!"):
+            raise Refused("the job script must start with a #! line (e.g. #!/bin/bash)")
+        if b"\0" in spec.script:
+            raise Refused("the job script is a binary file")
+        if abs(spec.priority) > MAX_PRIORITY:
+            raise Refused(f"--priority must be between {-MAX_PRIORITY} and {MAX_PRIORITY}")
+        if spec.priority > 0 and not self.is_admin(caller):
+            raise Refused("only an admin may give a job a positive priority", "PERMISSION_DENIED")
+        if spec.time_limit_s < 0:
+            raise Refused("--time must not be negative")
+        limit = spec.time_limit_s or queue.default_time_limit_s
+        if queue.max_time_limit_s and limit and limit > queue.max_time_limit_s:
+            raise Refused(
+                f"--time {limit}s is over queue {queue_name}'s limit of {queue.max_time_limit_s}s"
+            )
+        if queue.max_time_limit_s and not limit:
+            limit = queue.max_time_limit_s
+        if spec.cpus < 0 or spec.mem_mb < 0:
+            raise Refused("--cpus and --mem must not be negative")
+        if not spec.workdir.startswith("/"):
+            raise Refused("the working directory must be an absolute path")
+        return JobRecord(
+            job_id=0,
+            user=caller.user,
+            uid=caller.uid,
+            gid=caller.gid,
+            name=spec.name or spec.script_name or "job",
+            queue=queue_name,
+            gpus=spec.gpus,
+            priority=spec.priority,
+            time_limit_s=int(limit),
+            cpus=spec.cpus,
+            mem_mb=int(spec.mem_mb),
+            workdir=spec.workdir,
+            env=dict(spec.env),
+            output=spec.output,
+            args=list(spec.args),
+            script_name=spec.script_name,
+            state=JobState.PENDING,
+            submit_time=self.clock(),
+        )
+
+    async def submit(self, caller: Caller, spec: pb.JobSpec) -> int:
+        record = self.validate(caller, spec)
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._submits.put_nowait((NewJob(record, spec.script), future))
+        return await future
+
+    async def _submit_loop(self) -> None:
+        """Group commit: every submission that arrived while the last batch was being written
+        goes into the next transaction, and each is acknowledged only after its commit."""
+        while True:
+            batch = [await self._submits.get()]
+            while not self._submits.empty() and len(batch) < 1024:
+                batch.append(self._submits.get_nowait())
+            now = self.clock()
+            try:
+                ids = await self.db(self.store.submit_many, [n for n, _ in batch], now)
+            except Exception as exc:
+                log.exception("storing %d submissions failed", len(batch))
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (new, future), job_id in zip(batch, ids, strict=True):
+                record = replace(new.record, job_id=job_id, submit_time=now)
+                self.jobs[job_id] = record
+                self.publish_job(record)
+                if not future.done():
+                    future.set_result(job_id)
+            self.kick()
+
+    async def get_job(self, job_id: int) -> tuple[JobRecord, list[EventRecord]]:
+        job = self.jobs.get(job_id) or await self.db(self.store.job, job_id)
+        if job is None:
+            raise Refused(f"no job {job_id}", "NOT_FOUND")
+        return job, await self.db(self.store.events, job_id)
+
+    async def list_jobs(
+        self, users: Iterable[str], states: Iterable[JobState], queues: Iterable[str],
+        include_finished: bool, limit: int,
+    ) -> list[JobRecord]:
+        users, states, queues = set(users), set(states), set(queues)
+        jobs = list(self.jobs.values())
+        if include_finished or (states & {s for s in JobState if s.final}):
+            jobs += await self.db(self.store.finished_jobs, limit or 1000, sorted(users))
+        out = [
+            j
+            for j in jobs
+            if (not users or j.user in users)
+            and (not states or j.state in states)
+            and (not queues or j.queue in queues)
+        ]
+        out.sort(key=lambda j: j.job_id)
+        return out[-limit:] if limit else out
+
+    async def _owned(self, caller: Caller, job_id: int) -> JobRecord:
+        job = self.jobs.get(job_id)
+        if job is None:
+            ended = await self.db(self.store.job, job_id)
+            if ended is None:
+                raise Refused(f"no job {job_id}", "NOT_FOUND")
+            raise Refused(f"job {job_id} has already ended ({ended.state})", "FAILED_PRECONDITION")
+        if not self._can_manage(caller, job):
+            raise Refused(f"job {job_id} belongs to {job.user}", "PERMISSION_DENIED")
+        return job
+
+    async def cancel(self, caller: Caller, job_id: int) -> JobRecord:
+        async with self.lock:
+            job = await self._owned(caller, job_id)
+            why = f"cancelled by {caller.user}"
+            if job.state in (JobState.PENDING, JobState.HELD, JobState.LOST, JobState.HANDED_OFF):
+                [job] = await self.change(
+                    [Change(job_id, JobState.CANCELLED, "cancel", caller.user, why,
+                            (("end_time", self.clock()), ("reason", why)))]
+                )
+                self.kick()
+                return job
+            if job.state.on_node:
+                [job] = await self.change(
+                    [Change(job_id, job.state, "cancel_requested", caller.user, why,
+                            (("end_request", JobState.CANCELLED.value), ("reason", why)))]
+                )
+                self._send_kill(job)
+                return job
+            raise Refused(f"job {job_id} is {job.state} and cannot be cancelled", "FAILED_PRECONDITION")
+
+    async def hold(self, caller: Caller, job_id: int) -> JobRecord:
+        async with self.lock:
+            job = await self._owned(caller, job_id)
+            if job.state is not JobState.PENDING:
+                raise Refused(f"job {job_id} is {job.state}; only a pending job can be held", "FAILED_PRECONDITION")
+            why = f"held by {caller.user}"
+            [job] = await self.change([Change(job_id, JobState.HELD, "hold", caller.user, why, (("reason", why),))])
+            return job
+
+    async def release(self, caller: Caller, job_id: int) -> JobRecord:
+        async with self.lock:
+            job = await self._owned(caller, job_id)
+            if job.state is not JobState.HELD:
+                raise Refused(f"job {job_id} is {job.state}, not held", "FAILED_PRECONDITION")
+            [job] = await self.change(
+                [Change(job_id, JobState.PENDING, "release", caller.user, f"released by {caller.user}", (("reason", ""),))]
+            )
+            self.kick()
+            return job
+
+    # ------------------------------------------------------------ the cycle
+
+    def schedulable_nodes(self) -> list[str]:
+        return [
+            name
+            for name, node in self.nodes.items()
+            if name in self.sessions and node.state == NodeState.UP and not node.drained
+        ]
+
+    async def run_cycle(self) -> cycle.CycleResult:
+        async with self.lock:
+            t0 = time.perf_counter()
+            now = self.clock()
+            snapshot = cycle.take_snapshot(now, self.jobs.values(), self.nodes, self.schedulable_nodes())
+            plan, _ = cycle.decide(self.policy, snapshot)
+            started = await self.change(cycle.start_changes(plan, self.nodes, now))
+            changed = {
+                job_id: reason
+                for job_id, reason in plan.reasons.items()
+                if job_id in self.jobs and self.jobs[job_id].reason != reason
+            }
+            for job_id, reason in changed.items():
+                self.jobs[job_id].reason = reason
+            if changed:
+                await self.db(self.store.set_reasons, changed)
+                for job_id in changed:
+                    self.publish_job(self.jobs[job_id])
+            for job in started:
+                await self._send_launch(job)
+            if started:
+                for name in {j.node for j in started}:
+                    self.publish_node(self.nodes[name])
+            self.cycles += 1
+            self.last_cycle_s = time.perf_counter() - t0
+            return cycle.CycleResult(plan, started, self.last_cycle_s)
+
+    async def _cycle_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.config.heartbeat_s)
+            await asyncio.sleep(0.01)  # debounce: let a burst of events land in one cycle
+            self._wake.clear()
+            try:
+                await self.run_cycle()
+            except Exception:
+                log.exception("scheduling cycle failed")
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self._expire_leases()
+                await self._enforce_time_limits()
+            except Exception:
+                log.exception("periodic checks failed")
+
+    async def _enforce_time_limits(self) -> None:
+        now = self.clock()
+        async with self.lock:
+            over = [
+                j
+                for j in self.jobs.values()
+                if j.state is JobState.RUNNING
+                and j.time_limit_s
+                and not j.end_request
+                and now - j.start_time > j.time_limit_s
+            ]
+            for job in over:
+                why = f"time limit of {job.time_limit_s}s reached"
+                [job] = await self.change(
+                    [Change(job.job_id, job.state, "timeout", "scheduler", why,
+                            (("end_request", JobState.TIMEOUT.value), ("reason", why)))]
+                )
+                self._send_kill(job)
+
+    async def _expire_leases(self) -> None:
+        now = self.clock()
+        async with self.lock:
+            for node in list(self.nodes.values()):
+                if node.name in self.sessions or node.state == NodeState.DOWN:
+                    continue
+                if now - node.last_seen < self.config.node_lease_s:
+                    continue
+                node.state = NodeState.DOWN
+                node.reason = f"agent silent for more than {self.config.node_lease_s:.0f}s"
+                log.warning("node %s is down: %s", node.name, node.reason)
+                self.publish_node(node)
+                await self._lose_jobs_on(node.name, node.reason)
+            self.kick()
+
+    async def _lose_jobs_on(self, node: str, why: str) -> None:
+        on_node = [j for j in self.jobs.values() if j.node == node and j.state.on_node]
+        for job in on_node:
+            await self.change([Change(job.job_id, JobState.LOST, "lost", "scheduler", why, (("reason", why),))])
+            if job.end_request:
+                end = JobState(job.end_request)
+                await self.change([Change(job.job_id, end, "end", "scheduler", why,
+                                          (("end_time", self.clock()),))])
+            else:
+                await self.change(
+                    [Change(job.job_id, JobState.PENDING, "requeue", "scheduler",
+                            f"requeued: {why}", _requeue_fields(job, f"requeued after node {node} was lost"))]
+                )
+
+    # ------------------------------------------------------------ agents
+
+    def _send_kill(self, job: JobRecord) -> None:
+        session = self.sessions.get(job.node)
+        if session is not None:
+            session.send(pb.SchedulerMessage(kill=pb.KillJob(job_id=job.job_id, grace_s=self.config.kill_grace_s)))
+
+    async def _send_launch(self, job: JobRecord) -> None:
+        session = self.sessions.get(job.node)
+        if session is None:
+            return
+        script = await self.db(self.store.script, job.job_id)
+        from schedulerd.convert import spec_of
+
+        session.send(
+            pb.SchedulerMessage(
+                launch=pb.Launch(
+                    job_id=job.job_id,
+                    spec=spec_of(job, script),
+                    gpu_indexes=job.gpu_indexes,
+                    gpu_uuids=job.gpu_uuids,
+                    user=job.user,
+                    uid=job.uid,
+                    gid=job.gid,
+                    output_path=job.output_path,
+                    restart_count=job.restarts,
+                )
+            )
+        )
+
+    async def agent_connected(self, session: AgentSession, reg: pb.Register) -> None:
+        """A (re)connecting agent: record its node and reconcile the jobs it reports."""
+        async with self.lock:
+            old = self.sessions.get(reg.node)
+            if old is not None and old is not session:
+                old.send(pb.SchedulerMessage())  # empty message: tells the old stream to end
+            self.sessions[reg.node] = session
+            node = self.nodes.get(reg.node)
+            gpus = [GpuInfo(g.index, g.uuid, g.model, g.memory_mb, list(g.nvlink_peers)) for g in reg.gpus]
+            if node is None:
+                node = NodeRecord(reg.node, gpus, reg.cpus, reg.mem_mb)
+                self.nodes[reg.node] = node
+            node.gpus, node.cpus, node.mem_mb = gpus, reg.cpus, reg.mem_mb
+            node.state = NodeState.DRAINING if node.drained else NodeState.UP
+            if not node.drained:
+                node.reason = ""
+            node.last_seen = self.clock()
+            node.gpu_backend, node.agent_version = reg.gpu_backend, reg.agent_version
+            await self.db(self.store.save_node, node)
+            session.send(pb.SchedulerMessage(registered=pb.Registered(
+                lease_s=self.config.node_lease_s, heartbeat_s=self.config.heartbeat_s)))
+            reported = {j.job_id: j for j in reg.jobs}
+            for job in [j for j in self.jobs.values() if j.node == reg.node and j.state.on_node]:
+                seen = reported.pop(job.job_id, None)
+                if seen is not None:
+                    await self._job_update(reg.node, seen)
+                    if not seen.exited and job.end_request:
+                        self._send_kill(job)
+                elif job.state is JobState.STARTING:
+                    why = f"node {reg.node} came back without the job; starting it again"
+                    await self.change([Change(job.job_id, JobState.PENDING, "requeue", "scheduler", why,
+                                              _requeue_fields(job, why, count=False))])
+                else:
+                    why = f"node {reg.node} no longer knows the job (its agent state was lost)"
+                    await self.change([Change(job.job_id, JobState.FAILED, "lost", "scheduler", why,
+                                              (("reason", why), ("end_time", self.clock())))])
+            for stray in reported.values():
+                # ours no more (requeued, cancelled, or unknown): stop it, forget its end
+                if stray.exited:
+                    session.send(pb.SchedulerMessage(forget=pb.Forget(job_id=stray.job_id)))
+                else:
+                    log.warning("node %s runs job %d that is not its own; killing it", reg.node, stray.job_id)
+                    session.send(pb.SchedulerMessage(kill=pb.KillJob(job_id=stray.job_id, grace_s=self.config.kill_grace_s)))
+            self.publish_node(node)
+        self.kick()
+
+    async def agent_disconnected(self, session: AgentSession) -> None:
+        async with self.lock:
+            if self.sessions.get(session.node) is not session:
+                return
+            del self.sessions[session.node]
+            node = self.nodes[session.node]
+            node.reason = "agent disconnected"
+            log.warning("agent of node %s disconnected", session.node)
+            self.publish_node(node)
+
+    def heartbeat(self, session: AgentSession) -> None:
+        node = self.nodes.get(session.node)
+        if node is not None:
+            node.last_seen = self.clock()
+
+    async def agent_job_update(self, session: AgentSession, update: pb.AgentJob) -> None:
+        async with self.lock:
+            await self._job_update(session.node, update)
+        if update.exited:
+            self.kick()
+
+    async def _job_update(self, node: str, update: pb.AgentJob) -> None:
+        job = self.jobs.get(update.job_id)
+        session = self.sessions.get(node)
+        if job is None or job.node != node or not job.state.on_node:
+            if update.exited and session is not None:
+                session.send(pb.SchedulerMessage(forget=pb.Forget(job_id=update.job_id)))
+            return
+        if not update.exited:
+            if job.state is JobState.STARTING:
+                await self.change([Change(job.job_id, JobState.RUNNING, "running", f"agent:{node}",
+                                          f"pid {update.pid}", (("start_time", update.start_time or self.clock()),))])
+            return
+        end, why = _end_of(job, update)
+        fields = (
+            ("end_time", update.end_time or self.clock()),
+            ("exit_code", update.exit_code),
+            ("exit_signal", update.exit_signal),
+            ("has_exit", not update.error),
+            ("reason", why),
+        )
+        await self.change([Change(job.job_id, end, "end", f"agent:{node}", why, fields)])
+        if session is not None:
+            session.send(pb.SchedulerMessage(forget=pb.Forget(job_id=job.job_id)))
+        self.publish_node(self.nodes[node])
+
+
+def _requeue_fields(job: JobRecord, why: str, count: bool = True) -> tuple[tuple[str, Any], ...]:
+    return (
+        ("node", ""),
+        ("gpu_indexes", []),
+        ("gpu_uuids", []),
+        ("start_time", 0.0),
+        ("restarts", job.restarts + (1 if count else 0)),
+        ("reason", why),
+    )
+
+
+def _end_of(job: JobRecord, update: pb.AgentJob) -> tuple[JobState, str]:
+    if update.error:
+        return JobState.FAILED, f"launch failed: {update.error}"
+    if job.end_request:
+        return JobState(job.end_request), job.reason
+    if update.exit_signal:
+        try:
+            name = signal.Signals(update.exit_signal).name
+        except ValueError:
+            name = f"signal {update.exit_signal}"
+        return JobState.FAILED, f"killed by {name}"
+    if update.exit_code == 0:
+        return JobState.COMPLETED, ""
+    return JobState.FAILED, f"exited with code {update.exit_code}"

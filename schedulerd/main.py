@@ -1,0 +1,135 @@
+"""gshare-schedulerd: the central scheduler daemon."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import sys
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+
+from gshare import __version__
+from gshare.api import gshare_pb2_grpc as pb_grpc
+from gshare.config import Config, ConfigError, default_state_dir, load_config
+from gshare.logs import setup_logging
+from policies import PolicyError, make_policy
+from schedulerd.daemon import Scheduler
+from schedulerd.peercred import PeerCredFrontDoor
+from schedulerd.server import AgentService, ClientService, Identities
+from schedulerd.store import Store, default_url
+
+log = logging.getLogger("schedulerd")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gshare-schedulerd",
+        description="The gshare scheduler: keeps the queue, decides who gets which GPUs, "
+        "and drives the node agents.",
+    )
+    p.add_argument("--config", type=Path, help="config file (default: /etc/gshare/gshare.toml if present)")
+    p.add_argument("--state-dir", type=Path, help="where the database and socket live "
+                   "(default: $XDG_STATE_HOME/gshare, or /var/lib/gshare for root)")
+    p.add_argument("--socket", type=Path, help="Unix socket for clients and local agents "
+                   "(default: [server] socket, else STATE_DIR/gshare.sock)")
+    p.add_argument("--tcp", metavar="HOST:PORT", help="also listen on TCP, for remote agents "
+                   "(they present the agent token) and read-only remote clients")
+    p.add_argument("--store-url", help="SQLAlchemy database URL (default: SQLite in STATE_DIR)")
+    p.add_argument("--policy", help="scheduling policy (overrides [scheduler] policy)")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+async def serve(config: Config, args: argparse.Namespace, state_dir: Path) -> int:
+    policy_name = args.policy or config.policy
+    try:
+        policy = make_policy(policy_name, config.policy_params)
+    except PolicyError as exc:
+        print(f"gshare-schedulerd: {exc}", file=sys.stderr)
+        return 2
+    url = args.store_url or config.store_url or default_url(state_dir)
+    try:
+        store = Store(url, config.sqlite_synchronous)
+    except Exception as exc:
+        print(f"gshare-schedulerd: cannot open the store {url}: {exc}", file=sys.stderr)
+        return 1
+    scheduler = Scheduler(config, store, policy)
+    await scheduler.start()
+
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    backend_port = server.add_insecure_port("127.0.0.1:0")
+    socket_path = args.socket or (Path(config.socket) if config.socket else state_dir / "gshare.sock")
+    door = PeerCredFrontDoor(socket_path, backend_port)
+    agent_token = ""
+    tcp = args.tcp or config.tcp
+    if tcp:
+        token_file = state_dir / "agent.token"
+        if not token_file.exists():
+            token_file.write_text(secrets.token_hex(32) + "\n")
+            token_file.chmod(0o600)
+        agent_token = token_file.read_text().strip()
+        try:
+            server.add_insecure_port(tcp)
+        except RuntimeError as exc:
+            print(f"gshare-schedulerd: cannot listen on {tcp}: {exc}", file=sys.stderr)
+            return 1
+    ids = Identities(door, agent_token)
+    pb_grpc.add_ClientServiceServicer_to_server(ClientService(scheduler, ids), server)
+    pb_grpc.add_AgentServiceServicer_to_server(AgentService(scheduler, ids), server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    await server.start()
+    await door.start()
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health.set("gshare.v1.ClientService", health_pb2.HealthCheckResponse.SERVING)
+    log.info("gshare-schedulerd %s: policy %s, store %s", __version__, policy.name, store.engine.url.render_as_string(hide_password=True))
+    log.info("listening on unix:%s%s", socket_path, f" and tcp {tcp}" if tcp else "")
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await health.enter_graceful_shutdown()
+    await door.stop()
+    await server.stop(grace=1.0)
+    await scheduler.stop()
+    store.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        setup_logging(args.log_level)
+    except ValueError as exc:
+        print(f"gshare-schedulerd: {exc}", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"gshare-schedulerd: {exc}", file=sys.stderr)
+        return 2
+    state_dir = args.state_dir or default_state_dir()
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        print(f"gshare-schedulerd: cannot create state dir {state_dir}: {exc.strerror}", file=sys.stderr)
+        return 1
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(serve(config, args, state_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""The scheduler's in-memory view of jobs and nodes (the store keeps the durable copy)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from schedulerd.jobstate import JobState
+
+
+@dataclass(slots=True)
+class JobRecord:
+    job_id: int
+    user: str
+    uid: int
+    gid: int
+    name: str
+    queue: str
+    gpus: int
+    priority: int
+    time_limit_s: int
+    cpus: int
+    mem_mb: int
+    workdir: str
+    env: dict[str, str]
+    output: str
+    args: list[str]
+    script_name: str
+    state: JobState
+    submit_time: float
+    start_time: float = 0.0
+    end_time: float = 0.0
+    node: str = ""
+    gpu_indexes: list[int] = field(default_factory=list)
+    gpu_uuids: list[str] = field(default_factory=list)
+    exit_code: int = 0
+    exit_signal: int = 0
+    has_exit: bool = False
+    restarts: int = 0
+    reason: str = ""
+    # the end asked for (CANCELLED or TIMEOUT) while the job's processes are being stopped
+    end_request: str = ""
+
+    @property
+    def output_path(self) -> str:
+        path = self.output or f"gshare-{self.job_id}.out"
+        path = path.replace("%j", str(self.job_id))
+        if not path.startswith("/"):
+            path = f"{self.workdir.rstrip('/')}/{path}"
+        return path
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    seq: int
+    job_id: int
+    time: float
+    kind: str
+    from_state: str
+    to_state: str
+    actor: str
+    reason: str
+
+
+@dataclass(slots=True)
+class GpuInfo:
+    index: int
+    uuid: str
+    model: str
+    memory_mb: int
+    nvlink_peers: list[int] = field(default_factory=list)
+
+
+class NodeState:
+    UP = "UP"
+    DRAINING = "DRAINING"
+    DOWN = "DOWN"
+
+
+@dataclass(slots=True)
+class NodeRecord:
+    name: str
+    gpus: list[GpuInfo]
+    cpus: int
+    mem_mb: int
+    state: str = NodeState.DOWN
+    reason: str = ""
+    last_seen: float = 0.0
+    gpu_backend: str = ""
+    agent_version: str = ""
+    drained: bool = False  # an admin or a health check took it out of scheduling

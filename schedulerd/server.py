@@ -1,0 +1,183 @@
+"""The gRPC edge: protobuf in and out, callers identified, errors mapped to status codes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from gshare.api import gshare_pb2 as pb
+from gshare.api import gshare_pb2_grpc as pb_grpc
+from schedulerd.convert import job_to_pb, node_to_pb
+from schedulerd.daemon import AgentSession, Refused, Scheduler
+from schedulerd.jobstate import IllegalTransition, JobState
+from schedulerd.peercred import ANONYMOUS, Caller, PeerCredFrontDoor
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+AGENT_TOKEN_HEADER = "x-gshare-agent-token"
+
+
+class Identities:
+    """Maps a gRPC context to the caller: Unix peers by SO_PEERCRED, TCP peers anonymous."""
+
+    def __init__(self, door: PeerCredFrontDoor, agent_token: str = "") -> None:
+        self.door = door
+        self.agent_token = agent_token
+
+    def caller(self, context: grpc.aio.ServicerContext) -> Caller:
+        return self.door.caller_for(context.peer()) or ANONYMOUS
+
+    def may_be_agent(self, context: grpc.aio.ServicerContext) -> bool:
+        caller = self.caller(context)
+        if not caller.anonymous:
+            return caller.uid in (0, os.geteuid())
+        if not self.agent_token:
+            return False
+        sent = dict(context.invocation_metadata() or ()).get(AGENT_TOKEN_HEADER, "")
+        return isinstance(sent, str) and hmac.compare_digest(sent, self.agent_token)
+
+
+async def _guard(context: grpc.aio.ServicerContext, call: Awaitable[T]) -> T:
+    try:
+        return await call
+    except Refused as exc:
+        await context.abort(grpc.StatusCode[exc.code], str(exc))
+    except IllegalTransition as exc:
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    raise AssertionError("unreachable")
+
+
+class ClientService(pb_grpc.ClientServiceServicer):
+    def __init__(self, scheduler: Scheduler, ids: Identities) -> None:
+        self.s = scheduler
+        self.ids = ids
+
+    async def SubmitJob(
+        self, request: pb.SubmitJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SubmitJobResponse:
+        caller = self.ids.caller(context)
+        job_id = await _guard(context, self.s.submit(caller, request.spec))
+        return pb.SubmitJobResponse(job_id=job_id)
+
+    async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
+        job, events = await _guard(context, self.s.get_job(request.job_id))
+        return job_to_pb(job, events)
+
+    async def ListJobs(
+        self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListJobsResponse:
+        states = [JobState(pb.JobState.Name(s)) for s in request.states]
+        jobs = await self.s.list_jobs(
+            request.users, states, request.queues, request.include_finished, request.limit
+        )
+        return pb.ListJobsResponse(jobs=[job_to_pb(j) for j in jobs])
+
+    async def _act(
+        self,
+        action: Callable[[Caller, int], Awaitable[object]],
+        request: pb.JobIdRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> pb.JobActionResponse:
+        caller = self.ids.caller(context)
+        if caller.anonymous:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "changing a job needs a known user: use the Unix socket")
+        job = await _guard(context, action(caller, request.job_id))
+        from schedulerd.model import JobRecord
+
+        assert isinstance(job, JobRecord)
+        return pb.JobActionResponse(job=job_to_pb(job))
+
+    async def CancelJob(self, request: pb.JobIdRequest, context: grpc.aio.ServicerContext) -> pb.JobActionResponse:
+        return await self._act(self.s.cancel, request, context)
+
+    async def HoldJob(self, request: pb.JobIdRequest, context: grpc.aio.ServicerContext) -> pb.JobActionResponse:
+        return await self._act(self.s.hold, request, context)
+
+    async def ReleaseJob(self, request: pb.JobIdRequest, context: grpc.aio.ServicerContext) -> pb.JobActionResponse:
+        return await self._act(self.s.release, request, context)
+
+    async def ListNodes(
+        self, request: pb.ListNodesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListNodesResponse:
+        return pb.ListNodesResponse(
+            nodes=[node_to_pb(n, self.s.busy_gpus(n.name)) for _, n in sorted(self.s.nodes.items())]
+        )
+
+    async def WatchCluster(
+        self, request: pb.WatchClusterRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ClusterChange]:
+        queue: asyncio.Queue[pb.ClusterChange | None] = asyncio.Queue(maxsize=10_000)
+        self.s.watchers.add(queue)
+        try:
+            if request.initial:
+                for node in list(self.s.nodes.values()):
+                    yield pb.ClusterChange(node=node_to_pb(node, self.s.busy_gpus(node.name)))
+                for job in list(self.s.jobs.values()):
+                    yield pb.ClusterChange(job=job_to_pb(job))
+            yield pb.ClusterChange(synced=True)
+            while True:
+                change = await queue.get()
+                if change is None:
+                    return
+                yield change
+        finally:
+            self.s.watchers.discard(queue)
+
+
+class AgentService(pb_grpc.AgentServiceServicer):
+    def __init__(self, scheduler: Scheduler, ids: Identities) -> None:
+        self.s = scheduler
+        self.ids = ids
+
+    async def Connect(
+        self, request_iterator: AsyncIterator[pb.AgentMessage], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.SchedulerMessage]:
+        if not self.ids.may_be_agent(context):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "only root, the scheduler's user or a holder of the agent token may connect as an agent")
+        first = await anext(aiter(request_iterator), None)
+        if first is None or not first.HasField("register"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an agent must register first")
+        assert first is not None
+        reg = first.register
+        if not reg.node:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "register: empty node name")
+        session = AgentSession(reg.node, connected_at=self.s.clock())
+        await self.s.agent_connected(session, reg)
+        log.info("agent %s registered: %d GPUs (%s), %d jobs", reg.node, len(reg.gpus), reg.gpu_backend, len(reg.jobs))
+        reader = asyncio.create_task(self._read(request_iterator, session))
+        try:
+            while True:
+                getter = asyncio.create_task(session.outbox.get())
+                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    break
+                msg = getter.result()
+                if msg.WhichOneof("msg") is None:  # replaced by a newer connection
+                    break
+                yield msg
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            await self.s.agent_disconnected(session)
+
+    async def _read(self, requests: AsyncIterator[pb.AgentMessage], session: AgentSession) -> None:
+        async for msg in requests:
+            kind = msg.WhichOneof("msg")
+            if kind == "heartbeat":
+                self.s.heartbeat(session)
+            elif kind == "job_update":
+                self.s.heartbeat(session)
+                await self.s.agent_job_update(session, msg.job_update)
+            else:
+                log.warning("agent %s sent an unexpected %s", session.node, kind)

@@ -1,0 +1,326 @@
+"""Durable cluster state through SQLAlchemy 2: SQLite (WAL) by default, any SQLAlchemy URL.
+
+Every job change is written with its event row in one transaction. The store is
+synchronous; the daemon runs it on one dedicated thread, so writes are serialised.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+from schedulerd.jobstate import JobState, check_transition
+from schedulerd.model import EventRecord, GpuInfo, JobRecord, NodeRecord
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class JobRow(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user: Mapped[str] = mapped_column(String(64), index=True)
+    uid: Mapped[int] = mapped_column(Integer)
+    gid: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(256))
+    queue: Mapped[str] = mapped_column(String(64))
+    gpus: Mapped[int] = mapped_column(Integer)
+    priority: Mapped[int] = mapped_column(Integer)
+    time_limit_s: Mapped[int] = mapped_column(Integer)
+    cpus: Mapped[int] = mapped_column(Integer)
+    mem_mb: Mapped[int] = mapped_column(Integer)
+    workdir: Mapped[str] = mapped_column(Text)
+    env: Mapped[dict[str, str]] = mapped_column(JSON)
+    output: Mapped[str] = mapped_column(Text)
+    script: Mapped[bytes] = mapped_column(LargeBinary)
+    args: Mapped[list[str]] = mapped_column(JSON)
+    script_name: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    submit_time: Mapped[float] = mapped_column(Float)
+    start_time: Mapped[float] = mapped_column(Float, default=0.0)
+    end_time: Mapped[float] = mapped_column(Float, default=0.0)
+    node: Mapped[str] = mapped_column(String(255), default="")
+    gpu_indexes: Mapped[list[int]] = mapped_column(JSON, default=list)
+    gpu_uuids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    exit_code: Mapped[int] = mapped_column(Integer, default=0)
+    exit_signal: Mapped[int] = mapped_column(Integer, default=0)
+    has_exit: Mapped[bool] = mapped_column(Boolean, default=False)
+    restarts: Mapped[int] = mapped_column(Integer, default=0)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    end_request: Mapped[str] = mapped_column(String(16), default="")
+
+
+class EventRow(Base):
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    time: Mapped[float] = mapped_column(Float)
+    kind: Mapped[str] = mapped_column(String(32))
+    from_state: Mapped[str] = mapped_column(String(16))
+    to_state: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+
+
+class NodeRow(Base):
+    __tablename__ = "nodes"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    gpus: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    cpus: Mapped[int] = mapped_column(Integer)
+    mem_mb: Mapped[int] = mapped_column(Integer)
+    drained: Mapped[bool] = mapped_column(Boolean, default=False)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    last_seen: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+_JOB_FIELDS = (
+    "user uid gid name queue gpus priority time_limit_s cpus mem_mb workdir env output args "
+    "script_name submit_time start_time end_time node gpu_indexes gpu_uuids exit_code "
+    "exit_signal has_exit restarts reason end_request"
+).split()
+
+
+def _record(row: JobRow) -> JobRecord:
+    values = {f: getattr(row, f) for f in _JOB_FIELDS}
+    return JobRecord(job_id=row.id, state=JobState(row.state), **values)
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A validated submission, before it has an id."""
+
+    record: JobRecord  # job_id is ignored
+    script: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One state change of one job, with the fields it sets and the event that explains it."""
+
+    job_id: int
+    to_state: JobState
+    kind: str
+    actor: str
+    reason: str = ""
+    fields: tuple[tuple[str, Any], ...] = ()
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+def default_url(state_dir: Path) -> str:
+    return f"sqlite:///{state_dir / 'gshare.db'}"
+
+
+def _sqlite_pragmas(synchronous: str) -> Any:
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.close()
+
+    return on_connect
+
+
+def make_engine(url: str, sqlite_synchronous: str = "FULL") -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas(sqlite_synchronous))
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+class Store:
+    def __init__(self, url: str, sqlite_synchronous: str = "FULL") -> None:
+        self.url = url
+        self.engine = make_engine(url, sqlite_synchronous)
+        migrate(self.engine)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ------------------------------------------------------------ jobs
+
+    def submit_many(self, jobs: Sequence[NewJob], now: float | None = None) -> list[int]:
+        """Insert the jobs and their submit events in one transaction; return their ids."""
+        now = time.time() if now is None else now
+        with self._session.begin() as session:
+            rows = []
+            for new in jobs:
+                values = {f: getattr(new.record, f) for f in _JOB_FIELDS}
+                row = JobRow(script=new.script, state=new.record.state.value, **values)
+                session.add(row)
+                rows.append(row)
+            session.flush()
+            for row, new in zip(rows, jobs, strict=True):
+                session.add(
+                    EventRow(
+                        job_id=row.id,
+                        time=now,
+                        kind="submit",
+                        from_state="",
+                        to_state=row.state,
+                        actor=new.record.user,
+                        reason=new.record.reason,
+                    )
+                )
+            return [row.id for row in rows]
+
+    def apply(self, changes: Iterable[Change], now: float | None = None) -> list[JobRecord]:
+        """Apply state changes, each with its event, in one transaction.
+
+        Raises IllegalTransition (and writes nothing) if any change is not allowed.
+        """
+        now = time.time() if now is None else now
+        out: list[JobRecord] = []
+        with self._session.begin() as session:
+            for change in changes:
+                row = session.get(JobRow, change.job_id)
+                if row is None:
+                    raise StoreError(f"no job {change.job_id}")
+                current = JobState(row.state)
+                if change.to_state is not current:  # same state: an annotation event
+                    check_transition(change.job_id, current, change.to_state)
+                for key, value in change.fields:
+                    setattr(row, key, value)
+                row.state = change.to_state.value
+                session.add(
+                    EventRow(
+                        job_id=row.id,
+                        time=now,
+                        kind=change.kind,
+                        from_state=current.value,
+                        to_state=change.to_state.value,
+                        actor=change.actor,
+                        reason=change.reason,
+                    )
+                )
+                out.append(_record(row))
+        return out
+
+    def set_reasons(self, reasons: dict[int, str]) -> None:
+        """Store why pending jobs wait (no event: a reason is not a state change)."""
+        if not reasons:
+            return
+        with self._session.begin() as session:
+            for job_id, reason in reasons.items():
+                row = session.get(JobRow, job_id)
+                if row is not None:
+                    row.reason = reason
+
+    def job(self, job_id: int) -> JobRecord | None:
+        with self._session() as session:
+            row = session.get(JobRow, job_id)
+            return _record(row) if row is not None else None
+
+    def script(self, job_id: int) -> bytes:
+        with self._session() as session:
+            row = session.get(JobRow, job_id)
+            if row is None:
+                raise StoreError(f"no job {job_id}")
+            return row.script
+
+    def live_jobs(self) -> list[JobRecord]:
+        finals = [s.value for s in JobState if s.final]
+        with self._session() as session:
+            rows = session.scalars(select(JobRow).where(JobRow.state.not_in(finals)))
+            return [_record(r) for r in rows]
+
+    def finished_jobs(self, limit: int = 1000, users: Sequence[str] = ()) -> list[JobRecord]:
+        finals = [s.value for s in JobState if s.final]
+        query = select(JobRow).where(JobRow.state.in_(finals))
+        if users:
+            query = query.where(JobRow.user.in_(list(users)))
+        query = query.order_by(JobRow.id.desc()).limit(limit)
+        with self._session() as session:
+            return [_record(r) for r in session.scalars(query)]
+
+    def events(self, job_id: int) -> list[EventRecord]:
+        query = select(EventRow).where(EventRow.job_id == job_id).order_by(EventRow.id)
+        with self._session() as session:
+            return [
+                EventRecord(
+                    e.id, e.job_id, e.time, e.kind, e.from_state, e.to_state, e.actor, e.reason
+                )
+                for e in session.scalars(query)
+            ]
+
+    # ------------------------------------------------------------ nodes
+
+    def save_node(self, node: NodeRecord) -> None:
+        gpus = [
+            {
+                "index": g.index,
+                "uuid": g.uuid,
+                "model": g.model,
+                "memory_mb": g.memory_mb,
+                "nvlink_peers": g.nvlink_peers,
+            }
+            for g in node.gpus
+        ]
+        with self._session.begin() as session:
+            row = session.get(NodeRow, node.name)
+            if row is None:
+                row = NodeRow(name=node.name)
+                session.add(row)
+            row.gpus = gpus
+            row.cpus = node.cpus
+            row.mem_mb = node.mem_mb
+            row.drained = node.drained
+            row.reason = node.reason
+            row.last_seen = node.last_seen
+
+    def nodes(self) -> list[NodeRecord]:
+        with self._session() as session:
+            return [
+                NodeRecord(
+                    name=r.name,
+                    gpus=[GpuInfo(**g) for g in r.gpus],
+                    cpus=r.cpus,
+                    mem_mb=r.mem_mb,
+                    drained=r.drained,
+                    reason=r.reason,
+                    last_seen=r.last_seen,
+                )
+                for r in session.scalars(select(NodeRow))
+            ]
+
