@@ -93,6 +93,11 @@ def run_up(args: argparse.Namespace) -> int:
     host = socket.gethostname()
     names = [host] if args.agents == 1 else [f"{host}-{i}" for i in range(args.agents)]
     procs: list[subprocess.Popen[bytes]] = []
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
     try:
         procs.append(subprocess.Popen(sched_cmd))
         if not _wait_socket(procs[0], sock):
