@@ -21,8 +21,17 @@ from gshare.jobscript import JobScript, ScriptError, read_script, wrap
 from gshare.timefmt import TimeFormatError, format_duration, parse_duration
 
 INT32_MAX = 2**31 - 1
-LIVE = ("PENDING", "HELD", "STARTING", "RUNNING", "PREEMPTING", "LOST", "HANDED_OFF", "RUNNING_REMOTE")
-STATE_NAMES = [n for n in pb.JobState.keys() if n != "JOB_STATE_UNSPECIFIED"]
+LIVE = (
+    "PENDING",
+    "HELD",
+    "STARTING",
+    "RUNNING",
+    "PREEMPTING",
+    "LOST",
+    "HANDED_OFF",
+    "RUNNING_REMOTE",
+)
+STATE_NAMES = [n for n in pb.JobState.keys() if n != "JOB_STATE_UNSPECIFIED"]  # noqa: SIM118
 
 
 class UsageError(Exception):
@@ -42,6 +51,7 @@ def fail(prog: str, message: str, code: int = 1) -> int:
 
 
 # ---------------------------------------------------------------- gsub
+
 
 def _memory_mb(text: str) -> int:
     match = re.fullmatch(r"(\d+)\s*([kKmMgGtT]?)[bB]?", text.strip())
@@ -97,17 +107,33 @@ def _job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-g", "--gpus", type=_gpus, help="GPUs, all on one node (default 1)")
     p.add_argument("-J", "--name", help="job name (default: the script's name)")
     p.add_argument("-q", "--queue", help="queue (default: the scheduler's default queue)")
-    p.add_argument("--priority", type=_int32("--priority"),
-                   help="priority; users may lower their own jobs (negative), admins raise")
-    p.add_argument("-t", "--time", type=_duration,
-                   help="time limit: 30m, 2h, 1d, 1:30:00 or minutes (default: the queue's)")
+    p.add_argument(
+        "--priority",
+        type=_int32("--priority"),
+        help="priority; users may lower their own jobs (negative), admins raise",
+    )
+    p.add_argument(
+        "-t",
+        "--time",
+        type=_duration,
+        help="time limit: 30m, 2h, 1d, 1:30:00 or minutes (default: the queue's)",
+    )
     p.add_argument("-c", "--cpus", type=_int32("--cpus"), help="CPU cores the job needs")
     p.add_argument("--mem", type=_memory_mb, help="host memory the job needs, e.g. 32G")
     p.add_argument("-D", "--workdir", help="working directory (default: the current one)")
-    p.add_argument("--env", type=_env, action="append", metavar="KEY=VALUE",
-                   help="set a variable in the job's environment (repeatable)")
-    p.add_argument("-o", "--output", help="log file for stdout and stderr, %%j is the job id "
-                   "(default: gshare-%%j.out in the working directory)")
+    p.add_argument(
+        "--env",
+        type=_env,
+        action="append",
+        metavar="KEY=VALUE",
+        help="set a variable in the job's environment (repeatable)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        help="log file for stdout and stderr, %%j is the job id "
+        "(default: gshare-%%j.out in the working directory)",
+    )
 
 
 def gsub_parser() -> _Parser:
@@ -120,7 +146,9 @@ def gsub_parser() -> _Parser:
     )
     p.add_argument("script", nargs="?", help="the job script (must start with #!)")
     p.add_argument("args", nargs="*", help="arguments for the script")
-    p.add_argument("--wrap", metavar="COMMAND", help="submit COMMAND as a /bin/sh script instead of a file")
+    p.add_argument(
+        "--wrap", metavar="COMMAND", help="submit COMMAND as a /bin/sh script instead of a file"
+    )
     p.add_argument("--json", action="store_true", help='print {"job_id": N}')
     p.add_argument("--address", help="scheduler: unix:PATH or HOST:PORT (default: $GSHARE_ADDRESS)")
     p.add_argument("--version", action="version", version=f"gsub {__version__}")
@@ -169,6 +197,9 @@ def build_spec(args: argparse.Namespace, environ: dict[str, str]) -> pb.JobSpec:
         else:
             options[key] = value
     env = dict(environ)
+    if args.script:
+        env["GSHARE_SCRIPT_DIR"] = str(Path(args.script).resolve().parent)
+    env["GSHARE_SUBMIT_DIR"] = os.getcwd()
     env.update(dict(options.get("env", [])))
     workdir = os.path.abspath(options.get("workdir") or os.getcwd())
     return pb.JobSpec(
@@ -205,6 +236,7 @@ def gsub_main(argv: Sequence[str] | None = None) -> int:
 
 
 # ---------------------------------------------------------------- gshare
+
 
 def _state(job: pb.Job) -> str:
     return pb.JobState.Name(job.state)
@@ -244,15 +276,23 @@ def job_json(job: pb.Job) -> dict[str, Any]:
         "script": job.spec.script_name,
         "args": list(job.spec.args),
         "events": [
-            {"time": e.time, "kind": e.kind, "from": e.from_state, "to": e.to_state,
-             "actor": e.actor, "reason": e.reason}
+            {
+                "time": e.time,
+                "kind": e.kind,
+                "from": e.from_state,
+                "to": e.to_state,
+                "actor": e.actor,
+                "reason": e.reason,
+            }
             for e in job.events
         ],
     }
 
 
 def table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     for r in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
@@ -280,13 +320,21 @@ def cmd_queue(client: Client, args: argparse.Namespace) -> int:
     now = time.time()
     rows = [
         [
-            str(j.job_id), _short(j.spec.name, 20), j.user, j.spec.queue, _state(j),
-            str(j.spec.gpus), j.node or "-", _runtime(j, now),
+            str(j.job_id),
+            _short(j.spec.name, 20),
+            j.user,
+            j.spec.queue,
+            _state(j),
+            str(j.spec.gpus),
+            j.node or "-",
+            _runtime(j, now),
             _short(j.reason or ("" if j.state != pb.PENDING else "waiting for a cycle")),
         ]
         for j in jobs
     ]
-    print(table(rows, ["JOBID", "NAME", "USER", "QUEUE", "STATE", "GPUS", "NODE", "TIME", "REASON"]))
+    print(
+        table(rows, ["JOBID", "NAME", "USER", "QUEUE", "STATE", "GPUS", "NODE", "TIME", "REASON"])
+    )
     return 0
 
 
@@ -309,8 +357,12 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
         ("Started", _when(job.start_time)),
         ("Ended", _when(job.end_time)),
         ("Run time", _runtime(job, time.time())),
-        ("Exit", (f"code {job.exit_code}" + (f", signal {job.exit_signal}" if job.exit_signal else ""))
-         if job.has_exit else "-"),
+        (
+            "Exit",
+            (f"code {job.exit_code}" + (f", signal {job.exit_signal}" if job.exit_signal else ""))
+            if job.has_exit
+            else "-",
+        ),
         ("Restarts", str(job.restarts)),
         ("Script", f"{job.spec.script_name} {' '.join(job.spec.args)}".strip()),
         ("Workdir", job.spec.workdir),
@@ -322,7 +374,8 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
     print("\nEvents:")
     for e in job.events:
         move = f"{e.from_state or '-'} -> {e.to_state}"
-        print(f"  {_when(e.time)}  {e.kind:<16} {move:<24} {e.actor}{': ' + e.reason if e.reason else ''}")
+        why = f": {e.reason}" if e.reason else ""
+        print(f"  {_when(e.time)}  {e.kind:<16} {move:<24} {e.actor}{why}")
     return 0
 
 
@@ -353,32 +406,54 @@ def cmd_release(client: Client, args: argparse.Namespace) -> int:
 def cmd_nodes(client: Client, args: argparse.Namespace) -> int:
     nodes = client.nodes()
     if args.json:
-        print(json.dumps([
-            {
-                "name": n.name,
-                "state": pb.NodeState.Name(n.state).removeprefix("NODE_"),
-                "reason": n.reason,
-                "gpu_backend": n.gpu_backend,
-                "gpus": [
-                    {"index": g.index, "uuid": g.uuid, "model": g.model, "memory_mb": g.memory_mb,
-                     "nvlink_peers": list(g.nvlink_peers), "busy": g.index in n.busy_gpus}
-                    for g in n.gpus
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": n.name,
+                        "state": pb.NodeState.Name(n.state).removeprefix("NODE_"),
+                        "reason": n.reason,
+                        "gpu_backend": n.gpu_backend,
+                        "gpus": [
+                            {
+                                "index": g.index,
+                                "uuid": g.uuid,
+                                "model": g.model,
+                                "memory_mb": g.memory_mb,
+                                "nvlink_peers": list(g.nvlink_peers),
+                                "busy": g.index in n.busy_gpus,
+                            }
+                            for g in n.gpus
+                        ],
+                        "cpus": n.cpus,
+                        "mem_mb": n.mem_mb,
+                    }
+                    for n in nodes
                 ],
-                "cpus": n.cpus,
-                "mem_mb": n.mem_mb,
-            }
-            for n in nodes
-        ], indent=2))
+                indent=2,
+            )
+        )
         return 0
     rows = []
     for n in nodes:
         models = sorted({g.model for g in n.gpus})
-        rows.append([
-            n.name, pb.NodeState.Name(n.state).removeprefix("NODE_"),
-            f"{len(n.busy_gpus)}/{len(n.gpus)}", ", ".join(models) or "-",
-            n.gpu_backend or "-", str(n.cpus), f"{n.mem_mb // 1024}G", _short(n.reason, 40),
-        ])
-    print(table(rows, ["NODE", "STATE", "GPUS(USED/ALL)", "MODEL", "BACKEND", "CPUS", "MEM", "REASON"]))
+        rows.append(
+            [
+                n.name,
+                pb.NodeState.Name(n.state).removeprefix("NODE_"),
+                f"{len(n.busy_gpus)}/{len(n.gpus)}",
+                ", ".join(models) or "-",
+                n.gpu_backend or "-",
+                str(n.cpus),
+                f"{n.mem_mb // 1024}G",
+                _short(n.reason, 40),
+            ]
+        )
+    print(
+        table(
+            rows, ["NODE", "STATE", "GPUS(USED/ALL)", "MODEL", "BACKEND", "CPUS", "MEM", "REASON"]
+        )
+    )
     return 0
 
 
@@ -387,7 +462,11 @@ def cmd_logs(client: Client, args: argparse.Namespace) -> int:
     path = Path(job.output_path)
     deadline = time.monotonic() + 10
     while not path.exists():
-        if not args.follow or _state(job) not in LIVE or time.monotonic() > deadline and job.start_time:
+        if (
+            not args.follow
+            or _state(job) not in LIVE
+            or (time.monotonic() > deadline and job.start_time)
+        ):
             raise ClientError(f"no log yet at {path} (job {job.job_id} is {_state(job)})")
         time.sleep(0.5)
         job = client.job(args.job)
@@ -413,13 +492,18 @@ def gshare_parser() -> argparse.ArgumentParser:
         prog="gshare",
         description="gshare: a fair GPU cluster-sharing scheduler. Submit jobs with gsub.",
     )
-    p.add_argument("--address", help="scheduler: unix:PATH or HOST:PORT (default: $GSHARE_ADDRESS, "
-                   "else the local socket)")
+    p.add_argument(
+        "--address",
+        help="scheduler: unix:PATH or HOST:PORT (default: $GSHARE_ADDRESS, else the local socket)",
+    )
     p.add_argument("--version", action="version", version=f"gshare {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    q = sub.add_parser("queue", help="list pending and running jobs", description="List jobs, "
-                       "like squeue. Live jobs by default; --all adds ended ones.")
+    q = sub.add_parser(
+        "queue",
+        help="list pending and running jobs",
+        description="List jobs, like squeue. Live jobs by default; --all adds ended ones.",
+    )
     q.add_argument("-u", "--user", action="append", help="only this user's jobs (repeatable)")
     q.add_argument("--me", action="store_true", help="only my jobs")
     q.add_argument("-s", "--state", action="append", help="only jobs in this state (repeatable)")
@@ -446,8 +530,12 @@ def gshare_parser() -> argparse.ArgumentParser:
     n.add_argument("--json", action="store_true")
     n.set_defaults(func=cmd_nodes)
 
-    lg = sub.add_parser("logs", help="print a job's output", description="Print a job's output "
-                        "file (read where the job writes it: on this machine or a shared file system).")
+    lg = sub.add_parser(
+        "logs",
+        help="print a job's output",
+        description="Print a job's output "
+        "file (read where the job writes it: on this machine or a shared file system).",
+    )
     lg.add_argument("job", type=int)
     lg.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
     lg.set_defaults(func=cmd_logs)

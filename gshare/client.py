@@ -11,6 +11,7 @@ from gshare.address import resolve
 from gshare.api import gshare_pb2 as pb
 from gshare.api import gshare_pb2_grpc as pb_grpc
 
+Req = TypeVar("Req")
 T = TypeVar("T")
 
 
@@ -38,7 +39,7 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: grpc.UnaryUnaryMultiCallable[object, T], request: object) -> T:
+    def _call(self, method: grpc.UnaryUnaryMultiCallable[Req, T], request: Req) -> T:
         try:
             return method(request, timeout=self.timeout)
         except grpc.RpcError as exc:
@@ -64,14 +65,17 @@ class Client:
     def jobs(
         self,
         users: Iterable[str] = (),
-        states: Iterable[int] = (),
+        states: Iterable[pb.JobState.ValueType] = (),
         queues: Iterable[str] = (),
         include_finished: bool = False,
         limit: int = 0,
     ) -> list[pb.Job]:
         request = pb.ListJobsRequest(
-            users=list(users), states=list(states), queues=list(queues),
-            include_finished=include_finished, limit=limit,
+            users=list(users),
+            states=list(states),
+            queues=list(queues),
+            include_finished=include_finished,
+            limit=limit,
         )
         return list(self._call(self._stub.ListJobs, request).jobs)
 

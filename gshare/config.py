@@ -1,22 +1,22 @@
 """gshare.toml: one file for the scheduler, the agents and the clients, validated at load.
 
-    [scheduler]
-    policy = "priority"          # scheduling policy by name
-    admins = ["alice"]           # may cancel, hold and prioritise anyone's jobs
-    node_lease_s = 60            # an agent silent this long is down, its jobs lost
-    max_script_bytes = 1048576
+[scheduler]
+policy = "priority"          # scheduling policy by name
+admins = ["alice"]           # may cancel, hold and prioritise anyone's jobs
+node_lease_s = 60            # an agent silent this long is down, its jobs lost
+max_script_bytes = 1048576
 
-    [server]
-    socket = "/run/gshare/gshare.sock"
-    tcp = "0.0.0.0:7710"          # optional: agents and clients on other hosts
+[server]
+socket = "/run/gshare/gshare.sock"
+tcp = "0.0.0.0:7710"          # optional: agents and clients on other hosts
 
-    [store]
-    url = "sqlite:////var/lib/gshare/gshare.db"   # any SQLAlchemy URL
-    sqlite_synchronous = "FULL"
+[store]
+url = "sqlite:////var/lib/gshare/gshare.db"   # any SQLAlchemy URL
+sqlite_synchronous = "FULL"
 
-    [queues.default]
-    default_time_limit = "1d"    # 0 or absent: unlimited
-    max_time_limit = "7d"
+[queues.default]
+default_time_limit = "1d"    # 0 or absent: unlimited
+max_time_limit = "7d"
 """
 
 from __future__ import annotations
@@ -107,7 +107,9 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
     known = {"scheduler", "server", "store", "queues", "agent"}
     for key in data:
         if key not in known:
-            raise ConfigError(f"{source}: unknown section [{key}] (known: {', '.join(sorted(known))})")
+            raise ConfigError(
+                f"{source}: unknown section [{key}] (known: {', '.join(sorted(known))})"
+            )
     sched = _section(data, "scheduler", source)
     server = _section(data, "server", source)
     store = _section(data, "store", source)

@@ -31,7 +31,9 @@ def read_script(path: Path, limit: int = MAX_SCRIPT_BYTES) -> JobScript:
     except OSError as exc:
         raise ScriptError(f"cannot read script {path}: {exc.strerror}") from exc
     if len(content) > limit:
-        raise ScriptError(f"{path} is {len(content)} bytes; job scripts are limited to {limit} bytes")
+        raise ScriptError(
+            f"{path} is {len(content)} bytes; job scripts are limited to {limit} bytes"
+        )
     if not content.strip():
         raise ScriptError(f"{path} is empty")
     try:
@@ -57,7 +59,7 @@ def directives(text: str, where: str) -> list[tuple[int, list[str]]]:
         if not stripped.startswith("#"):
             break
         if stripped.startswith("#GSUB"):
-            rest = stripped[len("#GSUB"):]
+            rest = stripped[len("#GSUB") :]
             if rest and not rest[0].isspace():
                 raise ScriptError(f"{where}:{number}: malformed #GSUB line: {stripped!r}")
             try:

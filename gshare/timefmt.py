@@ -22,7 +22,7 @@ def parse_duration(text: str) -> int:
     if re.fullmatch(r"\d+", s):
         return int(s) * 60
     match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", s)
-    if match and ":" in s or (match and "-" in s):
+    if (match and ":" in s) or (match and "-" in s):
         days = int(match.group(1) or 0)
         parts = [int(p) for p in match.group(2, 3, 4) if p is not None]
         if "-" in s:  # days-hours[:minutes[:seconds]]

@@ -36,8 +36,12 @@ def add_up_parser(sub: Any) -> None:
         "else fake GPUs. Ctrl-C stops the daemons; running jobs keep running and are "
         "re-adopted by the next `gshare up` on the same state dir.",
     )
-    up.add_argument("--fake-gpus", type=int, metavar="N",
-                    help="fake GPUs per agent (default: real GPUs if NVML works, else 4)")
+    up.add_argument(
+        "--fake-gpus",
+        type=int,
+        metavar="N",
+        help="fake GPUs per agent (default: real GPUs if NVML works, else 4)",
+    )
     up.add_argument("--agents", type=int, default=1, metavar="K", help="local agents (default 1)")
     up.add_argument("--state-dir", type=Path, help=f"default: {default_state_dir()}")
     up.add_argument("--config", type=Path, help="gshare.toml for the scheduler")
@@ -45,6 +49,15 @@ def add_up_parser(sub: Any) -> None:
     up.add_argument("--tcp", metavar="HOST:PORT", help="also listen on TCP for remote agents")
     up.add_argument("--log-level", default="WARNING", help="daemon log level (default WARNING)")
     up.set_defaults(func=run_up)
+
+
+def _label(proc: subprocess.Popen[bytes]) -> str:
+    """'schedulerd.main' or 'nodeagent.main (NODE)' from the command line it was given."""
+    argv = [str(a) for a in proc.args] if isinstance(proc.args, list) else [str(proc.args)]
+    label = argv[2] if len(argv) > 2 else argv[0]
+    if "--node" in argv:
+        label += f" ({argv[argv.index('--node') + 1]})"
+    return label
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -82,8 +95,17 @@ def run_up(args: argparse.Namespace) -> int:
             pass  # a stale socket from a run that was killed
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     py = sys.executable
-    sched_cmd = [py, "-m", "schedulerd.main", "--state-dir", str(state), "--socket", str(sock),
-                 "--log-level", args.log_level]
+    sched_cmd = [
+        py,
+        "-m",
+        "schedulerd.main",
+        "--state-dir",
+        str(state),
+        "--socket",
+        str(sock),
+        "--log-level",
+        args.log_level,
+    ]
     if args.config:
         sched_cmd += ["--config", str(args.config)]
     if args.policy:
@@ -103,8 +125,19 @@ def run_up(args: argparse.Namespace) -> int:
         if not _wait_socket(procs[0], sock):
             return 1
         for name in names:
-            cmd = [py, "-m", "nodeagent.main", "--address", address, "--node", name,
-                   "--state-dir", str(state / f"agent-{name}"), "--log-level", args.log_level]
+            cmd = [
+                py,
+                "-m",
+                "nodeagent.main",
+                "--address",
+                address,
+                "--node",
+                name,
+                "--state-dir",
+                str(state / f"agent-{name}"),
+                "--log-level",
+                args.log_level,
+            ]
             if fake is not None:
                 cmd += ["--fake-gpus", str(fake)]
             procs.append(subprocess.Popen(cmd))
@@ -113,17 +146,22 @@ def run_up(args: argparse.Namespace) -> int:
             _stop(procs)
             return 1
         kind = f"{fake} fake GPUs each" if fake is not None else "real GPUs (NVML)"
-        print(f"gshare is up: scheduler at {address}, {len(names)} node(s) with {kind}, {gpus} GPUs.")
+        print(
+            f"gshare is up: scheduler at {address}, {len(names)} node(s) with {kind}, {gpus} GPUs."
+        )
         if state != default_state_dir():
             print(f"  export GSHARE_ADDRESS={address}")
-        print("  try:   gsub examples/train.sh --gpus 2     then: gshare queue   gshare top")
+        print("  try:   gsub examples/train.sh --gpus 2     then: gshare queue")
         print("  stop:  Ctrl-C (running jobs keep running and are re-adopted next time)")
         sys.stdout.flush()
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
         dead = [p for p in procs if p.poll() is not None]
-        print(f"gshare up: {' '.join(str(p.args[2]) for p in dead)} exited "
-              f"({dead[0].returncode}); stopping", file=sys.stderr)
+        print(
+            f"gshare up: {' '.join(_label(p) for p in dead)} exited "
+            f"({dead[0].returncode}); stopping",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         return 0
@@ -149,7 +187,7 @@ def _wait_ready(procs: list[subprocess.Popen[bytes]], address: str, agents: int)
     while time.monotonic() < deadline:
         for proc in procs:
             if proc.poll() is not None:
-                print(f"gshare up: {proc.args[2]} exited with {proc.returncode}", file=sys.stderr)
+                print(f"gshare up: {_label(proc)} exited with {proc.returncode}", file=sys.stderr)
                 return None
         try:
             with Client(address, timeout=2) as client:
@@ -161,4 +199,3 @@ def _wait_ready(procs: list[subprocess.Popen[bytes]], address: str, agents: int)
         time.sleep(0.2)
     print("gshare up: the cluster did not come up within 60s", file=sys.stderr)
     return None
-

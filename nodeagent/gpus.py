@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -77,10 +78,8 @@ class NvmlProbe:
         return devices
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self._nvml.nvmlShutdown()
-        except Exception:
-            pass
 
 
 class FakeProbe:
@@ -89,7 +88,12 @@ class FakeProbe:
     backend = "fake"
 
     def __init__(
-        self, node: str, count: int, model: str = "Fake GPU", memory_mb: int = 81920, nvlink: bool = True
+        self,
+        node: str,
+        count: int,
+        model: str = "Fake GPU",
+        memory_mb: int = 81920,
+        nvlink: bool = True,
     ) -> None:
         if count < 1:
             raise ValueError("--fake-gpus must be at least 1")

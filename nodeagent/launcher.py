@@ -126,7 +126,12 @@ class Launcher:
                 proc.exited, proc.error = True, "the job's supervisor vanished; exit status unknown"
                 proc.end_time = time.time()
             self.jobs[proc.job_id] = proc
-            log.info("re-adopted job %d (pid %d, %s)", proc.job_id, proc.pid, "ended" if proc.exited else "running")
+            log.info(
+                "re-adopted job %d (pid %d, %s)",
+                proc.job_id,
+                proc.pid,
+                "ended" if proc.exited else "running",
+            )
 
     def _read_pid(self, proc: JobProcess) -> None:
         with contextlib.suppress(FileNotFoundError, ValueError):
@@ -200,7 +205,15 @@ class Launcher:
         except (LaunchError, OSError) as exc:
             proc.exited, proc.error, proc.exit_code = True, str(exc), 127
             proc.end_time = time.time()
-            write_atomic(job_dir / "exit.json", {"exit_code": 127, "exit_signal": 0, "end_time": proc.end_time, "error": proc.error})
+            write_atomic(
+                job_dir / "exit.json",
+                {
+                    "exit_code": 127,
+                    "exit_signal": 0,
+                    "end_time": proc.end_time,
+                    "error": proc.error,
+                },
+            )
             log.warning("job %d failed to launch: %s", req.job_id, exc)
             self.on_change(proc)
         return proc
@@ -285,4 +298,3 @@ class Launcher:
             return
         del self.jobs[job_id]
         shutil.rmtree(proc.dir, ignore_errors=True)
-

@@ -15,7 +15,7 @@ from gshare import __version__
 from gshare.api import gshare_pb2 as pb
 from gshare.api import gshare_pb2_grpc as pb_grpc
 from nodeagent.gpus import GpuDevice
-from nodeagent.launcher import JobProcess, LaunchRequest, Launcher
+from nodeagent.launcher import JobProcess, Launcher, LaunchRequest
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,13 @@ class SchedulerLink:
             register=pb.Register(
                 node=self.node,
                 gpus=[
-                    pb.Gpu(index=g.index, uuid=g.uuid, model=g.model, memory_mb=g.memory_mb,
-                           nvlink_peers=list(g.nvlink_peers))
+                    pb.Gpu(
+                        index=g.index,
+                        uuid=g.uuid,
+                        model=g.model,
+                        memory_mb=g.memory_mb,
+                        nvlink_peers=list(g.nvlink_peers),
+                    )
                     for g in self.gpus
                 ],
                 cpus=self.cpus,
@@ -82,7 +87,9 @@ class SchedulerLink:
             )
         )
 
-    async def _requests(self, outbox: asyncio.Queue[pb.AgentMessage]) -> AsyncIterator[pb.AgentMessage]:
+    async def _requests(
+        self, outbox: asyncio.Queue[pb.AgentMessage]
+    ) -> AsyncIterator[pb.AgentMessage]:
         while True:
             yield await outbox.get()
 

@@ -9,13 +9,13 @@ job through JOBDIR and learns how it ended from exit.json. Standard library only
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sys
 import time
 from pathlib import Path
-
 
 SHIELDED = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -51,7 +51,7 @@ def _child(spec: dict[str, object], err_w: int) -> None:
     except OSError as exc:
         what = f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc.strerror)
         os.write(err_w, what.encode())
-    except BaseException as exc:  # noqa: BLE001 - anything here must reach the agent
+    except BaseException as exc:
         os.write(err_w, repr(exc).encode())
     os._exit(127)
 
@@ -79,11 +79,14 @@ def run(job_dir: Path) -> int:
             break
         except InterruptedError:
             continue
-    try:  # whatever the job left running in its process group goes with it
+    with contextlib.suppress(OSError):  # what the job left in its process group goes with it
         os.killpg(pid, signal.SIGKILL)
-    except OSError:
-        pass
-    result: dict[str, object] = {"end_time": time.time(), "exit_code": 0, "exit_signal": 0, "error": ""}
+    result: dict[str, object] = {
+        "end_time": time.time(),
+        "exit_code": 0,
+        "exit_signal": 0,
+        "error": "",
+    }
     if error:
         result["error"] = error.decode(errors="replace")
         result["exit_code"] = 127

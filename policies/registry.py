@@ -21,7 +21,7 @@ class PolicyError(ValueError):
     """An unknown policy name or a parameter the policy does not accept."""
 
 
-PolicyFactory = Callable[..., Policy]
+PolicyFactory = Callable[..., Any]  # checked against Policy when called
 
 BUILTIN: Mapping[str, PolicyFactory] = {
     "priority": PriorityFifo,

@@ -29,7 +29,11 @@ def take_snapshot(
     jobs: Iterable[JobRecord],
     nodes: Mapping[str, NodeRecord],
     schedulable: Iterable[str],
+    cache: dict[int, tuple[JobRecord, PendingJob]] | None = None,
 ) -> ClusterSnapshot:
+    """`cache` caches each pending job's frozen view while its record is the same object
+    (records are replaced on every change), so a long queue costs little to snapshot."""
+    cache = {} if cache is None else cache
     jobs = list(jobs)
     busy: dict[str, set[int]] = {}
     used_cpus: dict[str, int] = {}
@@ -54,19 +58,27 @@ def take_snapshot(
                 )
             )
         elif job.state is JobState.PENDING:
-            pending.append(
-                PendingJob(
-                    job.job_id,
-                    job.user,
-                    job.queue,
-                    job.gpus,
-                    job.priority,
-                    job.submit_time,
-                    job.cpus,
-                    job.mem_mb,
-                    job.time_limit_s,
-                )
+            cached = cache.get(job.job_id)
+            if cached is not None and cached[0] is job:
+                pending.append(cached[1])
+                continue
+            view = PendingJob(
+                job.job_id,
+                job.user,
+                job.queue,
+                job.gpus,
+                job.priority,
+                job.submit_time,
+                job.cpus,
+                job.mem_mb,
+                job.time_limit_s,
             )
+            cache[job.job_id] = (job, view)
+            pending.append(view)
+    if len(cache) > len(pending):
+        live = {view.job_id for view in pending}
+        for job_id in [j for j in cache if j not in live]:
+            del cache[job_id]
     ok = set(schedulable)
     views = []
     for name in sorted(nodes):

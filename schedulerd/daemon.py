@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from gshare.api import gshare_pb2 as pb
 from gshare.config import Config
-from policies import Policy
+from policies import PendingJob, Policy
 from schedulerd import cycle
 from schedulerd.jobstate import JobState
 from schedulerd.model import EventRecord, GpuInfo, JobRecord, NodeRecord, NodeState
@@ -74,6 +74,7 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._submits: asyncio.Queue[tuple[NewJob, asyncio.Future[int]]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        self._views: dict[int, tuple[JobRecord, PendingJob]] = {}
 
     # ------------------------------------------------------------ life
 
@@ -126,11 +127,15 @@ class Scheduler:
     def publish_job(self, job: JobRecord) -> None:
         from schedulerd.convert import job_to_pb
 
+        if not self.watchers:
+            return
         self._publish(pb.ClusterChange(job=job_to_pb(job)))
 
     def publish_node(self, node: NodeRecord) -> None:
         from schedulerd.convert import node_to_pb
 
+        if not self.watchers:
+            return
         self._publish(pb.ClusterChange(node=node_to_pb(node, self.busy_gpus(node.name))))
 
     def _publish(self, change: pb.ClusterChange) -> None:
@@ -146,7 +151,10 @@ class Scheduler:
 
     def busy_gpus(self, node: str) -> list[int]:
         return sorted(
-            i for j in self.jobs.values() if j.node == node and j.state.on_node for i in j.gpu_indexes
+            i
+            for j in self.jobs.values()
+            if j.node == node and j.state.on_node
+            for i in j.gpu_indexes
         )
 
     # ------------------------------------------------------------ client requests
@@ -160,7 +168,10 @@ class Scheduler:
     def validate(self, caller: Caller, spec: pb.JobSpec) -> JobRecord:
         """Turn a submission into a job record, or refuse it with the reason."""
         if caller.anonymous:
-            raise Refused("submitting needs a known user: use the scheduler's Unix socket", "PERMISSION_DENIED")
+            raise Refused(
+                "submitting needs a known user: use the scheduler's Unix socket",
+                "PERMISSION_DENIED",
+            )
         if spec.gpus < 1:
             raise Refused(f"--gpus must be at least 1, not {spec.gpus}")
         if spec.gpus > MAX_GPUS_PER_JOB:
@@ -262,8 +273,12 @@ class Scheduler:
         return job, await self.db(self.store.events, job_id)
 
     async def list_jobs(
-        self, users: Iterable[str], states: Iterable[JobState], queues: Iterable[str],
-        include_finished: bool, limit: int,
+        self,
+        users: Iterable[str],
+        states: Iterable[JobState],
+        queues: Iterable[str],
+        include_finished: bool,
+        limit: int,
     ) -> list[JobRecord]:
         users, states, queues = set(users), set(states), set(queues)
         jobs = list(self.jobs.values())
@@ -296,27 +311,50 @@ class Scheduler:
             why = f"cancelled by {caller.user}"
             if job.state in (JobState.PENDING, JobState.HELD, JobState.LOST, JobState.HANDED_OFF):
                 [job] = await self.change(
-                    [Change(job_id, JobState.CANCELLED, "cancel", caller.user, why,
-                            (("end_time", self.clock()), ("reason", why)))]
+                    [
+                        Change(
+                            job_id,
+                            JobState.CANCELLED,
+                            "cancel",
+                            caller.user,
+                            why,
+                            (("end_time", self.clock()), ("reason", why)),
+                        )
+                    ]
                 )
                 self.kick()
                 return job
             if job.state.on_node:
                 [job] = await self.change(
-                    [Change(job_id, job.state, "cancel_requested", caller.user, why,
-                            (("end_request", JobState.CANCELLED.value), ("reason", why)))]
+                    [
+                        Change(
+                            job_id,
+                            job.state,
+                            "cancel_requested",
+                            caller.user,
+                            why,
+                            (("end_request", JobState.CANCELLED.value), ("reason", why)),
+                        )
+                    ]
                 )
                 self._send_kill(job)
                 return job
-            raise Refused(f"job {job_id} is {job.state} and cannot be cancelled", "FAILED_PRECONDITION")
+            raise Refused(
+                f"job {job_id} is {job.state} and cannot be cancelled", "FAILED_PRECONDITION"
+            )
 
     async def hold(self, caller: Caller, job_id: int) -> JobRecord:
         async with self.lock:
             job = await self._owned(caller, job_id)
             if job.state is not JobState.PENDING:
-                raise Refused(f"job {job_id} is {job.state}; only a pending job can be held", "FAILED_PRECONDITION")
+                raise Refused(
+                    f"job {job_id} is {job.state}; only a pending job can be held",
+                    "FAILED_PRECONDITION",
+                )
             why = f"held by {caller.user}"
-            [job] = await self.change([Change(job_id, JobState.HELD, "hold", caller.user, why, (("reason", why),))])
+            [job] = await self.change(
+                [Change(job_id, JobState.HELD, "hold", caller.user, why, (("reason", why),))]
+            )
             return job
 
     async def release(self, caller: Caller, job_id: int) -> JobRecord:
@@ -325,7 +363,16 @@ class Scheduler:
             if job.state is not JobState.HELD:
                 raise Refused(f"job {job_id} is {job.state}, not held", "FAILED_PRECONDITION")
             [job] = await self.change(
-                [Change(job_id, JobState.PENDING, "release", caller.user, f"released by {caller.user}", (("reason", ""),))]
+                [
+                    Change(
+                        job_id,
+                        JobState.PENDING,
+                        "release",
+                        caller.user,
+                        f"released by {caller.user}",
+                        (("reason", ""),),
+                    )
+                ]
             )
             self.kick()
             return job
@@ -343,7 +390,9 @@ class Scheduler:
         async with self.lock:
             t0 = time.perf_counter()
             now = self.clock()
-            snapshot = cycle.take_snapshot(now, self.jobs.values(), self.nodes, self.schedulable_nodes())
+            snapshot = cycle.take_snapshot(
+                now, self.jobs.values(), self.nodes, self.schedulable_nodes(), self._views
+            )
             plan, _ = cycle.decide(self.policy, snapshot)
             started = await self.change(cycle.start_changes(plan, self.nodes, now))
             changed = {
@@ -351,12 +400,11 @@ class Scheduler:
                 for job_id, reason in plan.reasons.items()
                 if job_id in self.jobs and self.jobs[job_id].reason != reason
             }
+            # Why a job waits is recomputed every cycle, so it lives in memory only; the
+            # store keeps the reasons that end or requeue a job, written with their change.
             for job_id, reason in changed.items():
                 self.jobs[job_id].reason = reason
-            if changed:
-                await self.db(self.store.set_reasons, changed)
-                for job_id in changed:
-                    self.publish_job(self.jobs[job_id])
+                self.publish_job(self.jobs[job_id])
             for job in started:
                 await self._send_launch(job)
             if started:
@@ -370,7 +418,9 @@ class Scheduler:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.config.heartbeat_s)
-            await asyncio.sleep(0.01)  # debounce: let a burst of events land in one cycle
+            # Debounce: a burst of events makes one cycle, and cycles never take more than
+            # about a quarter of the loop's time, so a long queue cannot starve the API.
+            await asyncio.sleep(0.01 + 3 * self.last_cycle_s)
             self._wake.clear()
             try:
                 await self.run_cycle()
@@ -400,8 +450,16 @@ class Scheduler:
             for job in over:
                 why = f"time limit of {job.time_limit_s}s reached"
                 [job] = await self.change(
-                    [Change(job.job_id, job.state, "timeout", "scheduler", why,
-                            (("end_request", JobState.TIMEOUT.value), ("reason", why)))]
+                    [
+                        Change(
+                            job.job_id,
+                            job.state,
+                            "timeout",
+                            "scheduler",
+                            why,
+                            (("end_request", JobState.TIMEOUT.value), ("reason", why)),
+                        )
+                    ]
                 )
                 self._send_kill(job)
 
@@ -423,15 +481,30 @@ class Scheduler:
     async def _lose_jobs_on(self, node: str, why: str) -> None:
         on_node = [j for j in self.jobs.values() if j.node == node and j.state.on_node]
         for job in on_node:
-            await self.change([Change(job.job_id, JobState.LOST, "lost", "scheduler", why, (("reason", why),))])
+            await self.change(
+                [Change(job.job_id, JobState.LOST, "lost", "scheduler", why, (("reason", why),))]
+            )
             if job.end_request:
                 end = JobState(job.end_request)
-                await self.change([Change(job.job_id, end, "end", "scheduler", why,
-                                          (("end_time", self.clock()),))])
+                await self.change(
+                    [
+                        Change(
+                            job.job_id, end, "end", "scheduler", why, (("end_time", self.clock()),)
+                        )
+                    ]
+                )
             else:
                 await self.change(
-                    [Change(job.job_id, JobState.PENDING, "requeue", "scheduler",
-                            f"requeued: {why}", _requeue_fields(job, f"requeued after node {node} was lost"))]
+                    [
+                        Change(
+                            job.job_id,
+                            JobState.PENDING,
+                            "requeue",
+                            "scheduler",
+                            f"requeued: {why}",
+                            _requeue_fields(job, f"requeued after node {node} was lost"),
+                        )
+                    ]
                 )
 
     # ------------------------------------------------------------ agents
@@ -439,7 +512,11 @@ class Scheduler:
     def _send_kill(self, job: JobRecord) -> None:
         session = self.sessions.get(job.node)
         if session is not None:
-            session.send(pb.SchedulerMessage(kill=pb.KillJob(job_id=job.job_id, grace_s=self.config.kill_grace_s)))
+            session.send(
+                pb.SchedulerMessage(
+                    kill=pb.KillJob(job_id=job.job_id, grace_s=self.config.kill_grace_s)
+                )
+            )
 
     async def _send_launch(self, job: JobRecord) -> None:
         session = self.sessions.get(job.node)
@@ -472,7 +549,10 @@ class Scheduler:
                 old.send(pb.SchedulerMessage())  # empty message: tells the old stream to end
             self.sessions[reg.node] = session
             node = self.nodes.get(reg.node)
-            gpus = [GpuInfo(g.index, g.uuid, g.model, g.memory_mb, list(g.nvlink_peers)) for g in reg.gpus]
+            gpus = [
+                GpuInfo(g.index, g.uuid, g.model, g.memory_mb, list(g.nvlink_peers))
+                for g in reg.gpus
+            ]
             if node is None:
                 node = NodeRecord(reg.node, gpus, reg.cpus, reg.mem_mb)
                 self.nodes[reg.node] = node
@@ -483,8 +563,13 @@ class Scheduler:
             node.last_seen = self.clock()
             node.gpu_backend, node.agent_version = reg.gpu_backend, reg.agent_version
             await self.db(self.store.save_node, node)
-            session.send(pb.SchedulerMessage(registered=pb.Registered(
-                lease_s=self.config.node_lease_s, heartbeat_s=self.config.heartbeat_s)))
+            session.send(
+                pb.SchedulerMessage(
+                    registered=pb.Registered(
+                        lease_s=self.config.node_lease_s, heartbeat_s=self.config.heartbeat_s
+                    )
+                )
+            )
             reported = {j.job_id: j for j in reg.jobs}
             for job in [j for j in self.jobs.values() if j.node == reg.node and j.state.on_node]:
                 seen = reported.pop(job.job_id, None)
@@ -494,19 +579,47 @@ class Scheduler:
                         self._send_kill(job)
                 elif job.state is JobState.STARTING:
                     why = f"node {reg.node} came back without the job; starting it again"
-                    await self.change([Change(job.job_id, JobState.PENDING, "requeue", "scheduler", why,
-                                              _requeue_fields(job, why, count=False))])
+                    await self.change(
+                        [
+                            Change(
+                                job.job_id,
+                                JobState.PENDING,
+                                "requeue",
+                                "scheduler",
+                                why,
+                                _requeue_fields(job, why, count=False),
+                            )
+                        ]
+                    )
                 else:
                     why = f"node {reg.node} no longer knows the job (its agent state was lost)"
-                    await self.change([Change(job.job_id, JobState.FAILED, "lost", "scheduler", why,
-                                              (("reason", why), ("end_time", self.clock())))])
+                    await self.change(
+                        [
+                            Change(
+                                job.job_id,
+                                JobState.FAILED,
+                                "lost",
+                                "scheduler",
+                                why,
+                                (("reason", why), ("end_time", self.clock())),
+                            )
+                        ]
+                    )
             for stray in reported.values():
                 # ours no more (requeued, cancelled, or unknown): stop it, forget its end
                 if stray.exited:
                     session.send(pb.SchedulerMessage(forget=pb.Forget(job_id=stray.job_id)))
                 else:
-                    log.warning("node %s runs job %d that is not its own; killing it", reg.node, stray.job_id)
-                    session.send(pb.SchedulerMessage(kill=pb.KillJob(job_id=stray.job_id, grace_s=self.config.kill_grace_s)))
+                    log.warning(
+                        "node %s runs job %d that is not its own; killing it",
+                        reg.node,
+                        stray.job_id,
+                    )
+                    session.send(
+                        pb.SchedulerMessage(
+                            kill=pb.KillJob(job_id=stray.job_id, grace_s=self.config.kill_grace_s)
+                        )
+                    )
             self.publish_node(node)
         self.kick()
 
@@ -540,8 +653,18 @@ class Scheduler:
             return
         if not update.exited:
             if job.state is JobState.STARTING:
-                await self.change([Change(job.job_id, JobState.RUNNING, "running", f"agent:{node}",
-                                          f"pid {update.pid}", (("start_time", update.start_time or self.clock()),))])
+                await self.change(
+                    [
+                        Change(
+                            job.job_id,
+                            JobState.RUNNING,
+                            "running",
+                            f"agent:{node}",
+                            f"pid {update.pid}",
+                            (("start_time", update.start_time or self.clock()),),
+                        )
+                    ]
+                )
             return
         end, why = _end_of(job, update)
         fields = (

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import secrets
 import signal
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 
 from gshare import __version__
 from gshare.api import gshare_pb2_grpc as pb_grpc
@@ -35,13 +34,27 @@ def build_parser() -> argparse.ArgumentParser:
         description="The gshare scheduler: keeps the queue, decides who gets which GPUs, "
         "and drives the node agents.",
     )
-    p.add_argument("--config", type=Path, help="config file (default: /etc/gshare/gshare.toml if present)")
-    p.add_argument("--state-dir", type=Path, help="where the database and socket live "
-                   "(default: $XDG_STATE_HOME/gshare, or /var/lib/gshare for root)")
-    p.add_argument("--socket", type=Path, help="Unix socket for clients and local agents "
-                   "(default: [server] socket, else STATE_DIR/gshare.sock)")
-    p.add_argument("--tcp", metavar="HOST:PORT", help="also listen on TCP, for remote agents "
-                   "(they present the agent token) and read-only remote clients")
+    p.add_argument(
+        "--config", type=Path, help="config file (default: /etc/gshare/gshare.toml if present)"
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where the database and socket live "
+        "(default: $XDG_STATE_HOME/gshare, or /var/lib/gshare for root)",
+    )
+    p.add_argument(
+        "--socket",
+        type=Path,
+        help="Unix socket for clients and local agents "
+        "(default: [server] socket, else STATE_DIR/gshare.sock)",
+    )
+    p.add_argument(
+        "--tcp",
+        metavar="HOST:PORT",
+        help="also listen on TCP, for remote agents "
+        "(they present the agent token) and read-only remote clients",
+    )
     p.add_argument("--store-url", help="SQLAlchemy database URL (default: SQLite in STATE_DIR)")
     p.add_argument("--policy", help="scheduling policy (overrides [scheduler] policy)")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
@@ -67,7 +80,9 @@ async def serve(config: Config, args: argparse.Namespace, state_dir: Path) -> in
 
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     backend_port = server.add_insecure_port("127.0.0.1:0")
-    socket_path = args.socket or (Path(config.socket) if config.socket else state_dir / "gshare.sock")
+    socket_path = args.socket or (
+        Path(config.socket) if config.socket else state_dir / "gshare.sock"
+    )
     door = PeerCredFrontDoor(socket_path, backend_port)
     agent_token = ""
     tcp = args.tcp or config.tcp
@@ -91,7 +106,12 @@ async def serve(config: Config, args: argparse.Namespace, state_dir: Path) -> in
     await door.start()
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     await health.set("gshare.v1.ClientService", health_pb2.HealthCheckResponse.SERVING)
-    log.info("gshare-schedulerd %s: policy %s, store %s", __version__, policy.name, store.engine.url.render_as_string(hide_password=True))
+    log.info(
+        "gshare-schedulerd %s: policy %s, store %s",
+        __version__,
+        policy.name,
+        store.engine.url.render_as_string(hide_password=True),
+    )
     log.info("listening on unix:%s%s", socket_path, f" and tcp {tcp}" if tcp else "")
 
     stop = asyncio.Event()
@@ -124,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
-        print(f"gshare-schedulerd: cannot create state dir {state_dir}: {exc.strerror}", file=sys.stderr)
+        print(
+            f"gshare-schedulerd: cannot create state dir {state_dir}: {exc.strerror}",
+            file=sys.stderr,
+        )
         return 1
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(serve(config, args, state_dir))

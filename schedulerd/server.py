@@ -8,7 +8,7 @@ import hmac
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -22,6 +22,7 @@ from schedulerd.peercred import ANONYMOUS, Caller, PeerCredFrontDoor
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Ctx = grpc.aio.ServicerContext[Any, Any]
 
 AGENT_TOKEN_HEADER = "x-gshare-agent-token"
 
@@ -33,10 +34,10 @@ class Identities:
         self.door = door
         self.agent_token = agent_token
 
-    def caller(self, context: grpc.aio.ServicerContext) -> Caller:
+    def caller(self, context: Ctx) -> Caller:
         return self.door.caller_for(context.peer()) or ANONYMOUS
 
-    def may_be_agent(self, context: grpc.aio.ServicerContext) -> bool:
+    def may_be_agent(self, context: Ctx) -> bool:
         caller = self.caller(context)
         if not caller.anonymous:
             return caller.uid in (0, os.geteuid())
@@ -46,7 +47,7 @@ class Identities:
         return isinstance(sent, str) and hmac.compare_digest(sent, self.agent_token)
 
 
-async def _guard(context: grpc.aio.ServicerContext, call: Awaitable[T]) -> T:
+async def _guard(context: Ctx, call: Awaitable[T]) -> T:
     try:
         return await call
     except Refused as exc:
@@ -61,20 +62,16 @@ class ClientService(pb_grpc.ClientServiceServicer):
         self.s = scheduler
         self.ids = ids
 
-    async def SubmitJob(
-        self, request: pb.SubmitJobRequest, context: grpc.aio.ServicerContext
-    ) -> pb.SubmitJobResponse:
+    async def SubmitJob(self, request: pb.SubmitJobRequest, context: Ctx) -> pb.SubmitJobResponse:
         caller = self.ids.caller(context)
         job_id = await _guard(context, self.s.submit(caller, request.spec))
         return pb.SubmitJobResponse(job_id=job_id)
 
-    async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
+    async def GetJob(self, request: pb.GetJobRequest, context: Ctx) -> pb.Job:
         job, events = await _guard(context, self.s.get_job(request.job_id))
         return job_to_pb(job, events)
 
-    async def ListJobs(
-        self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ListJobsResponse:
+    async def ListJobs(self, request: pb.ListJobsRequest, context: Ctx) -> pb.ListJobsResponse:
         states = [JobState(pb.JobState.Name(s)) for s in request.states]
         jobs = await self.s.list_jobs(
             request.users, states, request.queues, request.include_finished, request.limit
@@ -85,35 +82,36 @@ class ClientService(pb_grpc.ClientServiceServicer):
         self,
         action: Callable[[Caller, int], Awaitable[object]],
         request: pb.JobIdRequest,
-        context: grpc.aio.ServicerContext,
+        context: Ctx,
     ) -> pb.JobActionResponse:
         caller = self.ids.caller(context)
         if caller.anonymous:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "changing a job needs a known user: use the Unix socket")
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "changing a job needs a known user: use the Unix socket",
+            )
         job = await _guard(context, action(caller, request.job_id))
         from schedulerd.model import JobRecord
 
         assert isinstance(job, JobRecord)
         return pb.JobActionResponse(job=job_to_pb(job))
 
-    async def CancelJob(self, request: pb.JobIdRequest, context: grpc.aio.ServicerContext) -> pb.JobActionResponse:
+    async def CancelJob(self, request: pb.JobIdRequest, context: Ctx) -> pb.JobActionResponse:
         return await self._act(self.s.cancel, request, context)
 
-    async def HoldJob(self, request: pb.JobIdRequest, context: grpc.aio.ServicerContext) -> pb.JobActionResponse:
+    async def HoldJob(self, request: pb.JobIdRequest, context: Ctx) -> pb.JobActionResponse:
         return await self._act(self.s.hold, request, context)
 
-    async def ReleaseJob(self, request: pb.JobIdRequest, context: grpc.aio.ServicerContext) -> pb.JobActionResponse:
+    async def ReleaseJob(self, request: pb.JobIdRequest, context: Ctx) -> pb.JobActionResponse:
         return await self._act(self.s.release, request, context)
 
-    async def ListNodes(
-        self, request: pb.ListNodesRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ListNodesResponse:
+    async def ListNodes(self, request: pb.ListNodesRequest, context: Ctx) -> pb.ListNodesResponse:
         return pb.ListNodesResponse(
             nodes=[node_to_pb(n, self.s.busy_gpus(n.name)) for _, n in sorted(self.s.nodes.items())]
         )
 
     async def WatchCluster(
-        self, request: pb.WatchClusterRequest, context: grpc.aio.ServicerContext
+        self, request: pb.WatchClusterRequest, context: Ctx
     ) -> AsyncIterator[pb.ClusterChange]:
         queue: asyncio.Queue[pb.ClusterChange | None] = asyncio.Queue(maxsize=10_000)
         self.s.watchers.add(queue)
@@ -139,10 +137,14 @@ class AgentService(pb_grpc.AgentServiceServicer):
         self.ids = ids
 
     async def Connect(
-        self, request_iterator: AsyncIterator[pb.AgentMessage], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[pb.AgentMessage], context: Ctx
     ) -> AsyncIterator[pb.SchedulerMessage]:
         if not self.ids.may_be_agent(context):
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "only root, the scheduler's user or a holder of the agent token may connect as an agent")
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "only root, the scheduler's user or a holder of the agent token "
+                "may connect as an agent",
+            )
         first = await anext(aiter(request_iterator), None)
         if first is None or not first.HasField("register"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an agent must register first")
@@ -152,7 +154,13 @@ class AgentService(pb_grpc.AgentServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "register: empty node name")
         session = AgentSession(reg.node, connected_at=self.s.clock())
         await self.s.agent_connected(session, reg)
-        log.info("agent %s registered: %d GPUs (%s), %d jobs", reg.node, len(reg.gpus), reg.gpu_backend, len(reg.jobs))
+        log.info(
+            "agent %s registered: %d GPUs (%s), %d jobs",
+            reg.node,
+            len(reg.gpus),
+            reg.gpu_backend,
+            len(reg.jobs),
+        )
         reader = asyncio.create_task(self._read(request_iterator, session))
         try:
             while True:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    insert,
     select,
 )
 from sqlalchemy.engine import Engine
@@ -96,11 +97,7 @@ class NodeRow(Base):
     last_seen: Mapped[float] = mapped_column(Float, default=0.0)
 
 
-_JOB_FIELDS = (
-    "user uid gid name queue gpus priority time_limit_s cpus mem_mb workdir env output args "
-    "script_name submit_time start_time end_time node gpu_indexes gpu_uuids exit_code "
-    "exit_signal has_exit restarts reason end_request"
-).split()
+_JOB_FIELDS = [f.name for f in fields(JobRecord) if f.name not in ("job_id", "state")]
 
 
 def _record(row: JobRow) -> JobRecord:
@@ -181,29 +178,41 @@ class Store:
     # ------------------------------------------------------------ jobs
 
     def submit_many(self, jobs: Sequence[NewJob], now: float | None = None) -> list[int]:
-        """Insert the jobs and their submit events in one transaction; return their ids."""
+        """Insert the jobs and their submit events in one transaction; return their ids.
+
+        Core bulk inserts (one statement per table), not ORM units of work: this is the
+        hot path of every submission.
+        """
         now = time.time() if now is None else now
+        rows = [
+            {
+                **{f: getattr(n.record, f) for f in _JOB_FIELDS},
+                "script": n.script,
+                "state": n.record.state.value,
+            }
+            for n in jobs
+        ]
         with self._session.begin() as session:
-            rows = []
-            for new in jobs:
-                values = {f: getattr(new.record, f) for f in _JOB_FIELDS}
-                row = JobRow(script=new.script, state=new.record.state.value, **values)
-                session.add(row)
-                rows.append(row)
-            session.flush()
-            for row, new in zip(rows, jobs, strict=True):
-                session.add(
-                    EventRow(
-                        job_id=row.id,
-                        time=now,
-                        kind="submit",
-                        from_state="",
-                        to_state=row.state,
-                        actor=new.record.user,
-                        reason=new.record.reason,
-                    )
-                )
-            return [row.id for row in rows]
+            result = session.execute(
+                insert(JobRow).returning(JobRow.id, sort_by_parameter_order=True), rows
+            )
+            ids = [row[0] for row in result]
+            session.execute(
+                insert(EventRow),
+                [
+                    {
+                        "job_id": job_id,
+                        "time": now,
+                        "kind": "submit",
+                        "from_state": "",
+                        "to_state": n.record.state.value,
+                        "actor": n.record.user,
+                        "reason": n.record.reason,
+                    }
+                    for job_id, n in zip(ids, jobs, strict=True)
+                ],
+            )
+        return ids
 
     def apply(self, changes: Iterable[Change], now: float | None = None) -> list[JobRecord]:
         """Apply state changes, each with its event, in one transaction.
@@ -236,16 +245,6 @@ class Store:
                 )
                 out.append(_record(row))
         return out
-
-    def set_reasons(self, reasons: dict[int, str]) -> None:
-        """Store why pending jobs wait (no event: a reason is not a state change)."""
-        if not reasons:
-            return
-        with self._session.begin() as session:
-            for job_id, reason in reasons.items():
-                row = session.get(JobRow, job_id)
-                if row is not None:
-                    row.reason = reason
 
     def job(self, job_id: int) -> JobRecord | None:
         with self._session() as session:
@@ -323,4 +322,3 @@ class Store:
                 )
                 for r in session.scalars(select(NodeRow))
             ]
-

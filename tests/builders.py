@@ -7,13 +7,16 @@ from dataclasses import replace
 from policies import ClusterSnapshot, GpuSlot, NodeView, PendingJob
 
 
-class node:  # noqa: N801 - reads as a word in tables
+class node:
     def __init__(self, name: str) -> None:
         self._view = NodeView(name, (), frozenset())
 
     def gpus(self, count: int, nvlink: dict[int, set[int]] | None = None) -> node:
         links = nvlink or {}
-        slots = tuple(GpuSlot(i, f"GPU-{self._view.name}-{i}", frozenset(links.get(i, set()))) for i in range(count))
+        slots = tuple(
+            GpuSlot(i, f"GPU-{self._view.name}-{i}", frozenset(links.get(i, set())))
+            for i in range(count)
+        )
         self._view = replace(self._view, gpus=slots, free_gpus=frozenset(range(count)))
         return self
 
@@ -26,14 +29,16 @@ class node:  # noqa: N801 - reads as a word in tables
         return self
 
     def host(self, cpus: int, mem_mb: int) -> node:
-        self._view = replace(self._view, cpus=cpus, mem_mb=mem_mb, free_cpus=cpus, free_mem_mb=mem_mb)
+        self._view = replace(
+            self._view, cpus=cpus, mem_mb=mem_mb, free_cpus=cpus, free_mem_mb=mem_mb
+        )
         return self
 
     def build(self) -> NodeView:
         return self._view
 
 
-class job:  # noqa: N801
+class job:
     def __init__(self, job_id: int) -> None:
         self._job = PendingJob(job_id, "alice", "default", 1, 0, float(job_id))
 

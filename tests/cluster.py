@@ -3,6 +3,7 @@ with fake GPUs, driven through the real `gsub` / `gshare` command lines."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -22,7 +23,9 @@ BIN = Path(PY).parent  # the console scripts installed beside this Python
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}
 
 
-def wait_until(what: str, check: Callable[[], Any], timeout: float = 30.0, every: float = 0.1) -> Any:
+def wait_until(
+    what: str, check: Callable[[], Any], timeout: float = 30.0, every: float = 0.1
+) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -83,13 +86,28 @@ class Cluster:
     def start_scheduler(self) -> None:
         log = open(self.root / "schedulerd.log", "ab")  # noqa: SIM115
         self.scheduler = subprocess.Popen(
-            [PY, "-m", "schedulerd.main", "--state-dir", str(self.root / "sched"),
-             "--socket", str(self.sock), "--config", str(self.root / "gshare.toml"),
-             "--log-level", "DEBUG"],
-            stdout=log, stderr=log, env=self.env(),
+            [
+                PY,
+                "-m",
+                "schedulerd.main",
+                "--state-dir",
+                str(self.root / "sched"),
+                "--socket",
+                str(self.sock),
+                "--config",
+                str(self.root / "gshare.toml"),
+                "--log-level",
+                "DEBUG",
+            ],
+            stdout=log,
+            stderr=log,
+            env=self.env(),
         )
+
         def serving() -> bool:
-            assert self.scheduler is not None and self.scheduler.poll() is None, self.logs("schedulerd")
+            assert self.scheduler is not None and self.scheduler.poll() is None, self.logs(
+                "schedulerd"
+            )
             try:
                 with Client(self.address, timeout=2) as c:
                     c.nodes()
@@ -102,10 +120,24 @@ class Cluster:
     def start_agent(self, name: str) -> None:
         log = open(self.root / f"agent-{name}.log", "ab")  # noqa: SIM115
         self.agent_procs[name] = subprocess.Popen(
-            [PY, "-m", "nodeagent.main", "--address", self.address, "--node", name,
-             "--state-dir", str(self.root / f"agent-{name}"), "--fake-gpus", str(self.gpus_per_node),
-             "--log-level", "DEBUG"],
-            stdout=log, stderr=log, env=self.env(),
+            [
+                PY,
+                "-m",
+                "nodeagent.main",
+                "--address",
+                self.address,
+                "--node",
+                name,
+                "--state-dir",
+                str(self.root / f"agent-{name}"),
+                "--fake-gpus",
+                str(self.gpus_per_node),
+                "--log-level",
+                "DEBUG",
+            ],
+            stdout=log,
+            stderr=log,
+            env=self.env(),
         )
 
     def kill_scheduler(self, sig: int = signal.SIGKILL) -> None:
@@ -132,10 +164,8 @@ class Cluster:
         # jobs outlive their agent by design; a test's leftovers must not
         for agent_dir in self.root.glob("agent-*"):
             for pid_file in agent_dir.glob("jobs/*/pid.json"):
-                try:
+                with contextlib.suppress(OSError, ValueError, KeyError):
                     os.killpg(json.loads(pid_file.read_text())["pid"], signal.SIGKILL)
-                except (OSError, ValueError, KeyError):
-                    pass
 
     def logs(self, which: str) -> str:
         path = self.root / f"{which}.log"
@@ -143,14 +173,30 @@ class Cluster:
 
     # ------------------------------------------------------------ the command line
 
-    def run(self, argv: Sequence[str], user: str | None = None, cwd: Path | None = None,
-            timeout: float = 60) -> Result:
+    def run(
+        self,
+        argv: Sequence[str],
+        user: str | None = None,
+        cwd: Path | None = None,
+        timeout: float = 60,
+    ) -> Result:
         cmd = list(argv)
         if user is not None:
-            cmd = ["setpriv", f"--reuid={user}", f"--regid={user if user != 'nobody' else 'nogroup'}",
-                   "--clear-groups", *cmd]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=self.env(), cwd=cwd or self.root,
-                              timeout=timeout)
+            cmd = [
+                "setpriv",
+                f"--reuid={user}",
+                f"--regid={user if user != 'nobody' else 'nogroup'}",
+                "--clear-groups",
+                *cmd,
+            ]
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            cwd=cwd or self.root,
+            timeout=timeout,
+        )
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
     def gsub(self, *args: str, **kw: Any) -> Result:

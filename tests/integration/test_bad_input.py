@@ -45,8 +45,14 @@ def _bad_inputs(workdir: Path) -> dict[str, tuple[list[str], str]]:
         "binary": ([str(binary)], "binary file"),
         "too big": ([str(big)], "limited to 1048576 bytes"),
         "unknown option": (["--frobnicate", str(good)], "unrecognized arguments: --frobnicate"),
-        "malformed #GSUB": ([str(malformed)], "malformed.sh:2: #GSUB --gpus: argument -g/--gpus: expected one argument"),
-        "unknown #GSUB option": ([str(unknown_directive)], "unknown.sh:2: #GSUB: unknown option --frobnicate"),
+        "malformed #GSUB": (
+            [str(malformed)],
+            "malformed.sh:2: #GSUB --gpus: argument -g/--gpus: expected one argument",
+        ),
+        "unknown #GSUB option": (
+            [str(unknown_directive)],
+            "unknown.sh:2: #GSUB: unknown option --frobnicate",
+        ),
         "unbalanced quote in #GSUB": ([str(quote)], "quote.sh:2: malformed #GSUB line"),
         "no #! line": ([str(noshebang)], "interpreter line"),
         "bad time": (["--time", "soon", str(good)], "bad duration 'soon'"),
@@ -88,7 +94,9 @@ def test_unreadable_script(cluster: Cluster, workdir: Path, accepted: list[int])
 
 
 @needs_root
-def test_users_may_only_lower_priority_and_only_touch_their_own_jobs(cluster: Cluster, workdir: Path) -> None:
+def test_users_may_only_lower_priority_and_only_touch_their_own_jobs(
+    cluster: Cluster, workdir: Path
+) -> None:
     good = workdir / "good.sh"
     good.write_text(GOOD)
     good.chmod(0o644)
@@ -111,7 +119,7 @@ def test_users_may_only_lower_priority_and_only_touch_their_own_jobs(cluster: Cl
 @needs_root
 def test_a_job_runs_as_its_owner(cluster: Cluster, workdir: Path) -> None:
     path = workdir / "whoami.sh"
-    path.write_text("#!/bin/bash\necho \"$(id -u) $(id -g) $(id -G) $HOME $USER\"\n")
+    path.write_text('#!/bin/bash\necho "$(id -u) $(id -g) $(id -G) $HOME $USER"\n')
     path.chmod(0o755)
     job_id = cluster.submit(str(path), user="nobody", cwd=workdir)
     job = cluster.wait_state(job_id, {"COMPLETED", "FAILED"})
@@ -141,9 +149,13 @@ def test_unreachable_scheduler_is_a_clear_error(tmp_path: Path) -> None:
 
     env = dict(os.environ, GSHARE_ADDRESS=f"unix:{tmp_path}/none.sock")
     gshare = Path(sys.executable).parent / "gshare"
-    res = subprocess.run([str(gshare), "queue"], capture_output=True, text=True, env=env, timeout=60)
+    res = subprocess.run(
+        [str(gshare), "queue"], capture_output=True, text=True, env=env, timeout=60
+    )
     assert res.returncode == 1
     assert "cannot reach the scheduler" in res.stderr and "gshare up" in res.stderr
     env["GSHARE_ADDRESS"] = "not an address"
-    res = subprocess.run([str(gshare), "queue"], capture_output=True, text=True, env=env, timeout=60)
+    res = subprocess.run(
+        [str(gshare), "queue"], capture_output=True, text=True, env=env, timeout=60
+    )
     assert res.returncode != 0 and "bad scheduler address" in res.stderr

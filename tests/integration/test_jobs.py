@@ -65,7 +65,7 @@ def test_twenty_mixed_jobs_complete_without_sharing_a_gpu(cluster: Cluster, work
         assert len(spans[job_id]["gpus"]) == gpus  # type: ignore[arg-type]
     items = list(spans.items())
     for i, (a_id, a) in enumerate(items):
-        for b_id, b in items[i + 1:]:
+        for b_id, b in items[i + 1 :]:
             if a["node"] != b["node"] or not (a["gpus"] & b["gpus"]):  # type: ignore[operator]
                 continue
             overlap = min(a["end"], b["end"]) - max(a["start"], b["start"])  # type: ignore[type-var,operator]
@@ -84,10 +84,14 @@ wait
 
 def test_cancel_pending_and_running_jobs(cluster: Cluster, workdir: Path) -> None:
     pids_file = workdir / "pids"
-    running = cluster.submit(str(script(workdir / "tree.sh", TREE.format(pids=pids_file))),
-                             "--gpus", "4", cwd=workdir)
+    running = cluster.submit(
+        str(script(workdir / "tree.sh", TREE.format(pids=pids_file))), "--gpus", "4", cwd=workdir
+    )
     cluster.wait_state(running, "RUNNING")
-    wait_until("the job's processes", lambda: pids_file.exists() and len(pids_file.read_text().split()) == 3)
+    wait_until(
+        "the job's processes",
+        lambda: pids_file.exists() and len(pids_file.read_text().split()) == 3,
+    )
     pids = [int(p) for p in pids_file.read_text().split()]
     assert all(psutil.pid_exists(p) for p in pids)
     # fill the other node too, so a further job stays pending
@@ -106,7 +110,11 @@ def test_cancel_pending_and_running_jobs(cluster: Cluster, workdir: Path) -> Non
     assert "cancelled by" in job.reason
 
     def gone() -> bool:
-        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        alive = [
+            p
+            for p in pids
+            if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+        ]
         return not alive
 
     wait_until("the whole process tree to be gone", gone, timeout=10)
@@ -117,7 +125,9 @@ def test_cancel_pending_and_running_jobs(cluster: Cluster, workdir: Path) -> Non
 
 def test_agent_killed_and_restarted_readopts_its_job(cluster: Cluster, workdir: Path) -> None:
     marker = workdir / "runs"
-    path = script(workdir / "long.sh", f"#!/bin/bash\necho run >> {marker}\nsleep 4\necho done >> {marker}\n")
+    path = script(
+        workdir / "long.sh", f"#!/bin/bash\necho run >> {marker}\nsleep 4\necho done >> {marker}\n"
+    )
     job_id = cluster.submit(str(path), "--gpus", "4", cwd=workdir)
     job = cluster.wait_state(job_id, "RUNNING")
     node = job.node
@@ -141,7 +151,9 @@ def pb_name(job: object) -> str:
 
 def test_scheduler_killed_and_restarted_loses_nothing(cluster: Cluster, workdir: Path) -> None:
     marker = workdir / "runs"
-    path = script(workdir / "long.sh", f"#!/bin/bash\necho run >> {marker}\nsleep 5\necho done >> {marker}\n")
+    path = script(
+        workdir / "long.sh", f"#!/bin/bash\necho run >> {marker}\nsleep 5\necho done >> {marker}\n"
+    )
     running = [cluster.submit(str(path), "--gpus", "4", cwd=workdir) for _ in range(2)]
     for job_id in running:
         cluster.wait_state(job_id, "RUNNING")
@@ -153,12 +165,16 @@ def test_scheduler_killed_and_restarted_loses_nothing(cluster: Cluster, workdir:
     for job_id in running + queued:
         done = cluster.wait_state(job_id, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=60)
         assert pb_name(done) == "COMPLETED", done.reason
-    assert marker.read_text().split() == ["run", "done"] * 2 or sorted(marker.read_text().split()) == ["done", "done", "run", "run"]
+    assert marker.read_text().split() == ["run", "done"] * 2 or sorted(
+        marker.read_text().split()
+    ) == ["done", "done", "run", "run"]
     for job_id in running:
         assert [e.to_state for e in cluster.job(job_id).events].count("RUNNING") == 1
 
 
-def test_submit_is_refused_when_no_node_could_ever_hold_the_job(cluster: Cluster, workdir: Path) -> None:
+def test_submit_is_refused_when_no_node_could_ever_hold_the_job(
+    cluster: Cluster, workdir: Path
+) -> None:
     res = cluster.gsub("--wrap", "true", "--gpus", "5", cwd=workdir)
     assert res.code != 0 and "largest node has 4" in res.err
     res = cluster.gsub("--wrap", "true", "--queue", "nope", cwd=workdir)
@@ -196,13 +212,22 @@ def test_logs_prints_the_jobs_output(cluster: Cluster, workdir: Path) -> None:
     res = cluster.gshare("logs", str(job_id))
     assert res.code == 0 and "hello from the job" in res.out and "oops" in res.out
     assert (workdir / f"gshare-{job_id}.out").exists()
-    follow = cluster.gshare("logs", "-f", str(cluster.submit("--wrap", "echo a; sleep 1; echo b", cwd=workdir)))
+    follow = cluster.gshare(
+        "logs", "-f", str(cluster.submit("--wrap", "echo a; sleep 1; echo b", cwd=workdir))
+    )
     assert follow.code == 0 and follow.out.split() == ["a", "b"]
 
 
 def test_a_job_that_cannot_launch_fails_with_the_reason(cluster: Cluster, workdir: Path) -> None:
-    job_id = cluster.submit("--wrap", "true", "--workdir", str(workdir / "missing"), "--output",
-                            str(workdir / "x.out"), cwd=workdir)
+    job_id = cluster.submit(
+        "--wrap",
+        "true",
+        "--workdir",
+        str(workdir / "missing"),
+        "--output",
+        str(workdir / "x.out"),
+        cwd=workdir,
+    )
     job = cluster.wait_state(job_id, {"FAILED", "COMPLETED"})
     assert pb_name(job) == "FAILED" and "No such file or directory" in job.reason
 
@@ -218,9 +243,14 @@ def test_exit_code_is_reported(cluster: Cluster, workdir: Path, code: int) -> No
 
 
 def test_environment_and_gsub_directives_reach_the_job(cluster: Cluster, workdir: Path) -> None:
-    path = script(workdir / "env.sh", "#!/bin/bash\n#GSUB --name from-script\n#GSUB --env A=script --env B=script\n"
-                  "echo \"$A $B $GSHARE_GPUS $GSHARE_NODE $NVIDIA_VISIBLE_DEVICES $1 $2\"\n")
-    job_id = cluster.submit(str(path), "x", "--env", "B=cli", "--gpus", "2", "--", "--flag", cwd=workdir)
+    path = script(
+        workdir / "env.sh",
+        "#!/bin/bash\n#GSUB --name from-script\n#GSUB --env A=script --env B=script\n"
+        'echo "$A $B $GSHARE_GPUS $GSHARE_NODE $NVIDIA_VISIBLE_DEVICES $1 $2"\n',
+    )
+    job_id = cluster.submit(
+        str(path), "x", "--env", "B=cli", "--gpus", "2", "--", "--flag", cwd=workdir
+    )
     job = cluster.wait_state(job_id, "COMPLETED")
     assert job.spec.name == "from-script"
     words = (workdir / f"gshare-{job_id}.out").read_text().split()

@@ -16,9 +16,16 @@ STUBS = ["gshare_pb2.py", "gshare_pb2.pyi", "gshare_pb2_grpc.py", "gshare_pb2_gr
 def test_generated_stubs_are_fresh(tmp_path: Path) -> None:
     pytest.importorskip("grpc_tools")
     env = dict(os.environ, PYTHON=sys.executable)
-    subprocess.run([str(REPO / "scripts" / "gen-proto"), str(tmp_path)], check=True, env=env, capture_output=True)
+    subprocess.run(
+        [str(REPO / "scripts" / "gen-proto"), str(tmp_path)],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     stale = [
-        name for name in STUBS
-        if (tmp_path / "gshare" / "api" / name).read_text() != (REPO / "gshare" / "api" / name).read_text()
+        name
+        for name in STUBS
+        if (tmp_path / "gshare" / "api" / name).read_text()
+        != (REPO / "gshare" / "api" / name).read_text()
     ]
     assert not stale, f"stale generated stubs {stale}: run scripts/gen-proto"

@@ -14,9 +14,18 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_defaults_and_queues(tmp_path: Path) -> None:
-    cfg = load_config(write(tmp_path, '[scheduler]\nadmins = ["alice"]\n[queues.gpu]\ndefault_time_limit = "2h"\nmax_time_limit = "1d"\n'))
+    cfg = load_config(
+        write(
+            tmp_path,
+            '[scheduler]\nadmins = ["alice"]\n'
+            '[queues.gpu]\ndefault_time_limit = "2h"\nmax_time_limit = "1d"\n',
+        )
+    )
     assert cfg.admins == ("alice",) and cfg.default_queue == "gpu"
-    assert cfg.queues["gpu"].default_time_limit_s == 7200 and cfg.queues["gpu"].max_time_limit_s == 86400
+    assert (
+        cfg.queues["gpu"].default_time_limit_s == 7200
+        and cfg.queues["gpu"].max_time_limit_s == 86400
+    )
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,10 @@ def spec_for(argv: list[str], env: dict[str, str] | None = None):  # type: ignor
 
 def test_command_line_wins_over_gsub_lines(tmp_path: Path) -> None:
     path = tmp_path / "train.sh"
-    path.write_text("#!/bin/bash\n#GSUB --gpus 4 --name fromfile\n#GSUB -t 2h\n#GSUB --env A=1 --env B=1\npython train.py\n#GSUB --gpus 8\n")
+    path.write_text(
+        "#!/bin/bash\n#GSUB --gpus 4 --name fromfile\n#GSUB -t 2h\n#GSUB --env A=1 --env B=1\n"
+        "python train.py\n#GSUB --gpus 8\n"
+    )
     spec = spec_for([str(path), "--gpus", "2", "--env", "B=2"])
     assert spec.gpus == 2 and spec.name == "fromfile" and spec.time_limit_s == 7200
     assert spec.env["A"] == "1" and spec.env["B"] == "2" and spec.env["PATH"] == "/bin"
@@ -44,8 +47,17 @@ def test_memory_and_time_units(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("90", 5400), ("30s", 30), ("15m", 900), ("2h", 7200), ("1d", 86400), ("1:30:00", 5400),
-     ("45:00", 2700), ("1-12:00:00", 129600), ("2-3", 183600)],
+    [
+        ("90", 5400),
+        ("30s", 30),
+        ("15m", 900),
+        ("2h", 7200),
+        ("1d", 86400),
+        ("1:30:00", 5400),
+        ("45:00", 2700),
+        ("1-12:00:00", 129600),
+        ("2-3", 183600),
+    ],
 )
 def test_durations(text: str, seconds: int) -> None:
     assert parse_duration(text) == seconds

@@ -36,6 +36,9 @@ def test_place(nodes: list[node], want: int, expect: tuple[str, tuple[int, ...]]
 
 
 def test_cpu_request_is_checked_against_the_node() -> None:
-    nodes = [node("a").gpus(4).host(cpus=2, mem_mb=1000).build(), node("b").gpus(4).host(8, 1000).build()]
+    nodes = [
+        node("a").gpus(4).host(cpus=2, mem_mb=1000).build(),
+        node("b").gpus(4).host(8, 1000).build(),
+    ]
     placement = place(job(1).gpus(1).cpus(4).build(), nodes)
     assert placement is not None and placement.node == "b"

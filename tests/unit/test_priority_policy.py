@@ -12,7 +12,10 @@ def started(plan: Plan) -> dict[int, str]:
 
 
 def test_higher_priority_first_then_submit_order() -> None:
-    snap = snapshot([node("a").gpus(2)], [job(1).submitted(1), job(2).priority(5).submitted(2), job(3).submitted(0.5)])
+    snap = snapshot(
+        [node("a").gpus(2)],
+        [job(1).submitted(1), job(2).priority(5).submitted(2), job(3).submitted(0.5)],
+    )
     plan = make_policy("priority").decide(snap)
     assert [s.job_id for s in plan.starts] == [2, 3]
     assert "behind" not in plan.reasons[1]
@@ -48,7 +51,9 @@ def test_no_node_up() -> None:
 
 
 def test_starts_never_share_a_gpu() -> None:
-    snap = snapshot([node("a").gpus(4), node("b").gpus(2)], [job(i).gpus(1 + i % 2) for i in range(10)])
+    snap = snapshot(
+        [node("a").gpus(4), node("b").gpus(2)], [job(i).gpus(1 + i % 2) for i in range(10)]
+    )
     plan = make_policy("priority").decide(snap)
     held = [(s.node, g) for s in plan.starts for g in s.gpu_indexes]
     # 1 -> b, 2 -> a, 1 -> b, 2 -> a: every GPU taken once, then job 4 waits

@@ -11,9 +11,24 @@ from schedulerd.store import Change, NewJob, Store
 
 def record(**kw: object) -> JobRecord:
     values: dict[str, object] = dict(
-        job_id=0, user="alice", uid=1000, gid=1000, name="j", queue="default", gpus=1, priority=0,
-        time_limit_s=0, cpus=0, mem_mb=0, workdir="/tmp", env={"A": "1"}, output="", args=[],
-        script_name="j.sh", state=JobState.PENDING, submit_time=1.0,
+        job_id=0,
+        user="alice",
+        uid=1000,
+        gid=1000,
+        name="j",
+        queue="default",
+        gpus=1,
+        priority=0,
+        time_limit_s=0,
+        cpus=0,
+        mem_mb=0,
+        workdir="/tmp",
+        env={"A": "1"},
+        output="",
+        args=[],
+        script_name="j.sh",
+        state=JobState.PENDING,
+        submit_time=1.0,
     )
     values.update(kw)
     return JobRecord(**values)  # type: ignore[arg-type]
@@ -25,16 +40,24 @@ def store(tmp_path: Path) -> Store:
 
 
 def test_submit_writes_jobs_and_their_events(store: Store) -> None:
-    ids = store.submit_many([NewJob(record(), b"#!/bin/sh\n"), NewJob(record(user="bob"), b"#!/bin/sh\ntrue\n")], now=5.0)
+    ids = store.submit_many(
+        [NewJob(record(), b"#!/bin/sh\n"), NewJob(record(user="bob"), b"#!/bin/sh\ntrue\n")],
+        now=5.0,
+    )
     assert ids == [1, 2]
     assert store.script(2) == b"#!/bin/sh\ntrue\n"
-    assert [(e.kind, e.to_state, e.actor) for e in store.events(2)] == [("submit", "PENDING", "bob")]
+    assert [(e.kind, e.to_state, e.actor) for e in store.events(2)] == [
+        ("submit", "PENDING", "bob")
+    ]
     assert {j.job_id for j in store.live_jobs()} == {1, 2}
 
 
 def test_a_change_and_its_event_commit_together(store: Store) -> None:
     [job_id] = store.submit_many([NewJob(record(), b"#!/bin/sh\n")])
-    store.apply([Change(job_id, JobState.STARTING, "start", "scheduler", "placed", (("node", "a"),))], now=7.0)
+    store.apply(
+        [Change(job_id, JobState.STARTING, "start", "scheduler", "placed", (("node", "a"),))],
+        now=7.0,
+    )
     job = store.job(job_id)
     assert job is not None and job.state is JobState.STARTING and job.node == "a"
     assert [e.to_state for e in store.events(job_id)] == ["PENDING", "STARTING"]
@@ -43,10 +66,14 @@ def test_a_change_and_its_event_commit_together(store: Store) -> None:
 def test_an_illegal_change_writes_nothing_of_its_batch(store: Store) -> None:
     a, b = store.submit_many([NewJob(record(), b"#!/bin/sh\n"), NewJob(record(), b"#!/bin/sh\n")])
     with pytest.raises(IllegalTransition):
-        store.apply([
-            Change(a, JobState.HELD, "hold", "alice"),
-            Change(b, JobState.RUNNING, "running", "agent"),  # PENDING -> RUNNING is not allowed
-        ])
+        store.apply(
+            [
+                Change(a, JobState.HELD, "hold", "alice"),
+                Change(
+                    b, JobState.RUNNING, "running", "agent"
+                ),  # PENDING -> RUNNING is not allowed
+            ]
+        )
     assert store.job(a).state is JobState.PENDING  # type: ignore[union-attr]
     assert len(store.events(a)) == 1
 
