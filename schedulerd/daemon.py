@@ -13,7 +13,7 @@ import signal
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from gshare.api import gshare_pb2 as pb
@@ -259,7 +259,8 @@ class Scheduler:
                         future.set_exception(exc)
                 continue
             for (new, future), job_id in zip(batch, ids, strict=True):
-                record = replace(new.record, job_id=job_id, submit_time=now)
+                record = new.record  # made by validate() for this submission alone
+                record.job_id, record.submit_time = job_id, now
                 self.jobs[job_id] = record
                 self.publish_job(record)
                 if not future.done():
@@ -420,7 +421,7 @@ class Scheduler:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.config.heartbeat_s)
             # Debounce: a burst of events makes one cycle, and cycles never take more than
             # about a quarter of the loop's time, so a long queue cannot starve the API.
-            await asyncio.sleep(0.01 + 3 * self.last_cycle_s)
+            await asyncio.sleep(0.05 + 5 * self.last_cycle_s)
             self._wake.clear()
             try:
                 await self.run_cycle()

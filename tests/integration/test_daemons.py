@@ -1,0 +1,238 @@
+"""The daemons as a whole: health, the watch stream, leases, remote agents, gshare up."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import psutil
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gshare.api import gshare_pb2 as pb
+from gshare.client import Client
+from tests.cluster import BIN, PY, Cluster, wait_until
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_health_service_reports_serving(cluster: Cluster) -> None:
+    with grpc.insecure_channel(cluster.address) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_watch_streams_the_initial_state_then_changes(cluster: Cluster, workdir: Path) -> None:
+    seen: list[pb.ClusterChange] = []
+    synced = threading.Event()
+    client = Client(cluster.address)
+
+    def watch() -> None:
+        try:
+            for change in client.watch(initial=True):
+                seen.append(change)
+                if change.synced:
+                    synced.set()
+        except Exception:
+            pass
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    assert synced.wait(10)
+    assert {c.node.name for c in seen if c.HasField("node")} == set(cluster.node_names)
+    job_id = cluster.submit("--wrap", "true", cwd=workdir)
+    cluster.wait_state(job_id, "COMPLETED")
+
+    def states() -> list[str]:
+        return [
+            pb.JobState.Name(c.job.state)
+            for c in seen
+            if c.HasField("job") and c.job.job_id == job_id
+        ]
+
+    wait_until("the job's changes on the stream", lambda: "COMPLETED" in states())
+    assert states()[0] == "PENDING" and "RUNNING" in states()
+    client.close()
+
+
+def test_a_silent_node_loses_its_jobs_to_others_and_is_told_to_kill_them(
+    cluster_factory: Callable[..., Cluster], workdir: Path
+) -> None:
+    cluster = cluster_factory(
+        config="[scheduler]\nnode_lease_s = 3\nheartbeat_s = 1\nkill_grace_s = 2\n"
+    )
+    marker = workdir / "runs"
+    path = workdir / "long.sh"
+    path.write_text(f"#!/bin/bash\necho $GSHARE_NODE $$ >> {marker}\nsleep 300\n")
+    job_id = cluster.submit(str(path), "--gpus", "4", cwd=workdir)
+    first = cluster.wait_state(job_id, "RUNNING")
+    wait_until("the first run", lambda: marker.exists() and marker.read_text().strip())
+    old_node, old_pid = marker.read_text().split()
+    assert old_node == first.node
+    cluster.kill_agent(first.node, signal.SIGKILL)
+    moved = wait_until(
+        "the job to run on the other node",
+        lambda: (j := cluster.job(job_id)).state == pb.RUNNING and j.node != first.node and j,
+        timeout=30,
+    )
+    assert moved.restarts == 1
+    kinds = [e.to_state for e in cluster.job(job_id).events]
+    assert "LOST" in kinds and kinds.count("RUNNING") == 2
+    nodes = {n.name: n for n in Client(cluster.address).nodes()}
+    assert nodes[first.node].state == pb.NODE_DOWN and "silent" in nodes[first.node].reason
+    assert psutil.pid_exists(int(old_pid))  # the old copy still runs on the silent node...
+    cluster.start_agent(first.node)
+    cluster.wait_nodes_up(2)
+    wait_until(
+        "the stale copy to be killed", lambda: not psutil.pid_exists(int(old_pid)), timeout=20
+    )
+    assert cluster.state(job_id) == "RUNNING"  # ...and the live copy is untouched
+    cluster.gshare("cancel", str(job_id))
+
+
+def test_remote_agent_over_tcp_needs_the_token(
+    cluster_factory: Callable[..., Cluster], open_tmp: Path
+) -> None:
+    port = free_port()
+    cluster = cluster_factory(config=f'[server]\ntcp = "127.0.0.1:{port}"\n', agents=1)
+    token = cluster.root / "sched" / "agent.token"
+    assert token.exists() and token.stat().st_mode & 0o777 == 0o600
+    bad = open_tmp / "bad.token"
+    bad.write_text("not-the-token\n")
+
+    def agent(name: str, token_file: Path) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [
+                PY,
+                "-m",
+                "nodeagent.main",
+                "--address",
+                f"127.0.0.1:{port}",
+                "--node",
+                name,
+                "--state-dir",
+                str(open_tmp / name),
+                "--fake-gpus",
+                "2",
+                "--token-file",
+                str(token_file),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+    good_agent, bad_agent = agent("remote", token), agent("intruder", bad)
+    try:
+        cluster.wait_nodes_up(2)
+        time.sleep(1)
+        names = {n.name for n in Client(cluster.address).nodes()}
+        assert "remote" in names and "intruder" not in names
+    finally:
+        for proc in (good_agent, bad_agent):
+            proc.terminate()
+            proc.wait(10)
+    assert b"refused this agent" in bad_agent.stderr.read()  # type: ignore[union-attr]
+
+
+def test_bad_daemon_configuration_stops_with_a_message(open_tmp: Path) -> None:
+    bad = open_tmp / "bad.toml"
+    bad.write_text("[scheduler]\nnode_lease_s = 'soon'\n")
+    for argv, message in (
+        (["--config", str(bad)], "node_lease_s must be a float"),
+        (["--policy", "nope"], "unknown scheduling policy 'nope'"),
+        (["--config", str(open_tmp / "missing.toml")], "cannot read config"),
+    ):
+        res = subprocess.run(
+            [str(BIN / "gshare-schedulerd"), "--state-dir", str(open_tmp / "s"), *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.returncode == 2 and message in res.stderr, (argv, res.stderr)
+    res = subprocess.run(
+        [str(BIN / "gshare-nodeagent"), "--fake-gpus", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 2 and "--fake-gpus must be at least 1" in res.stderr
+    for tool in ("gsub", "gshare", "gshare-schedulerd", "gshare-nodeagent"):
+        res = subprocess.run(
+            [str(BIN / tool), "--help"], capture_output=True, text=True, timeout=60
+        )
+        assert res.returncode == 0 and "usage:" in res.stdout
+
+
+def test_gshare_up_runs_a_cluster_until_interrupted(open_tmp: Path, workdir: Path) -> None:
+    state = open_tmp / "up"
+    up = subprocess.Popen(
+        [str(BIN / "gshare"), "up", "--state-dir", str(state), "--agents", "2", "--fake-gpus", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert up.stdout is not None
+        first = up.stdout.readline()
+        assert first.startswith("gshare is up:") and "2 node(s)" in first and "4 GPUs" in first, (
+            first
+        )
+        env_line = up.stdout.readline()
+        assert f"GSHARE_ADDRESS=unix:{state}/gshare.sock" in env_line
+        env = {"GSHARE_ADDRESS": f"unix:{state}/gshare.sock", "PATH": "/usr/bin:/bin"}
+        res = subprocess.run(
+            [str(BIN / "gsub"), "--json", "--wrap", "echo hi", "--gpus", "2"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=workdir,
+            timeout=60,
+        )
+        job_id = json.loads(res.stdout)["job_id"]
+        with Client(f"unix:{state}/gshare.sock") as client:
+            wait_until("the job to complete", lambda: client.job(job_id).state == pb.COMPLETED)
+        daemons = [p for p in psutil.Process(up.pid).children()]
+        assert len(daemons) == 3
+        up.send_signal(signal.SIGINT)
+        assert up.wait(20) == 0
+        assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in daemons)
+    finally:
+        if up.poll() is None:
+            up.kill()
+        for p in psutil.process_iter(["cmdline"]):
+            if str(state) in " ".join(p.info["cmdline"] or []):
+                p.kill()
+
+
+def test_gshare_up_refuses_a_second_instance(open_tmp: Path) -> None:
+    state = open_tmp / "up2"
+    up = subprocess.Popen(
+        [str(BIN / "gshare"), "up", "--state-dir", str(state), "--fake-gpus", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert up.stdout is not None and up.stdout.readline().startswith("gshare is up")
+        res = subprocess.run(
+            [str(BIN / "gshare"), "up", "--state-dir", str(state)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.returncode == 1 and "already running" in res.stderr
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.wait(20)
