@@ -1,29 +1,45 @@
 """Pure scheduling decisions: frozen snapshots in, a Plan out. No I/O, no event loop."""
 
-from policies.placement import Placement, largest_free_block, place
+from policies.accounts import Account, AccountTree, decay_factor, decayed_usage
+from policies.engine import Knobs
+from policies.fairtree import FairTree, Standing, fair_tree
+from policies.placement import FreeMap, Placement, largest_free_block, place
 from policies.registry import Policy, PolicyError, available_policies, make_policy
 from policies.snapshot import (
     ClusterSnapshot,
     GpuSlot,
     NodeView,
+    Part,
     PendingJob,
     Plan,
+    Preemption,
     RunningJob,
     Start,
 )
 
 __all__ = [
+    "Account",
+    "AccountTree",
     "ClusterSnapshot",
+    "FairTree",
+    "FreeMap",
     "GpuSlot",
+    "Knobs",
     "NodeView",
+    "Part",
     "PendingJob",
     "Placement",
     "Plan",
     "Policy",
     "PolicyError",
+    "Preemption",
     "RunningJob",
+    "Standing",
     "Start",
     "available_policies",
+    "decay_factor",
+    "decayed_usage",
+    "fair_tree",
     "largest_free_block",
     "make_policy",
     "place",

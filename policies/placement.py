@@ -1,48 +1,55 @@
-"""Gang placement: all of a job's GPUs on one node, best fit against fragmentation."""
+"""Gang placement: all of a job's GPUs at once or none.
+
+A job that fits on one node goes on one node: the node left with the fewest free GPUs
+(best fit, against fragmentation), ties by name; on it, the GPUs with the most NVLink
+links among them. A job larger than any node takes whole idle nodes, the fewest that
+hold it.
+
+`FreeMap` is the decision's scratch copy of free GPUs, indexed by how many each node has
+free, so asking "does a 4-GPU job fit anywhere" costs a few lookups, not a scan.
+"""
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from policies.snapshot import NodeView, PendingJob
+from policies.snapshot import NodeView, Part, PendingJob
 
 
 @dataclass(frozen=True, slots=True)
 class Placement:
-    node: str
-    gpu_indexes: tuple[int, ...]
+    parts: tuple[Part, ...]
+
+    @property
+    def node(self) -> str:
+        return self.parts[0][0]
+
+    @property
+    def gpu_indexes(self) -> tuple[int, ...]:
+        return self.parts[0][1]
 
 
-def _fits_host(node: NodeView, job: PendingJob) -> bool:
-    if job.cpus and node.cpus and job.cpus > node.free_cpus:
-        return False
-    return not (job.mem_mb and node.mem_mb and job.mem_mb > node.free_mem_mb)
-
-
-def _choose_gpus(node: NodeView, count: int) -> tuple[int, ...]:
-    """The `count` free GPUs of `node` with the most NVLink links among them.
-
-    Greedy from each free GPU: add the free GPU with the most links into the chosen set;
-    keep the best set, ties to the lowest indexes so the choice is deterministic.
-    """
-    free = sorted(node.free_gpus)
-    if count == len(free):
-        return tuple(free)
-    peers = {g.index: g.nvlink_peers for g in node.gpus}
-    if not any(peers.values()):
-        return tuple(free[:count])
+def choose_gpus(
+    free: Iterable[int], peers: dict[int, frozenset[int]], count: int
+) -> tuple[int, ...]:
+    """The `count` GPUs of `free` with the most NVLink links among them (greedy from each
+    seed; ties to the lowest indexes, so the choice is deterministic)."""
+    ordered = sorted(free)
+    if count >= len(ordered) or not any(peers.values()):
+        return tuple(ordered[:count])
     best: tuple[int, tuple[int, ...]] | None = None
-    for seed in free:
+    for seed in ordered:
         chosen = [seed]
         links = 0
         while len(chosen) < count:
-            gain, pick = max(
+            gain, neg = max(
                 (sum(1 for c in chosen if g in peers.get(c, ())), -g)
-                for g in free
+                for g in ordered
                 if g not in chosen
             )
-            chosen.append(-pick)
+            chosen.append(-neg)
             links += gain
         candidate = tuple(sorted(chosen))
         if best is None or links > best[0] or (links == best[0] and candidate < best[1]):
@@ -51,17 +58,88 @@ def _choose_gpus(node: NodeView, count: int) -> tuple[int, ...]:
     return best[1]
 
 
+class FreeMap:
+    def __init__(self, nodes: Iterable[NodeView]) -> None:
+        self.nodes = {n.name: n for n in nodes if n.schedulable}
+        self.free: dict[str, set[int]] = {name: set(n.free_gpus) for name, n in self.nodes.items()}
+        self.cpus = {name: n.free_cpus for name, n in self.nodes.items()}
+        self.mem = {name: n.free_mem_mb for name, n in self.nodes.items()}
+        self.peers = {
+            name: {g.index: g.nvlink_peers for g in n.gpus} for name, n in self.nodes.items()
+        }
+        self.widest = max((n.gpu_count for n in self.nodes.values()), default=0)
+        self.total = sum(n.gpu_count for n in self.nodes.values())
+        self.buckets: list[list[str]] = [[] for _ in range(self.widest + 1)]
+        for name in sorted(self.nodes):
+            self.buckets[len(self.free[name])].append(name)
+
+    # ------------------------------------------------------------ queries
+
+    def largest_block(self) -> int:
+        for k in range(self.widest, 0, -1):
+            if self.buckets[k]:
+                return k
+        return 0
+
+    def idle_nodes(self) -> list[str]:
+        return [n for n in self.nodes if len(self.free[n]) == self.nodes[n].gpu_count]
+
+    def _host_ok(self, name: str, job: PendingJob) -> bool:
+        node = self.nodes[name]
+        if job.cpus and node.cpus and job.cpus > self.cpus[name]:
+            return False
+        return not (job.mem_mb and node.mem_mb and job.mem_mb > self.mem[name])
+
+    def find(self, job: PendingJob, exclude: frozenset[str] = frozenset()) -> Placement | None:
+        if job.gpus <= self.widest:
+            for k in range(job.gpus, self.widest + 1):
+                for name in self.buckets[k]:
+                    if name not in exclude and self._host_ok(name, job):
+                        gpus = choose_gpus(self.free[name], self.peers[name], job.gpus)
+                        return Placement(((name, gpus),))
+            return None
+        idle = sorted(
+            (n for n in self.idle_nodes() if n not in exclude),
+            key=lambda n: (-self.nodes[n].gpu_count, n),
+        )
+        chosen, total = [], 0
+        for name in idle:
+            if total >= job.gpus:
+                break
+            chosen.append(name)
+            total += self.nodes[name].gpu_count
+        if total < job.gpus:
+            return None
+        return Placement(tuple((n, tuple(sorted(self.free[n]))) for n in sorted(chosen)))
+
+    # ------------------------------------------------------------ changes
+
+    def _move(self, name: str, before: int) -> None:
+        bucket = self.buckets[before]
+        del bucket[bisect.bisect_left(bucket, name)]
+        bisect.insort(self.buckets[len(self.free[name])], name)
+
+    def take(self, parts: Iterable[Part], job: PendingJob | None = None) -> None:
+        for name, gpus in parts:
+            before = len(self.free[name])
+            self.free[name] -= set(gpus)
+            if job is not None:
+                self.cpus[name] -= job.cpus
+                self.mem[name] -= job.mem_mb
+            self._move(name, before)
+
+    def give(self, parts: Iterable[Part]) -> None:
+        for name, gpus in parts:
+            if name not in self.nodes:
+                continue
+            before = len(self.free[name])
+            self.free[name] |= set(gpus)
+            self._move(name, before)
+
+
 def place(job: PendingJob, nodes: Iterable[NodeView]) -> Placement | None:
-    """Best fit: the schedulable node left with the fewest free GPUs after placing `job`."""
-    best: NodeView | None = None
-    for node in nodes:
-        if not node.schedulable or len(node.free_gpus) < job.gpus or not _fits_host(node, job):
-            continue
-        if best is None or (len(node.free_gpus), node.name) < (len(best.free_gpus), best.name):
-            best = node
-    if best is None:
-        return None
-    return Placement(best.name, _choose_gpus(best, job.gpus))
+    """Where `job` would go on `nodes` as they are (a one-off; decide() keeps a FreeMap)."""
+    return FreeMap(nodes).find(job)
 
 
 def largest_free_block(nodes: Iterable[NodeView]) -> int:

@@ -1,83 +1,83 @@
-"""Priority, then first-in first-out.
+"""priority: a multifactor priority, like Slurm's priority/multifactor.
 
-Pending jobs start in order of (priority desc, submit time, id). The first job that cannot
-be placed blocks the jobs ranked below it, so a wide job is never starved by a stream of
-narrow ones; a job that no node could hold even when empty does not block anyone.
+    score = w_qos * qos + w_fairshare * fair_share + w_age * age + w_size * size
+
+each factor in [0, 1]: qos is the job's priority class (--priority, -max..max mapped onto
+0..1), fair_share is the user's Fair Tree factor, age grows linearly to 1 over max_age,
+size is the job's share of the cluster's GPUs. A higher priority class may preempt.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from policies.placement import largest_free_block, place
-from policies.snapshot import ClusterSnapshot, NodeView, PendingJob, Plan, Start
-
-
-def rank_key(job: PendingJob) -> tuple[int, float, int]:
-    return (-job.priority, job.submit_time, job.job_id)
+from policies.engine import Knobs, decide
+from policies.fairtree import fair_tree
+from policies.snapshot import ClusterSnapshot, PendingJob, Plan, RunningJob
 
 
-def _ordinal(n: int) -> str:
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
+class ParameterError(ValueError):
+    pass
 
 
-def _take(node: NodeView, job: PendingJob, gpus: tuple[int, ...]) -> NodeView:
-    return replace(
-        node,
-        free_gpus=node.free_gpus - frozenset(gpus),
-        free_cpus=node.free_cpus - job.cpus if node.cpus else node.free_cpus,
-        free_mem_mb=node.free_mem_mb - job.mem_mb if node.mem_mb else node.free_mem_mb,
-    )
-
-
-def why_not_placed(job: PendingJob, nodes: tuple[NodeView, ...]) -> str:
-    up = [n for n in nodes if n.schedulable]
-    if not up:
-        return "no node is up"
-    widest = max(n.gpu_count for n in up)
-    if job.gpus > widest:
-        return f"needs {job.gpus} GPUs on one node, the largest up node has {widest}"
-    block = largest_free_block(up)
-    if block >= job.gpus:
-        return f"needs {job.gpus} GPUs on one node with {job.cpus} CPUs and {job.mem_mb} MB free"
-    return f"needs {job.gpus} GPUs on one node, largest free block is {block}"
+def priority_class_claim(job: PendingJob, victim: RunningJob) -> str | None:
+    if job.priority > victim.priority:
+        return f"job {job.job_id} has a higher priority class ({job.priority} > {victim.priority})"
+    return None
 
 
 @dataclass(frozen=True)
-class PriorityFifo:
+class Multifactor:
     name: str = "priority"
+    weight_qos: float = 10000.0
+    weight_fairshare: float = 5000.0
+    weight_age: float = 1000.0
+    weight_size: float = 100.0
+    max_age_s: float = 7 * 86400.0
+    max_priority: int = 1000
+    backfill: bool = True
+    preemption: bool = True
+    min_runtime_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        weights = (self.weight_qos, self.weight_fairshare, self.weight_age, self.weight_size)
+        if min(weights) < 0:
+            raise ParameterError("priority weights must not be negative")
+        if self.max_age_s <= 0 or self.max_priority <= 0:
+            raise ParameterError("max_age_s and max_priority must be positive")
+        if self.min_runtime_s < 0:
+            raise ParameterError("min_runtime_s must not be negative")
+
+    def knobs(self) -> Knobs:
+        return Knobs(self.backfill, self.preemption, self.min_runtime_s)
+
+    def scores(self, snapshot: ClusterSnapshot) -> dict[int, float]:
+        users = {j.user for j in snapshot.pending} | {r.user for r in snapshot.running}
+        factors = fair_tree(snapshot.accounts.with_users(users), snapshot.usage).factors
+        total = sum(n.gpu_count for n in snapshot.nodes) or 1
+        out = {}
+        for j in snapshot.pending:
+            qos = (
+                max(-self.max_priority, min(self.max_priority, j.priority)) + self.max_priority
+            ) / (2 * self.max_priority)
+            age = min(1.0, max(0.0, snapshot.now - j.submit_time) / self.max_age_s)
+            out[j.job_id] = (
+                self.weight_qos * qos
+                + self.weight_fairshare * factors.get(j.user, 0.0)
+                + self.weight_age * age
+                + self.weight_size * min(1.0, j.gpus / total)
+            )
+        return out
 
     def decide(self, snapshot: ClusterSnapshot) -> Plan:
-        nodes = {n.name: n for n in snapshot.nodes}
-        starts: list[Start] = []
-        reasons: dict[int, str] = {}
-        blocked_by: PendingJob | None = None
-        for position, job in enumerate(sorted(snapshot.pending, key=rank_key), start=1):
-            if blocked_by is not None:
-                reasons[job.job_id] = (
-                    f"{_ordinal(position)} in line, behind job {blocked_by.job_id} "
-                    f"(priority {blocked_by.priority}, needs {blocked_by.gpus} GPUs)"
-                )
-                continue
-            placement = place(job, nodes.values())
-            if placement is None:
-                scratch = tuple(nodes.values())
-                reasons[job.job_id] = why_not_placed(job, scratch)
-                if any(n.schedulable and n.gpu_count >= job.gpus for n in scratch):
-                    blocked_by = job
-                continue
-            nodes[placement.node] = _take(nodes[placement.node], job, placement.gpu_indexes)
-            starts.append(Start(job.job_id, placement.node, placement.gpu_indexes))
-        return Plan.of(starts, reasons)
-
-
-@dataclass(frozen=True)
-class Fifo(PriorityFifo):
-    """Submit order alone; the priority field is ignored."""
-
-    name: str = "fifo"
-
-    def decide(self, snapshot: ClusterSnapshot) -> Plan:
-        flat = tuple(replace(j, priority=0) for j in snapshot.pending)
-        return PriorityFifo.decide(self, replace(snapshot, pending=flat))
+        scores = self.scores(snapshot)
+        ranked = sorted(
+            snapshot.pending, key=lambda j: (-scores[j.job_id], j.submit_time, j.job_id)
+        )
+        return decide(
+            snapshot,
+            ranked,
+            self.knobs(),
+            priority_class_claim,
+            lambda job, _pos: f"priority {scores[job.job_id]:.0f}",
+        )

@@ -6,7 +6,9 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
 
-from policies.priority import Fifo, PriorityFifo
+from policies.fairshare import FairShare
+from policies.fifo import Fifo
+from policies.priority import Multifactor, ParameterError
 from policies.snapshot import ClusterSnapshot, Plan
 
 
@@ -24,7 +26,8 @@ class PolicyError(ValueError):
 PolicyFactory = Callable[..., Any]  # checked against Policy when called
 
 BUILTIN: Mapping[str, PolicyFactory] = {
-    "priority": PriorityFifo,
+    "fairshare": FairShare,
+    "priority": Multifactor,
     "fifo": Fifo,
 }
 
@@ -44,7 +47,7 @@ def make_policy(name: str, params: Mapping[str, Any] | None = None) -> Policy:
         raise PolicyError(f"unknown scheduling policy {name!r} (known: {known})")
     try:
         policy = factory(**dict(params or {}))
-    except TypeError as exc:
+    except (TypeError, ParameterError) as exc:
         raise PolicyError(f"policy {name!r}: bad parameters: {exc}") from exc
     if not isinstance(policy, Policy):
         raise PolicyError(f"policy {name!r} does not provide name and decide(snapshot)")

@@ -6,6 +6,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from policies.accounts import AccountTree
+
+# A job's GPUs on one node: (node name, GPU indexes). A gang is one or more of these.
+Part = tuple[str, tuple[int, ...]]
+
 
 @dataclass(frozen=True, slots=True)
 class GpuSlot:
@@ -42,7 +47,9 @@ class PendingJob:
     submit_time: float
     cpus: int = 0
     mem_mb: int = 0
-    time_limit_s: float = 0.0
+    time_limit_s: float = 0.0  # 0: none known (backfill then treats it as never ending)
+    preemptible: bool = True
+    restarts: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +57,24 @@ class RunningJob:
     job_id: int
     user: str
     queue: str
-    node: str
-    gpu_indexes: tuple[int, ...]
+    parts: tuple[Part, ...]
     start_time: float
     priority: int = 0
     time_limit_s: float = 0.0
     last_checkpoint: float | None = None
+    preemptible: bool = True
+    yielding_to: int = 0  # being preempted for this job: its GPUs are already spoken for
+
+    @property
+    def node(self) -> str:
+        return self.parts[0][0]
+
+    @property
+    def gpus(self) -> int:
+        return sum(len(g) for _, g in self.parts)
+
+    def expected_end(self) -> float:
+        return self.start_time + self.time_limit_s if self.time_limit_s else float("inf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,13 +83,30 @@ class ClusterSnapshot:
     nodes: tuple[NodeView, ...]
     pending: tuple[PendingJob, ...]
     running: tuple[RunningJob, ...] = ()
+    accounts: AccountTree = field(default_factory=AccountTree.flat)
+    usage: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True, slots=True)
 class Start:
     job_id: int
-    node: str
-    gpu_indexes: tuple[int, ...]
+    parts: tuple[Part, ...]
+    backfilled: bool = False
+
+    @property
+    def node(self) -> str:
+        return self.parts[0][0]
+
+    @property
+    def gpu_indexes(self) -> tuple[int, ...]:
+        return self.parts[0][1]
+
+
+@dataclass(frozen=True, slots=True)
+class Preemption:
+    job_id: int  # the victim
+    for_job: int  # the job it yields to
+    reason: str
 
 
 def _frozen_reasons() -> Mapping[int, str]:
@@ -79,11 +115,20 @@ def _frozen_reasons() -> Mapping[int, str]:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """What one cycle decided: jobs to start and, for each job left waiting, why."""
+    """What one cycle decided: starts, preemptions, and for each job left waiting, why.
+
+    `order` is every pending job in the policy's rank order (its position is its place in
+    line); a job being started is still in it.
+    """
 
     starts: tuple[Start, ...] = ()
     reasons: Mapping[int, str] = field(default_factory=_frozen_reasons)
+    preemptions: tuple[Preemption, ...] = ()
+    order: tuple[int, ...] = ()
 
-    @staticmethod
-    def of(starts: list[Start], reasons: dict[int, str]) -> Plan:
-        return Plan(tuple(starts), MappingProxyType(dict(reasons)))
+    def position(self, job_id: int) -> int:
+        """1-based place in line, 0 if the job was not pending."""
+        try:
+            return self.order.index(job_id) + 1
+        except ValueError:
+            return 0

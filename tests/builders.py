@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from types import MappingProxyType
 
-from policies import ClusterSnapshot, GpuSlot, NodeView, PendingJob
+from policies import (
+    Account,
+    AccountTree,
+    ClusterSnapshot,
+    GpuSlot,
+    NodeView,
+    PendingJob,
+    RunningJob,
+)
+
+NOW = 10_000.0
 
 
 class node:
@@ -58,9 +69,82 @@ class job:
         self._job = replace(self._job, cpus=n)
         return self
 
+    def user(self, name: str) -> job:
+        self._job = replace(self._job, user=name)
+        return self
+
+    def limit(self, seconds: float) -> job:
+        self._job = replace(self._job, time_limit_s=seconds)
+        return self
+
     def build(self) -> PendingJob:
         return self._job
 
 
-def snapshot(nodes: list[node], jobs: list[job], now: float = 1000.0) -> ClusterSnapshot:
-    return ClusterSnapshot(now, tuple(n.build() for n in nodes), tuple(j.build() for j in jobs))
+class running:
+    def __init__(self, job_id: int, node: str, *gpus: int) -> None:
+        self._job = RunningJob(job_id, "bob", "default", ((node, tuple(gpus)),), NOW - 3600)
+
+    def user(self, name: str) -> running:
+        self._job = replace(self._job, user=name)
+        return self
+
+    def priority(self, p: int) -> running:
+        self._job = replace(self._job, priority=p)
+        return self
+
+    def started(self, ago: float) -> running:
+        self._job = replace(self._job, start_time=NOW - ago)
+        return self
+
+    def limit(self, seconds: float) -> running:
+        self._job = replace(self._job, time_limit_s=seconds)
+        return self
+
+    def checkpointed(self, ago: float) -> running:
+        self._job = replace(self._job, last_checkpoint=NOW - ago)
+        return self
+
+    def no_preempt(self) -> running:
+        self._job = replace(self._job, preemptible=False)
+        return self
+
+    def yielding_to(self, job_id: int) -> running:
+        self._job = replace(self._job, yielding_to=job_id)
+        return self
+
+    def build(self) -> RunningJob:
+        return self._job
+
+
+def teams(**spec: tuple[float, dict[str, float]]) -> AccountTree:
+    """teams(vision=(60, {"alice": 1, "bob": 1}), nlp=(40, {"carol": 1}))"""
+    children = [
+        Account(name, shares, (), tuple(users.items())) for name, (shares, users) in spec.items()
+    ]
+    children.append(Account("default", 0.0))
+    return AccountTree.build(Account("root", 1.0, tuple(children)))
+
+
+def snapshot(
+    nodes: list[node],
+    jobs: list[job],
+    run: list[running] | None = None,
+    accounts: AccountTree | None = None,
+    usage: dict[str, float] | None = None,
+    now: float = NOW,
+) -> ClusterSnapshot:
+    running_jobs = tuple(r.build() for r in run or [])
+    views = []
+    for n in nodes:
+        view = n.build()
+        held = {g for r in running_jobs for name, gs in r.parts if name == view.name for g in gs}
+        views.append(replace(view, free_gpus=view.free_gpus - held))
+    return ClusterSnapshot(
+        now,
+        tuple(views),
+        tuple(j.build() for j in jobs),
+        running_jobs,
+        accounts or AccountTree.flat(),
+        MappingProxyType(usage or {}),
+    )

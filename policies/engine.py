@@ -1,0 +1,201 @@
+"""The decision every policy shares, once the policy has put the pending jobs in order:
+
+1. start jobs in order while they fit;
+2. the first that does not fit may preempt (if the policy's claim rule allows) or gets a
+   reservation: the earliest time and place its gang will be free (EASY backfill);
+3. each job behind it starts only if it fits now and does not delay that reservation:
+   it ends before the reserved start, or it stays off the reserved GPUs;
+4. every job left waiting gets a reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from policies.placement import FreeMap, Placement
+from policies.preemption import ClaimRule, choose_victims
+from policies.snapshot import ClusterSnapshot, PendingJob, Plan, Preemption, RunningJob, Start
+
+INF = float("inf")
+
+
+@dataclass(frozen=True, slots=True)
+class Knobs:
+    backfill: bool = True
+    preemption: bool = True
+    min_runtime_s: float = 600.0  # a job younger than this is never preempted
+    preemption_tries: int = 8  # blocked jobs per cycle that may look for victims
+
+
+@dataclass(slots=True)
+class Reservation:
+    job: PendingJob
+    start: float  # when its gang is expected to be free
+    nodes: frozenset[str]
+    spare: dict[str, int]  # GPUs on reserved nodes that the job will not need at `start`
+
+
+def ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _when(t: float, now: float) -> str:
+    if t == INF:
+        return "at an unknown time (running jobs have no time limit)"
+    mins = (t - now) / 60
+    return f"in about {mins:.0f} min" if mins < 120 else f"in about {mins / 60:.1f} h"
+
+
+def why_not_placed(job: PendingJob, free: FreeMap) -> str:
+    if not free.nodes:
+        return "no node is up"
+    if job.gpus > free.total:
+        return f"needs {job.gpus} GPUs, the cluster has {free.total} up"
+    if job.gpus > free.widest:
+        idle = sum(free.nodes[n].gpu_count for n in free.idle_nodes())
+        return f"needs {job.gpus} GPUs on whole nodes, {idle} GPUs are on idle nodes"
+    block = free.largest_block()
+    if block >= job.gpus:
+        return f"needs {job.gpus} GPUs on one node with {job.cpus} CPUs and {job.mem_mb} MB free"
+    return f"needs {job.gpus} GPUs on one node, largest free block is {block}"
+
+
+def _reserve(
+    job: PendingJob, free: FreeMap, running: Sequence[RunningJob], now: float
+) -> Reservation:
+    ends: dict[str, list[tuple[float, int]]] = {}
+    for r in running:
+        for where, held in r.parts:
+            ends.setdefault(where, []).append((r.expected_end(), len(held)))
+    if job.gpus <= free.widest:
+        best: tuple[float, str, int] | None = None
+        for name, node in free.nodes.items():
+            if node.gpu_count < job.gpus:
+                continue
+            have, at = len(free.free[name]), now
+            for end, count in sorted(ends.get(name, [])):
+                if have >= job.gpus:
+                    break
+                have, at = have + count, end
+            if have < job.gpus:
+                at = INF
+            if best is None or (at, name) < (best[0], best[1]):
+                best = (at, name, have - job.gpus)
+        assert best is not None
+        return Reservation(job, best[0], frozenset({best[1]}), {best[1]: max(0, best[2])})
+    idle_at = sorted(
+        (max((e for e, _ in ends.get(name, [])), default=now), name) for name in free.nodes
+    )
+    chosen, total, at = [], 0, now
+    for t, name in idle_at:
+        if total >= job.gpus:
+            break
+        chosen.append(name)
+        total += free.nodes[name].gpu_count
+        at = max(at, t)
+    return Reservation(job, at if total >= job.gpus else INF, frozenset(chosen), {})
+
+
+def _backfill(job: PendingJob, free: FreeMap, res: Reservation, now: float) -> Placement | None:
+    ends_in_time = job.time_limit_s > 0 and res.start != INF and now + job.time_limit_s <= res.start
+    if ends_in_time:
+        return free.find(job)
+    placement = free.find(job, exclude=res.nodes)
+    if placement is not None:
+        return placement
+    for node, spare in res.spare.items():
+        if job.gpus <= spare:
+            placement = free.find(job, exclude=frozenset(free.nodes) - {node})
+            if placement is not None:
+                res.spare[node] -= job.gpus
+                return placement
+    return None
+
+
+def decide(
+    snapshot: ClusterSnapshot,
+    ranked: Sequence[PendingJob],
+    knobs: Knobs,
+    claim: ClaimRule | None = None,
+    context: Callable[[PendingJob, int], str] | None = None,
+) -> Plan:
+    now = snapshot.now
+    free = FreeMap(snapshot.nodes)
+    running = list(snapshot.running)
+    yielding: dict[int, list[RunningJob]] = {}
+    for r in running:
+        if r.yielding_to:
+            yielding.setdefault(r.yielding_to, []).append(r)
+    starts: list[Start] = []
+    preemptions: list[Preemption] = []
+    reasons: dict[int, str] = {}
+    reservation: Reservation | None = None
+    tries = knobs.preemption_tries
+
+    def note(job: PendingJob, position: int, why: str) -> None:
+        extra = context(job, position) if context else ""
+        reasons[job.job_id] = f"{why}; {extra}" if extra else why
+
+    def start(job: PendingJob, placement: Placement, backfilled: bool) -> None:
+        free.take(placement.parts, job)
+        starts.append(Start(job.job_id, placement.parts, backfilled))
+        limit = job.time_limit_s
+        running.append(
+            RunningJob(job.job_id, job.user, job.queue, placement.parts, now, job.priority, limit)
+        )
+
+    for position, job in enumerate(ranked, start=1):
+        if job.gpus > free.total or not free.nodes:
+            note(job, position, why_not_placed(job, free))  # cannot run here now: blocks no one
+            continue
+        if reservation is None:
+            placement = free.find(job)
+            if placement is not None:
+                start(job, placement, backfilled=False)
+                continue
+            waiting_on = yielding.get(job.job_id)
+            if waiting_on:
+                ids = ", ".join(str(r.job_id) for r in waiting_on)
+                note(job, position, f"waiting for job {ids} to yield its GPUs")
+                # those GPUs are this job's once freed: nobody behind it may take them
+                held = frozenset(node for r in waiting_on for node, _ in r.parts)
+                reservation = Reservation(job, now, held, {})
+                continue
+            if knobs.preemption and claim is not None and tries > 0:
+                tries -= 1
+                choice = choose_victims(job, free, running, now, knobs.min_runtime_s, claim)
+                if choice is not None:
+                    for victim, why in zip(choice.victims, choice.reasons, strict=True):
+                        preemptions.append(Preemption(victim.job_id, job.job_id, why))
+                    ids = ", ".join(str(v.job_id) for v in choice.victims)
+                    note(job, position, f"preempting job {ids} on {choice.node}")
+                    reservation = Reservation(job, now, frozenset({choice.node}), {})
+                    continue
+            reservation = _reserve(job, free, running, now)
+            where = ", ".join(sorted(reservation.nodes))
+            note(
+                job,
+                position,
+                f"{why_not_placed(job, free)}; expected to start on {where} "
+                f"{_when(reservation.start, now)}",
+            )
+            continue
+        if knobs.backfill:
+            placement = _backfill(job, free, reservation, now)
+            if placement is not None:
+                start(job, placement, backfilled=True)
+                continue
+            fits = free.find(job) is not None
+            why = (
+                f"would delay job {reservation.job.job_id}, which is first in line"
+                if fits
+                else why_not_placed(job, free)
+            )
+        else:
+            why = f"behind job {reservation.job.job_id}, which is first in line"
+        note(job, position, f"{ordinal(position)} in line, {why}")
+    order = tuple(j.job_id for j in ranked)
+    return Plan(tuple(starts), MappingProxyType(reasons), tuple(preemptions), order)

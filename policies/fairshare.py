@@ -1,0 +1,95 @@
+"""fairshare (the default): users in Fair Tree order, within a priority class.
+
+Jobs rank by priority class (--priority) first, then by their user's Fair Tree factor
+(see fairtree.py), then by submit time. A blocked job may preempt a running one when it
+has a higher priority class, or when its team is under its fair share of the GPUs and
+the victim's team is over, by enough that the swap does not turn the two around (the
+claimant's team stays no further over its share than the victim's): that is the
+hysteresis that keeps two jobs from preempting each other in a loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from policies.engine import Knobs, decide, ordinal
+from policies.fairtree import FairTree, fair_tree
+from policies.priority import ParameterError, priority_class_claim
+from policies.snapshot import ClusterSnapshot, PendingJob, Plan, RunningJob
+
+
+@dataclass(frozen=True)
+class FairShare:
+    name: str = "fairshare"
+    backfill: bool = True
+    preemption: bool = True
+    min_runtime_s: float = 600.0
+    fairshare_preemption: bool = True  # False: only a higher priority class preempts
+
+    def __post_init__(self) -> None:
+        if self.min_runtime_s < 0:
+            raise ParameterError("min_runtime_s must not be negative")
+
+    def decide(self, snapshot: ClusterSnapshot) -> Plan:
+        users = {j.user for j in snapshot.pending} | {r.user for r in snapshot.running}
+        tree = snapshot.accounts.with_users(users)
+        ft = fair_tree(tree, snapshot.usage)
+        ranked = sorted(
+            snapshot.pending,
+            key=lambda j: (-j.priority, -ft.factors.get(j.user, 0.0), j.submit_time, j.job_id),
+        )
+        team_place: dict[int, int] = {}
+        seen: dict[str, int] = {}
+        for job in ranked:
+            team = tree.team_of(job.user)
+            seen[team] = seen.get(team, 0) + 1
+            team_place[job.job_id] = seen[team]
+
+        def context(job: PendingJob, _position: int) -> str:
+            team = tree.team_of(job.user)
+            ratio = ft.ratio((team,))
+            place = ordinal(team_place[job.job_id])
+            return f"{place} in team {team}; team {team} at {ratio:.1f}x its share"
+
+        if self.fairshare_preemption:
+            claim = _Claims(snapshot, tree.team_of, ft).rule
+        else:
+            claim = priority_class_claim
+        knobs = Knobs(self.backfill, self.preemption, self.min_runtime_s)
+        return decide(snapshot, ranked, knobs, claim, context)
+
+
+class _Claims:
+    """Who may displace whom, from the GPUs each team holds against its entitlement."""
+
+    def __init__(
+        self, snapshot: ClusterSnapshot, team_of: Callable[[str], str], ft: FairTree
+    ) -> None:
+        self.team_of = team_of
+        total = sum(n.gpu_count for n in snapshot.nodes if n.schedulable) or 1
+        shares = {path[0]: s.share for path, s in ft.standings.items() if len(path) == 1}
+        self.entitled = {team: share * total for team, share in shares.items()}
+        self.held: dict[str, float] = {}
+        for r in snapshot.running:
+            team = self.team_of(r.user)
+            self.held[team] = self.held.get(team, 0.0) + r.gpus
+
+    def _ratio(self, team: str, delta: float = 0.0) -> float:
+        entitled = self.entitled.get(team, 0.0)
+        held = self.held.get(team, 0.0) + delta
+        return held / entitled if entitled > 0 else float("inf")
+
+    def rule(self, job: PendingJob, victim: RunningJob) -> str | None:
+        by_class = priority_class_claim(job, victim)
+        if by_class is not None or job.priority < victim.priority:
+            return by_class
+        mine, theirs = self.team_of(job.user), self.team_of(victim.user)
+        if mine == theirs or self._ratio(mine) >= 1.0 or self._ratio(theirs) <= 1.0:
+            return None
+        if self._ratio(mine, job.gpus) > self._ratio(theirs, -victim.gpus):
+            return None  # the swap would turn the two teams around: no
+        return (
+            f"team {mine} is at {self._ratio(mine):.2f}x its share of GPUs, "
+            f"team {theirs} at {self._ratio(theirs):.2f}x"
+        )

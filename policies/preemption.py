@@ -1,0 +1,103 @@
+"""Choosing preemption victims for a blocked job with a better claim.
+
+Victims must be preemptible, past the minimum runtime, not already yielding, and each
+must be one the policy's claim rule lets this job displace. Among the nodes where
+preempting can make the job fit, take the smallest set of victims; among equally small
+sets, the one that loses the least work since the victims' last checkpoints (a job that
+never checkpointed loses everything since its start).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from policies.placement import FreeMap
+from policies.snapshot import PendingJob, RunningJob
+
+# (job, victim) -> why the job may displace the victim, or None
+ClaimRule = Callable[[PendingJob, RunningJob], str | None]
+
+MAX_SUBSETS_PER_NODE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class VictimChoice:
+    node: str
+    victims: tuple[RunningJob, ...]
+    reasons: tuple[str, ...]
+    work_lost_s: float
+
+
+def work_lost(job: RunningJob, now: float) -> float:
+    saved = (
+        job.last_checkpoint
+        if job.last_checkpoint and job.last_checkpoint >= job.start_time
+        else None
+    )
+    return max(0.0, now - (saved if saved is not None else job.start_time))
+
+
+def choose_victims(
+    job: PendingJob,
+    free: FreeMap,
+    running: Sequence[RunningJob],
+    now: float,
+    min_runtime_s: float,
+    claim: ClaimRule,
+) -> VictimChoice | None:
+    if job.gpus > free.widest:
+        return None  # jobs wider than a node wait for whole nodes; they do not preempt
+    by_node: dict[str, list[tuple[RunningJob, str]]] = {}
+    for r in running:
+        if (
+            not r.preemptible
+            or r.yielding_to
+            or len(r.parts) != 1
+            or r.node not in free.nodes
+            or now - r.start_time < min_runtime_s
+        ):
+            continue
+        why = claim(job, r)
+        if why is not None:
+            by_node.setdefault(r.node, []).append((r, why))
+    best: tuple[tuple[int, float, str], VictimChoice] | None = None
+    for node, candidates in sorted(by_node.items()):
+        if free.nodes[node].gpu_count < job.gpus:
+            continue
+        need = job.gpus - len(free.free[node])
+        candidates.sort(key=lambda c: (work_lost(c[0], now), c[0].job_id))
+        choice = _smallest_set(candidates, need, now)
+        if choice is None:
+            continue
+        victims, lost = choice
+        key = (len(victims), lost, node)
+        if best is None or key < best[0]:
+            best = (
+                key,
+                VictimChoice(
+                    node, tuple(v for v, _ in victims), tuple(w for _, w in victims), lost
+                ),
+            )
+    return best[1] if best else None
+
+
+def _smallest_set(
+    candidates: list[tuple[RunningJob, str]], need: int, now: float
+) -> tuple[tuple[tuple[RunningJob, str], ...], float] | None:
+    if need <= 0 or sum(c[0].gpus for c in candidates) < need:
+        return None
+    for size in range(1, len(candidates) + 1):
+        best: tuple[float, tuple[tuple[RunningJob, str], ...]] | None = None
+        for tried, combo in enumerate(itertools.combinations(candidates, size)):
+            if tried >= MAX_SUBSETS_PER_NODE:
+                break
+            if sum(c[0].gpus for c in combo) < need:
+                continue
+            lost = sum(work_lost(c[0], now) for c in combo)
+            if best is None or lost < best[0]:
+                best = (lost, combo)
+        if best is not None:
+            return best[1], best[0]
+    return None

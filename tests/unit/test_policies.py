@@ -1,0 +1,258 @@
+"""The built-in policies on small hand-made clusters: order, backfill, preemption, reasons."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from policies import Plan, make_policy
+from policies.registry import PolicyError
+from tests.builders import NOW, job, node, running, snapshot, teams
+
+
+def started(plan: Plan) -> list[int]:
+    return [s.job_id for s in plan.starts]
+
+
+# ------------------------------------------------------------------ order
+
+
+def test_fifo_is_submit_order_whatever_the_priority() -> None:
+    snap = snapshot([node("a").gpus(1)], [job(1).submitted(2), job(2).priority(500).submitted(3)])
+    assert started(make_policy("fifo").decide(snap)) == [1]
+
+
+def test_priority_class_dominates_the_multifactor_score() -> None:
+    snap = snapshot(
+        [node("a").gpus(1)], [job(1).submitted(0), job(2).priority(5).submitted(NOW - 1)]
+    )
+    plan = make_policy("priority").decide(snap)
+    assert started(plan) == [2]
+    assert plan.order == (2, 1) and plan.position(1) == 2
+    score = make_policy("priority").scores(snap)[1]  # type: ignore[attr-defined]
+    assert plan.reasons[1].endswith(f"priority {score:.0f}")
+
+
+def test_priority_weights_come_from_parameters() -> None:
+    snap = snapshot(
+        [node("a").gpus(8)], [job(1).gpus(1).submitted(0), job(2).gpus(8).submitted(NOW)]
+    )
+    by_age = make_policy("priority", {"weight_size": 0, "max_age_s": NOW})
+    by_size = make_policy("priority", {"weight_age": 0})
+    assert by_age.decide(snap).order == (1, 2)
+    assert by_size.decide(snap).order == (2, 1)
+
+
+def test_fairshare_puts_the_user_under_their_share_first() -> None:
+    tree = teams(vision=(50, {"alice": 1}), nlp=(50, {"carol": 1}))
+    snap = snapshot(
+        [node("a").gpus(1)],
+        [job(1).user("alice").submitted(0), job(2).user("carol").submitted(5)],
+        accounts=tree,
+        usage={"alice": 1000.0, "carol": 10.0},
+    )
+    plan = make_policy("fairshare").decide(snap)
+    assert started(plan) == [2]
+    assert "1st in team vision; team vision at 2.0x its share" in plan.reasons[1]
+    assert plan.reasons[1].startswith("needs 1 GPUs on one node, largest free block is 0")
+
+
+def test_unknown_policy_and_bad_parameters_are_refused() -> None:
+    with pytest.raises(PolicyError, match="unknown scheduling policy 'nope'"):
+        make_policy("nope")
+    with pytest.raises(PolicyError, match="bad parameters"):
+        make_policy("priority", {"weight": 3})
+    with pytest.raises(PolicyError, match="must not be negative"):
+        make_policy("priority", {"weight_age": -1})
+
+
+# ------------------------------------------------------------------ blocking and backfill
+
+
+def test_a_blocked_job_reserves_and_only_short_jobs_backfill() -> None:
+    # node a: 2 of 4 GPUs busy until NOW+100; node b: full until NOW+1000
+    snap = snapshot(
+        [node("a").gpus(4), node("b").gpus(4)],
+        [job(1).gpus(4), job(2).gpus(2).limit(50), job(3).gpus(2).limit(500)],
+        run=[
+            running(10, "a", 0, 1).started(0).limit(100),
+            running(11, "b", 0, 1, 2, 3).started(0).limit(1000),
+        ],
+    )
+    plan = make_policy("fifo").decide(snap)
+    assert started(plan) == [2]  # ends before job 1's reserved start
+    assert plan.starts[0].backfilled
+    assert plan.reasons[1].startswith(
+        "needs 4 GPUs on one node, largest free block is 2; expected to start on a in about 2 min"
+    )
+    assert plan.reasons[3] == "3rd in line, needs 2 GPUs on one node, largest free block is 0"
+
+
+def test_a_long_job_backfills_off_the_reserved_node() -> None:
+    snap = snapshot(
+        [node("a").gpus(4), node("b").gpus(4)],
+        [job(1).gpus(4), job(2).gpus(2).limit(5000)],
+        run=[running(10, "a", 0, 1).limit(3700), running(11, "b", 0, 1).limit(7200)],
+    )
+    plan = make_policy("fifo").decide(snap)
+    # job 1 waits for a (free at NOW+100); job 2 runs long, so it goes to b, not a
+    assert [(s.job_id, s.node) for s in plan.starts] == [(2, "b")]
+
+
+def test_without_backfill_the_first_blocked_job_holds_everyone() -> None:
+    snap = snapshot([node("a").gpus(4).busy(0, 1)], [job(1).gpus(4), job(2).gpus(1).limit(1)])
+    plan = make_policy("fifo", {"backfill": False}).decide(snap)
+    assert started(plan) == []
+    assert plan.reasons[2] == "2nd in line, behind job 1, which is first in line"
+
+
+def test_a_job_no_node_can_hold_blocks_no_one() -> None:
+    plan = make_policy("fifo").decide(snapshot([node("a").gpus(2)], [job(1).gpus(4), job(2)]))
+    assert started(plan) == [2]
+    assert plan.reasons[1] == "needs 4 GPUs, the cluster has 2 up"
+
+
+def test_jobs_wider_than_a_node_take_whole_idle_nodes() -> None:
+    nodes = [node("a").gpus(8), node("b").gpus(8), node("c").gpus(8).busy(0)]
+    plan = make_policy("fifo").decide(snapshot(nodes, [job(1).gpus(16)]))
+    assert [(p[0], len(p[1])) for p in plan.starts[0].parts] == [("a", 8), ("b", 8)]
+    plan = make_policy("fifo").decide(snapshot(nodes, [job(1).gpus(20)]))
+    assert started(plan) == [] and "on whole nodes, 16 GPUs are on idle nodes" in plan.reasons[1]
+
+
+def test_no_node_up() -> None:
+    plan = make_policy("fairshare").decide(snapshot([node("a").gpus(2).down()], [job(1)]))
+    assert plan.reasons[1].startswith("no node is up")
+
+
+# ------------------------------------------------------------------ preemption
+
+
+def full_node_of(*victims: object) -> list[object]:
+    return list(victims)
+
+
+def test_a_higher_priority_class_preempts() -> None:
+    snap = snapshot(
+        [node("a").gpus(4)], [job(1).gpus(4).priority(10)], run=[running(9, "a", 0, 1, 2, 3)]
+    )
+    plan = make_policy("fairshare").decide(snap)
+    assert [(p.job_id, p.for_job) for p in plan.preemptions] == [(9, 1)]
+    assert "higher priority class (10 > 0)" in plan.preemptions[0].reason
+    assert plan.reasons[1].startswith("preempting job 9 on a")
+    assert started(plan) == []
+
+
+@pytest.mark.parametrize(
+    "victim",
+    [
+        running(9, "a", 0, 1, 2, 3).no_preempt(),
+        running(9, "a", 0, 1, 2, 3).started(100),  # under the 600 s minimum runtime
+        running(9, "a", 0, 1, 2, 3).priority(10),  # same class
+    ],
+)
+def test_jobs_that_must_not_be_preempted(victim: running) -> None:
+    snap = snapshot([node("a").gpus(4)], [job(1).gpus(4).priority(10)], run=[victim])
+    assert make_policy("fairshare").decide(snap).preemptions == ()
+
+
+def test_the_victim_is_the_one_that_loses_least_work() -> None:
+    snap = snapshot(
+        [node("a").gpus(4)],
+        [job(1).gpus(2).priority(10)],
+        run=[
+            running(7, "a", 0, 1).started(3000).checkpointed(2000),  # 2000 s lost
+            running(8, "a", 2, 3).started(3000).checkpointed(60),  # 60 s lost
+        ],
+    )
+    assert [p.job_id for p in make_policy("fairshare").decide(snap).preemptions] == [8]
+
+
+def test_the_smallest_set_of_victims_wins_over_less_lost_work() -> None:
+    snap = snapshot(
+        [node("a").gpus(4)],
+        [job(1).gpus(2).priority(10)],
+        run=[
+            running(6, "a", 0).started(700),
+            running(7, "a", 1).started(700),
+            running(8, "a", 2, 3).started(5000),
+        ],
+    )
+    assert [p.job_id for p in make_policy("fairshare").decide(snap).preemptions] == [8]
+
+
+def test_a_job_already_waiting_for_a_victim_does_not_preempt_again() -> None:
+    snap = snapshot(
+        [node("a").gpus(4), node("b").gpus(4)],
+        [job(1).gpus(4).priority(10), job(2).gpus(2).limit(10)],
+        run=[running(9, "a", 0, 1, 2, 3).yielding_to(1), running(5, "b", 0, 1, 2, 3)],
+    )
+    plan = make_policy("fairshare").decide(snap)
+    assert plan.preemptions == ()
+    assert plan.reasons[1].startswith("waiting for job 9 to yield its GPUs")
+
+
+def test_fair_share_preemption_only_from_an_over_team_to_an_under_team() -> None:
+    tree = teams(vision=(50, {"alice": 1}), nlp=(50, {"carol": 1}))
+    # vision holds all 8 GPUs (2x its share), nlp none
+    run = [running(20 + i, f"n{i}", 0, 1, 2, 3).user("alice") for i in range(2)]
+    nodes = [node("n0").gpus(4), node("n1").gpus(4)]
+    plan = make_policy("fairshare").decide(
+        snapshot(nodes, [job(1).gpus(4).user("carol")], run, tree)
+    )
+    assert (
+        len(plan.preemptions) == 1
+        and "team nlp is at 0.00x its share of GPUs, team vision at 2.00x"
+        in plan.preemptions[0].reason
+    )
+    # the same swap the other way round is not allowed: nlp would then be the team over
+    run = [running(20, "n0", 0, 1, 2, 3).user("alice"), running(21, "n1", 0, 1, 2, 3).user("carol")]
+    plan = make_policy("fairshare").decide(
+        snapshot(nodes, [job(2).gpus(4).user("alice")], run, tree)
+    )
+    assert plan.preemptions == ()
+
+
+def test_priority_policy_does_not_preempt_on_fair_share() -> None:
+    tree = teams(vision=(50, {"alice": 1}), nlp=(50, {"carol": 1}))
+    run = [running(20, "n0", 0, 1, 2, 3).user("alice")]
+    plan = make_policy("priority").decide(
+        snapshot([node("n0").gpus(4)], [job(1).gpus(4).user("carol")], run, tree)
+    )
+    assert plan.preemptions == ()
+
+
+def test_preemption_can_be_switched_off() -> None:
+    snap = snapshot(
+        [node("a").gpus(4)], [job(1).gpus(4).priority(10)], run=[running(9, "a", 0, 1, 2, 3)]
+    )
+    assert make_policy("fairshare", {"preemption": False}).decide(snap).preemptions == ()
+    assert math.isfinite(NOW)
+
+
+def test_two_teams_cannot_preempt_each_other_back_and_forth() -> None:
+    """t0 is entitled to 6 of 8 GPUs and t1 to 2. t1 runs a 4-GPU job (2x its share) while
+    t0 holds 4 and wants 4 more. Taking t1's GPUs would put t0 at 1.33x and t1 at 0x: the
+    swap would only turn the imbalance around (and t1 could then take them back), so it is
+    not made."""
+    tree = teams(t0=(3, {"u0": 1}), t1=(1, {"u2": 1}))
+    nodes = [node("a").gpus(4), node("b").gpus(4)]
+    run = [running(1, "a", 0, 1, 2, 3).user("u0"), running(2, "b", 0, 1, 2, 3).user("u2")]
+    plan = make_policy("fairshare").decide(snapshot(nodes, [job(3).gpus(4).user("u0")], run, tree))
+    assert plan.preemptions == ()
+    # 16 GPUs: t0 entitled to 12 holds 8, t1 entitled to 4 holds 8 (2x). Taking 4 from t1
+    # puts both at exactly 1.0x: allowed, and t1 cannot take them back (t0 is not over).
+    nodes = [node(n).gpus(4) for n in "abcd"]
+    run = [running(1, "a", 0, 1, 2, 3).user("u0"), running(2, "b", 0, 1, 2, 3).user("u0")]
+    run += [
+        running(8, "c", 0, 1, 2, 3).user("u2"),
+        running(9, "d", 0, 1, 2, 3).user("u2").started(7200),
+    ]
+    plan = make_policy("fairshare").decide(snapshot(nodes, [job(3).gpus(4).user("u0")], run, tree))
+    assert [p.job_id for p in plan.preemptions] == [8]  # the one that loses less work
+    after = [*run[:2], running(3, "c", 0, 1, 2, 3).user("u0"), run[3]]
+    back = make_policy("fairshare").decide(
+        snapshot(nodes, [job(8).gpus(4).user("u2")], after, tree)
+    )
+    assert back.preemptions == ()
