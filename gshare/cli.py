@@ -271,6 +271,7 @@ def job_json(job: pb.Job) -> dict[str, Any]:
         "exit_signal": job.exit_signal or None,
         "restarts": job.restarts,
         "reason": job.reason,
+        "position": job.position or None,
         "workdir": job.spec.workdir,
         "output": job.output_path,
         "script": job.spec.script_name,
@@ -303,6 +304,93 @@ def _short(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _first_clause(reason: str) -> str:
+    """The short form of a reason, for tables: up to its first ';'."""
+    return reason.split(";", 1)[0]
+
+
+def cmd_why(client: Client, args: argparse.Namespace) -> int:
+    job = client.job(args.job)
+    state = _state(job)
+    if job.state == pb.PENDING:
+        place = f", {job.position} in line" if job.position else ""
+        print(f"job {job.job_id} is PENDING{place}:")
+        for clause in (job.reason or "waiting for the next scheduling cycle").split("; "):
+            print(f"  {clause}")
+    elif job.state == pb.HELD:
+        print(f"job {job.job_id} is HELD ({job.reason}); `gshare release {job.job_id}` lets it run")
+    else:
+        print(f"job {job.job_id} is {state}" + (f": {job.reason}" if job.reason else ""))
+    return 0
+
+
+def cmd_usage(client: Client, args: argparse.Namespace) -> int:
+    report = client.usage()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "half_life_s": report.half_life_s,
+                    "cluster_gpus": report.cluster_gpus,
+                    "accounts": [
+                        {
+                            "path": list(a.path),
+                            "kind": "user" if a.is_user else "account",
+                            "shares": a.shares,
+                            "share": a.share,
+                            "usage_gpu_s": a.usage,
+                            "usage_share": a.usage_share,
+                            "level_fairshare": None if a.level_fairshare < 0 else a.level_fairshare,
+                            "fairshare_factor": a.fairshare_factor if a.is_user else None,
+                            "running_gpus": a.running_gpus,
+                            "pending_gpus": a.pending_gpus,
+                        }
+                        for a in report.accounts
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return 0
+    rows = []
+    for a in report.accounts:
+        name = "  " * (len(a.path) - 1) + a.path[-1]
+        lf = "inf" if a.level_fairshare < 0 else f"{a.level_fairshare:.2f}"
+        rows.append(
+            [
+                name,
+                f"{a.shares:g}",
+                f"{a.share:.3f}",
+                f"{a.usage / 3600:.1f}",
+                f"{a.usage_share:.3f}",
+                lf,
+                f"{a.fairshare_factor:.3f}" if a.is_user else "",
+                str(a.running_gpus),
+                str(a.pending_gpus),
+            ]
+        )
+    days = report.half_life_s / 86400
+    gpus = report.cluster_gpus
+    print(f"usage: decayed GPU-hours, half-life {days:g} days; {gpus} GPUs in the cluster")
+    print(
+        table(
+            rows,
+            [
+                "ACCOUNT/USER",
+                "SHARES",
+                "SHARE",
+                "USAGE(GPU-h)",
+                "USAGE-SHARE",
+                "LEVEL-FS",
+                "FS-FACTOR",
+                "RUNNING",
+                "PENDING",
+            ],
+        )
+    )
+    return 0
+
+
 def cmd_queue(client: Client, args: argparse.Namespace) -> int:
     users = list(args.user or [])
     if args.me:
@@ -328,7 +416,9 @@ def cmd_queue(client: Client, args: argparse.Namespace) -> int:
             str(j.spec.gpus),
             j.node or "-",
             _runtime(j, now),
-            _short(j.reason or ("" if j.state != pb.PENDING else "waiting for a cycle")),
+            _short(
+                _first_clause(j.reason) or ("" if j.state != pb.PENDING else "waiting for a cycle")
+            ),
         ]
         for j in jobs
     ]
@@ -525,6 +615,24 @@ def gshare_parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=text, description=text)
         c.add_argument("jobs", type=int, nargs="+", metavar="JOB")
         c.set_defaults(func=func)
+
+    w = sub.add_parser(
+        "why",
+        help="why a job waits, and its place in line",
+        description="Why a job is not running: the reason from the last scheduling "
+        "cycle, its place in line, and its team's standing.",
+    )
+    w.add_argument("job", type=int)
+    w.set_defaults(func=cmd_why)
+
+    us = sub.add_parser(
+        "usage",
+        help="the fair-share account tree",
+        description="The account tree: shares, decayed usage, Fair Tree level fair "
+        "share and each user's fair-share factor, with running and pending GPUs.",
+    )
+    us.add_argument("--json", action="store_true")
+    us.set_defaults(func=cmd_usage)
 
     n = sub.add_parser("nodes", help="nodes and their GPUs")
     n.add_argument("--json", action="store_true")

@@ -88,6 +88,9 @@ class Client:
     def release(self, job_id: int) -> pb.Job:
         return self._call(self._stub.ReleaseJob, pb.JobIdRequest(job_id=job_id)).job
 
+    def usage(self) -> pb.GetUsageResponse:
+        return self._call(self._stub.GetUsage, pb.GetUsageRequest())
+
     def nodes(self) -> list[pb.Node]:
         return list(self._call(self._stub.ListNodes, pb.ListNodesRequest()).nodes)
 

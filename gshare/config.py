@@ -1,23 +1,4 @@
-"""gshare.toml: one file for the scheduler, the agents and the clients, validated at load.
-
-[scheduler]
-policy = "priority"          # scheduling policy by name
-admins = ["alice"]           # may cancel, hold and prioritise anyone's jobs
-node_lease_s = 60            # an agent silent this long is down, its jobs lost
-max_script_bytes = 1048576
-
-[server]
-socket = "/run/gshare/gshare.sock"
-tcp = "0.0.0.0:7710"          # optional: agents and clients on other hosts
-
-[store]
-url = "sqlite:////var/lib/gshare/gshare.db"   # any SQLAlchemy URL
-sqlite_synchronous = "FULL"
-
-[queues.default]
-default_time_limit = "1d"    # 0 or absent: unlimited
-max_time_limit = "7d"
-"""
+"""gshare.toml: the scheduler's configuration, validated at load (README: Configuration)."""
 
 from __future__ import annotations
 
@@ -45,8 +26,15 @@ class QueueConfig:
 
 
 @dataclass(frozen=True)
+class AccountConfig:
+    name: str
+    shares: float
+    users: tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True)
 class Config:
-    policy: str = "priority"
+    policy: str = "fairshare"
     policy_params: dict[str, Any] = field(default_factory=dict)
     admins: tuple[str, ...] = ()
     node_lease_s: float = 60.0
@@ -61,6 +49,10 @@ class Config:
         default_factory=lambda: {"default": QueueConfig("default")}
     )
     default_queue: str = "default"
+    half_life_s: float = 7 * 86400.0
+    accounts: tuple[AccountConfig, ...] = ()
+    default_account: str = "default"
+    default_shares: float = 1.0
     source: str = "(built-in defaults)"
 
 
@@ -104,7 +96,7 @@ def _duration(table: dict[str, Any], key: str, where: str) -> int:
 
 
 def parse_config(data: dict[str, Any], source: str) -> Config:
-    known = {"scheduler", "server", "store", "queues", "agent"}
+    known = {"scheduler", "server", "store", "queues", "agent", "fairshare"}
     for key in data:
         if key not in known:
             raise ConfigError(
@@ -146,8 +138,9 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
     if default_queue not in queues:
         raise ConfigError(f"{where}: default_queue {default_queue!r} is not a configured queue")
     params = _typed(sched, "policy_params", dict, where, {})
+    fair = _fairshare(_section(data, "fairshare", source), f"{source} [fairshare]")
     return Config(
-        policy=_typed(sched, "policy", str, where, "priority"),
+        policy=_typed(sched, "policy", str, where, "fairshare"),
         policy_params=params,
         admins=tuple(admins),
         node_lease_s=lease,
@@ -161,7 +154,63 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
         queues=queues,
         default_queue=default_queue,
         source=source,
+        **fair,
     )
+
+
+def _fairshare(table: dict[str, Any], where: str) -> dict[str, Any]:
+    known = {"half_life", "default_account", "default_shares", "accounts"}
+    for key in table:
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+    half_life = 7 * 86400.0
+    if "half_life" in table:
+        value = table["half_life"]
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            half_life = float(value)  # a bare number means seconds
+        else:
+            try:
+                half_life = float(parse_duration(str(value)))
+            except TimeFormatError as exc:
+                raise ConfigError(f"{where}: half_life: {exc}") from exc
+        if half_life <= 0:
+            raise ConfigError(f"{where}: half_life must be positive, not {value!r}")
+    shares = _typed(table, "default_shares", float, where, 1.0)
+    if shares < 0:
+        raise ConfigError(f"{where}: default_shares must not be negative")
+    accounts = []
+    seen_users: dict[str, str] = {}
+    for name, acct in _section(table, "accounts", where).items():
+        awhere = f"{where[:-1]}.accounts.{name}]"
+        if not isinstance(acct, dict):
+            raise ConfigError(f"{awhere}: must be a table")
+        acct_shares = _typed(acct, "shares", float, awhere, 1.0)
+        if acct_shares < 0:
+            raise ConfigError(f"{awhere}: shares must not be negative")
+        raw = acct.get("users", [])
+        if isinstance(raw, list) and all(isinstance(u, str) for u in raw):
+            users = [(u, 1.0) for u in raw]
+        elif isinstance(raw, dict) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 for v in raw.values()
+        ):
+            users = [(u, float(v)) for u, v in raw.items()]
+        else:
+            raise ConfigError(
+                f"{awhere}: users must be a list of names or a table of name = shares"
+            )
+        for user, _ in users:
+            if user in seen_users:
+                raise ConfigError(
+                    f"{awhere}: user {user!r} is already in account {seen_users[user]!r}"
+                )
+            seen_users[user] = name
+        accounts.append(AccountConfig(name, acct_shares, tuple(users)))
+    return {
+        "half_life_s": half_life,
+        "accounts": tuple(accounts),
+        "default_account": _typed(table, "default_account", str, where, "default"),
+        "default_shares": shares,
+    }
 
 
 def load_config(path: Path | None) -> Config:

@@ -25,10 +25,12 @@ class Standing:
     """An account's or user's place among its siblings."""
 
     path: tuple[str, ...]  # account names, then the user name for a user
+    raw_shares: float  # as configured
     share: float  # S: normalised among siblings
     usage: float  # decayed GPU-seconds
     usage_share: float  # U: normalised among siblings
     level_fairshare: float  # S / U
+    is_user: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +67,9 @@ def fair_tree(tree: AccountTree, usage: Mapping[str, float]) -> FairTree:
             s = shares / total_shares
             u = used / total_usage if total_usage > 0 else 0.0
             lf = s / u if u > 0 else (INF if s > 0 else 0.0)
-            standings[(*path, name)] = Standing((*path, name), s, used, u, lf)
+            standings[(*path, name)] = Standing(
+                (*path, name), shares, s, used, u, lf, child is None
+            )
             entries.append((-lf, name, child))
         for neg_lf, name, child in sorted(entries, key=lambda e: (e[0], e[1])):
             if child is None:

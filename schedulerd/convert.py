@@ -30,7 +30,7 @@ def spec_of(job: JobRecord, script: bytes = b"") -> pb.JobSpec:
     )
 
 
-def job_to_pb(job: JobRecord, events: list[EventRecord] | None = None) -> pb.Job:
+def job_to_pb(job: JobRecord, events: list[EventRecord] | None = None, position: int = 0) -> pb.Job:
     spec = spec_of(job)
     spec.ClearField("env")  # listings stay small; the environment stays with the scheduler
     return pb.Job(
@@ -54,6 +54,7 @@ def job_to_pb(job: JobRecord, events: list[EventRecord] | None = None) -> pb.Job
         restarts=job.restarts,
         reason=job.reason,
         output_path=job.output_path,
+        position=position,
         events=[
             pb.JobEvent(
                 seq=e.seq,

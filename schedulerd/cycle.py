@@ -10,8 +10,20 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
-from policies import ClusterSnapshot, GpuSlot, NodeView, PendingJob, Plan, Policy, RunningJob
+from gshare.config import Config
+from policies import (
+    Account,
+    AccountTree,
+    ClusterSnapshot,
+    GpuSlot,
+    NodeView,
+    PendingJob,
+    Plan,
+    Policy,
+    RunningJob,
+)
 from schedulerd.jobstate import JobState
 from schedulerd.model import JobRecord, NodeRecord
 from schedulerd.store import Change
@@ -30,6 +42,8 @@ def take_snapshot(
     nodes: Mapping[str, NodeRecord],
     schedulable: Iterable[str],
     cache: dict[int, tuple[JobRecord, PendingJob]] | None = None,
+    accounts: AccountTree | None = None,
+    usage: Mapping[str, float] | None = None,
 ) -> ClusterSnapshot:
     """`cache` caches each pending job's frozen view while its record is the same object
     (records are replaced on every change), so a long queue costs little to snapshot."""
@@ -95,7 +109,21 @@ def take_snapshot(
                 schedulable=name in ok,
             )
         )
-    return ClusterSnapshot(now, tuple(views), tuple(pending), tuple(running))
+    return ClusterSnapshot(
+        now,
+        tuple(views),
+        tuple(pending),
+        tuple(running),
+        accounts or AccountTree.flat(),
+        MappingProxyType(dict(usage or {})),
+    )
+
+
+def account_tree(config: Config) -> AccountTree:
+    teams = [Account(a.name, a.shares, (), a.users) for a in config.accounts]
+    if config.default_account not in {a.name for a in config.accounts}:
+        teams.append(Account(config.default_account, config.default_shares))
+    return AccountTree.build(Account("root", 1.0, tuple(teams)), config.default_account)
 
 
 def decide(policy: Policy, snapshot: ClusterSnapshot) -> tuple[Plan, float]:
@@ -107,6 +135,8 @@ def decide(policy: Policy, snapshot: ClusterSnapshot) -> tuple[Plan, float]:
 def start_changes(plan: Plan, nodes: Mapping[str, NodeRecord], now: float) -> list[Change]:
     changes = []
     for start in plan.starts:
+        if len(start.parts) != 1:
+            continue  # multi-node launches are not supported by the agents; see run_cycle
         uuids = {g.index: g.uuid for g in nodes[start.node].gpus}
         changes.append(
             Change(

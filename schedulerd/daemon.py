@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from gshare.api import gshare_pb2 as pb
 from gshare.config import Config
-from policies import PendingJob, Policy
+from policies import FairTree, PendingJob, Policy, decayed_usage, fair_tree
 from schedulerd import cycle
 from schedulerd.jobstate import JobState
 from schedulerd.model import EventRecord, GpuInfo, JobRecord, NodeRecord, NodeState
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_GPUS_PER_JOB = 4096
+USAGE_SAVE_EVERY_S = 10.0  # a scheduler crash loses at most this much accounting
 MAX_PRIORITY = 1_000_000
 
 
@@ -75,6 +76,11 @@ class Scheduler:
         self._submits: asyncio.Queue[tuple[NewJob, asyncio.Future[int]]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._views: dict[int, tuple[JobRecord, PendingJob]] = {}
+        self.positions: dict[int, int] = {}  # place in line at the last cycle
+        self.accounts = cycle.account_tree(config)
+        self.usage: dict[str, float] = {}  # decayed GPU-seconds per user
+        self.usage_at = 0.0
+        self._usage_saved_at = 0.0
 
     # ------------------------------------------------------------ life
 
@@ -88,6 +94,9 @@ class Scheduler:
             self.nodes[node.name] = node
         for job in await self.db(self.store.live_jobs):
             self.jobs[job.job_id] = job
+        self.usage, self.usage_at = await self.db(self.store.usage)
+        # jobs that ran while the scheduler was down are charged for that time too
+        self.accrue_usage(self.clock())
         log.info("loaded %d live jobs and %d known nodes", len(self.jobs), len(self.nodes))
         self._tasks = [
             asyncio.create_task(self._cycle_loop(), name="cycle"),
@@ -96,6 +105,8 @@ class Scheduler:
         ]
 
     async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.save_usage()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -115,6 +126,13 @@ class Scheduler:
         """Persist changes with their events, then update the live view. Caller holds the lock."""
         if not changes:
             return []
+        if any(
+            (job := self.jobs.get(c.job_id)) is not None
+            and job.state.on_node
+            and not c.to_state.on_node
+            for c in changes
+        ):
+            self.accrue_usage(self.clock())  # charge the GPUs up to the moment they are freed
         records = await self.db(self.store.apply, changes)
         for record in records:
             if record.state.final:
@@ -378,6 +396,21 @@ class Scheduler:
             self.kick()
             return job
 
+    def usage_report(self) -> tuple[FairTree, dict[tuple[str, ...], list[int]]]:
+        """Fair Tree standings now, and the running and pending GPUs under each path."""
+        self.accrue_usage(self.clock())
+        tree = self.accounts.with_users({j.user for j in self.jobs.values()} | set(self.usage))
+        standings = fair_tree(tree, self.usage)
+        gpus: dict[tuple[str, ...], list[int]] = {}
+        for job in self.jobs.values():
+            slot = 0 if job.state.on_node else 1 if job.state is JobState.PENDING else None
+            if slot is None:
+                continue
+            path = (*tree.path_of(job.user), job.user)
+            for depth in range(1, len(path) + 1):
+                gpus.setdefault(path[:depth], [0, 0])[slot] += job.gpus
+        return standings, gpus
+
     # ------------------------------------------------------------ the cycle
 
     def schedulable_nodes(self) -> list[str]:
@@ -391,14 +424,29 @@ class Scheduler:
         async with self.lock:
             t0 = time.perf_counter()
             now = self.clock()
+            self.accrue_usage(now)
             snapshot = cycle.take_snapshot(
-                now, self.jobs.values(), self.nodes, self.schedulable_nodes(), self._views
+                now,
+                self.jobs.values(),
+                self.nodes,
+                self.schedulable_nodes(),
+                self._views,
+                self.accounts,
+                self.usage,
             )
             plan, _ = cycle.decide(self.policy, snapshot)
+            self.positions = {job_id: i for i, job_id in enumerate(plan.order, start=1)}
+            reasons = dict(plan.reasons)
+            for start in plan.starts:
+                if len(start.parts) != 1:
+                    reasons[start.job_id] = (
+                        f"would take {len(start.parts)} whole nodes; jobs across nodes "
+                        "are not launched yet"
+                    )
             started = await self.change(cycle.start_changes(plan, self.nodes, now))
             changed = {
                 job_id: reason
-                for job_id, reason in plan.reasons.items()
+                for job_id, reason in reasons.items()
                 if job_id in self.jobs and self.jobs[job_id].reason != reason
             }
             # Why a job waits is recomputed every cycle, so it lives in memory only; the
@@ -428,12 +476,33 @@ class Scheduler:
             except Exception:
                 log.exception("scheduling cycle failed")
 
+    def accrue_usage(self, now: float) -> None:
+        """Decay the ledger to `now` and charge the GPUs held since it was last brought up."""
+        if self.usage_at <= 0:
+            self.usage_at = now
+            return
+        held: dict[str, int] = {}
+        for job in self.jobs.values():
+            if job.state.on_node:
+                held[job.user] = held.get(job.user, 0) + len(job.gpu_indexes)
+        dt = now - self.usage_at
+        if dt > 0:
+            self.usage = decayed_usage(self.usage, held, dt, self.config.half_life_s)
+            self.usage_at = now
+
+    async def save_usage(self) -> None:
+        self.accrue_usage(self.clock())
+        await self.db(self.store.save_usage, dict(self.usage), self.usage_at)
+        self._usage_saved_at = self.usage_at
+
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(1.0)
             try:
                 await self._expire_leases()
                 await self._enforce_time_limits()
+                if self.clock() - self._usage_saved_at >= USAGE_SAVE_EVERY_S:
+                    await self.save_usage()
             except Exception:
                 log.exception("periodic checks failed")
 

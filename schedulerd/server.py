@@ -69,14 +69,17 @@ class ClientService(pb_grpc.ClientServiceServicer):
 
     async def GetJob(self, request: pb.GetJobRequest, context: Ctx) -> pb.Job:
         job, events = await _guard(context, self.s.get_job(request.job_id))
-        return job_to_pb(job, events)
+        return job_to_pb(job, events, self.s.positions.get(job.job_id, 0))
 
     async def ListJobs(self, request: pb.ListJobsRequest, context: Ctx) -> pb.ListJobsResponse:
         states = [JobState(pb.JobState.Name(s)) for s in request.states]
         jobs = await self.s.list_jobs(
             request.users, states, request.queues, request.include_finished, request.limit
         )
-        return pb.ListJobsResponse(jobs=[job_to_pb(j) for j in jobs])
+        place = self.s.positions
+        return pb.ListJobsResponse(
+            jobs=[job_to_pb(j, position=place.get(j.job_id, 0)) for j in jobs]
+        )
 
     async def _act(
         self,
@@ -108,6 +111,33 @@ class ClientService(pb_grpc.ClientServiceServicer):
     async def ListNodes(self, request: pb.ListNodesRequest, context: Ctx) -> pb.ListNodesResponse:
         return pb.ListNodesResponse(
             nodes=[node_to_pb(n, self.s.busy_gpus(n.name)) for _, n in sorted(self.s.nodes.items())]
+        )
+
+    async def GetUsage(self, request: pb.GetUsageRequest, context: Ctx) -> pb.GetUsageResponse:
+        standings, gpus = self.s.usage_report()
+        rows = []
+        for path, s in sorted(standings.standings.items()):
+            running, pending = gpus.get(path, [0, 0])
+            user = path[-1] if s.is_user else None
+            rows.append(
+                pb.AccountUsage(
+                    path=list(path),
+                    is_user=user is not None,
+                    shares=s.raw_shares,
+                    share=s.share,
+                    usage=s.usage,
+                    usage_share=s.usage_share,
+                    level_fairshare=s.level_fairshare
+                    if s.level_fairshare != float("inf")
+                    else -1.0,
+                    fairshare_factor=standings.factors.get(user, 0.0) if user else 0.0,
+                    running_gpus=running,
+                    pending_gpus=pending,
+                )
+            )
+        total = sum(len(n.gpus) for n in self.s.nodes.values())
+        return pb.GetUsageResponse(
+            accounts=rows, half_life_s=self.s.config.half_life_s, cluster_gpus=total
         )
 
     async def WatchCluster(

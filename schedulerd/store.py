@@ -97,6 +97,16 @@ class NodeRow(Base):
     last_seen: Mapped[float] = mapped_column(Float, default=0.0)
 
 
+class UsageRow(Base):
+    """The fair-share ledger: each user's decayed GPU-seconds as of `updated`."""
+
+    __tablename__ = "usage"
+
+    user: Mapped[str] = mapped_column(String(64), primary_key=True)
+    gpu_seconds: Mapped[float] = mapped_column(Float)
+    updated: Mapped[float] = mapped_column(Float)
+
+
 _JOB_FIELDS = [f.name for f in fields(JobRecord) if f.name not in ("job_id", "state")]
 
 
@@ -282,6 +292,19 @@ class Store:
                 )
                 for e in session.scalars(query)
             ]
+
+    # ------------------------------------------------------------ usage
+
+    def usage(self) -> tuple[dict[str, float], float]:
+        """The ledger and when it was last written (0 if never)."""
+        with self._session() as session:
+            rows = list(session.scalars(select(UsageRow)))
+        return {r.user: r.gpu_seconds for r in rows}, max((r.updated for r in rows), default=0.0)
+
+    def save_usage(self, usage: dict[str, float], at: float) -> None:
+        with self._session.begin() as session:
+            for user, value in usage.items():
+                session.merge(UsageRow(user=user, gpu_seconds=value, updated=at))
 
     # ------------------------------------------------------------ nodes
 

@@ -242,6 +242,7 @@ class Job(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     OUTPUT_PATH_FIELD_NUMBER: _builtins.int
     HAS_EXIT_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     state: Global___JobState.ValueType
     user: _builtins.str
@@ -260,6 +261,8 @@ class Job(_message.Message):
     """why it waits, or why it ended"""
     output_path: _builtins.str
     has_exit: _builtins.bool
+    position: _builtins.int
+    """place in line among pending jobs (1 = next), 0 if not pending"""
     @_builtins.property
     def spec(self) -> Global___JobSpec:
         """script bytes left out of listings"""
@@ -291,10 +294,11 @@ class Job(_message.Message):
         events: _abc.Iterable[Global___JobEvent] | None = ...,
         output_path: _builtins.str = ...,
         has_exit: _builtins.bool = ...,
+        position: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "events", b"events", "exit_code", b"exit_code", "exit_signal", b"exit_signal", "gid", b"gid", "gpus", b"gpus", "has_exit", b"has_exit", "job_id", b"job_id", "node", b"node", "output_path", b"output_path", "reason", b"reason", "restarts", b"restarts", "spec", b"spec", "start_time", b"start_time", "state", b"state", "submit_time", b"submit_time", "uid", b"uid", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "events", b"events", "exit_code", b"exit_code", "exit_signal", b"exit_signal", "gid", b"gid", "gpus", b"gpus", "has_exit", b"has_exit", "job_id", b"job_id", "node", b"node", "output_path", b"output_path", "position", b"position", "reason", b"reason", "restarts", b"restarts", "spec", b"spec", "start_time", b"start_time", "state", b"state", "submit_time", b"submit_time", "uid", b"uid", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -622,6 +626,104 @@ class ClusterChange(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_change) -> _WhichOneofReturnType_change | None: ...
 
 Global___ClusterChange: _TypeAlias = ClusterChange  # noqa: Y015
+
+@_typing.final
+class AccountUsage(_message.Message):
+    """---------------------------------------------------------------- fair share"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    IS_USER_FIELD_NUMBER: _builtins.int
+    SHARES_FIELD_NUMBER: _builtins.int
+    SHARE_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    USAGE_SHARE_FIELD_NUMBER: _builtins.int
+    LEVEL_FAIRSHARE_FIELD_NUMBER: _builtins.int
+    FAIRSHARE_FACTOR_FIELD_NUMBER: _builtins.int
+    RUNNING_GPUS_FIELD_NUMBER: _builtins.int
+    PENDING_GPUS_FIELD_NUMBER: _builtins.int
+    is_user: _builtins.bool
+    shares: _builtins.float
+    """as configured"""
+    share: _builtins.float
+    """normalised among its siblings"""
+    usage: _builtins.float
+    """decayed GPU-seconds"""
+    usage_share: _builtins.float
+    """normalised among its siblings"""
+    level_fairshare: _builtins.float
+    """share / usage_share (Fair Tree)"""
+    fairshare_factor: _builtins.float
+    """users only: 0..1, 1 is first in line"""
+    running_gpus: _builtins.int
+    pending_gpus: _builtins.int
+    @_builtins.property
+    def path(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """account names from the top, then the user for a user"""
+
+    def __init__(
+        self,
+        *,
+        path: _abc.Iterable[_builtins.str] | None = ...,
+        is_user: _builtins.bool = ...,
+        shares: _builtins.float = ...,
+        share: _builtins.float = ...,
+        usage: _builtins.float = ...,
+        usage_share: _builtins.float = ...,
+        level_fairshare: _builtins.float = ...,
+        fairshare_factor: _builtins.float = ...,
+        running_gpus: _builtins.int = ...,
+        pending_gpus: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fairshare_factor", b"fairshare_factor", "is_user", b"is_user", "level_fairshare", b"level_fairshare", "path", b"path", "pending_gpus", b"pending_gpus", "running_gpus", b"running_gpus", "share", b"share", "shares", b"shares", "usage", b"usage", "usage_share", b"usage_share"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccountUsage: _TypeAlias = AccountUsage  # noqa: Y015
+
+@_typing.final
+class GetUsageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageRequest: _TypeAlias = GetUsageRequest  # noqa: Y015
+
+@_typing.final
+class GetUsageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNTS_FIELD_NUMBER: _builtins.int
+    HALF_LIFE_S_FIELD_NUMBER: _builtins.int
+    CLUSTER_GPUS_FIELD_NUMBER: _builtins.int
+    half_life_s: _builtins.float
+    cluster_gpus: _builtins.int
+    @_builtins.property
+    def accounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccountUsage]: ...
+    def __init__(
+        self,
+        *,
+        accounts: _abc.Iterable[Global___AccountUsage] | None = ...,
+        half_life_s: _builtins.float = ...,
+        cluster_gpus: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts", "cluster_gpus", b"cluster_gpus", "half_life_s", b"half_life_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageResponse: _TypeAlias = GetUsageResponse  # noqa: Y015
 
 @_typing.final
 class AgentJob(_message.Message):

@@ -74,6 +74,11 @@ class ClientServiceStub:
                 request_serializer=gshare_dot_api_dot_gshare__pb2.WatchClusterRequest.SerializeToString,
                 response_deserializer=gshare_dot_api_dot_gshare__pb2.ClusterChange.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/gshare.v1.ClientService/GetUsage',
+                request_serializer=gshare_dot_api_dot_gshare__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=gshare_dot_api_dot_gshare__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
 
 
 class ClientServiceServicer:
@@ -127,6 +132,12 @@ class ClientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +180,11 @@ def add_ClientServiceServicer_to_server(servicer, server):
                     servicer.WatchCluster,
                     request_deserializer=gshare_dot_api_dot_gshare__pb2.WatchClusterRequest.FromString,
                     response_serializer=gshare_dot_api_dot_gshare__pb2.ClusterChange.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=gshare_dot_api_dot_gshare__pb2.GetUsageRequest.FromString,
+                    response_serializer=gshare_dot_api_dot_gshare__pb2.GetUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -387,6 +403,33 @@ class ClientService:
             '/gshare.v1.ClientService/WatchCluster',
             gshare_dot_api_dot_gshare__pb2.WatchClusterRequest.SerializeToString,
             gshare_dot_api_dot_gshare__pb2.ClusterChange.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gshare.v1.ClientService/GetUsage',
+            gshare_dot_api_dot_gshare__pb2.GetUsageRequest.SerializeToString,
+            gshare_dot_api_dot_gshare__pb2.GetUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,
