@@ -577,6 +577,62 @@ def cmd_logs(client: Client, args: argparse.Namespace) -> int:
             time.sleep(0.5)
 
 
+def _param(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise UsageError(f"--policy-param needs KEY=VALUE, not {text!r}")
+    lowered = value.lower()
+    if lowered in ("true", "false"):
+        return key, lowered == "true"
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    # the simulator drives the scheduler's own decision code, so it lives beside it
+    from policies import PolicyError, make_policy
+    from schedulerd.sim import TraceError, plot, read_trace, report, simulate
+
+    if args.nodes < 1 or args.gpus_per_node < 1:
+        raise UsageError("--nodes and --gpus-per-node must be at least 1")
+    if args.checkpoint_every < 0 or args.restart_cost < 0:
+        raise UsageError("--checkpoint-every and --restart-cost must not be negative")
+    if args.half_life <= 0:
+        raise UsageError("--half-life must be positive")
+    params: dict[str, Any] = {"explain": False}
+    params.update(_param(p) for p in args.policy_param)
+    try:
+        policy = make_policy(args.policy, params)
+        jobs = read_trace(args.trace)
+        if args.running_at_start:
+            jobs += read_trace(args.running_at_start, measured=False)
+    except (PolicyError, TraceError) as exc:
+        return fail("gshare sim", str(exc), 2)
+    result = simulate(
+        jobs,
+        policy,
+        args.nodes,
+        args.gpus_per_node,
+        half_life_s=args.half_life,
+        checkpoint_every_s=args.checkpoint_every * 60,
+        restart_cost_s=args.restart_cost,
+        record_series=args.plot is not None,
+    )
+    if args.plot is not None:
+        try:
+            plot(result, args.plot)
+        except ImportError:
+            return fail("gshare sim", "--plot needs matplotlib: pip install 'gshare[sim]'")
+        except OSError as exc:
+            return fail("gshare sim", f"cannot write {args.plot}: {exc.strerror}")
+    print(json.dumps(result.as_json(), indent=2) if args.json else report(result, args.trace.name))
+    return 0
+
+
 def gshare_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gshare",
@@ -648,6 +704,61 @@ def gshare_parser() -> argparse.ArgumentParser:
     lg.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
     lg.set_defaults(func=cmd_logs)
 
+    sm = sub.add_parser(
+        "sim",
+        help="replay a job trace through a scheduling policy",
+        description="Replay a trace (CSV: job_id,submit_time_s,duration_s,gpus,user,group,status) "
+        "through the scheduler's own policy code with a virtual clock, and report job completion "
+        "times, queueing delays, utilization, preemptions and fairness.",
+    )
+    sm.add_argument("trace", type=Path, metavar="TRACE.csv")
+    sm.add_argument("--policy", default="fairshare", help="fairshare (default), priority or fifo")
+    sm.add_argument(
+        "--policy-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a policy parameter, e.g. weight_age=0 or backfill=false (repeatable)",
+    )
+    sm.add_argument("--nodes", type=int, default=16, help="nodes (default 16)")
+    sm.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node (default 8)")
+    sm.add_argument(
+        "--half-life",
+        type=_duration,
+        default=7 * 86400,
+        metavar="DURATION",
+        help="fair-share usage half-life, e.g. 7d (default), 12h",
+    )
+    sm.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=30.0,
+        metavar="MIN",
+        help="minutes between a job's checkpoints; a preempted job keeps the work up to "
+        "its last one (default 30; 0: no checkpoints)",
+    )
+    sm.add_argument(
+        "--restart-cost",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds a preempted job loses when it starts again (default 60)",
+    )
+    sm.add_argument(
+        "--running-at-start",
+        type=Path,
+        metavar="FILE.csv",
+        help="jobs already running when the trace starts (same format)",
+    )
+    sm.add_argument("--json", action="store_true", help="the figures as JSON")
+    sm.add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE.png",
+        help="plot each group's GPU share and the queue length over time",
+    )
+    sm.set_defaults(func=cmd_sim)
+
     from gshare.up import add_up_parser
 
     add_up_parser(sub)
@@ -660,8 +771,11 @@ def gshare_main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    if args.command == "up":
-        return int(args.func(args))
+    if args.command in ("up", "sim"):
+        try:
+            return int(args.func(args))
+        except UsageError as exc:
+            return fail("gshare", str(exc), 2)
     try:
         with Client(args.address) as client:
             return int(args.func(client, args))

@@ -27,6 +27,7 @@ class Knobs:
     preemption: bool = True
     min_runtime_s: float = 600.0  # a job younger than this is never preempted
     preemption_tries: int = 8  # blocked jobs per cycle that may look for victims
+    explain: bool = True  # word a reason for each waiting job (the simulator needs none)
 
 
 @dataclass(slots=True)
@@ -147,9 +148,11 @@ def decide(
             RunningJob(job.job_id, job.user, job.queue, placement.parts, now, job.priority, limit)
         )
 
+    explain = knobs.explain
     for position, job in enumerate(ranked, start=1):
         if job.gpus > free.total or not free.nodes:
-            note(job, position, why_not_placed(job, free))  # cannot run here now: blocks no one
+            if explain:  # cannot run here now, and so blocks no one
+                note(job, position, why_not_placed(job, free))
             continue
         if reservation is None:
             placement = free.find(job)
@@ -175,27 +178,29 @@ def decide(
                     reservation = Reservation(job, now, frozenset({choice.node}), {})
                     continue
             reservation = _reserve(job, free, running, now)
-            where = ", ".join(sorted(reservation.nodes))
-            note(
-                job,
-                position,
-                f"{why_not_placed(job, free)}; expected to start on {where} "
-                f"{_when(reservation.start, now)}",
-            )
+            if explain:
+                where = ", ".join(sorted(reservation.nodes))
+                when = _when(reservation.start, now)
+                note(
+                    job,
+                    position,
+                    f"{why_not_placed(job, free)}; expected to start on {where} {when}",
+                )
             continue
-        if knobs.backfill:
+        # behind the first blocked job: backfill, if the job can fit anywhere at all now
+        if not free.free_count and not explain:
+            break  # nothing more can start, and no one needs to be told why
+        if knobs.backfill and free.largest_block() >= min(job.gpus, free.widest):
             placement = _backfill(job, free, reservation, now)
             if placement is not None:
                 start(job, placement, backfilled=True)
                 continue
-            fits = free.find(job) is not None
-            why = (
-                f"would delay job {reservation.job.job_id}, which is first in line"
-                if fits
-                else why_not_placed(job, free)
-            )
+            why = f"would delay job {reservation.job.job_id}, which is first in line"
+        elif knobs.backfill:
+            why = why_not_placed(job, free) if explain else ""
         else:
             why = f"behind job {reservation.job.job_id}, which is first in line"
-        note(job, position, f"{ordinal(position)} in line, {why}")
+        if explain:
+            note(job, position, f"{ordinal(position)} in line, {why}")
     order = tuple(j.job_id for j in ranked)
     return Plan(tuple(starts), MappingProxyType(reasons), tuple(preemptions), order)

@@ -2,10 +2,11 @@
 
 Jobs rank by priority class (--priority) first, then by their user's Fair Tree factor
 (see fairtree.py), then by submit time. A blocked job may preempt a running one when it
-has a higher priority class, or when its team is under its fair share of the GPUs and
-the victim's team is over, by enough that the swap does not turn the two around (the
-claimant's team stays no further over its share than the victim's): that is the
-hysteresis that keeps two jobs from preempting each other in a loop.
+has a higher priority class, or when its team is under its fair share of the GPUs, the
+victim's team is over, and the claimant's team is still within its share once the job
+runs. That last condition is the hysteresis that keeps two jobs from preempting each
+other in a loop: for the victim's team to take the GPUs back it would have to be under
+its share and the claimant's team over, and the claimant's team never is after a swap.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class FairShare:
     preemption: bool = True
     min_runtime_s: float = 600.0
     fairshare_preemption: bool = True  # False: only a higher priority class preempts
+    explain: bool = True
 
     def __post_init__(self) -> None:
         if self.min_runtime_s < 0:
@@ -56,7 +58,7 @@ class FairShare:
             claim = _Claims(snapshot, tree.team_of, ft).rule
         else:
             claim = priority_class_claim
-        knobs = Knobs(self.backfill, self.preemption, self.min_runtime_s)
+        knobs = Knobs(self.backfill, self.preemption, self.min_runtime_s, explain=self.explain)
         return decide(snapshot, ranked, knobs, claim, context)
 
 
@@ -87,8 +89,8 @@ class _Claims:
         mine, theirs = self.team_of(job.user), self.team_of(victim.user)
         if mine == theirs or self._ratio(mine) >= 1.0 or self._ratio(theirs) <= 1.0:
             return None
-        if self._ratio(mine, job.gpus) > self._ratio(theirs, -victim.gpus):
-            return None  # the swap would turn the two teams around: no
+        if self._ratio(mine, job.gpus) > 1.0 + 1e-9:
+            return None  # the claimant's team would go over its share: that could swing back
         return (
             f"team {mine} is at {self._ratio(mine):.2f}x its share of GPUs, "
             f"team {theirs} at {self._ratio(theirs):.2f}x"

@@ -12,7 +12,10 @@ from policies.snapshot import ClusterSnapshot, Plan
 class Fifo:
     name: str = "fifo"
     backfill: bool = True
+    explain: bool = True
 
     def decide(self, snapshot: ClusterSnapshot) -> Plan:
         ranked = sorted(snapshot.pending, key=lambda j: (j.submit_time, j.job_id))
-        return decide(snapshot, ranked, Knobs(backfill=self.backfill, preemption=False))
+        return decide(
+            snapshot, ranked, Knobs(backfill=self.backfill, preemption=False, explain=self.explain)
+        )

@@ -69,6 +69,7 @@ class FreeMap:
         }
         self.widest = max((n.gpu_count for n in self.nodes.values()), default=0)
         self.total = sum(n.gpu_count for n in self.nodes.values())
+        self.free_count = sum(len(f) for f in self.free.values())
         self.buckets: list[list[str]] = [[] for _ in range(self.widest + 1)]
         for name in sorted(self.nodes):
             self.buckets[len(self.free[name])].append(name)
@@ -123,6 +124,7 @@ class FreeMap:
         for name, gpus in parts:
             before = len(self.free[name])
             self.free[name] -= set(gpus)
+            self.free_count -= before - len(self.free[name])
             if job is not None:
                 self.cpus[name] -= job.cpus
                 self.mem[name] -= job.mem_mb
@@ -134,6 +136,7 @@ class FreeMap:
                 continue
             before = len(self.free[name])
             self.free[name] |= set(gpus)
+            self.free_count += len(self.free[name]) - before
             self._move(name, before)
 
 

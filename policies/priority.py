@@ -38,6 +38,7 @@ class Multifactor:
     backfill: bool = True
     preemption: bool = True
     min_runtime_s: float = 600.0
+    explain: bool = True
 
     def __post_init__(self) -> None:
         weights = (self.weight_qos, self.weight_fairshare, self.weight_age, self.weight_size)
@@ -49,23 +50,27 @@ class Multifactor:
             raise ParameterError("min_runtime_s must not be negative")
 
     def knobs(self) -> Knobs:
-        return Knobs(self.backfill, self.preemption, self.min_runtime_s)
+        return Knobs(self.backfill, self.preemption, self.min_runtime_s, explain=self.explain)
 
     def scores(self, snapshot: ClusterSnapshot) -> dict[int, float]:
         users = {j.user for j in snapshot.pending} | {r.user for r in snapshot.running}
         factors = fair_tree(snapshot.accounts.with_users(users), snapshot.usage).factors
         total = sum(n.gpu_count for n in snapshot.nodes) or 1
         out = {}
+        top = self.max_priority
+        qos_w, fs_w = self.weight_qos / (2 * top), self.weight_fairshare
+        age_w, size_w = self.weight_age / self.max_age_s, self.weight_size / total
+        now = snapshot.now
         for j in snapshot.pending:
-            qos = (
-                max(-self.max_priority, min(self.max_priority, j.priority)) + self.max_priority
-            ) / (2 * self.max_priority)
-            age = min(1.0, max(0.0, snapshot.now - j.submit_time) / self.max_age_s)
             out[j.job_id] = (
-                self.weight_qos * qos
-                + self.weight_fairshare * factors.get(j.user, 0.0)
-                + self.weight_age * age
-                + self.weight_size * min(1.0, j.gpus / total)
+                qos_w * (max(-top, min(top, j.priority)) + top)
+                + fs_w * factors.get(j.user, 0.0)
+                + (
+                    self.weight_age
+                    if now - j.submit_time >= self.max_age_s
+                    else age_w * max(0.0, now - j.submit_time)
+                )
+                + size_w * min(total, j.gpus)
             )
         return out
 

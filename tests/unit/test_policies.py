@@ -233,9 +233,8 @@ def test_preemption_can_be_switched_off() -> None:
 
 def test_two_teams_cannot_preempt_each_other_back_and_forth() -> None:
     """t0 is entitled to 6 of 8 GPUs and t1 to 2. t1 runs a 4-GPU job (2x its share) while
-    t0 holds 4 and wants 4 more. Taking t1's GPUs would put t0 at 1.33x and t1 at 0x: the
-    swap would only turn the imbalance around (and t1 could then take them back), so it is
-    not made."""
+    t0 holds 4 and wants 4 more. Taking t1's GPUs would put t0 at 1.33x, over its share,
+    and t1 could then claim them back: the swap is not made."""
     tree = teams(t0=(3, {"u0": 1}), t1=(1, {"u2": 1}))
     nodes = [node("a").gpus(4), node("b").gpus(4)]
     run = [running(1, "a", 0, 1, 2, 3).user("u0"), running(2, "b", 0, 1, 2, 3).user("u2")]

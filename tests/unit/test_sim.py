@@ -1,0 +1,133 @@
+"""The simulator: trace reading, fairness arithmetic, and small replays worked out by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from policies import make_policy
+from schedulerd.sim import TraceError, TraceJob, jain, read_trace, simulate, water_fill
+
+HEADER = "job_id,submit_time_s,duration_s,gpus,user,group,status\n"
+
+
+def test_water_filling_is_max_min_capped_by_demand() -> None:
+    # 10 GPUs, equal weights: a wants 2 (gets it), b and c split the remaining 8
+    assert water_fill(10, {"a": 2, "b": 9, "c": 9}, {"a": 1, "b": 1, "c": 1}) == pytest.approx(
+        {"a": 2, "b": 4, "c": 4}
+    )
+    # weights 3:1 with plenty of demand
+    assert water_fill(8, {"a": 8, "b": 8}, {"a": 3, "b": 1}) == pytest.approx({"a": 6, "b": 2})
+    assert water_fill(8, {"a": 1}, {"a": 1}) == {"a": 1}
+
+
+def test_jain_index() -> None:
+    assert jain([1, 1, 1]) == pytest.approx(1.0)
+    assert jain([1, 0]) == pytest.approx(0.5)
+    assert jain([2, 1]) == pytest.approx(9 / 10)
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        (
+            "j,10,abc,1,u,g,completed",
+            "line 3".replace("line ", "") and "duration_s must be a number, not 'abc'",
+        ),
+        ("j,10,0,1,u,g,completed", "duration_s must be more than 0"),
+        ("j,-1,5,1,u,g,completed", "submit_time_s must be at least 0"),
+        ("j,10,5,1.5,u,g,completed", "gpus must be a whole number"),
+        ("j,10,5,0,u,g,completed", "gpus must be at least 1"),
+        ("j,10,5,1,,g,completed", "empty user"),
+        ("j,10,5,1,u,g,finished", "status must be one of completed, failed, killed"),
+        ("j,10,5,1,u", "5 fields, expected 7"),
+    ],
+)
+def test_bad_rows_name_their_line(tmp_path: Path, row: str, message: str) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text(HEADER + "ok,0,5,1,u,g,completed\n" + row + "\n")
+    with pytest.raises(TraceError) as err:
+        read_trace(path)
+    assert str(err.value).startswith(f"{path}:3: ") and message in str(err.value)
+
+
+def test_bad_header_and_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("a,b,c\n")
+    with pytest.raises(TraceError, match=":1: the header must be"):
+        read_trace(path)
+    with pytest.raises(TraceError, match="cannot read trace"):
+        read_trace(tmp_path / "none.csv")
+
+
+def job(name: str, submit: float, duration: float, gpus: int, user: str, group: str) -> TraceJob:
+    return TraceJob(name, submit, duration, gpus, user, group)
+
+
+def test_fifo_replay_by_hand() -> None:
+    # one node of 2 GPUs: A (2 GPUs, 100 s) at 0, B (1 GPU, 50 s) at 10, C (1 GPU, 50 s) at 20.
+    # A runs 0-100; B and C wait, then run 100-150 side by side.
+    trace = [
+        job("A", 0, 100, 2, "u1", "g1"),
+        job("B", 10, 50, 1, "u2", "g2"),
+        job("C", 20, 50, 1, "u2", "g2"),
+    ]
+    r = simulate(trace, make_policy("fifo", {"explain": False}), 1, 2)
+    assert r.jobs == 3 and r.makespan_s == 150
+    assert r.avg_jct_s == pytest.approx((100 + 140 + 130) / 3)
+    assert r.avg_wait_s == pytest.approx((0 + 90 + 80) / 3) and r.p95_wait_s == 90
+    assert r.utilization == pytest.approx((2 * 100 + 2 * 50) / (2 * 150))
+    assert r.preemptions == 0
+    # 0-10: only g1 wants GPUs (index 1); 10-100: g1 holds 2, g2 wants 1 and 2: entitled 1 each,
+    # allocations 2 and 0 -> ratios 2, 0 -> Jain 0.5; 100-150: g2 alone holds what it wants
+    assert r.jain_fairness == pytest.approx((10 * 1 + 90 * 0.5 + 50 * 1) / 150)
+    assert r.groups["g1"]["share"] == pytest.approx(200 / 300)
+
+
+def test_jobs_wider_than_the_cluster_are_left_out_and_counted() -> None:
+    r = simulate(
+        [job("A", 0, 10, 1, "u", "g"), job("B", 0, 10, 64, "u", "g")], make_policy("fifo"), 2, 4
+    )
+    assert r.jobs == 1 and r.left_out == 1
+
+
+def test_preempted_work_is_lost_back_to_the_last_checkpoint() -> None:
+    # one 4-GPU node; g1 runs a long job alone; g2 arrives later and is entitled to half.
+    # fair-share preemption stops g1's job (after the 600 s minimum runtime); it resumes from its
+    # last checkpoint (every 300 s) and pays the 60 s restart cost.
+    trace = [job("long", 0, 4000, 4, "a", "g1"), job("short", 1000, 100, 2, "b", "g2")]
+    r = simulate(
+        trace,
+        make_policy("fairshare", {"explain": False}),
+        1,
+        4,
+        checkpoint_every_s=300,
+        restart_cost_s=60,
+    )
+    assert r.preemptions == 1
+    # "long" ran 0-1000: 900 s saved (3 checkpoints), 100 s lost; "short" runs 1000-1100;
+    # "long" restarts at 1100 with 3100 s left plus 60 s: ends at 4260
+    assert r.makespan_s == pytest.approx(4260)
+    r0 = simulate(
+        trace,
+        make_policy("fairshare", {"explain": False}),
+        1,
+        4,
+        checkpoint_every_s=0,
+        restart_cost_s=60,
+    )
+    assert r0.makespan_s == pytest.approx(1100 + 60 + 4000)  # no checkpoints: everything is lost
+
+
+def test_the_shared_trace_reads(tmp_path: Path) -> None:
+    trace = (
+        Path(__file__).resolve().parents[2].parent
+        / "shared"
+        / "traces"
+        / "philly-2017-09-24_2017-09-27.csv"
+    )
+    if not trace.exists():
+        pytest.skip("the shared traces are not beside this checkout")
+    jobs = read_trace(trace)
+    assert len(jobs) == 3178 and {j.gpus for j in jobs} == {1, 2, 4, 8, 16, 28, 32}
