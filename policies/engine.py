@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -31,13 +32,14 @@ class Knobs:
 
 
 @dataclass(slots=True)
-class Reservation:
+class Reservation:  # mutable: backfill spends its spare GPUs
     job: PendingJob
     start: float  # when its gang is expected to be free
     nodes: frozenset[str]
     spare: dict[str, int]  # GPUs on reserved nodes that the job will not need at `start`
 
 
+@functools.cache
 def ordinal(n: int) -> str:
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"{n}{suffix}"
@@ -142,6 +144,7 @@ def decide(
 
     def start(job: PendingJob, placement: Placement, backfilled: bool) -> None:
         free.take(placement.parts, job)
+        why_cache.clear()
         starts.append(Start(job.job_id, placement.parts, backfilled))
         limit = job.time_limit_s
         running.append(
@@ -149,37 +152,60 @@ def decide(
         )
 
     explain = knobs.explain
+    why_cache: dict[
+        tuple[int, int, int], str
+    ] = {}  # (gpus, cpus, mem) -> text, while free is unchanged
+
+    def why_not(job: PendingJob) -> str:
+        key = (job.gpus, job.cpus, job.mem_mb)
+        text = why_cache.get(key)
+        if text is None:
+            text = why_cache[key] = why_not_placed(job, free)
+        return text
+
+    # Nodes promised to a job that is waiting for victims to yield: nobody else may use them.
+    promised: set[str] = set()
+
+    def try_preempt(job: PendingJob, position: int) -> bool:
+        nonlocal tries
+        if not knobs.preemption or claim is None or tries <= 0:
+            return False
+        tries -= 1
+        taken = {p.job_id for p in preemptions}
+        candidates = [r for r in running if r.job_id not in taken and r.node not in promised]
+        off = promised | (reservation.nodes if reservation is not None else frozenset())
+        choice = choose_victims(job, free, candidates, now, knobs.min_runtime_s, claim, off)
+        if choice is None:
+            return False
+        for victim, why in zip(choice.victims, choice.reasons, strict=True):
+            preemptions.append(Preemption(victim.job_id, job.job_id, why))
+        promised.add(choice.node)
+        ids = ", ".join(str(v.job_id) for v in choice.victims)
+        note(job, position, f"preempting job {ids} on {choice.node}")
+        return True
+
     for position, job in enumerate(ranked, start=1):
         if job.gpus > free.total or not free.nodes:
             if explain:  # cannot run here now, and so blocks no one
                 note(job, position, why_not_placed(job, free))
             continue
+        waiting_on = yielding.get(job.job_id)
+        if waiting_on:
+            ids = ", ".join(str(r.job_id) for r in waiting_on)
+            note(job, position, f"waiting for job {ids} to yield its GPUs")
+            promised.update(node for r in waiting_on for node, _ in r.parts)
+            continue
         if reservation is None:
-            placement = free.find(job)
+            placement = free.find(job, exclude=frozenset(promised))
             if placement is not None:
                 start(job, placement, backfilled=False)
                 continue
-            waiting_on = yielding.get(job.job_id)
-            if waiting_on:
-                ids = ", ".join(str(r.job_id) for r in waiting_on)
-                note(job, position, f"waiting for job {ids} to yield its GPUs")
-                # those GPUs are this job's once freed: nobody behind it may take them
-                held = frozenset(node for r in waiting_on for node, _ in r.parts)
-                reservation = Reservation(job, now, held, {})
+            if try_preempt(job, position):
                 continue
-            if knobs.preemption and claim is not None and tries > 0:
-                tries -= 1
-                choice = choose_victims(job, free, running, now, knobs.min_runtime_s, claim)
-                if choice is not None:
-                    for victim, why in zip(choice.victims, choice.reasons, strict=True):
-                        preemptions.append(Preemption(victim.job_id, job.job_id, why))
-                    ids = ", ".join(str(v.job_id) for v in choice.victims)
-                    note(job, position, f"preempting job {ids} on {choice.node}")
-                    reservation = Reservation(job, now, frozenset({choice.node}), {})
-                    continue
             reservation = _reserve(job, free, running, now)
+            reservation.nodes = reservation.nodes | promised
             if explain:
-                where = ", ".join(sorted(reservation.nodes))
+                where = ", ".join(sorted(reservation.nodes - promised)) or "a node"
                 when = _when(reservation.start, now)
                 note(
                     job,
@@ -188,8 +214,8 @@ def decide(
                 )
             continue
         # behind the first blocked job: backfill, if the job can fit anywhere at all now
-        if not free.free_count and not explain:
-            break  # nothing more can start, and no one needs to be told why
+        if not free.free_count and not explain and tries <= 0:
+            break  # nothing more can start or preempt, and no one needs to be told why
         if knobs.backfill and free.largest_block() >= min(job.gpus, free.widest):
             placement = _backfill(job, free, reservation, now)
             if placement is not None:
@@ -197,9 +223,11 @@ def decide(
                 continue
             why = f"would delay job {reservation.job.job_id}, which is first in line"
         elif knobs.backfill:
-            why = why_not_placed(job, free) if explain else ""
+            why = why_not(job) if explain else ""
         else:
             why = f"behind job {reservation.job.job_id}, which is first in line"
+        if try_preempt(job, position):
+            continue
         if explain:
             note(job, position, f"{ordinal(position)} in line, {why}")
     order = tuple(j.job_id for j in ranked)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from policies.accounts import AccountTree
 from policies.engine import Knobs, decide, ordinal
 from policies.fairtree import FairTree, fair_tree
 from policies.priority import ParameterError, priority_class_claim
@@ -41,25 +42,34 @@ class FairShare:
             snapshot.pending,
             key=lambda j: (-j.priority, -ft.factors.get(j.user, 0.0), j.submit_time, j.job_id),
         )
-        team_place: dict[int, int] = {}
-        seen: dict[str, int] = {}
-        for job in ranked:
-            team = tree.team_of(job.user)
-            seen[team] = seen.get(team, 0) + 1
-            team_place[job.job_id] = seen[team]
-
-        def context(job: PendingJob, _position: int) -> str:
-            team = tree.team_of(job.user)
-            ratio = ft.ratio((team,))
-            place = ordinal(team_place[job.job_id])
-            return f"{place} in team {team}; team {team} at {ratio:.1f}x its share"
-
+        context = _team_context(ranked, tree, ft) if self.explain else None
         if self.fairshare_preemption:
             claim = _Claims(snapshot, tree.team_of, ft).rule
         else:
             claim = priority_class_claim
         knobs = Knobs(self.backfill, self.preemption, self.min_runtime_s, explain=self.explain)
         return decide(snapshot, ranked, knobs, claim, context)
+
+
+def _team_context(
+    ranked: list[PendingJob], tree: AccountTree, ft: FairTree
+) -> Callable[[PendingJob, int], str]:
+    """'3rd in team vision; team vision at 1.8x its share' for each waiting job."""
+    team_place: dict[int, tuple[int, str]] = {}
+    seen: dict[str, int] = {}
+    for job in ranked:
+        team = tree.team_of(job.user)
+        seen[team] = seen.get(team, 0) + 1
+        team_place[job.job_id] = (seen[team], team)
+    standing = {
+        team: f"in team {team}; team {team} at {ft.ratio((team,)):.1f}x its share" for team in seen
+    }
+
+    def context(job: PendingJob, _position: int) -> str:
+        place, team = team_place[job.job_id]
+        return f"{ordinal(place)} {standing[team]}"
+
+    return context
 
 
 class _Claims:

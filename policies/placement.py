@@ -70,6 +70,7 @@ class FreeMap:
         self.widest = max((n.gpu_count for n in self.nodes.values()), default=0)
         self.total = sum(n.gpu_count for n in self.nodes.values())
         self.free_count = sum(len(f) for f in self.free.values())
+        self._largest = -1  # cached largest_block(); -1 once a change makes it stale
         self.buckets: list[list[str]] = [[] for _ in range(self.widest + 1)]
         for name in sorted(self.nodes):
             self.buckets[len(self.free[name])].append(name)
@@ -77,10 +78,9 @@ class FreeMap:
     # ------------------------------------------------------------ queries
 
     def largest_block(self) -> int:
-        for k in range(self.widest, 0, -1):
-            if self.buckets[k]:
-                return k
-        return 0
+        if self._largest < 0:
+            self._largest = next((k for k in range(self.widest, 0, -1) if self.buckets[k]), 0)
+        return self._largest
 
     def idle_nodes(self) -> list[str]:
         return [n for n in self.nodes if len(self.free[n]) == self.nodes[n].gpu_count]
@@ -116,6 +116,7 @@ class FreeMap:
     # ------------------------------------------------------------ changes
 
     def _move(self, name: str, before: int) -> None:
+        self._largest = -1
         bucket = self.buckets[before]
         del bucket[bisect.bisect_left(bucket, name)]
         bisect.insort(self.buckets[len(self.free[name])], name)

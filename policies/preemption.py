@@ -46,6 +46,7 @@ def choose_victims(
     now: float,
     min_runtime_s: float,
     claim: ClaimRule,
+    off_limits: frozenset[str] | set[str] = frozenset(),
 ) -> VictimChoice | None:
     if job.gpus > free.widest:
         return None  # jobs wider than a node wait for whole nodes; they do not preempt
@@ -56,23 +57,42 @@ def choose_victims(
             or r.yielding_to
             or len(r.parts) != 1
             or r.node not in free.nodes
+            or r.node in off_limits
             or now - r.start_time < min_runtime_s
         ):
             continue
         why = claim(job, r)
         if why is not None:
             by_node.setdefault(r.node, []).append((r, why))
-    best: tuple[tuple[int, float, str], VictimChoice] | None = None
-    for node, candidates in sorted(by_node.items()):
+    # The fewest victims a node needs is found greedily (largest jobs first); only the nodes
+    # that need the fewest are searched for the set that loses the least work.
+    needs: list[tuple[int, str, int]] = []
+    for node, candidates in by_node.items():
         if free.nodes[node].gpu_count < job.gpus:
             continue
         need = job.gpus - len(free.free[node])
-        candidates.sort(key=lambda c: (work_lost(c[0], now), c[0].job_id))
-        choice = _smallest_set(candidates, need, now)
+        if need <= 0:
+            continue
+        count, got = 0, 0
+        for size in sorted((c[0].gpus for c in candidates), reverse=True):
+            if got >= need:
+                break
+            count, got = count + 1, got + size
+        if got >= need:
+            needs.append((count, node, need))
+    if not needs:
+        return None
+    fewest = min(n[0] for n in needs)
+    best: tuple[tuple[float, str], VictimChoice] | None = None
+    for count, node, need in sorted(needs):
+        if count > fewest:
+            break
+        candidates = sorted(by_node[node], key=lambda c: (work_lost(c[0], now), c[0].job_id))
+        choice = _cheapest_set(candidates, need, count, now)
         if choice is None:
             continue
         victims, lost = choice
-        key = (len(victims), lost, node)
+        key = (lost, node)
         if best is None or key < best[0]:
             best = (
                 key,
@@ -83,21 +103,17 @@ def choose_victims(
     return best[1] if best else None
 
 
-def _smallest_set(
-    candidates: list[tuple[RunningJob, str]], need: int, now: float
+def _cheapest_set(
+    candidates: list[tuple[RunningJob, str]], need: int, size: int, now: float
 ) -> tuple[tuple[tuple[RunningJob, str], ...], float] | None:
-    if need <= 0 or sum(c[0].gpus for c in candidates) < need:
-        return None
-    for size in range(1, len(candidates) + 1):
-        best: tuple[float, tuple[tuple[RunningJob, str], ...]] | None = None
-        for tried, combo in enumerate(itertools.combinations(candidates, size)):
-            if tried >= MAX_SUBSETS_PER_NODE:
-                break
-            if sum(c[0].gpus for c in combo) < need:
-                continue
-            lost = sum(work_lost(c[0], now) for c in combo)
-            if best is None or lost < best[0]:
-                best = (lost, combo)
-        if best is not None:
-            return best[1], best[0]
-    return None
+    """Among the sets of `size` candidates that free `need` GPUs, the one losing least work."""
+    best: tuple[float, tuple[tuple[RunningJob, str], ...]] | None = None
+    for tried, combo in enumerate(itertools.combinations(candidates, size)):
+        if tried >= MAX_SUBSETS_PER_NODE:
+            break
+        if sum(c[0].gpus for c in combo) < need:
+            continue
+        lost = sum(work_lost(c[0], now) for c in combo)
+        if best is None or lost < best[0]:
+            best = (lost, combo)
+    return (best[1], best[0]) if best is not None else None
