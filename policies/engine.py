@@ -27,7 +27,9 @@ class Knobs:
     backfill: bool = True
     preemption: bool = True
     min_runtime_s: float = 600.0  # a job younger than this is never preempted
-    preemption_tries: int = 8  # blocked jobs per cycle that may look for victims
+    preemption_tries: int = (
+        2  # blocked jobs per cycle that may look for victims (each cycle adds more)
+    )
     explain: bool = True  # word a reason for each waiting job (the simulator needs none)
 
 
@@ -165,14 +167,27 @@ def decide(
 
     # Nodes promised to a job that is waiting for victims to yield: nobody else may use them.
     promised: set[str] = set()
+    # who could be preempted at all, whoever asks
+    eligible = [
+        r
+        for r in snapshot.running
+        if r.preemptible
+        and not r.yielding_to
+        and len(r.parts) == 1
+        and now - r.start_time >= knobs.min_runtime_s
+    ]
+    lowest_class = min((r.priority for r in eligible), default=0)
+    could_claim = getattr(claim, "could_claim", None)
 
     def try_preempt(job: PendingJob, position: int) -> bool:
         nonlocal tries
-        if not knobs.preemption or claim is None or tries <= 0:
+        if not knobs.preemption or claim is None or tries <= 0 or not eligible:
             return False
+        if job.priority <= lowest_class and could_claim is not None and not could_claim(job):
+            return False  # no claim on anyone: not worth a search, nor a try
         tries -= 1
         taken = {p.job_id for p in preemptions}
-        candidates = [r for r in running if r.job_id not in taken and r.node not in promised]
+        candidates = [r for r in eligible if r.job_id not in taken and r.node not in promised]
         off = promised | (reservation.nodes if reservation is not None else frozenset())
         choice = choose_victims(job, free, candidates, now, knobs.min_runtime_s, claim, off)
         if choice is None:

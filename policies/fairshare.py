@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from policies.accounts import AccountTree
 from policies.engine import Knobs, decide, ordinal
 from policies.fairtree import FairTree, fair_tree
+from policies.preemption import ClaimRule
 from policies.priority import ParameterError, priority_class_claim
 from policies.snapshot import ClusterSnapshot, PendingJob, Plan, RunningJob
 
@@ -43,10 +44,11 @@ class FairShare:
             key=lambda j: (-j.priority, -ft.factors.get(j.user, 0.0), j.submit_time, j.job_id),
         )
         context = _team_context(ranked, tree, ft) if self.explain else None
-        if self.fairshare_preemption:
-            claim = _Claims(snapshot, tree.team_of, ft).rule
-        else:
-            claim = priority_class_claim
+        claim: ClaimRule = (
+            _Claims(snapshot, tree.team_of, ft)
+            if self.fairshare_preemption
+            else priority_class_claim
+        )
         knobs = Knobs(self.backfill, self.preemption, self.min_runtime_s, explain=self.explain)
         return decide(snapshot, ranked, knobs, claim, context)
 
@@ -92,7 +94,12 @@ class _Claims:
         held = self.held.get(team, 0.0) + delta
         return held / entitled if entitled > 0 else float("inf")
 
-    def rule(self, job: PendingJob, victim: RunningJob) -> str | None:
+    def could_claim(self, job: PendingJob) -> bool:
+        """Whether this job could displace anyone on fair share grounds (cheap, per job)."""
+        mine = self.team_of(job.user)
+        return self._ratio(mine) < 1.0 and self._ratio(mine, job.gpus) <= 1.0 + 1e-9
+
+    def __call__(self, job: PendingJob, victim: RunningJob) -> str | None:
         by_class = priority_class_claim(job, victim)
         if by_class is not None or job.priority < victim.priority:
             return by_class

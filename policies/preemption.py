@@ -20,6 +20,7 @@ from policies.snapshot import PendingJob, RunningJob
 ClaimRule = Callable[[PendingJob, RunningJob], str | None]
 
 MAX_SUBSETS_PER_NODE = 4096
+MAX_NODES_SEARCHED = 32  # when several victims are needed, only the most promising nodes
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +74,12 @@ def choose_victims(
         need = job.gpus - len(free.free[node])
         if need <= 0:
             continue
+        sizes = [c[0].gpus for c in candidates]
+        if max(sizes) >= need:
+            needs.append((1, node, need))
+            continue
         count, got = 0, 0
-        for size in sorted((c[0].gpus for c in candidates), reverse=True):
+        for size in sorted(sizes, reverse=True):
             if got >= need:
                 break
             count, got = count + 1, got + size
@@ -83,10 +88,25 @@ def choose_victims(
     if not needs:
         return None
     fewest = min(n[0] for n in needs)
+    if fewest == 1:  # the common case: one victim is enough, the least costly one anywhere
+        single = min(
+            (work_lost(r, now), node, r.job_id, r, why)
+            for count, node, need in needs
+            if count == 1
+            for r, why in by_node[node]
+            if r.gpus >= need
+        )
+        lost, node, _, victim, why = single
+        return VictimChoice(node, (victim,), (why,), lost)
+    # Several victims: search the nodes whose k least costly candidates lose least, a few.
+    searched = sorted(
+        (sum(sorted(work_lost(r, now) for r, _ in by_node[node])[:count]), node, need)
+        for count, node, need in needs
+        if count == fewest
+    )[:MAX_NODES_SEARCHED]
     best: tuple[tuple[float, str], VictimChoice] | None = None
-    for count, node, need in sorted(needs):
-        if count > fewest:
-            break
+    for _bound, node, need in searched:
+        count = fewest
         candidates = sorted(by_node[node], key=lambda c: (work_lost(c[0], now), c[0].job_id))
         choice = _cheapest_set(candidates, need, count, now)
         if choice is None:
