@@ -193,13 +193,29 @@ def decide(
         if choice is None:
             return False
         for victim, why in zip(choice.victims, choice.reasons, strict=True):
-            preemptions.append(Preemption(victim.job_id, job.job_id, why))
+            preemptions.append(Preemption(victim.job_id, job.job_id, why, choice.node))
         promised.add(choice.node)
         ids = ", ".join(str(v.job_id) for v in choice.victims)
         note(job, position, f"preempting job {ids} on {choice.node}")
         return True
 
+    # Jobs that preempted others earlier get the GPUs freed for them first.
+    for job in ranked:
+        node = job.claimed_node
+        if not node or node not in free.nodes or job.job_id in yielding:
+            if node and job.job_id in yielding:
+                promised.add(node)
+            continue
+        placement = free.find(job, exclude=frozenset(free.nodes) - {node})
+        if placement is not None:
+            start(job, placement, backfilled=False)
+        else:
+            promised.add(node)
+    started = {s.job_id for s in starts}
+
     for position, job in enumerate(ranked, start=1):
+        if job.job_id in started:
+            continue
         if job.gpus > free.total or not free.nodes:
             if explain:  # cannot run here now, and so blocks no one
                 note(job, position, why_not_placed(job, free))

@@ -29,11 +29,15 @@ class FairShare:
     preemption: bool = True
     min_runtime_s: float = 600.0
     fairshare_preemption: bool = True  # False: only a higher priority class preempts
+    # a victim's team must hold more than (1 + margin) x its share of the GPUs
+    fairshare_margin: float = 0.25
     explain: bool = True
 
     def __post_init__(self) -> None:
         if self.min_runtime_s < 0:
             raise ParameterError("min_runtime_s must not be negative")
+        if self.fairshare_margin < 0:
+            raise ParameterError("fairshare_margin must not be negative")
 
     def decide(self, snapshot: ClusterSnapshot) -> Plan:
         users = {j.user for j in snapshot.pending} | {r.user for r in snapshot.running}
@@ -45,7 +49,7 @@ class FairShare:
         )
         context = _team_context(ranked, tree, ft) if self.explain else None
         claim: ClaimRule = (
-            _Claims(snapshot, tree.team_of, ft)
+            _Claims(snapshot, tree.team_of, ft, self.fairshare_margin)
             if self.fairshare_preemption
             else priority_class_claim
         )
@@ -78,9 +82,10 @@ class _Claims:
     """Who may displace whom, from the GPUs each team holds against its entitlement."""
 
     def __init__(
-        self, snapshot: ClusterSnapshot, team_of: Callable[[str], str], ft: FairTree
+        self, snapshot: ClusterSnapshot, team_of: Callable[[str], str], ft: FairTree, margin: float
     ) -> None:
         self.team_of = team_of
+        self.margin = margin
         total = sum(n.gpu_count for n in snapshot.nodes if n.schedulable) or 1
         shares = {path[0]: s.share for path, s in ft.standings.items() if len(path) == 1}
         self.entitled = {team: share * total for team, share in shares.items()}
@@ -104,7 +109,7 @@ class _Claims:
         if by_class is not None or job.priority < victim.priority:
             return by_class
         mine, theirs = self.team_of(job.user), self.team_of(victim.user)
-        if mine == theirs or self._ratio(mine) >= 1.0 or self._ratio(theirs) <= 1.0:
+        if mine == theirs or self._ratio(mine) >= 1.0 or self._ratio(theirs) <= 1.0 + self.margin:
             return None
         if self._ratio(mine, job.gpus) > 1.0 + 1e-9:
             return None  # the claimant's team would go over its share: that could swing back

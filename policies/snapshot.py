@@ -50,6 +50,9 @@ class PendingJob:
     time_limit_s: float = 0.0  # 0: none known (backfill then treats it as never ending)
     preemptible: bool = True
     restarts: int = 0
+    # the node whose GPUs were freed for this job by preempting others: it starts there
+    # first, before anyone else, and no one else may take that node while it waits
+    claimed_node: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +110,7 @@ class Preemption:
     job_id: int  # the victim
     for_job: int  # the job it yields to
     reason: str
+    node: str = ""  # where the GPUs are freed
 
 
 def _frozen_reasons() -> Mapping[int, str]:

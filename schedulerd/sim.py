@@ -188,6 +188,7 @@ class _Job:
     run_overhead: float = 0.0  # restart cost paid at the start of this run
     parts: tuple[tuple[str, tuple[int, ...]], ...] = ()
     version: int = 0
+    claimed: str = ""  # the node freed for it by a preemption
 
 
 @dataclass
@@ -317,7 +318,7 @@ def simulate(
 
     def pending_view(j: _Job) -> PendingJob:
         view = views_of.get(j.id)
-        if view is None or view.restarts != j.restarts:
+        if view is None or view.restarts != j.restarts or view.claimed_node != j.claimed:
             limit = j.remaining + (restart_cost_s if j.restarts else 0.0)
             view = PendingJob(
                 j.id,
@@ -328,6 +329,7 @@ def simulate(
                 j.trace.submit,
                 time_limit_s=limit,
                 restarts=j.restarts,
+                claimed_node=j.claimed,
             )
             views_of[j.id] = view
         return view
@@ -387,11 +389,13 @@ def simulate(
                     free[n] |= set(gs)
                 pending[victim.id] = victim
                 preemptions += 1
+                jobs[p.for_job].claimed = p.node
             for s in plan.starts:
                 job = pending.pop(s.job_id)
                 for n, gs in s.parts:
                     free[n] -= set(gs)
                 job.parts = s.parts
+                job.claimed = ""
                 job.run_start = now
                 job.run_overhead = restart_cost_s if job.restarts else 0.0
                 if job.first_start is None:

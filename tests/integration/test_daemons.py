@@ -149,9 +149,20 @@ def test_remote_agent_over_tcp_needs_the_token(
 def test_bad_daemon_configuration_stops_with_a_message(open_tmp: Path) -> None:
     bad = open_tmp / "bad.toml"
     bad.write_text("[scheduler]\nnode_lease_s = 'soon'\n")
+    bad_param = open_tmp / "bad-param.toml"
+    bad_param.write_text(
+        '[scheduler]\npolicy = "priority"\n[scheduler.policy_params]\nweight_age = -1\n'
+    )
+    bad_half_life = open_tmp / "bad-half-life.toml"
+    bad_half_life.write_text("[fairshare]\nhalf_life = 0\n")
     for argv, message in (
         (["--config", str(bad)], "node_lease_s must be a float"),
         (["--policy", "nope"], "unknown scheduling policy 'nope'"),
+        (
+            ["--config", str(bad_param)],
+            "policy 'priority': bad parameters: priority weights must not",
+        ),
+        (["--config", str(bad_half_life)], "half_life must be positive"),
         (["--config", str(open_tmp / "missing.toml")], "cannot read config"),
     ):
         res = subprocess.run(

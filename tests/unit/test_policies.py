@@ -255,3 +255,33 @@ def test_two_teams_cannot_preempt_each_other_back_and_forth() -> None:
         snapshot(nodes, [job(8).gpus(4).user("u2")], after, tree)
     )
     assert back.preemptions == ()
+
+
+def test_third_party_policies_come_from_entry_points(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import dataclass
+    from importlib.metadata import EntryPoint
+
+    import policies.registry as registry
+
+    @dataclass(frozen=True)
+    class Nothing:
+        name: str = "nothing"
+
+        def decide(self, snapshot: object) -> Plan:
+            return Plan()
+
+    class Broken:
+        pass
+
+    def fake_entry_points(group: str) -> list[EntryPoint]:
+        assert group == "gshare.policies"
+        return [EntryPoint("nothing", "x:y", group), EntryPoint("broken", "x:z", group)]
+
+    monkeypatch.setattr(registry, "entry_points", fake_entry_points)
+    monkeypatch.setattr(
+        EntryPoint, "load", lambda self: Nothing if self.name == "nothing" else Broken
+    )
+    assert "nothing" in registry.available_policies()
+    assert make_policy("nothing").decide(snapshot([node("a").gpus(1)], [job(1)])) == Plan()
+    with pytest.raises(PolicyError, match="does not provide name and decide"):
+        make_policy("broken")
