@@ -1,21 +1,24 @@
-"""A small, deterministic torch training loop that checkpoints and resumes.
+"""A small, deterministic torch training job that checkpoints, yields and resumes.
 
-Synthetic regression data, a 3-layer MLP, fixed seeds. It saves a checkpoint every
---save-every steps (atomically: temp file, fsync, rename) and, when started again with
-the same checkpoint directory, resumes from the newest one. Runs on the GPUs it is given
-(CUDA_VISIBLE_DEVICES), or on the CPU where there are none.
+Synthetic regression data, a 3-layer MLP, AdamW with a step LR schedule, fixed seeds.
+It checkpoints every --save-every steps through gshare.checkpoint (model, optimizer,
+scheduler, every RNG and the data stream's position), and when gshare asks it to yield
+(SIGUSR1) it saves at the next step boundary and exits with the "yielded" code; gshare
+requeues it and the next run resumes from that checkpoint. Preempted or not, the final
+weights are bitwise the same. Runs on the GPUs it is given, or on the CPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import random
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from gshare.checkpoint import Checkpointer
 
 
 def parse() -> argparse.Namespace:
@@ -25,26 +28,19 @@ def parse() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
-    job = os.environ.get("GSHARE_JOB_ID", "local")
-    default_dir = os.environ.get("GSHARE_CHECKPOINT_DIR") or f"checkpoints/job-{job}"
-    p.add_argument("--checkpoint-dir", type=Path, default=Path(default_dir))
+    p.add_argument("--step-sleep", type=float, default=0.0, help="seconds to idle per step (demos)")
+    p.add_argument("--checkpoint-dir", type=Path, help="default: $GSHARE_CHECKPOINT_DIR")
+    p.add_argument("--out", type=Path, help="final weights (default: CHECKPOINT_DIR/final.pt)")
     return p.parse_args()
-
-
-def save(path: Path, state: dict[str, object]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def main() -> None:
     args = parse()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))  # same threads, same sums
+    torch.use_deterministic_algorithms(True)
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    ckpt = Checkpointer(args.checkpoint_dir)
     torch.manual_seed(args.seed)
-    random.seed(args.seed)
     true_w = torch.randn(32, 1)
     model = nn.Sequential(
         nn.Linear(32, args.width),
@@ -54,40 +50,39 @@ def main() -> None:
         nn.Linear(args.width, 1),
     ).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=100, gamma=0.5)
+    data = torch.Generator().manual_seed(args.seed + 1)  # the synthetic data stream
     step = 0
-    gen = torch.Generator().manual_seed(args.seed + 1)  # the synthetic data stream
-    args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    latest = args.checkpoint_dir / "latest.pt"
-    if latest.exists():
-        state = torch.load(latest, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        gen.set_state(state["data_rng"])
-        step = int(state["step"])
-        print(f"resumed from {latest} at step {step}", flush=True)
+    resumed = ckpt.load_torch(model, opt, sched, map_location=device)
+    if resumed is not None:
+        step = resumed["step"]
+        data.set_state(resumed["extra"]["data_rng"])
+        print(f"resumed at step {step} (restart {ckpt.restart_count})", flush=True)
     started = time.time()
     while step < args.steps:
-        x = torch.randn(args.batch, 32, generator=gen)
-        y = x @ true_w + 0.1 * torch.randn(args.batch, 1, generator=gen)
+        x = torch.randn(args.batch, 32, generator=data)
+        y = x @ true_w + 0.1 * torch.randn(args.batch, 1, generator=data)
         loss = nn.functional.mse_loss(model(x.to(device)), y.to(device))
         opt.zero_grad()
         loss.backward()
         opt.step()
+        sched.step()
         step += 1
-        if step % args.save_every == 0 or step == args.steps:
-            save(
-                latest,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "rng": torch.get_rng_state(),
-                    "data_rng": gen.get_state(),
-                    "step": step,
-                },
-            )
+        if args.step_sleep:
+            time.sleep(args.step_sleep)
+        stop = ckpt.should_stop()
+        if step % args.save_every == 0 or stop:
+            ckpt.save_torch(step, model, opt, sched, data_rng=data.get_state())
             print(f"step {step:5d}  loss {loss.item():.4f}  checkpoint saved", flush=True)
-    print(f"done: {step} steps in {time.time() - started:.1f}s on {device}", flush=True)
+        if stop:
+            print(f"yielding at step {step}", flush=True)
+            ckpt.exit_yielded()
+    out = args.out or ckpt.directory / "final.pt"
+    torch.save(model.state_dict(), out)
+    print(
+        f"done: {step} steps in {time.time() - started:.1f}s on {device}; weights in {out}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

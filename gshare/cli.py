@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -134,6 +135,50 @@ def _job_options(p: argparse.ArgumentParser) -> None:
         help="log file for stdout and stderr, %%j is the job id "
         "(default: gshare-%%j.out in the working directory)",
     )
+    p.add_argument(
+        "--signal",
+        type=_signal,
+        dest="preempt_signal",
+        help="the signal that asks the job to checkpoint and yield (default USR1)",
+    )
+    p.add_argument(
+        "--grace",
+        type=_duration,
+        help="time the job has to yield before SIGTERM "
+        "and SIGKILL, e.g. 90s (default: the queue's, 60s)",
+    )
+    p.add_argument(
+        "--no-preempt",
+        action="store_const",
+        const=True,
+        default=None,
+        help="never preempt this job",
+    )
+    p.add_argument(
+        "--max-restarts",
+        type=_int32("--max-restarts"),
+        help="fail the job instead of restarting it after this many preemptions (-1: no limit)",
+    )
+    p.add_argument(
+        "--checkpoint-dir",
+        help="GSHARE_CHECKPOINT_DIR, kept across restarts; "
+        "%%j is the job id (default: .gshare/checkpoints/job-%%j in the workdir)",
+    )
+
+
+def _signal(text: str) -> int:
+    name = text.strip().upper()
+    try:
+        number = (
+            int(name) if name.isdigit() else int(signal.Signals["SIG" + name.removeprefix("SIG")])
+        )
+    except KeyError:
+        raise argparse.ArgumentTypeError(
+            f"unknown signal {text!r} (e.g. USR1, USR2, INT, 12)"
+        ) from None
+    if number in (signal.SIGKILL, signal.SIGSTOP) or not 1 <= number < signal.NSIG:
+        raise argparse.ArgumentTypeError(f"--signal {text}: a job cannot catch that signal")
+    return number
 
 
 def gsub_parser() -> _Parser:
@@ -216,6 +261,11 @@ def build_spec(args: argparse.Namespace, environ: dict[str, str]) -> pb.JobSpec:
         script=content,
         args=list(args.args),
         script_name=name,
+        preempt_signal=options.get("preempt_signal") or 0,
+        grace_s=float(options.get("grace") or 0),
+        no_preempt=bool(options.get("no_preempt")),
+        max_restarts=options.get("max_restarts"),
+        checkpoint_dir=options.get("checkpoint_dir") or "",
     )
 
 
@@ -270,6 +320,13 @@ def job_json(job: pb.Job) -> dict[str, Any]:
         "exit_code": job.exit_code if job.has_exit else None,
         "exit_signal": job.exit_signal or None,
         "restarts": job.restarts,
+        "preemptions": job.preemptions,
+        "no_preempt": job.spec.no_preempt,
+        "checkpoint_dir": job.checkpoint_dir,
+        "last_checkpoint": job.last_checkpoint or None,
+        "checkpoints": [
+            {"time": e.time, "detail": e.reason} for e in job.events if e.kind == "checkpoint"
+        ],
         "reason": job.reason,
         "position": job.position or None,
         "workdir": job.spec.workdir,
@@ -454,6 +511,15 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
             else "-",
         ),
         ("Restarts", str(job.restarts)),
+        (
+            "Preemption",
+            "never (--no-preempt)"
+            if job.spec.no_preempt
+            else f"{_signal_label(job.spec.preempt_signal)}, {job.spec.grace_s:g}s grace, "
+            f"max restarts {'unlimited' if job.spec.max_restarts < 0 else job.spec.max_restarts}; "
+            f"preempted {job.preemptions} times",
+        ),
+        ("Checkpoints", f"{job.checkpoint_dir}; last {_when(job.last_checkpoint)}"),
         ("Script", f"{job.spec.script_name} {' '.join(job.spec.args)}".strip()),
         ("Workdir", job.spec.workdir),
         ("Output", job.output_path),
@@ -467,6 +533,13 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
         why = f": {e.reason}" if e.reason else ""
         print(f"  {_when(e.time)}  {e.kind:<16} {move:<24} {e.actor}{why}")
     return 0
+
+
+def _signal_label(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _each(client: Client, ids: list[int], action: Callable[[int], pb.Job], verb: str) -> int:
@@ -487,6 +560,10 @@ def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_hold(client: Client, args: argparse.Namespace) -> int:
     return _each(client, args.jobs, client.hold, "held")
+
+
+def cmd_preempt(client: Client, args: argparse.Namespace) -> int:
+    return _each(client, args.jobs, client.preempt, "asked to checkpoint and yield")
 
 
 def cmd_release(client: Client, args: argparse.Namespace) -> int:
@@ -667,6 +744,7 @@ def gshare_parser() -> argparse.ArgumentParser:
         ("cancel", cmd_cancel, "cancel jobs (a running job is stopped: SIGTERM, grace, SIGKILL)"),
         ("hold", cmd_hold, "keep pending jobs from starting"),
         ("release", cmd_release, "let held jobs start again"),
+        ("preempt", cmd_preempt, "ask running jobs to checkpoint, yield their GPUs and requeue"),
     ):
         c = sub.add_parser(name, help=text, description=text)
         c.add_argument("jobs", type=int, nargs="+", metavar="JOB")

@@ -85,6 +85,9 @@ class Client:
     def hold(self, job_id: int) -> pb.Job:
         return self._call(self._stub.HoldJob, pb.JobIdRequest(job_id=job_id)).job
 
+    def preempt(self, job_id: int) -> pb.Job:
+        return self._call(self._stub.PreemptJob, pb.JobIdRequest(job_id=job_id)).job
+
     def release(self, job_id: int) -> pb.Job:
         return self._call(self._stub.ReleaseJob, pb.JobIdRequest(job_id=job_id)).job
 

@@ -23,6 +23,7 @@ class QueueConfig:
     name: str
     default_time_limit_s: int = 0
     max_time_limit_s: int = 0
+    grace_s: int = 60  # time a preempted job has to checkpoint and exit
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Config:
     node_lease_s: float = 60.0
     heartbeat_s: float = 5.0
     kill_grace_s: float = 10.0
+    max_restarts: int = 10  # for jobs that do not say (gsub --max-restarts)
     max_script_bytes: int = 1 << 20
     socket: str = ""
     tcp: str = ""
@@ -116,6 +118,9 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
     grace = _typed(sched, "kill_grace_s", float, where, 10.0)
     if grace < 0:
         raise ConfigError(f"{where}: kill_grace_s must not be negative")
+    max_restarts = _typed(sched, "max_restarts", int, where, 10)
+    if max_restarts < -1:
+        raise ConfigError(f"{where}: max_restarts must be -1 (no limit) or more")
     max_script = _typed(sched, "max_script_bytes", int, where, 1 << 20)
     if max_script <= 0:
         raise ConfigError(f"{where}: max_script_bytes must be positive")
@@ -131,6 +136,7 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
             name,
             _duration(table, "default_time_limit", qwhere),
             _duration(table, "max_time_limit", qwhere),
+            _duration(table, "grace", qwhere) if "grace" in table else 60,
         )
     if not queues:
         queues = {"default": QueueConfig("default")}
@@ -146,6 +152,7 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
         node_lease_s=lease,
         heartbeat_s=heartbeat,
         kill_grace_s=grace,
+        max_restarts=max_restarts,
         max_script_bytes=max_script,
         socket=_typed(server, "socket", str, f"{source} [server]", ""),
         tcp=_typed(server, "tcp", str, f"{source} [server]", ""),

@@ -40,7 +40,9 @@ class JobProcess:
     exit_signal: int = 0
     end_time: float = 0.0
     error: str = ""
+    killed_after_grace: bool = False
     shim: subprocess.Popen[bytes] | None = None
+    checkpoint_offset: int = 0  # how far checkpoints.jsonl has been read
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,8 @@ class LaunchRequest:
     gpu_uuids: list[str]
     node: str
     restart_count: int = 0
+    checkpoint_dir: str = ""
+    preempt_signal: int = signal.SIGUSR1
 
 
 class LaunchError(Exception):
@@ -100,17 +104,27 @@ def job_environment(req: LaunchRequest, ident: dict[str, object]) -> dict[str, s
         GSHARE_GPU_UUIDS=",".join(req.gpu_uuids),
         GSHARE_RESTART_COUNT=str(req.restart_count),
         GSHARE_OUTPUT=req.output_path,
+        GSHARE_PREEMPT_SIGNAL=str(req.preempt_signal or signal.SIGUSR1),
     )
+    if req.checkpoint_dir:
+        env["GSHARE_CHECKPOINT_DIR"] = req.checkpoint_dir
     return env
 
 
 class Launcher:
-    def __init__(self, state_dir: Path, on_change: Callable[[JobProcess], None]) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        on_change: Callable[[JobProcess], None],
+        on_checkpoint: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> None:
         self.jobs_dir = state_dir / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.jobs: dict[int, JobProcess] = {}
         self.on_change = on_change
+        self.on_checkpoint = on_checkpoint
         self._kills: dict[int, asyncio.Task[None]] = {}
+        self._yielding: set[int] = set()  # jobs whose _kills task is a preemption
 
     # ------------------------------------------------------------ adoption
 
@@ -148,6 +162,7 @@ class Launcher:
         proc.exit_signal = int(data.get("exit_signal", 0))
         proc.end_time = float(data.get("end_time", time.time()))
         proc.error = str(data.get("error", ""))
+        proc.killed_after_grace = (proc.dir / "killed-after-grace").exists()
         return True
 
     def _alive(self, proc: JobProcess) -> bool:
@@ -184,10 +199,16 @@ class Launcher:
             if ident.get("run_as"):
                 os.chown(job_dir, int(str(ident["uid"])), int(str(ident["gid"])))
                 os.chown(script, int(str(ident["uid"])), int(str(ident["gid"])))
+            ckpt_log = job_dir / "checkpoints.jsonl"  # the job appends a line per checkpoint
+            ckpt_log.touch()
+            env = job_environment(req, ident)
+            env["GSHARE_CHECKPOINT_LOG"] = str(ckpt_log)
+            if ident.get("run_as"):
+                os.chown(ckpt_log, int(str(ident["uid"])), int(str(ident["gid"])))
             spec = {
                 **ident,
                 "argv": [str(script), *req.args],
-                "env": job_environment(req, ident),
+                "env": env,
                 "cwd": req.workdir,
                 "output": req.output_path,
             }
@@ -220,9 +241,32 @@ class Launcher:
 
     # ------------------------------------------------------------ watching
 
+    def _read_checkpoints(self, proc: JobProcess) -> None:
+        if self.on_checkpoint is None:
+            return
+        try:
+            with open(proc.dir / "checkpoints.jsonl", "rb") as f:
+                f.seek(proc.checkpoint_offset)
+                chunk = f.read(1 << 20)
+        except FileNotFoundError:
+            return
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            return
+        proc.checkpoint_offset += end + 1
+        for line in chunk[: end + 1].splitlines():
+            try:
+                data = json.loads(line)
+                report = {k: float(data[k]) for k in ("time", "size", "step")}
+            except (ValueError, KeyError, TypeError):
+                log.warning("job %d: a bad line in its checkpoint log: %r", proc.job_id, line[:200])
+                continue
+            self.on_checkpoint(proc.job_id, report)
+
     def poll(self) -> None:
-        """Notice jobs that got their pid or ended (called a few times a second)."""
+        """Notice jobs that got their pid, saved a checkpoint or ended (a few times a second)."""
         for proc in list(self.jobs.values()):
+            self._read_checkpoints(proc)
             if proc.exited:
                 continue
             if not proc.pid:
@@ -270,7 +314,12 @@ class Launcher:
 
     def kill(self, job_id: int, grace_s: float) -> None:
         proc = self.jobs.get(job_id)
-        if proc is None or proc.exited or job_id in self._kills:
+        if proc is None or proc.exited:
+            return
+        if job_id in self._yielding:  # a cancel overrides a preemption in progress
+            self._yielding.discard(job_id)
+            self._kills.pop(job_id).cancel()
+        if job_id in self._kills:
             return
         self._kills[job_id] = asyncio.get_running_loop().create_task(self._kill(proc, grace_s))
 
@@ -291,6 +340,49 @@ class Launcher:
                 self._kill_group(proc, signal.SIGKILL)
         finally:
             self._kills.pop(proc.job_id, None)
+
+    def preempt(self, job_id: int, sig: int, grace_s: float, term_grace_s: float = 10.0) -> None:
+        """Ask the job to yield: `sig` to its process group, then after `grace_s` SIGTERM,
+        then after `term_grace_s` more, SIGKILL."""
+        proc = self.jobs.get(job_id)
+        if proc is None or proc.exited or job_id in self._kills:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._preempt(proc, sig, grace_s, term_grace_s)
+        )
+        self._kills[job_id] = task
+        self._yielding.add(job_id)
+
+    async def _preempt(
+        self, proc: JobProcess, sig: int, grace_s: float, term_grace_s: float
+    ) -> None:
+        try:
+            for _ in range(50):
+                if proc.pid or proc.exited:
+                    break
+                await asyncio.sleep(0.1)
+                self._read_pid(proc)
+            self._kill_group(proc, sig)
+            deadline = time.monotonic() + grace_s
+            while time.monotonic() < deadline and not proc.exited:
+                await asyncio.sleep(0.1)
+                self.poll()
+            if proc.exited:
+                return
+            log.info("job %d did not yield within %.0fs; SIGTERM", proc.job_id, grace_s)
+            (proc.dir / "killed-after-grace").touch()
+            proc.killed_after_grace = True
+            self._kill_group(proc, signal.SIGTERM)
+            deadline = time.monotonic() + term_grace_s
+            while time.monotonic() < deadline and not proc.exited:
+                await asyncio.sleep(0.1)
+                self.poll()
+            if not proc.exited:
+                self._kill_group(proc, signal.SIGKILL)
+        finally:
+            if self._kills.get(proc.job_id) is asyncio.current_task():  # not replaced by a kill
+                self._yielding.discard(proc.job_id)
+                self._kills.pop(proc.job_id, None)
 
     def forget(self, job_id: int) -> None:
         proc = self.jobs.get(job_id)

@@ -32,6 +32,7 @@ def agent_job(proc: JobProcess) -> pb.AgentJob:
         exit_signal=proc.exit_signal,
         end_time=proc.end_time,
         error=proc.error,
+        killed_after_grace=proc.killed_after_grace,
     )
 
 
@@ -59,6 +60,13 @@ class SchedulerLink:
         self.connected = asyncio.Event()
         self._outbox: asyncio.Queue[pb.AgentMessage] | None = None
         self.registered_once = asyncio.Event()
+
+    def report_checkpoint(self, job_id: int, data: dict[str, float]) -> None:
+        if self._outbox is not None:
+            report = pb.CheckpointReport(
+                job_id=job_id, time=data["time"], size=int(data["size"]), step=int(data["step"])
+            )
+            self._outbox.put_nowait(pb.AgentMessage(checkpoint=report))
 
     def report(self, proc: JobProcess) -> None:
         """A job started or ended: tell the scheduler now if connected (else at re-register)."""
@@ -120,6 +128,8 @@ class SchedulerLink:
                     gpu_uuids=list(launch.gpu_uuids),
                     node=self.node,
                     restart_count=launch.restart_count,
+                    checkpoint_dir=launch.checkpoint_dir,
+                    preempt_signal=spec.preempt_signal,
                 )
             )
             if not proc.exited:
@@ -127,6 +137,10 @@ class SchedulerLink:
         elif kind == "kill":
             log.info("job %d: kill (grace %.0fs)", msg.kill.job_id, msg.kill.grace_s)
             self.launcher.kill(msg.kill.job_id, msg.kill.grace_s)
+        elif kind == "preempt":
+            p = msg.preempt
+            log.info("job %d: preempt (signal %d, grace %.0fs)", p.job_id, p.signal, p.grace_s)
+            self.launcher.preempt(p.job_id, p.signal, p.grace_s)
         elif kind == "signal":
             self.launcher.signal(msg.signal.job_id, msg.signal.signal)
         elif kind == "forget":

@@ -75,7 +75,11 @@ def make_probe(args: argparse.Namespace) -> GpuProbe:
 async def run(args: argparse.Namespace, probe: GpuProbe, target: str, token: str) -> int:
     state_dir = args.state_dir or default_state_dir() / f"agent-{args.node}"
     link: SchedulerLink | None = None
-    launcher = Launcher(state_dir, lambda proc: link.report(proc) if link else None)
+    launcher = Launcher(
+        state_dir,
+        lambda proc: link.report(proc) if link else None,
+        lambda job_id, data: link.report_checkpoint(job_id, data) if link else None,
+    )
     launcher.adopt()
     gpus = probe.inventory()
     log.info(

@@ -27,6 +27,11 @@ def spec_of(job: JobRecord, script: bytes = b"") -> pb.JobSpec:
         script=script,
         args=job.args,
         script_name=job.script_name,
+        preempt_signal=job.preempt_signal,
+        grace_s=job.grace_s,
+        no_preempt=job.no_preempt,
+        max_restarts=job.max_restarts,
+        checkpoint_dir=job.checkpoint_dir,
     )
 
 
@@ -55,6 +60,9 @@ def job_to_pb(job: JobRecord, events: list[EventRecord] | None = None, position:
         reason=job.reason,
         output_path=job.output_path,
         position=position,
+        last_checkpoint=job.last_checkpoint,
+        checkpoint_dir=job.checkpoint_path,
+        preemptions=job.preemptions,
         events=[
             pb.JobEvent(
                 seq=e.seq,

@@ -68,6 +68,9 @@ def take_snapshot(
                     job.start_time,
                     job.priority,
                     job.time_limit_s,
+                    job.last_checkpoint or None,
+                    preemptible=not job.no_preempt,
+                    yielding_to=job.preempted_for if job.state is JobState.PREEMPTING else 0,
                 )
             )
         elif job.state is JobState.PENDING:
@@ -85,6 +88,9 @@ def take_snapshot(
                 job.cpus,
                 job.mem_mb,
                 job.time_limit_s,
+                preemptible=not job.no_preempt,
+                restarts=job.restarts,
+                claimed_node=job.claimed_node,
             )
             cache[job.job_id] = (job, view)
             pending.append(view)
@@ -151,6 +157,7 @@ def start_changes(plan: Plan, nodes: Mapping[str, NodeRecord], now: float) -> li
                     ("gpu_uuids", [uuids[i] for i in start.gpu_indexes]),
                     ("start_time", now),
                     ("reason", ""),
+                    ("claimed_node", ""),
                 ),
             )
         )

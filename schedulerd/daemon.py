@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from gshare.api import gshare_pb2 as pb
+from gshare.checkpoint import YIELD_EXIT_CODE
 from gshare.config import Config
-from policies import FairTree, PendingJob, Policy, decayed_usage, fair_tree
+from policies import FairTree, PendingJob, Plan, Policy, decayed_usage, fair_tree
 from schedulerd import cycle
 from schedulerd.jobstate import JobState
 from schedulerd.model import EventRecord, GpuInfo, JobRecord, NodeRecord, NodeState
@@ -231,6 +232,15 @@ class Scheduler:
             limit = queue.max_time_limit_s
         if spec.cpus < 0 or spec.mem_mb < 0:
             raise Refused("--cpus and --mem must not be negative")
+        if spec.preempt_signal and (
+            spec.preempt_signal in (signal.SIGKILL, signal.SIGSTOP)
+            or not 0 < spec.preempt_signal < signal.NSIG
+        ):
+            raise Refused(f"--signal {spec.preempt_signal}: a job cannot catch that signal")
+        if spec.grace_s < 0 or spec.grace_s > 86400:
+            raise Refused("--grace must be between 0 and 1 day")
+        if spec.HasField("max_restarts") and spec.max_restarts < -1:
+            raise Refused("--max-restarts must be -1 (no limit) or more")
         if not spec.workdir.startswith("/"):
             raise Refused("the working directory must be an absolute path")
         return JobRecord(
@@ -252,6 +262,13 @@ class Scheduler:
             script_name=spec.script_name,
             state=JobState.PENDING,
             submit_time=self.clock(),
+            preempt_signal=spec.preempt_signal or int(signal.SIGUSR1),
+            grace_s=spec.grace_s or float(queue.grace_s),
+            no_preempt=spec.no_preempt,
+            max_restarts=spec.max_restarts
+            if spec.HasField("max_restarts")
+            else self.config.max_restarts,
+            checkpoint_dir=spec.checkpoint_dir,
         )
 
     async def submit(self, caller: Caller, spec: pb.JobSpec) -> int:
@@ -444,6 +461,7 @@ class Scheduler:
                         "are not launched yet"
                     )
             started = await self.change(cycle.start_changes(plan, self.nodes, now))
+            await self._apply_preemptions(plan)
             changed = {
                 job_id: reason
                 for job_id, reason in reasons.items()
@@ -577,6 +595,164 @@ class Scheduler:
                     ]
                 )
 
+    # ------------------------------------------------------------ preemption
+
+    async def _apply_preemptions(self, plan: Plan) -> None:
+        """Victims go PREEMPTING and are asked to yield; each preemptor claims the node."""
+        for p in plan.preemptions:
+            victim = self.jobs.get(p.job_id)
+            if victim is None or victim.state is not JobState.RUNNING or victim.no_preempt:
+                continue
+            why = f"preempted for job {p.for_job}: {p.reason}"
+            [victim] = await self.change(
+                [
+                    Change(
+                        victim.job_id,
+                        JobState.PREEMPTING,
+                        "preempt",
+                        "scheduler",
+                        why,
+                        (
+                            ("preempted_for", p.for_job),
+                            ("preemptions", victim.preemptions + 1),
+                            ("reason", why),
+                        ),
+                    )
+                ]
+            )
+            self._send_preempt(victim)
+            claimant = self.jobs.get(p.for_job)
+            if (
+                claimant is not None
+                and claimant.state is JobState.PENDING
+                and claimant.claimed_node != p.node
+            ):
+                await self.change(
+                    [
+                        Change(
+                            claimant.job_id,
+                            JobState.PENDING,
+                            "claim",
+                            "scheduler",
+                            f"GPUs on {p.node} are being freed for it",
+                            (("claimed_node", p.node),),
+                        )
+                    ]
+                )
+
+    def _send_preempt(self, job: JobRecord) -> None:
+        session = self.sessions.get(job.node)
+        if session is not None:
+            msg = pb.Preempt(job_id=job.job_id, signal=job.preempt_signal, grace_s=job.grace_s)
+            session.send(pb.SchedulerMessage(preempt=msg))
+
+    async def preempt(self, caller: Caller, job_id: int) -> JobRecord:
+        """`gshare preempt JOB`: ask a running job to checkpoint and yield, by hand."""
+        async with self.lock:
+            job = await self._owned(caller, job_id)
+            if job.state is not JobState.RUNNING:
+                raise Refused(
+                    f"job {job_id} is {job.state}; only a running job can be preempted",
+                    "FAILED_PRECONDITION",
+                )
+            why = f"preempted by {caller.user}"
+            [job] = await self.change(
+                [
+                    Change(
+                        job_id,
+                        JobState.PREEMPTING,
+                        "preempt",
+                        caller.user,
+                        why,
+                        (
+                            ("preempted_for", 0),
+                            ("preemptions", job.preemptions + 1),
+                            ("reason", why),
+                        ),
+                    )
+                ]
+            )
+            self._send_preempt(job)
+            return job
+
+    async def _yielded(self, node: str, job: JobRecord, update: pb.AgentJob) -> bool:
+        """A job asked to yield has ended. Requeue it if it yielded (or was killed at the
+        end of its grace); False if it ended some other way, to be handled as any end."""
+        signame = _signal_name(job.preempt_signal)
+        if update.exit_code == YIELD_EXIT_CODE and not update.exit_signal:
+            why = "yielded after its checkpoint"
+        elif update.killed_after_grace:
+            why = f"ignored {signame} and was killed at the end of its {job.grace_s:.0f}s grace"
+        elif update.exit_signal == job.preempt_signal:
+            why = f"ended by {signame} before it could checkpoint (it does not handle it)"
+        else:
+            return False
+        session = self.sessions.get(node)
+        if job.max_restarts >= 0 and job.restarts + 1 > job.max_restarts:
+            final = (
+                f"{why}; preempted {job.preemptions} times, over --max-restarts {job.max_restarts}"
+            )
+            await self.change(
+                [
+                    Change(
+                        job.job_id,
+                        JobState.FAILED,
+                        "end",
+                        f"agent:{node}",
+                        final,
+                        (
+                            ("end_time", update.end_time or self.clock()),
+                            ("exit_code", update.exit_code),
+                            ("exit_signal", update.exit_signal),
+                            ("has_exit", True),
+                            ("reason", final),
+                        ),
+                    )
+                ]
+            )
+        else:
+            await self.change(
+                [
+                    Change(
+                        job.job_id,
+                        JobState.PENDING,
+                        "requeue",
+                        f"agent:{node}",
+                        why,
+                        (
+                            *_requeue_fields(job, f"{why}; waiting to resume"),
+                            ("preempted_for", 0),
+                            ("exit_code", update.exit_code),
+                            ("exit_signal", update.exit_signal),
+                        ),
+                    )
+                ]
+            )
+        if session is not None:
+            session.send(pb.SchedulerMessage(forget=pb.Forget(job_id=job.job_id)))
+        self.publish_node(self.nodes[node])
+        self.kick()
+        return True
+
+    async def agent_checkpoint(self, session: AgentSession, report: pb.CheckpointReport) -> None:
+        async with self.lock:
+            job = self.jobs.get(report.job_id)
+            if job is None or job.node != session.node or not job.state.on_node:
+                return
+            size = report.size / (1 << 20)
+            await self.change(
+                [
+                    Change(
+                        job.job_id,
+                        job.state,
+                        "checkpoint",
+                        f"agent:{session.node}",
+                        f"step {report.step}, {size:.1f} MB",
+                        (("last_checkpoint", report.time),),
+                    )
+                ]
+            )
+
     # ------------------------------------------------------------ agents
 
     def _send_kill(self, job: JobRecord) -> None:
@@ -607,6 +783,7 @@ class Scheduler:
                     gid=job.gid,
                     output_path=job.output_path,
                     restart_count=job.restarts,
+                    checkpoint_dir=job.checkpoint_path,
                 )
             )
         )
@@ -736,6 +913,9 @@ class Scheduler:
                     ]
                 )
             return
+        yielding = job.state is JobState.PREEMPTING and not job.end_request and not update.error
+        if yielding and await self._yielded(node, job, update):
+            return
         end, why = _end_of(job, update)
         fields = (
             ("end_time", update.end_time or self.clock()),
@@ -748,6 +928,13 @@ class Scheduler:
         if session is not None:
             session.send(pb.SchedulerMessage(forget=pb.Forget(job_id=job.job_id)))
         self.publish_node(self.nodes[node])
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _requeue_fields(job: JobRecord, why: str, count: bool = True) -> tuple[tuple[str, Any], ...]:

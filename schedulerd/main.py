@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import secrets
 import signal
@@ -70,11 +69,6 @@ async def serve(config: Config, args: argparse.Namespace, state_dir: Path) -> in
     except PolicyError as exc:
         print(f"gshare-schedulerd: {exc}", file=sys.stderr)
         return 2
-    if dataclasses.is_dataclass(policy) and getattr(policy, "preemption", False):
-        # The agents cannot checkpoint-preempt a job yet: a preemption the cycle chose
-        # would never happen, and the job waiting for it would wait behind a promise.
-        policy = dataclasses.replace(policy, preemption=False)
-        log.info("policy %s: preemption is not carried out by the agents yet; off", policy.name)
     url = args.store_url or config.store_url or default_url(state_dir)
     try:
         store = Store(url, config.sqlite_synchronous)

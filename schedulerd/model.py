@@ -39,6 +39,24 @@ class JobRecord:
     reason: str = ""
     # the end asked for (CANCELLED or TIMEOUT) while the job's processes are being stopped
     end_request: str = ""
+    # preemption
+    preempt_signal: int = 10  # SIGUSR1
+    grace_s: float = 0.0
+    no_preempt: bool = False
+    max_restarts: int = -1  # -1: no limit
+    checkpoint_dir: str = ""
+    last_checkpoint: float = 0.0
+    preemptions: int = 0
+    preempted_for: int = 0  # while PREEMPTING: the job it yields to (0: asked by hand)
+    claimed_node: str = ""  # while PENDING after preempting others: where its GPUs are
+
+    @property
+    def checkpoint_path(self) -> str:
+        path = self.checkpoint_dir or f".gshare/checkpoints/job-{self.job_id}"
+        path = path.replace("%j", str(self.job_id))
+        if not path.startswith("/"):
+            path = f"{self.workdir.rstrip('/')}/{path}"
+        return path
 
     @property
     def output_path(self) -> str:

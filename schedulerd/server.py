@@ -105,6 +105,9 @@ class ClientService(pb_grpc.ClientServiceServicer):
     async def HoldJob(self, request: pb.JobIdRequest, context: Ctx) -> pb.JobActionResponse:
         return await self._act(self.s.hold, request, context)
 
+    async def PreemptJob(self, request: pb.JobIdRequest, context: Ctx) -> pb.JobActionResponse:
+        return await self._act(self.s.preempt, request, context)
+
     async def ReleaseJob(self, request: pb.JobIdRequest, context: Ctx) -> pb.JobActionResponse:
         return await self._act(self.s.release, request, context)
 
@@ -214,6 +217,8 @@ class AgentService(pb_grpc.AgentServiceServicer):
             kind = msg.WhichOneof("msg")
             if kind == "heartbeat":
                 self.s.heartbeat(session)
+            elif kind == "checkpoint":
+                await self.s.agent_checkpoint(session, msg.checkpoint)
             elif kind == "job_update":
                 self.s.heartbeat(session)
                 await self.s.agent_job_update(session, msg.job_update)

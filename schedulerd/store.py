@@ -70,6 +70,15 @@ class JobRow(Base):
     restarts: Mapped[int] = mapped_column(Integer, default=0)
     reason: Mapped[str] = mapped_column(Text, default="")
     end_request: Mapped[str] = mapped_column(String(16), default="")
+    preempt_signal: Mapped[int] = mapped_column(Integer, default=10)
+    grace_s: Mapped[float] = mapped_column(Float, default=0.0)
+    no_preempt: Mapped[bool] = mapped_column(Boolean, default=False)
+    max_restarts: Mapped[int] = mapped_column(Integer, default=-1)
+    checkpoint_dir: Mapped[str] = mapped_column(Text, default="")
+    last_checkpoint: Mapped[float] = mapped_column(Float, default=0.0)
+    preemptions: Mapped[int] = mapped_column(Integer, default=0)
+    preempted_for: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_node: Mapped[str] = mapped_column(String(255), default="")
 
 
 class EventRow(Base):

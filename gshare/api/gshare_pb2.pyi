@@ -113,6 +113,11 @@ class JobSpec(_message.Message):
     SCRIPT_FIELD_NUMBER: _builtins.int
     ARGS_FIELD_NUMBER: _builtins.int
     SCRIPT_NAME_FIELD_NUMBER: _builtins.int
+    PREEMPT_SIGNAL_FIELD_NUMBER: _builtins.int
+    GRACE_S_FIELD_NUMBER: _builtins.int
+    NO_PREEMPT_FIELD_NUMBER: _builtins.int
+    MAX_RESTARTS_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_DIR_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     queue: _builtins.str
     """empty: the default queue"""
@@ -129,6 +134,15 @@ class JobSpec(_message.Message):
     """empty: <workdir>/gshare-<id>.out"""
     script: _builtins.bytes
     script_name: _builtins.str
+    preempt_signal: _builtins.int
+    """0: SIGUSR1"""
+    grace_s: _builtins.float
+    """0: the queue's default"""
+    no_preempt: _builtins.bool
+    max_restarts: _builtins.int
+    """-1: no limit; absent: the scheduler's default"""
+    checkpoint_dir: _builtins.str
+    """empty: <workdir>/.gshare/checkpoints/job-<id>"""
     @_builtins.property
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -149,12 +163,19 @@ class JobSpec(_message.Message):
         script: _builtins.bytes = ...,
         args: _abc.Iterable[_builtins.str] | None = ...,
         script_name: _builtins.str = ...,
+        preempt_signal: _builtins.int = ...,
+        grace_s: _builtins.float = ...,
+        no_preempt: _builtins.bool = ...,
+        max_restarts: _builtins.int | None = ...,
+        checkpoint_dir: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts", "max_restarts", b"max_restarts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "cpus", b"cpus", "env", b"env", "gpus", b"gpus", "mem_mb", b"mem_mb", "name", b"name", "output", b"output", "priority", b"priority", "queue", b"queue", "script", b"script", "script_name", b"script_name", "time_limit_s", b"time_limit_s", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts", "args", b"args", "checkpoint_dir", b"checkpoint_dir", "cpus", b"cpus", "env", b"env", "gpus", b"gpus", "grace_s", b"grace_s", "max_restarts", b"max_restarts", "mem_mb", b"mem_mb", "name", b"name", "no_preempt", b"no_preempt", "output", b"output", "preempt_signal", b"preempt_signal", "priority", b"priority", "queue", b"queue", "script", b"script", "script_name", b"script_name", "time_limit_s", b"time_limit_s", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__max_restarts: _TypeAlias = _typing.Literal["max_restarts"]  # noqa: Y015
+    _WhichOneofArgType__max_restarts: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_restarts) -> _WhichOneofReturnType__max_restarts | None: ...
 
 Global___JobSpec: _TypeAlias = JobSpec  # noqa: Y015
 
@@ -243,6 +264,9 @@ class Job(_message.Message):
     OUTPUT_PATH_FIELD_NUMBER: _builtins.int
     HAS_EXIT_FIELD_NUMBER: _builtins.int
     POSITION_FIELD_NUMBER: _builtins.int
+    LAST_CHECKPOINT_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_DIR_FIELD_NUMBER: _builtins.int
+    PREEMPTIONS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     state: Global___JobState.ValueType
     user: _builtins.str
@@ -263,6 +287,10 @@ class Job(_message.Message):
     has_exit: _builtins.bool
     position: _builtins.int
     """place in line among pending jobs (1 = next), 0 if not pending"""
+    last_checkpoint: _builtins.float
+    """0: none reported"""
+    checkpoint_dir: _builtins.str
+    preemptions: _builtins.int
     @_builtins.property
     def spec(self) -> Global___JobSpec:
         """script bytes left out of listings"""
@@ -295,10 +323,13 @@ class Job(_message.Message):
         output_path: _builtins.str = ...,
         has_exit: _builtins.bool = ...,
         position: _builtins.int = ...,
+        last_checkpoint: _builtins.float = ...,
+        checkpoint_dir: _builtins.str = ...,
+        preemptions: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "events", b"events", "exit_code", b"exit_code", "exit_signal", b"exit_signal", "gid", b"gid", "gpus", b"gpus", "has_exit", b"has_exit", "job_id", b"job_id", "node", b"node", "output_path", b"output_path", "position", b"position", "reason", b"reason", "restarts", b"restarts", "spec", b"spec", "start_time", b"start_time", "state", b"state", "submit_time", b"submit_time", "uid", b"uid", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_dir", b"checkpoint_dir", "end_time", b"end_time", "events", b"events", "exit_code", b"exit_code", "exit_signal", b"exit_signal", "gid", b"gid", "gpus", b"gpus", "has_exit", b"has_exit", "job_id", b"job_id", "last_checkpoint", b"last_checkpoint", "node", b"node", "output_path", b"output_path", "position", b"position", "preemptions", b"preemptions", "reason", b"reason", "restarts", b"restarts", "spec", b"spec", "start_time", b"start_time", "state", b"state", "submit_time", b"submit_time", "uid", b"uid", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -739,6 +770,7 @@ class AgentJob(_message.Message):
     EXIT_SIGNAL_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    KILLED_AFTER_GRACE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     pid: _builtins.int
     """the job's process (and process group)"""
@@ -749,6 +781,8 @@ class AgentJob(_message.Message):
     end_time: _builtins.float
     error: _builtins.str
     """launch failure, if any"""
+    killed_after_grace: _builtins.bool
+    """asked to yield, it outlived its grace and was killed"""
     def __init__(
         self,
         *,
@@ -760,14 +794,43 @@ class AgentJob(_message.Message):
         exit_signal: _builtins.int = ...,
         end_time: _builtins.float = ...,
         error: _builtins.str = ...,
+        killed_after_grace: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "exit_code", b"exit_code", "exit_signal", b"exit_signal", "exited", b"exited", "job_id", b"job_id", "pid", b"pid", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "exit_code", b"exit_code", "exit_signal", b"exit_signal", "exited", b"exited", "job_id", b"job_id", "killed_after_grace", b"killed_after_grace", "pid", b"pid", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AgentJob: _TypeAlias = AgentJob  # noqa: Y015
+
+@_typing.final
+class CheckpointReport(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.int
+    time: _builtins.float
+    size: _builtins.int
+    step: _builtins.int
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.int = ...,
+        time: _builtins.float = ...,
+        size: _builtins.int = ...,
+        step: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "size", b"size", "step", b"step", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckpointReport: _TypeAlias = CheckpointReport  # noqa: Y015
 
 @_typing.final
 class Register(_message.Message):
@@ -836,24 +899,28 @@ class AgentMessage(_message.Message):
     REGISTER_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     JOB_UPDATE_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def register(self) -> Global___Register: ...
     @_builtins.property
     def heartbeat(self) -> Global___Heartbeat: ...
     @_builtins.property
     def job_update(self) -> Global___AgentJob: ...
+    @_builtins.property
+    def checkpoint(self) -> Global___CheckpointReport: ...
     def __init__(
         self,
         *,
         register: Global___Register | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
         job_update: Global___AgentJob | None = ...,
+        checkpoint: Global___CheckpointReport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "job_update", b"job_update", "msg", b"msg", "register", b"register"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "heartbeat", b"heartbeat", "job_update", b"job_update", "msg", b"msg", "register", b"register"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "job_update", b"job_update", "msg", b"msg", "register", b"register"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "heartbeat", b"heartbeat", "job_update", b"job_update", "msg", b"msg", "register", b"register"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["register", "heartbeat", "job_update"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["register", "heartbeat", "job_update", "checkpoint"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 
@@ -872,12 +939,14 @@ class Launch(_message.Message):
     GID_FIELD_NUMBER: _builtins.int
     OUTPUT_PATH_FIELD_NUMBER: _builtins.int
     RESTART_COUNT_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_DIR_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     user: _builtins.str
     uid: _builtins.int
     gid: _builtins.int
     output_path: _builtins.str
     restart_count: _builtins.int
+    checkpoint_dir: _builtins.str
     @_builtins.property
     def spec(self) -> Global___JobSpec: ...
     @_builtins.property
@@ -896,10 +965,11 @@ class Launch(_message.Message):
         gid: _builtins.int = ...,
         output_path: _builtins.str = ...,
         restart_count: _builtins.int = ...,
+        checkpoint_dir: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gid", b"gid", "gpu_indexes", b"gpu_indexes", "gpu_uuids", b"gpu_uuids", "job_id", b"job_id", "output_path", b"output_path", "restart_count", b"restart_count", "spec", b"spec", "uid", b"uid", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_dir", b"checkpoint_dir", "gid", b"gid", "gpu_indexes", b"gpu_indexes", "gpu_uuids", b"gpu_uuids", "job_id", b"job_id", "output_path", b"output_path", "restart_count", b"restart_count", "spec", b"spec", "uid", b"uid", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -970,6 +1040,33 @@ class Forget(_message.Message):
 Global___Forget: _TypeAlias = Forget  # noqa: Y015
 
 @_typing.final
+class Preempt(_message.Message):
+    """signal, wait grace_s, SIGTERM, SIGKILL"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    SIGNAL_FIELD_NUMBER: _builtins.int
+    GRACE_S_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.int
+    signal: _builtins.int
+    grace_s: _builtins.float
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.int = ...,
+        signal: _builtins.int = ...,
+        grace_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grace_s", b"grace_s", "job_id", b"job_id", "signal", b"signal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Preempt: _TypeAlias = Preempt  # noqa: Y015
+
+@_typing.final
 class Drain(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1020,6 +1117,7 @@ class SchedulerMessage(_message.Message):
     KILL_FIELD_NUMBER: _builtins.int
     FORGET_FIELD_NUMBER: _builtins.int
     DRAIN_FIELD_NUMBER: _builtins.int
+    PREEMPT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def registered(self) -> Global___Registered: ...
     @_builtins.property
@@ -1032,6 +1130,8 @@ class SchedulerMessage(_message.Message):
     def forget(self) -> Global___Forget: ...
     @_builtins.property
     def drain(self) -> Global___Drain: ...
+    @_builtins.property
+    def preempt(self) -> Global___Preempt: ...
     def __init__(
         self,
         *,
@@ -1041,12 +1141,13 @@ class SchedulerMessage(_message.Message):
         kill: Global___KillJob | None = ...,
         forget: Global___Forget | None = ...,
         drain: Global___Drain | None = ...,
+        preempt: Global___Preempt | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "forget", b"forget", "kill", b"kill", "launch", b"launch", "msg", b"msg", "registered", b"registered", "signal", b"signal"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "forget", b"forget", "kill", b"kill", "launch", b"launch", "msg", b"msg", "preempt", b"preempt", "registered", b"registered", "signal", b"signal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "forget", b"forget", "kill", b"kill", "launch", b"launch", "msg", b"msg", "registered", b"registered", "signal", b"signal"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "forget", b"forget", "kill", b"kill", "launch", b"launch", "msg", b"msg", "preempt", b"preempt", "registered", b"registered", "signal", b"signal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["registered", "launch", "signal", "kill", "forget", "drain"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["registered", "launch", "signal", "kill", "forget", "drain", "preempt"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 

@@ -79,6 +79,11 @@ class ClientServiceStub:
                 request_serializer=gshare_dot_api_dot_gshare__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=gshare_dot_api_dot_gshare__pb2.GetUsageResponse.FromString,
                 _registered_method=True)
+        self.PreemptJob = channel.unary_unary(
+                '/gshare.v1.ClientService/PreemptJob',
+                request_serializer=gshare_dot_api_dot_gshare__pb2.JobIdRequest.SerializeToString,
+                response_deserializer=gshare_dot_api_dot_gshare__pb2.JobActionResponse.FromString,
+                _registered_method=True)
 
 
 class ClientServiceServicer:
@@ -138,6 +143,12 @@ class ClientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PreemptJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -185,6 +196,11 @@ def add_ClientServiceServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=gshare_dot_api_dot_gshare__pb2.GetUsageRequest.FromString,
                     response_serializer=gshare_dot_api_dot_gshare__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'PreemptJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreemptJob,
+                    request_deserializer=gshare_dot_api_dot_gshare__pb2.JobIdRequest.FromString,
+                    response_serializer=gshare_dot_api_dot_gshare__pb2.JobActionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -430,6 +446,33 @@ class ClientService:
             '/gshare.v1.ClientService/GetUsage',
             gshare_dot_api_dot_gshare__pb2.GetUsageRequest.SerializeToString,
             gshare_dot_api_dot_gshare__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreemptJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gshare.v1.ClientService/PreemptJob',
+            gshare_dot_api_dot_gshare__pb2.JobIdRequest.SerializeToString,
+            gshare_dot_api_dot_gshare__pb2.JobActionResponse.FromString,
             options,
             channel_credentials,
             insecure,

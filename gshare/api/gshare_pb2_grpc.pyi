@@ -40,6 +40,7 @@ class ClientServiceStub:
     ListNodes: _grpc.UnaryUnaryMultiCallable[_gshare_pb2.ListNodesRequest, _gshare_pb2.ListNodesResponse]
     WatchCluster: _grpc.UnaryStreamMultiCallable[_gshare_pb2.WatchClusterRequest, _gshare_pb2.ClusterChange]
     GetUsage: _grpc.UnaryUnaryMultiCallable[_gshare_pb2.GetUsageRequest, _gshare_pb2.GetUsageResponse]
+    PreemptJob: _grpc.UnaryUnaryMultiCallable[_gshare_pb2.JobIdRequest, _gshare_pb2.JobActionResponse]
 
 @_typing.type_check_only
 class ClientServiceAsyncStub(ClientServiceStub):
@@ -53,6 +54,7 @@ class ClientServiceAsyncStub(ClientServiceStub):
     ListNodes: _aio.UnaryUnaryMultiCallable[_gshare_pb2.ListNodesRequest, _gshare_pb2.ListNodesResponse]  # type: ignore[assignment]
     WatchCluster: _aio.UnaryStreamMultiCallable[_gshare_pb2.WatchClusterRequest, _gshare_pb2.ClusterChange]  # type: ignore[assignment]
     GetUsage: _aio.UnaryUnaryMultiCallable[_gshare_pb2.GetUsageRequest, _gshare_pb2.GetUsageResponse]  # type: ignore[assignment]
+    PreemptJob: _aio.UnaryUnaryMultiCallable[_gshare_pb2.JobIdRequest, _gshare_pb2.JobActionResponse]  # type: ignore[assignment]
 
 class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -117,6 +119,13 @@ class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gshare_pb2.GetUsageRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gshare_pb2.GetUsageResponse, _abc.Awaitable[_gshare_pb2.GetUsageResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PreemptJob(
+        self,
+        request: _gshare_pb2.JobIdRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gshare_pb2.JobActionResponse, _abc.Awaitable[_gshare_pb2.JobActionResponse]]: ...
 
 def add_ClientServiceServicer_to_server(servicer: ClientServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
