@@ -28,7 +28,6 @@ torch is imported only by the torch helpers; `save`/`load` work for any picklabl
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import pickle
@@ -37,8 +36,9 @@ import re
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 __all__ = ["YIELD_EXIT_CODE", "Checkpointer"]
 
@@ -93,17 +93,19 @@ class Checkpointer:
     def save(self, step: int, state: Any) -> Path:
         """Write `state` atomically as the checkpoint of `step` (temp file, fsync, rename,
         fsync of the directory); keep the newest `keep`; tell the agent."""
-        buffer = io.BytesIO()
-        pickle.dump({"step": step, "time": time.time(), "state": state}, buffer, protocol=5)
-        return self._write(step, buffer.getbuffer())
+        payload = {"step": step, "time": time.time(), "state": state}
+        return self._write(step, lambda f: pickle.dump(payload, f, protocol=5))
 
-    def _write(self, step: int, data: bytes | memoryview) -> Path:
+    def _write(self, step: int, write: Callable[[BinaryIO], object]) -> Path:
+        """Stream the checkpoint into a temp file (no copy in memory), then make it durable
+        and give it its final name in one rename."""
         final = self.directory / f"ckpt-{step:012d}.pt"
         tmp = self.directory / f".ckpt-{step:012d}.pt.tmp-{os.getpid()}"
         with open(tmp, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
+            size = f.tell()
         os.replace(tmp, final)
         dir_fd = os.open(self.directory, os.O_RDONLY)
         try:
@@ -113,7 +115,7 @@ class Checkpointer:
         for old in self.checkpoints()[: -self.keep]:
             with contextlib.suppress(FileNotFoundError):
                 old.unlink()
-        self._tell(step, len(data))
+        self._tell(step, size)
         return final
 
     def _tell(self, step: int, size: int) -> None:
@@ -150,9 +152,8 @@ class Checkpointer:
             "rng": _rng_state(),
             "extra": extra,
         }
-        buffer = io.BytesIO()
-        torch.save({"step": step, "time": time.time(), "state": state}, buffer)
-        return self._write(step, buffer.getbuffer())
+        payload = {"step": step, "time": time.time(), "state": state}
+        return self._write(step, lambda f: torch.save(payload, f))
 
     def load_torch(
         self, model: Any, optimizer: Any = None, scheduler: Any = None, map_location: Any = None
