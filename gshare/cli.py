@@ -710,6 +710,12 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_top(args: argparse.Namespace) -> int:
+    from tui.app import run  # Textual is imported only by the terminal UI
+
+    return run(args.address)
+
+
 def gshare_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gshare",
@@ -837,6 +843,15 @@ def gshare_parser() -> argparse.ArgumentParser:
     )
     sm.set_defaults(func=cmd_sim)
 
+    top = sub.add_parser(
+        "top",
+        help="the cluster, its jobs and fair share, live (a terminal UI)",
+        description="A live view of the cluster: nodes and GPUs, jobs with "
+        "filters and search, the fair-share tree, job details with the log, and "
+        "actions (cancel, hold, release, preempt). Press ? inside for keys.",
+    )
+    top.set_defaults(func=cmd_top)
+
     from gshare.up import add_up_parser
 
     add_up_parser(sub)
@@ -849,7 +864,7 @@ def gshare_main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    if args.command in ("up", "sim"):
+    if args.command in ("up", "sim", "top"):
         try:
             return int(args.func(args))
         except UsageError as exc:

@@ -151,7 +151,7 @@ def run_up(args: argparse.Namespace) -> int:
         )
         if state != default_state_dir():
             print(f"  export GSHARE_ADDRESS={address}")
-        print("  try:   gsub examples/train.sh --gpus 2     then: gshare queue")
+        print("  try:   gsub examples/train.sh --gpus 2     then: gshare queue   gshare top")
         print("  stop:  Ctrl-C (running jobs keep running and are re-adopted next time)")
         sys.stdout.flush()
         while all(p.poll() is None for p in procs):

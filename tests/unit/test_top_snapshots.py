@@ -1,0 +1,162 @@
+"""Pictures of `gshare top` drawn from fixed data (pytest-textual-snapshot): a change in
+what the views show fails here. Update on purpose with: scripts/test --snapshot-update"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gshare.api import gshare_pb2 as pb
+from tui.app import GshareTop
+
+
+def gpu(i: int) -> pb.Gpu:
+    return pb.Gpu(index=i, uuid=f"GPU-{i}", model="NVIDIA H100 80GB HBM3", memory_mb=81559)
+
+
+def job(
+    job_id: int,
+    name: str,
+    user: str,
+    state: int,
+    gpus: int,
+    node: str = "",
+    held: tuple[int, ...] = (),
+    reason: str = "",
+    start: float = 0.0,
+    end: float = 0.0,
+) -> pb.ClusterChange:
+    spec = pb.JobSpec(name=name, queue="default", gpus=gpus)
+    refs = [pb.GpuRef(node=node, index=i, uuid=f"GPU-{i}") for i in held]
+    return pb.ClusterChange(
+        job=pb.Job(
+            job_id=job_id,
+            spec=spec,
+            state=state,
+            user=user,
+            node=node,  # type: ignore[arg-type]
+            gpus=refs,
+            reason=reason,
+            start_time=start,
+            end_time=end,
+        )
+    )
+
+
+CHANGES = [
+    pb.ClusterChange(
+        node=pb.Node(
+            name="gpu-a",
+            state=pb.NODE_UP,
+            gpus=[gpu(i) for i in range(8)],
+            busy_gpus=[0, 1, 2, 3, 4, 5],
+            gpu_backend="nvml",
+        )
+    ),
+    pb.ClusterChange(
+        node=pb.Node(
+            name="gpu-b",
+            state=pb.NODE_DRAINING,
+            gpus=[gpu(i) for i in range(4)],
+            busy_gpus=[0],
+            gpu_backend="nvml",
+            reason="drained by admin",
+        )
+    ),
+    job(11, "resnet", "alice", pb.RUNNING, 4, "gpu-a", (0, 1, 2, 3)),
+    job(12, "bert", "bob", pb.RUNNING, 2, "gpu-a", (4, 5)),
+    job(13, "sweep-3", "carol", pb.PREEMPTING, 1, "gpu-b", (0,), "preempted for job 14"),
+    job(
+        14,
+        "llm-ft",
+        "dave",
+        pb.PENDING,
+        8,
+        reason="needs 8 GPUs on one node, largest free block is 2; "
+        "1st in team nlp; team nlp at 0.4x its share",
+    ),
+    job(9, "eval", "alice", pb.COMPLETED, 1, "gpu-b", (), start=1000.0, end=1125.0),
+    pb.ClusterChange(synced=True),
+]
+USAGE = pb.GetUsageResponse(
+    half_life_s=7 * 86400,
+    cluster_gpus=12,
+    accounts=[
+        pb.AccountUsage(
+            path=["vision"],
+            shares=60,
+            share=0.6,
+            usage=7.2e5,
+            usage_share=0.8,
+            level_fairshare=0.75,
+            running_gpus=6,
+        ),
+        pb.AccountUsage(
+            path=["vision", "alice"],
+            is_user=True,
+            shares=1,
+            share=0.5,
+            usage=5.4e5,
+            usage_share=0.75,
+            level_fairshare=0.67,
+            fairshare_factor=0.5,
+            running_gpus=4,
+        ),
+        pb.AccountUsage(
+            path=["nlp"],
+            shares=40,
+            share=0.4,
+            usage=1.8e5,
+            usage_share=0.2,
+            level_fairshare=2.0,
+            running_gpus=1,
+            pending_gpus=8,
+        ),
+        pb.AccountUsage(
+            path=["nlp", "dave"],
+            is_user=True,
+            shares=1,
+            share=1.0,
+            usage=1.8e5,
+            usage_share=1.0,
+            level_fairshare=1.0,
+            fairshare_factor=1.0,
+            pending_gpus=8,
+        ),
+    ],
+)
+
+
+def app() -> GshareTop:
+    return GshareTop(live=False)
+
+
+def test_cluster_view(snap_compare: Any) -> None:
+    top = app()
+
+    async def load(pilot: Any) -> None:
+        top.load(CHANGES, USAGE)
+        await pilot.pause()
+
+    assert snap_compare(top, terminal_size=(100, 30), run_before=load)
+
+
+def test_jobs_view(snap_compare: Any) -> None:
+    top = app()
+
+    async def load(pilot: Any) -> None:
+        top.load(CHANGES, USAGE)
+        await pilot.press("2", "f", "f", "f", "f")  # state filter: all
+        await pilot.pause()
+
+    assert snap_compare(top, terminal_size=(100, 30), run_before=load)
+
+
+def test_fair_share_view_at_80_columns(snap_compare: Any) -> None:
+    top = app()
+
+    async def load(pilot: Any) -> None:
+        top.load(CHANGES, USAGE)
+        await pilot.press("3")
+        await pilot.pause()
+
+    assert snap_compare(top, terminal_size=(80, 24), run_before=load)

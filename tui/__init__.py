@@ -1,0 +1,1 @@
+"""tui: `gshare top`, the Textual cluster view."""

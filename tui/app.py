@@ -1,0 +1,245 @@
+"""`gshare top`: the cluster, the jobs and the fair-share tree, live."""
+
+from __future__ import annotations
+
+import collections
+import threading
+from typing import ClassVar
+
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
+
+from gshare.api import gshare_pb2 as pb
+from gshare.client import Client, ClientError
+from tui.cluster import ClusterView
+from tui.confirm import Confirm
+from tui.detail import JobDetail
+from tui.fairshare import FairShareView
+from tui.feed import Feed
+from tui.jobs import JobsView
+from tui.model import ClusterModel, state_name
+
+HELP = """\
+[b]gshare top[/b]: the cluster, live from the scheduler.
+
+  [b]1 2 3[/b]      cluster, jobs, fair share
+  [b]enter[/b]      a job's details: why it waits, events, checkpoints, its log
+  [b]/[/b]          search jobs (id, name, user, queue, node, reason); [b]esc[/b] clears
+  [b]m[/b]          my jobs / everyone's
+  [b]f[/b]          state filter: live, pending, running, ended, all
+  [b]s[/b]          sort by the next column
+  [b]c[/b] cancel   [b]h[/b] hold   [b]r[/b] release   [b]p[/b] preempt (checkpoint and requeue)
+             your own jobs; root and admins any. Each asks first.
+  [b]?[/b] this help   [b]q[/b] quit
+
+Press any key to close.
+"""
+
+
+class Help(ModalScreen[None]):
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="help-box"):
+            yield Static(HELP)
+
+    def on_key(self) -> None:
+        self.dismiss()
+
+
+class GshareTop(App[None]):
+    CSS_PATH: ClassVar = [
+        "app.tcss",
+        "cluster.tcss",
+        "jobs.tcss",
+        "fairshare.tcss",
+        "confirm.tcss",
+        "detail.tcss",
+    ]
+    TITLE = "gshare top"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("1", "tab('cluster')", "Cluster"),
+        Binding("2", "tab('jobs')", "Jobs"),
+        Binding("3", "tab('fairshare')", "Fair share"),
+        Binding("c", "act('cancel')", "Cancel"),
+        Binding("h", "act('hold')", "Hold"),
+        Binding("r", "act('release')", "Release"),
+        Binding("p", "act('preempt')", "Preempt"),
+        Binding("question_mark", "help", "Help"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(self, address: str | None = None, live: bool = True) -> None:
+        """`live=False`: no connection; changes come from `load()` (for pictures and tests)."""
+        super().__init__()
+        self.address = address
+        self.live = live
+        self.model = ClusterModel()
+        self.connected = False
+        self._incoming: collections.deque[pb.ClusterChange] = collections.deque()
+        self._feed = Feed(address, self._incoming.append, self._status_from_thread)
+        self._lock = threading.Lock()
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with TabbedContent(initial="cluster"):
+            with TabPane("Cluster [1]", id="cluster"), VerticalScroll():
+                yield ClusterView(self.model, id="cluster-view")
+            with TabPane("Jobs [2]", id="jobs"):
+                yield JobsView(self.model, id="jobs-view")
+            with TabPane("Fair share [3]", id="fairshare"):
+                yield FairShareView(id="fairshare-view")
+        yield Static("connecting…", id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        if not self.live:
+            self.set_status("not connected: showing loaded data", False)
+            return
+        self.run_feed()
+        self.set_interval(0.2, self.drain)
+        self.set_interval(1.0, self.tick)
+        self.set_interval(5.0, self.poll_usage)
+        self.poll_usage()
+
+    def load(
+        self, changes: list[pb.ClusterChange], usage: pb.GetUsageResponse | None = None
+    ) -> None:
+        self._incoming.extend(changes)
+        self.drain()
+        if usage is not None:
+            self.query_one(FairShareView).show(usage)
+
+    # ------------------------------------------------------------ the feed
+
+    @work(thread=True, exclusive=True, group="feed")
+    def run_feed(self) -> None:
+        self._feed.run()
+
+    def _status_from_thread(self, text: str, ok: bool) -> None:
+        if ok:
+            self._incoming.append(pb.ClusterChange())  # marks a fresh stream: start over
+        self.call_from_thread(self.set_status, text, ok)
+
+    def set_status(self, text: str, ok: bool) -> None:
+        self.connected = ok
+        status = self.query_one("#status", Static)
+        status.update(("● " if ok else "○ ") + text)
+        status.set_class(not ok, "-disconnected")
+
+    def drain(self) -> None:
+        """Apply what the stream brought since the last look, then redraw what changed."""
+        kinds = set()
+        while self._incoming:
+            change = self._incoming.popleft()
+            if change.WhichOneof("change") is None:
+                self.model.reset()
+                kinds.add("reset")
+                continue
+            kinds.add(self.model.apply(change))
+        if kinds:
+            self.redraw()
+
+    def tick(self) -> None:
+        if self.model.jobs:
+            self.redraw()  # run times move on
+        screen = self.screen
+        if isinstance(screen, JobDetail):
+            self.load_detail(screen.job_id)
+
+    def redraw(self) -> None:
+        self.query_one(ClusterView).refresh_view()
+        self.query_one(JobsView).refresh_view()
+        screen = self.screen
+        if (
+            isinstance(screen, JobDetail)
+            and screen.job_id in self.model.jobs
+            and screen.job is None
+        ):
+            self.load_detail(screen.job_id)
+
+    @work(thread=True, exclusive=True, group="usage")
+    def poll_usage(self) -> None:
+        try:
+            with Client(self.address, timeout=5) as client:
+                report = client.usage()
+        except ClientError:
+            return
+        self.call_from_thread(self.query_one(FairShareView).show, report)
+
+    # ------------------------------------------------------------ navigation
+
+    def action_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+        if tab == "jobs":
+            self.query_one(JobsView).table.focus()
+
+    def action_help(self) -> None:
+        self.push_screen(Help())
+
+    def on_jobs_view_selected(self, message: JobsView.Selected) -> None:
+        self.push_screen(JobDetail(message.job_id))
+        self.load_detail(message.job_id)
+
+    @work(thread=True, exclusive=True, group="detail")
+    def load_detail(self, job_id: int) -> None:
+        try:
+            with Client(self.address, timeout=5) as client:
+                job = client.job(job_id)
+        except ClientError as exc:
+            self.call_from_thread(self.notify, str(exc), severity="error")
+            return
+
+        def show() -> None:
+            screen = self.screen
+            if isinstance(screen, JobDetail) and screen.job_id == job_id:
+                screen.show(job)
+
+        self.call_from_thread(show)
+
+    # ------------------------------------------------------------ actions
+
+    def _target(self) -> int | None:
+        screen = self.screen
+        if isinstance(screen, JobDetail):
+            return screen.job_id
+        if self.query_one(TabbedContent).active == "jobs":
+            return self.query_one(JobsView).selected_job()
+        return None
+
+    def action_act(self, verb: str) -> None:
+        job_id = self._target()
+        if job_id is None:
+            self.notify("select a job first (2: jobs)", severity="warning")
+            return
+        job = self.model.jobs.get(job_id)
+        what = f"job {job_id}" + (f" ({job.spec.name}, {state_name(job).lower()})" if job else "")
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.do_act(verb, job_id)
+
+        self.push_screen(Confirm(f"{verb.capitalize()} {what}?"), answered)
+
+    @work(thread=True, group="actions")
+    def do_act(self, verb: str, job_id: int) -> None:
+        try:
+            with Client(self.address, timeout=10) as client:
+                job = getattr(client, verb)(job_id)
+            self.call_from_thread(self.notify, f"job {job_id}: {verb} done ({state_name(job)})")
+        except ClientError as exc:  # the server's reason, as it gave it
+            self.call_from_thread(self.notify, f"job {job_id}: {exc}", severity="error", timeout=8)
+
+    async def action_quit(self) -> None:
+        self._feed.stop()
+        self.exit()
+
+    def on_unmount(self) -> None:
+        self._feed.stop()  # the stream is read in a thread: end it, or it outlives the app
+
+
+def run(address: str | None = None) -> int:
+    GshareTop(address).run()
+    return 0

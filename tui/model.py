@@ -1,0 +1,68 @@
+"""What the cluster view knows: the latest state of every node and job, from the stream."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from gshare.api import gshare_pb2 as pb
+
+FINAL = {pb.COMPLETED, pb.FAILED, pb.CANCELLED, pb.TIMEOUT}
+# colours that read on dark and light terminals; a user keeps theirs across runs
+PALETTE = [
+    "dodger_blue1",
+    "orange1",
+    "medium_spring_green",
+    "hot_pink",
+    "gold1",
+    "medium_purple1",
+    "turquoise2",
+    "salmon1",
+    "chartreuse3",
+    "plum2",
+    "steel_blue1",
+    "light_goldenrod2",
+]
+
+
+def user_colour(user: str) -> str:
+    return PALETTE[hashlib.blake2s(user.encode()).digest()[0] % len(PALETTE)]
+
+
+def state_name(job: pb.Job) -> str:
+    return pb.JobState.Name(job.state)
+
+
+def node_state(node: pb.Node) -> str:
+    return pb.NodeState.Name(node.state).removeprefix("NODE_").lower()
+
+
+@dataclass
+class ClusterModel:
+    nodes: dict[str, pb.Node] = field(default_factory=dict)
+    jobs: dict[int, pb.Job] = field(default_factory=dict)
+    synced: bool = False
+
+    def apply(self, change: pb.ClusterChange) -> str:
+        """Take one change; returns what it was about: 'job', 'node' or 'synced'."""
+        kind = change.WhichOneof("change") or ""
+        if kind == "job":
+            self.jobs[change.job.job_id] = change.job
+        elif kind == "node":
+            self.nodes[change.node.name] = change.node
+        elif kind == "synced":
+            self.synced = True
+        return kind
+
+    def reset(self) -> None:
+        self.nodes.clear()
+        self.jobs.clear()
+        self.synced = False
+
+    def holder(self, node: str, gpu: int) -> pb.Job | None:
+        """The live job holding GPU `gpu` of `node`, if any."""
+        for job in self.jobs.values():
+            live = job.state in (pb.STARTING, pb.RUNNING, pb.PREEMPTING)
+            if live and job.node == node and any(g.index == gpu for g in job.gpus):
+                return job
+        return None
