@@ -330,7 +330,10 @@ class Scheduler:
         out.sort(key=lambda j: j.job_id)
         return out[-limit:] if limit else out
 
-    async def _owned(self, caller: Caller, job_id: int) -> JobRecord:
+    async def _owned(
+        self, caller: Caller, job_id: int, need: JobState | None = None, verb: str = ""
+    ) -> JobRecord:
+        """The live job `job_id` if `caller` may manage it (and it is in state `need`)."""
         job = self.jobs.get(job_id)
         if job is None:
             ended = await self.db(self.store.job, job_id)
@@ -339,6 +342,11 @@ class Scheduler:
             raise Refused(f"job {job_id} has already ended ({ended.state})", "FAILED_PRECONDITION")
         if not self._can_manage(caller, job):
             raise Refused(f"job {job_id} belongs to {job.user}", "PERMISSION_DENIED")
+        if need is not None and job.state is not need:
+            raise Refused(
+                f"job {job_id} is {job.state}; only a {need.lower()} job can be {verb}",
+                "FAILED_PRECONDITION",
+            )
         return job
 
     async def cancel(self, caller: Caller, job_id: int) -> JobRecord:
@@ -381,12 +389,7 @@ class Scheduler:
 
     async def hold(self, caller: Caller, job_id: int) -> JobRecord:
         async with self.lock:
-            job = await self._owned(caller, job_id)
-            if job.state is not JobState.PENDING:
-                raise Refused(
-                    f"job {job_id} is {job.state}; only a pending job can be held",
-                    "FAILED_PRECONDITION",
-                )
+            job = await self._owned(caller, job_id, JobState.PENDING, "held")
             why = f"held by {caller.user}"
             [job] = await self.change(
                 [Change(job_id, JobState.HELD, "hold", caller.user, why, (("reason", why),))]
@@ -395,9 +398,7 @@ class Scheduler:
 
     async def release(self, caller: Caller, job_id: int) -> JobRecord:
         async with self.lock:
-            job = await self._owned(caller, job_id)
-            if job.state is not JobState.HELD:
-                raise Refused(f"job {job_id} is {job.state}, not held", "FAILED_PRECONDITION")
+            job = await self._owned(caller, job_id, JobState.HELD, "released")
             [job] = await self.change(
                 [
                     Change(
@@ -649,12 +650,7 @@ class Scheduler:
     async def preempt(self, caller: Caller, job_id: int) -> JobRecord:
         """`gshare preempt JOB`: ask a running job to checkpoint and yield, by hand."""
         async with self.lock:
-            job = await self._owned(caller, job_id)
-            if job.state is not JobState.RUNNING:
-                raise Refused(
-                    f"job {job_id} is {job.state}; only a running job can be preempted",
-                    "FAILED_PRECONDITION",
-                )
+            job = await self._owned(caller, job_id, JobState.RUNNING, "preempted")
             why = f"preempted by {caller.user}"
             [job] = await self.change(
                 [
