@@ -566,6 +566,15 @@ def cmd_preempt(client: Client, args: argparse.Namespace) -> int:
     return _each(client, args.jobs, client.preempt, "asked to checkpoint and yield")
 
 
+def cmd_priority(client: Client, args: argparse.Namespace) -> int:
+    return _each(
+        client,
+        args.jobs,
+        lambda j: client.set_priority(j, args.priority),
+        f"priority set to {args.priority}",
+    )
+
+
 def cmd_release(client: Client, args: argparse.Namespace) -> int:
     return _each(client, args.jobs, client.release, "released")
 
@@ -773,6 +782,16 @@ def gshare_parser() -> argparse.ArgumentParser:
     )
     us.add_argument("--json", action="store_true")
     us.set_defaults(func=cmd_usage)
+
+    pr = sub.add_parser(
+        "priority",
+        help="change jobs' priority (admins; owners may lower theirs)",
+        description="Set the priority of jobs. Admins may set any value; a job's "
+        "owner may only lower it (0 or less).",
+    )
+    pr.add_argument("priority", type=_int32("priority"), metavar="PRIORITY")
+    pr.add_argument("jobs", type=int, nargs="+", metavar="JOB")
+    pr.set_defaults(func=cmd_priority)
 
     n = sub.add_parser("nodes", help="nodes and their GPUs")
     n.add_argument("--json", action="store_true")

@@ -88,6 +88,10 @@ class Client:
     def preempt(self, job_id: int) -> pb.Job:
         return self._call(self._stub.PreemptJob, pb.JobIdRequest(job_id=job_id)).job
 
+    def set_priority(self, job_id: int, priority: int) -> pb.Job:
+        request = pb.SetPriorityRequest(job_id=job_id, priority=priority)
+        return self._call(self._stub.SetPriority, request).job
+
     def release(self, job_id: int) -> pb.Job:
         return self._call(self._stub.ReleaseJob, pb.JobIdRequest(job_id=job_id)).job
 

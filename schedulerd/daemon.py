@@ -387,6 +387,23 @@ class Scheduler:
                 f"job {job_id} is {job.state} and cannot be cancelled", "FAILED_PRECONDITION"
             )
 
+    async def set_priority(self, caller: Caller, job_id: int, priority: int) -> JobRecord:
+        """Admins may set any priority; owners may only lower their own jobs (<= 0)."""
+        if abs(priority) > MAX_PRIORITY:
+            raise Refused(f"priority must be between {-MAX_PRIORITY} and {MAX_PRIORITY}")
+        async with self.lock:
+            job = await self._owned(caller, job_id)
+            if priority > 0 and not self.is_admin(caller):
+                raise Refused(
+                    "only an admin may give a job a positive priority", "PERMISSION_DENIED"
+                )
+            why = f"priority {job.priority} -> {priority} by {caller.user}"
+            [job] = await self.change(
+                [Change(job_id, job.state, "priority", caller.user, why, (("priority", priority),))]
+            )
+        self.kick()
+        return job
+
     async def hold(self, caller: Caller, job_id: int) -> JobRecord:
         async with self.lock:
             job = await self._owned(caller, job_id, JobState.PENDING, "held")

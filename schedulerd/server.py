@@ -108,6 +108,14 @@ class ClientService(pb_grpc.ClientServiceServicer):
     async def PreemptJob(self, request: pb.JobIdRequest, context: Ctx) -> pb.JobActionResponse:
         return await self._act(self.s.preempt, request, context)
 
+    async def SetPriority(
+        self, request: pb.SetPriorityRequest, context: Ctx
+    ) -> pb.JobActionResponse:
+        async def action(caller: Caller, job_id: int) -> object:
+            return await self.s.set_priority(caller, job_id, request.priority)
+
+        return await self._act(action, pb.JobIdRequest(job_id=request.job_id), context)
+
     async def ReleaseJob(self, request: pb.JobIdRequest, context: Ctx) -> pb.JobActionResponse:
         return await self._act(self.s.release, request, context)
 

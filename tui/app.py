@@ -22,6 +22,7 @@ from tui.fairshare import FairShareView
 from tui.feed import Feed
 from tui.jobs import JobsView
 from tui.model import ClusterModel, state_name
+from tui.prompt import PriorityPrompt
 
 HELP = """\
 [b]gshare top[/b]: the cluster, live from the scheduler.
@@ -34,6 +35,7 @@ HELP = """\
   [b]s[/b]          sort by the next column
   [b]c[/b] cancel   [b]h[/b] hold   [b]r[/b] release   [b]p[/b] preempt (checkpoint and requeue)
              your own jobs; root and admins any. Each asks first.
+  [b]P[/b]          change priority (admins; owners may lower their own)
   [b]?[/b] this help   [b]q[/b] quit
 
 Press any key to close.
@@ -57,6 +59,7 @@ class GshareTop(App[None]):
         "fairshare.tcss",
         "confirm.tcss",
         "detail.tcss",
+        "prompt.tcss",
     ]
     TITLE = "gshare top"
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -67,6 +70,7 @@ class GshareTop(App[None]):
         Binding("h", "act('hold')", "Hold"),
         Binding("r", "act('release')", "Release"),
         Binding("p", "act('preempt')", "Preempt"),
+        Binding("P", "priority", "Priority"),
         Binding("question_mark", "help", "Help"),
         Binding("q", "quit", "Quit"),
     ]
@@ -223,11 +227,27 @@ class GshareTop(App[None]):
 
         self.push_screen(Confirm(f"{verb.capitalize()} {what}?"), answered)
 
+    def action_priority(self) -> None:
+        job_id = self._target()
+        if job_id is None:
+            self.notify("select a job first (2: jobs)", severity="warning")
+            return
+        job = self.model.jobs.get(job_id)
+        current = job.spec.priority if job else 0
+
+        def answered(value: int | None) -> None:
+            if value is not None and value != current:
+                self.do_act("set_priority", job_id, value)
+
+        self.push_screen(
+            PriorityPrompt(f"New priority for job {job_id} (now {current}):", current), answered
+        )
+
     @work(thread=True, group="actions")
-    def do_act(self, verb: str, job_id: int) -> None:
+    def do_act(self, verb: str, job_id: int, *args: int) -> None:
         try:
             with Client(self.address, timeout=10) as client:
-                job = getattr(client, verb)(job_id)
+                job = getattr(client, verb)(job_id, *args)
             self.call_from_thread(self.notify, f"job {job_id}: {verb} done ({state_name(job)})")
         except ClientError as exc:  # the server's reason, as it gave it
             self.call_from_thread(self.notify, f"job {job_id}: {exc}", severity="error", timeout=8)

@@ -84,6 +84,11 @@ class ClientServiceStub:
                 request_serializer=gshare_dot_api_dot_gshare__pb2.JobIdRequest.SerializeToString,
                 response_deserializer=gshare_dot_api_dot_gshare__pb2.JobActionResponse.FromString,
                 _registered_method=True)
+        self.SetPriority = channel.unary_unary(
+                '/gshare.v1.ClientService/SetPriority',
+                request_serializer=gshare_dot_api_dot_gshare__pb2.SetPriorityRequest.SerializeToString,
+                response_deserializer=gshare_dot_api_dot_gshare__pb2.JobActionResponse.FromString,
+                _registered_method=True)
 
 
 class ClientServiceServicer:
@@ -149,6 +154,12 @@ class ClientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetPriority(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -200,6 +211,11 @@ def add_ClientServiceServicer_to_server(servicer, server):
             'PreemptJob': grpc.unary_unary_rpc_method_handler(
                     servicer.PreemptJob,
                     request_deserializer=gshare_dot_api_dot_gshare__pb2.JobIdRequest.FromString,
+                    response_serializer=gshare_dot_api_dot_gshare__pb2.JobActionResponse.SerializeToString,
+            ),
+            'SetPriority': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPriority,
+                    request_deserializer=gshare_dot_api_dot_gshare__pb2.SetPriorityRequest.FromString,
                     response_serializer=gshare_dot_api_dot_gshare__pb2.JobActionResponse.SerializeToString,
             ),
     }
@@ -472,6 +488,33 @@ class ClientService:
             target,
             '/gshare.v1.ClientService/PreemptJob',
             gshare_dot_api_dot_gshare__pb2.JobIdRequest.SerializeToString,
+            gshare_dot_api_dot_gshare__pb2.JobActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPriority(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gshare.v1.ClientService/SetPriority',
+            gshare_dot_api_dot_gshare__pb2.SetPriorityRequest.SerializeToString,
             gshare_dot_api_dot_gshare__pb2.JobActionResponse.FromString,
             options,
             channel_credentials,

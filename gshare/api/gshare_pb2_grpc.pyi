@@ -41,6 +41,7 @@ class ClientServiceStub:
     WatchCluster: _grpc.UnaryStreamMultiCallable[_gshare_pb2.WatchClusterRequest, _gshare_pb2.ClusterChange]
     GetUsage: _grpc.UnaryUnaryMultiCallable[_gshare_pb2.GetUsageRequest, _gshare_pb2.GetUsageResponse]
     PreemptJob: _grpc.UnaryUnaryMultiCallable[_gshare_pb2.JobIdRequest, _gshare_pb2.JobActionResponse]
+    SetPriority: _grpc.UnaryUnaryMultiCallable[_gshare_pb2.SetPriorityRequest, _gshare_pb2.JobActionResponse]
 
 @_typing.type_check_only
 class ClientServiceAsyncStub(ClientServiceStub):
@@ -55,6 +56,7 @@ class ClientServiceAsyncStub(ClientServiceStub):
     WatchCluster: _aio.UnaryStreamMultiCallable[_gshare_pb2.WatchClusterRequest, _gshare_pb2.ClusterChange]  # type: ignore[assignment]
     GetUsage: _aio.UnaryUnaryMultiCallable[_gshare_pb2.GetUsageRequest, _gshare_pb2.GetUsageResponse]  # type: ignore[assignment]
     PreemptJob: _aio.UnaryUnaryMultiCallable[_gshare_pb2.JobIdRequest, _gshare_pb2.JobActionResponse]  # type: ignore[assignment]
+    SetPriority: _aio.UnaryUnaryMultiCallable[_gshare_pb2.SetPriorityRequest, _gshare_pb2.JobActionResponse]  # type: ignore[assignment]
 
 class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -124,6 +126,13 @@ class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
     def PreemptJob(
         self,
         request: _gshare_pb2.JobIdRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gshare_pb2.JobActionResponse, _abc.Awaitable[_gshare_pb2.JobActionResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetPriority(
+        self,
+        request: _gshare_pb2.SetPriorityRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gshare_pb2.JobActionResponse, _abc.Awaitable[_gshare_pb2.JobActionResponse]]: ...
 

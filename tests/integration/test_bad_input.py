@@ -159,3 +159,20 @@ def test_unreachable_scheduler_is_a_clear_error(tmp_path: Path) -> None:
         [str(gshare), "queue"], capture_output=True, text=True, env=env, timeout=60
     )
     assert res.returncode != 0 and "bad scheduler address" in res.stderr
+
+
+@needs_root
+def test_priority_changes_follow_the_same_rules_as_submits(cluster: Cluster, workdir: Path) -> None:
+    good = workdir / "good.sh"
+    good.write_text(GOOD)
+    good.chmod(0o644)
+    blockers = [cluster.submit("--wrap", "sleep 300", "--gpus", "4", cwd=workdir) for _ in range(2)]
+    mine = cluster.submit(str(good), "--gpus", "4", user="nobody", cwd=workdir)
+    res = cluster.gshare("priority", "5", str(mine), user="nobody")
+    assert res.code != 0 and "only an admin may give a job a positive priority" in res.err
+    assert cluster.gshare("priority", "-3", str(mine), user="nobody").code == 0
+    assert cluster.job(mine).spec.priority == -3
+    res = cluster.gshare("priority", "1", str(blockers[0]), user="nobody")
+    assert res.code != 0 and "belongs to root" in res.err
+    assert cluster.gshare("priority", "9", str(mine)).code == 0  # root is an admin
+    assert cluster.job(mine).spec.priority == 9

@@ -122,3 +122,24 @@ def test_gshare_top_in_a_real_terminal(cluster: Cluster, workdir: Path) -> None:
         )
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+async def test_an_admin_changes_a_priority_from_the_view(cluster: Cluster, workdir: Path) -> None:
+    blocker = cluster.submit("--wrap", "sleep 300", "--gpus", "4", cwd=workdir)
+    cluster.submit("--wrap", "sleep 300", "--gpus", "4", cwd=workdir)
+    waiting = cluster.submit("--wrap", "true", "--gpus", "4", cwd=workdir)
+    cluster.wait_state(blocker, "RUNNING")
+    app = GshareTop(cluster.address)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, lambda: waiting in app.model.jobs)
+        await pilot.press("2", "slash", *str(waiting), "enter")
+        view = app.query_one(JobsView)
+        await settle(pilot, lambda: view.selected_job() == waiting)
+        await pilot.press("P")
+        await pilot.pause(0.3)
+        await pilot.press("end", "backspace", "backspace", "7", "enter")
+        await settle(pilot, lambda: app.model.jobs[waiting].spec.priority == 7)
+    assert cluster.job(waiting).spec.priority == 7
+    assert any(
+        e.kind == "priority" and "0 -> 7 by root" in e.reason for e in cluster.job(waiting).events
+    )
