@@ -323,19 +323,27 @@ class Launcher:
             return
         self._kills[job_id] = asyncio.get_running_loop().create_task(self._kill(proc, grace_s))
 
+    async def _await_pid(self, proc: JobProcess) -> None:
+        """A signal that raced the launch: wait (up to 5 s) until the job has a pid."""
+        for _ in range(50):
+            if proc.pid or proc.exited:
+                return
+            await asyncio.sleep(0.1)
+            self._read_pid(proc)
+
+    async def _signal_and_wait(self, proc: JobProcess, sig: int, seconds: float) -> bool:
+        """Signal the job's process group; True if it has ended within `seconds`."""
+        self._kill_group(proc, sig)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not proc.exited:
+            await asyncio.sleep(0.1)
+            self.poll()
+        return proc.exited
+
     async def _kill(self, proc: JobProcess, grace_s: float) -> None:
         try:
-            for _ in range(50):  # a kill that raced the launch: wait for the pid
-                if proc.pid or proc.exited:
-                    break
-                await asyncio.sleep(0.1)
-                self._read_pid(proc)
-            self._kill_group(proc, signal.SIGTERM)
-            deadline = time.monotonic() + grace_s
-            while time.monotonic() < deadline and not proc.exited:
-                await asyncio.sleep(0.1)
-                self.poll()
-            if not proc.exited:
+            await self._await_pid(proc)
+            if not await self._signal_and_wait(proc, signal.SIGTERM, grace_s):
                 log.info("job %d outlived its %.0fs grace; SIGKILL", proc.job_id, grace_s)
                 self._kill_group(proc, signal.SIGKILL)
         finally:
@@ -357,27 +365,13 @@ class Launcher:
         self, proc: JobProcess, sig: int, grace_s: float, term_grace_s: float
     ) -> None:
         try:
-            for _ in range(50):
-                if proc.pid or proc.exited:
-                    break
-                await asyncio.sleep(0.1)
-                self._read_pid(proc)
-            self._kill_group(proc, sig)
-            deadline = time.monotonic() + grace_s
-            while time.monotonic() < deadline and not proc.exited:
-                await asyncio.sleep(0.1)
-                self.poll()
-            if proc.exited:
+            await self._await_pid(proc)
+            if await self._signal_and_wait(proc, sig, grace_s):
                 return
             log.info("job %d did not yield within %.0fs; SIGTERM", proc.job_id, grace_s)
             (proc.dir / "killed-after-grace").touch()
             proc.killed_after_grace = True
-            self._kill_group(proc, signal.SIGTERM)
-            deadline = time.monotonic() + term_grace_s
-            while time.monotonic() < deadline and not proc.exited:
-                await asyncio.sleep(0.1)
-                self.poll()
-            if not proc.exited:
+            if not await self._signal_and_wait(proc, signal.SIGTERM, term_grace_s):
                 self._kill_group(proc, signal.SIGKILL)
         finally:
             if self._kills.get(proc.job_id) is asyncio.current_task():  # not replaced by a kill

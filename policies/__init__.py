@@ -3,7 +3,7 @@
 from policies.accounts import Account, AccountTree, decay_factor, decayed_usage
 from policies.engine import Knobs
 from policies.fairtree import FairTree, Standing, fair_tree
-from policies.placement import FreeMap, Placement, largest_free_block, place
+from policies.placement import FreeMap, Placement, place
 from policies.registry import Policy, PolicyError, available_policies, make_policy
 from policies.snapshot import (
     ClusterSnapshot,
@@ -40,7 +40,6 @@ __all__ = [
     "decay_factor",
     "decayed_usage",
     "fair_tree",
-    "largest_free_block",
     "make_policy",
     "place",
 ]

@@ -144,7 +144,3 @@ class FreeMap:
 def place(job: PendingJob, nodes: Iterable[NodeView]) -> Placement | None:
     """Where `job` would go on `nodes` as they are (a one-off; decide() keeps a FreeMap)."""
     return FreeMap(nodes).find(job)
-
-
-def largest_free_block(nodes: Iterable[NodeView]) -> int:
-    return max((len(n.free_gpus) for n in nodes if n.schedulable), default=0)

@@ -7,9 +7,7 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
 
 from gshare.config import Config
@@ -21,19 +19,11 @@ from policies import (
     NodeView,
     PendingJob,
     Plan,
-    Policy,
     RunningJob,
 )
 from schedulerd.jobstate import JobState
 from schedulerd.model import JobRecord, NodeRecord
 from schedulerd.store import Change
-
-
-@dataclass(frozen=True, slots=True)
-class CycleResult:
-    plan: Plan
-    started: list[JobRecord]
-    seconds: float
 
 
 def take_snapshot(
@@ -130,12 +120,6 @@ def account_tree(config: Config) -> AccountTree:
     if config.default_account not in {a.name for a in config.accounts}:
         teams.append(Account(config.default_account, config.default_shares))
     return AccountTree.build(Account("root", 1.0, tuple(teams)), config.default_account)
-
-
-def decide(policy: Policy, snapshot: ClusterSnapshot) -> tuple[Plan, float]:
-    t0 = time.perf_counter()
-    plan = policy.decide(snapshot)
-    return plan, time.perf_counter() - t0
 
 
 def start_changes(plan: Plan, nodes: Mapping[str, NodeRecord], now: float) -> list[Change]:

@@ -143,6 +143,14 @@ class Scheduler:
             self.publish_job(record)
         return records
 
+    async def annotate(
+        self, job: JobRecord, kind: str, actor: str, why: str, *fields: tuple[str, Any]
+    ) -> JobRecord:
+        """An event that leaves the state as it is (a cancel asked for, a checkpoint, a new
+        priority), with the fields it sets. Caller holds the lock."""
+        [job] = await self.change([Change(job.job_id, job.state, kind, actor, why, fields)])
+        return job
+
     def publish_job(self, job: JobRecord) -> None:
         from schedulerd.convert import job_to_pb
 
@@ -369,17 +377,13 @@ class Scheduler:
                 self.kick()
                 return job
             if job.state.on_node:
-                [job] = await self.change(
-                    [
-                        Change(
-                            job_id,
-                            job.state,
-                            "cancel_requested",
-                            caller.user,
-                            why,
-                            (("end_request", JobState.CANCELLED.value), ("reason", why)),
-                        )
-                    ]
+                job = await self.annotate(
+                    job,
+                    "cancel_requested",
+                    caller.user,
+                    why,
+                    ("end_request", JobState.CANCELLED.value),
+                    ("reason", why),
                 )
                 self._send_kill(job)
                 return job
@@ -398,9 +402,7 @@ class Scheduler:
                     "only an admin may give a job a positive priority", "PERMISSION_DENIED"
                 )
             why = f"priority {job.priority} -> {priority} by {caller.user}"
-            [job] = await self.change(
-                [Change(job_id, job.state, "priority", caller.user, why, (("priority", priority),))]
-            )
+            job = await self.annotate(job, "priority", caller.user, why, ("priority", priority))
         self.kick()
         return job
 
@@ -455,7 +457,7 @@ class Scheduler:
             if name in self.sessions and node.state == NodeState.UP and not node.drained
         ]
 
-    async def run_cycle(self) -> cycle.CycleResult:
+    async def run_cycle(self) -> Plan:
         async with self.lock:
             t0 = time.perf_counter()
             now = self.clock()
@@ -469,7 +471,7 @@ class Scheduler:
                 self.accounts,
                 self.usage,
             )
-            plan, _ = cycle.decide(self.policy, snapshot)
+            plan = self.policy.decide(snapshot)
             self.positions = {job_id: i for i, job_id in enumerate(plan.order, start=1)}
             reasons = dict(plan.reasons)
             for start in plan.starts:
@@ -497,7 +499,7 @@ class Scheduler:
                     self.publish_node(self.nodes[name])
             self.cycles += 1
             self.last_cycle_s = time.perf_counter() - t0
-            return cycle.CycleResult(plan, started, self.last_cycle_s)
+            return plan
 
     async def _cycle_loop(self) -> None:
         while True:
@@ -555,17 +557,13 @@ class Scheduler:
             ]
             for job in over:
                 why = f"time limit of {job.time_limit_s}s reached"
-                [job] = await self.change(
-                    [
-                        Change(
-                            job.job_id,
-                            job.state,
-                            "timeout",
-                            "scheduler",
-                            why,
-                            (("end_request", JobState.TIMEOUT.value), ("reason", why)),
-                        )
-                    ]
+                job = await self.annotate(
+                    job,
+                    "timeout",
+                    "scheduler",
+                    why,
+                    ("end_request", JobState.TIMEOUT.value),
+                    ("reason", why),
                 )
                 self._send_kill(job)
 
@@ -645,18 +643,8 @@ class Scheduler:
                 and claimant.state is JobState.PENDING
                 and claimant.claimed_node != p.node
             ):
-                await self.change(
-                    [
-                        Change(
-                            claimant.job_id,
-                            JobState.PENDING,
-                            "claim",
-                            "scheduler",
-                            f"GPUs on {p.node} are being freed for it",
-                            (("claimed_node", p.node),),
-                        )
-                    ]
-                )
+                why = f"GPUs on {p.node} are being freed for it"
+                await self.annotate(claimant, "claim", "scheduler", why, ("claimed_node", p.node))
 
     def _send_preempt(self, job: JobRecord) -> None:
         session = self.sessions.get(job.node)
@@ -752,19 +740,9 @@ class Scheduler:
             job = self.jobs.get(report.job_id)
             if job is None or job.node != session.node or not job.state.on_node:
                 return
-            size = report.size / (1 << 20)
-            await self.change(
-                [
-                    Change(
-                        job.job_id,
-                        job.state,
-                        "checkpoint",
-                        f"agent:{session.node}",
-                        f"step {report.step}, {size:.1f} MB",
-                        (("last_checkpoint", report.time),),
-                    )
-                ]
-            )
+            why = f"step {report.step}, {report.size / (1 << 20):.1f} MB"
+            actor = f"agent:{session.node}"
+            await self.annotate(job, "checkpoint", actor, why, ("last_checkpoint", report.time))
 
     # ------------------------------------------------------------ agents
 

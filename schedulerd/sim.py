@@ -377,11 +377,8 @@ def simulate(
             for p in plan.preemptions:
                 victim = running.pop(p.job_id)
                 done = max(0.0, now - victim.run_start - victim.run_overhead)
-                saved = done if checkpoint_every_s <= 0 else 0.0
-                if checkpoint_every_s > 0:
-                    saved = math.floor(done / checkpoint_every_s) * checkpoint_every_s
-                else:
-                    saved = 0.0
+                every = checkpoint_every_s  # the work up to the last checkpoint is kept
+                saved = math.floor(done / every) * every if every > 0 else 0.0
                 victim.remaining -= min(saved, victim.remaining)
                 victim.restarts += 1
                 victim.version += 1

@@ -165,9 +165,8 @@ def test_scheduler_killed_and_restarted_loses_nothing(cluster: Cluster, workdir:
     for job_id in running + queued:
         done = cluster.wait_state(job_id, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=60)
         assert pb_name(done) == "COMPLETED", done.reason
-    assert marker.read_text().split() == ["run", "done"] * 2 or sorted(
-        marker.read_text().split()
-    ) == ["done", "done", "run", "run"]
+    # each of the two ran once, to the end (they ran side by side, so lines interleave)
+    assert sorted(marker.read_text().split()) == ["done", "done", "run", "run"]
     for job_id in running:
         assert [e.to_state for e in cluster.job(job_id).events].count("RUNNING") == 1
 

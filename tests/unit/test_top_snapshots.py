@@ -126,37 +126,30 @@ USAGE = pb.GetUsageResponse(
 )
 
 
-def app() -> GshareTop:
-    return GshareTop(live=False)
+def loaded(top: GshareTop, *keys: str) -> Any:
+    """A run_before for snap_compare: load the fixed data, then press `keys`."""
+
+    async def run_before(pilot: Any) -> None:
+        top.load(CHANGES, USAGE)
+        await pilot.press(*keys)
+        await pilot.pause()
+
+    return run_before
 
 
 def test_cluster_view(snap_compare: Any) -> None:
-    top = app()
-
-    async def load(pilot: Any) -> None:
-        top.load(CHANGES, USAGE)
-        await pilot.pause()
-
-    assert snap_compare(top, terminal_size=(100, 30), run_before=load)
+    top = GshareTop(live=False)
+    assert snap_compare(top, terminal_size=(100, 30), run_before=loaded(top))
 
 
 def test_jobs_view(snap_compare: Any) -> None:
-    top = app()
-
-    async def load(pilot: Any) -> None:
-        top.load(CHANGES, USAGE)
-        await pilot.press("2", "f", "f", "f", "f")  # state filter: all
-        await pilot.pause()
-
-    assert snap_compare(top, terminal_size=(100, 30), run_before=load)
+    top = GshareTop(live=False)
+    # the state filter round to "all": live, pending, running, ended, all
+    assert snap_compare(
+        top, terminal_size=(100, 30), run_before=loaded(top, "2", "f", "f", "f", "f")
+    )
 
 
 def test_fair_share_view_at_80_columns(snap_compare: Any) -> None:
-    top = app()
-
-    async def load(pilot: Any) -> None:
-        top.load(CHANGES, USAGE)
-        await pilot.press("3")
-        await pilot.pause()
-
-    assert snap_compare(top, terminal_size=(80, 24), run_before=load)
+    top = GshareTop(live=False)
+    assert snap_compare(top, terminal_size=(80, 24), run_before=loaded(top, "3"))
