@@ -344,6 +344,16 @@ def job_json(job: pb.Job) -> dict[str, Any]:
             }
             for e in job.events
         ],
+        "gpu_stats": {
+            "util_avg_pct": job.gpu_util_avg,
+            "util_now_pct": job.gpu_util_now,
+            "mem_peak_mb": job.gpu_mem_peak_mb,
+            "idle_s": job.idle_s,
+            "idle_gpu_s": job.idle_gpu_s,
+            "warnings": list(job.warnings),
+        }
+        if job.has_gpu_stats
+        else None,
     }
 
 
@@ -401,6 +411,7 @@ def cmd_usage(client: Client, args: argparse.Namespace) -> int:
                             "fairshare_factor": a.fairshare_factor if a.is_user else None,
                             "running_gpus": a.running_gpus,
                             "pending_gpus": a.pending_gpus,
+                            "idle_gpu_s": a.idle_gpu_s,
                         }
                         for a in report.accounts
                     ],
@@ -424,6 +435,7 @@ def cmd_usage(client: Client, args: argparse.Namespace) -> int:
                 f"{a.fairshare_factor:.3f}" if a.is_user else "",
                 str(a.running_gpus),
                 str(a.pending_gpus),
+                f"{a.idle_gpu_s / 3600:.1f}",
             ]
         )
     days = report.half_life_s / 86400
@@ -442,6 +454,7 @@ def cmd_usage(client: Client, args: argparse.Namespace) -> int:
                 "FS-FACTOR",
                 "RUNNING",
                 "PENDING",
+                "IDLE(GPU-h)",
             ],
         )
     )
@@ -520,6 +533,7 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
             f"preempted {job.preemptions} times",
         ),
         ("Checkpoints", f"{job.checkpoint_dir}; last {_when(job.last_checkpoint)}"),
+        ("GPU use", _gpu_use(job)),
         ("Script", f"{job.spec.script_name} {' '.join(job.spec.args)}".strip()),
         ("Workdir", job.spec.workdir),
         ("Output", job.output_path),
@@ -533,6 +547,22 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
         why = f": {e.reason}" if e.reason else ""
         print(f"  {_when(e.time)}  {e.kind:<16} {move:<24} {e.actor}{why}")
     return 0
+
+
+def _gpu_use(job: pb.Job) -> str:
+    if not job.has_gpu_stats:
+        return "no telemetry" if job.start_time else "-"
+    text = f"{job.gpu_util_avg:.0f}% average"
+    if job.gpu_util_now or job.idle_s:
+        text += f", {job.gpu_util_now:.0f}% now"
+    text += f", peak memory {job.gpu_mem_peak_mb} MB"
+    if job.idle_s:
+        text += f"; idle for {format_duration(int(job.idle_s))}"
+    if job.idle_gpu_s >= 1:
+        text += f"; {job.idle_gpu_s / 3600:.2f} idle GPU-hours"
+    for warning in job.warnings:
+        text += f"\n{'':>12}  warning: {warning}"
+    return text
 
 
 def _signal_label(number: int) -> str:
@@ -590,6 +620,8 @@ def cmd_nodes(client: Client, args: argparse.Namespace) -> int:
                         "state": pb.NodeState.Name(n.state).removeprefix("NODE_"),
                         "reason": n.reason,
                         "gpu_backend": n.gpu_backend,
+                        "telemetry": n.telemetry or None,
+                        "drained": n.drained,
                         "gpus": [
                             {
                                 "index": g.index,
@@ -598,6 +630,11 @@ def cmd_nodes(client: Client, args: argparse.Namespace) -> int:
                                 "memory_mb": g.memory_mb,
                                 "nvlink_peers": list(g.nvlink_peers),
                                 "busy": g.index in n.busy_gpus,
+                                "drained": g.drained or None,
+                                "warnings": list(g.warnings),
+                                "metrics": _metrics_json(g.metrics)
+                                if g.HasField("metrics")
+                                else None,
                             }
                             for g in n.gpus
                         ],
@@ -630,7 +667,82 @@ def cmd_nodes(client: Client, args: argparse.Namespace) -> int:
             rows, ["NODE", "STATE", "GPUS(USED/ALL)", "MODEL", "BACKEND", "CPUS", "MEM", "REASON"]
         )
     )
+    if args.gpus:
+        print()
+        print(_gpu_table(nodes))
+    notes = [
+        f"  {n.name} GPU {g.index}: {text}"
+        for n in nodes
+        for g in n.gpus
+        for text in ([f"drained: {g.drained}"] if g.drained else []) + list(g.warnings)
+    ]
+    if notes:
+        print("\nGPUs out of scheduling or with stray processes:")
+        print("\n".join(notes))
     return 0
+
+
+def _metrics_json(m: pb.GpuMetrics) -> dict[str, object]:
+    return {
+        "time": m.time,
+        "util_pct": m.util_pct,
+        "mem_used_mb": m.mem_used_mb,
+        "mem_total_mb": m.mem_total_mb,
+        "temp_c": m.temp_c,
+        "power_w": m.power_w,
+        "sm_clock_mhz": m.sm_clock_mhz,
+        "mem_clock_mhz": m.mem_clock_mhz,
+        "ecc_sbe": m.ecc_sbe,
+        "ecc_dbe": m.ecc_dbe,
+        "processes": [
+            {"pid": p.pid, "used_mb": p.used_mb, "job_id": p.job_id} for p in m.processes
+        ],
+    }
+
+
+def _gpu_table(nodes: list[pb.Node]) -> str:
+    rows = []
+    now = time.time()
+    for n in nodes:
+        for g in n.gpus:
+            m = g.metrics
+            seen = g.HasField("metrics")
+            jobs = sorted({p.job_id for p in m.processes if p.job_id})
+            rows.append(
+                [
+                    n.name,
+                    str(g.index),
+                    "drained" if g.drained else "busy" if g.index in n.busy_gpus else "free",
+                    f"{m.util_pct:.0f}%" if seen else "-",
+                    f"{m.mem_used_mb / 1024:.1f}/{m.mem_total_mb / 1024:.0f}G" if seen else "-",
+                    f"{m.temp_c:.0f}C" if seen else "-",
+                    f"{m.power_w:.0f}W" if seen else "-",
+                    str(m.ecc_dbe) if seen else "-",
+                    ",".join(map(str, jobs)) or "-",
+                    format_duration(int(now - m.time)) if seen else "never",
+                ]
+            )
+    return table(
+        rows, ["NODE", "GPU", "USE", "UTIL", "MEM", "TEMP", "POWER", "ECC-DBE", "JOBS", "SAMPLED"]
+    )
+
+
+def cmd_drain(client: Client, args: argparse.Namespace) -> int:
+    node, gpu = _node_gpu(args.target)
+    resume = args.command == "resume"
+    n = client.drain(node, gpu, resume, args.reason or "")
+    what = f"{node} GPU {gpu}" if gpu >= 0 else node
+    print(f"{what}: {'back in scheduling' if resume else 'drained'}")
+    if not resume and gpu < 0 and n.busy_gpus:
+        print(f"  {len(n.busy_gpus)} GPUs still run jobs; they finish where they are")
+    return 0
+
+
+def _node_gpu(target: str) -> tuple[str, int]:
+    node, sep, gpu = target.partition(":")
+    if not node or (sep and not gpu.isdigit()):
+        raise UsageError(f"expected NODE or NODE:GPU, not {target!r}")
+    return node, int(gpu) if sep else -1
 
 
 def cmd_logs(client: Client, args: argparse.Namespace) -> int:
@@ -795,7 +907,19 @@ def gshare_parser() -> argparse.ArgumentParser:
 
     n = sub.add_parser("nodes", help="nodes and their GPUs")
     n.add_argument("--json", action="store_true")
+    n.add_argument(
+        "-g", "--gpus", action="store_true", help="a line per GPU with its latest telemetry"
+    )
     n.set_defaults(func=cmd_nodes)
+
+    for name, text in (
+        ("drain", "take a node or one GPU out of scheduling (admins); running jobs stay"),
+        ("resume", "put a drained node or GPU back into scheduling (admins)"),
+    ):
+        d = sub.add_parser(name, help=text, description=text)
+        d.add_argument("target", metavar="NODE[:GPU]")
+        d.add_argument("--reason", help="why (shown in gshare nodes)" if name == "drain" else "")
+        d.set_defaults(func=cmd_drain)
 
     lg = sub.add_parser(
         "logs",

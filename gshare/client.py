@@ -98,6 +98,10 @@ class Client:
     def usage(self) -> pb.GetUsageResponse:
         return self._call(self._stub.GetUsage, pb.GetUsageRequest())
 
+    def drain(self, node: str, gpu: int, resume: bool, reason: str) -> pb.Node:
+        request = pb.DrainRequest(node=node, gpu=gpu, resume=resume, reason=reason)
+        return self._call(self._stub.DrainNode, request)
+
     def nodes(self) -> list[pb.Node]:
         return list(self._call(self._stub.ListNodes, pb.ListNodesRequest()).nodes)
 

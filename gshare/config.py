@@ -24,6 +24,28 @@ class QueueConfig:
     default_time_limit_s: int = 0
     max_time_limit_s: int = 0
     grace_s: int = 60  # time a preempted job has to checkpoint and exit
+    # idle-GPU reclaim: a job whose GPUs all stay under idle_util_pct for idle_time_s
+    # while other jobs wait is checkpoint-preempted (off unless idle_reclaim)
+    idle_reclaim: bool = False
+    idle_util_pct: float = 5.0
+    idle_time_s: int = 1800
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """Where telemetry goes: `url` mqtt://HOST:PORT or mqtts://HOST:PORT (TLS)."""
+
+    url: str = ""
+    username: str = ""
+    password: str = ""
+    password_file: str = ""
+    ca_file: str = ""  # TLS: the CA that signed the broker's certificate (else the system's)
+    cert_file: str = ""  # TLS client certificate, for brokers that require one
+    key_file: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url)
 
 
 @dataclass(frozen=True)
@@ -55,6 +77,11 @@ class Config:
     accounts: tuple[AccountConfig, ...] = ()
     default_account: str = "default"
     default_shares: float = 1.0
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    telemetry_interval_s: float = 5.0  # the agents' sampling period
+    fatal_xids: frozenset[int] = frozenset()  # empty: gshare.telemetry.FATAL_XIDS
+    metrics_listen: str = ""  # HOST:PORT for the scheduler's /metrics; empty: off
+    agent_metrics_listen: str = ""  # HOST:PORT for each agent's /metrics; empty: off
     source: str = "(built-in defaults)"
 
 
@@ -98,7 +125,7 @@ def _duration(table: dict[str, Any], key: str, where: str) -> int:
 
 
 def parse_config(data: dict[str, Any], source: str) -> Config:
-    known = {"scheduler", "server", "store", "queues", "agent", "fairshare"}
+    known = {"scheduler", "server", "store", "queues", "agent", "fairshare", "mqtt", "telemetry"}
     for key in data:
         if key not in known:
             raise ConfigError(
@@ -132,11 +159,21 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: [queues.{name}] must be a table")
         qwhere = f"{source} [queues.{name}]"
+        _known_keys(table, _QUEUE_KEYS, qwhere)
+        idle_pct = _typed(table, "idle_util_pct", float, qwhere, 5.0)
+        if not 0 < idle_pct <= 100:
+            raise ConfigError(f"{qwhere}: idle_util_pct must be within 0 (excluded) and 100")
+        idle_time = _duration(table, "idle_time", qwhere) if "idle_time" in table else 1800
+        if idle_time <= 0:
+            raise ConfigError(f"{qwhere}: idle_time must be positive")
         queues[name] = QueueConfig(
             name,
             _duration(table, "default_time_limit", qwhere),
             _duration(table, "max_time_limit", qwhere),
             _duration(table, "grace", qwhere) if "grace" in table else 60,
+            idle_reclaim=_typed(table, "idle_reclaim", bool, qwhere, False),
+            idle_util_pct=idle_pct,
+            idle_time_s=idle_time,
         )
     if not queues:
         queues = {"default": QueueConfig("default")}
@@ -145,6 +182,23 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
         raise ConfigError(f"{where}: default_queue {default_queue!r} is not a configured queue")
     params = _typed(sched, "policy_params", dict, where, {})
     fair = _fairshare(_section(data, "fairshare", source), f"{source} [fairshare]")
+    mqtt = _mqtt(_section(data, "mqtt", source), f"{source} [mqtt]")
+    tele = _section(data, "telemetry", source)
+    twhere = f"{source} [telemetry]"
+    _known_keys(tele, {"interval", "fatal_xids"}, twhere)
+    interval = float(_duration(tele, "interval", twhere)) if "interval" in tele else 5.0
+    if interval <= 0:
+        raise ConfigError(f"{twhere}: interval must be at least 1s")
+    xids = _typed(tele, "fatal_xids", list, twhere, [])
+    if not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in xids):
+        raise ConfigError(f"{twhere}: fatal_xids must be a list of positive Xid numbers")
+    metrics_listen = _typed(server, "metrics", str, f"{source} [server]", "")
+    agent = _section(data, "agent", source)
+    _known_keys(agent, {"metrics"}, f"{source} [agent]")
+    agent_metrics = _typed(agent, "metrics", str, f"{source} [agent]", "")
+    for key, value in (("[server] metrics", metrics_listen), ("[agent] metrics", agent_metrics)):
+        if value and not _host_port(value):
+            raise ConfigError(f"{source} {key}: expected HOST:PORT, not {value!r}")
     return Config(
         policy=_typed(sched, "policy", str, where, "fairshare"),
         policy_params=params,
@@ -161,8 +215,75 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
         queues=queues,
         default_queue=default_queue,
         source=source,
+        mqtt=mqtt,
+        telemetry_interval_s=interval,
+        fatal_xids=frozenset(xids),
+        metrics_listen=metrics_listen,
+        agent_metrics_listen=agent_metrics,
         **fair,
     )
+
+
+_QUEUE_KEYS = {
+    "default_time_limit",
+    "max_time_limit",
+    "grace",
+    "idle_reclaim",
+    "idle_util_pct",
+    "idle_time",
+}
+
+
+def _known_keys(table: dict[str, Any], known: set[str], where: str) -> None:
+    for key in table:
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+
+
+def _host_port(value: str) -> bool:
+    host, sep, port = value.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
+
+
+def _mqtt(table: dict[str, Any], where: str) -> MqttConfig:
+    keys = {"url", "username", "password", "password_file", "ca_file", "cert_file", "key_file"}
+    _known_keys(table, keys, where)
+    values = {k: _typed(table, k, str, where, "") for k in keys}
+    url = values["url"]
+    if url:
+        try:
+            parse_mqtt_url(url)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: url: {exc}") from exc
+    if values["password"] and values["password_file"]:
+        raise ConfigError(f"{where}: give password or password_file, not both")
+    if bool(values["cert_file"]) != bool(values["key_file"]):
+        raise ConfigError(f"{where}: cert_file and key_file go together")
+    for key in ("password_file", "ca_file", "cert_file", "key_file"):
+        if values[key] and not Path(values[key]).is_file():
+            raise ConfigError(f"{where}: {key} {values[key]} does not exist")
+    return MqttConfig(**values)
+
+
+def parse_mqtt_url(url: str) -> tuple[str, int, bool]:
+    """(host, port, tls) of mqtt://HOST[:PORT] or mqtts://HOST[:PORT]."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"expected mqtt://HOST:PORT or mqtts://HOST:PORT, not {url!r}")
+    tls = scheme == "mqtts"
+    rest = rest.rstrip("/")
+    if rest.startswith("["):  # [::1]:1883
+        host, _, tail = rest[1:].partition("]")
+        port_text = tail.removeprefix(":")
+    elif rest.count(":") == 1:
+        host, _, port_text = rest.partition(":")
+    else:
+        host, port_text = rest, ""
+    if not host or "/" in host or "@" in host:
+        raise ValueError(f"bad host in {url!r} (put credentials in username/password)")
+    if port_text and not (port_text.isdigit() and 0 < int(port_text) < 65536):
+        raise ValueError(f"bad port in {url!r}")
+    return host, int(port_text) if port_text else (8883 if tls else 1883), tls
 
 
 def _fairshare(table: dict[str, Any], where: str) -> dict[str, Any]:

@@ -47,6 +47,17 @@ def add_up_parser(sub: Any) -> None:
     up.add_argument("--config", type=Path, help="gshare.toml for the scheduler")
     up.add_argument("--policy", help="scheduling policy")
     up.add_argument("--tcp", metavar="HOST:PORT", help="also listen on TCP for remote agents")
+    up.add_argument(
+        "--mqtt",
+        metavar="URL",
+        help="telemetry broker to use, mqtt://HOST:PORT (default: [mqtt] url from --config, "
+        "else an embedded broker on a free loopback port; 'none' turns telemetry off)",
+    )
+    up.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve the scheduler's Prometheus /metrics here (agents on the next ports)",
+    )
     up.add_argument("--log-level", default="WARNING", help="daemon log level (default WARNING)")
     up.set_defaults(func=run_up)
 
@@ -112,6 +123,16 @@ def run_up(args: argparse.Namespace) -> int:
         sched_cmd += ["--policy", args.policy]
     if args.tcp:
         sched_cmd += ["--tcp", args.tcp]
+    metrics_host, metrics_port = "", 0
+    if args.metrics:
+        metrics_host, _, port_text = args.metrics.rpartition(":")
+        if not metrics_host or not port_text.isdigit():
+            print(
+                f"gshare up: --metrics: expected HOST:PORT, not {args.metrics!r}", file=sys.stderr
+            )
+            return 2
+        metrics_port = int(port_text)
+        sched_cmd += ["--metrics", args.metrics]
     host = socket.gethostname()
     names = [host] if args.agents == 1 else [f"{host}-{i}" for i in range(args.agents)]
     procs: list[subprocess.Popen[bytes]] = []
@@ -121,10 +142,33 @@ def run_up(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     try:
+        mqtt_url = _mqtt_url(args)
+        if mqtt_url == "embedded":
+            port = _free_port()
+            mqtt_url = f"mqtt://127.0.0.1:{port}"
+            ready = state / "broker.ready"
+            ready.unlink(missing_ok=True)
+            procs.append(
+                subprocess.Popen(
+                    [
+                        py,
+                        "-m",
+                        "gshare.broker",
+                        "--listen",
+                        f"127.0.0.1:{port}",
+                        "--ready-file",
+                        str(ready),
+                    ]
+                )
+            )
+            if not _wait_ready_file(procs[-1], ready):
+                return 1
+        if mqtt_url is not None:
+            sched_cmd += ["--mqtt", mqtt_url]
         procs.append(subprocess.Popen(sched_cmd))
-        if not _wait_socket(procs[0], sock):
+        if not _wait_socket(procs[-1], sock):
             return 1
-        for name in names:
+        for k, name in enumerate(names, start=1):
             cmd = [
                 py,
                 "-m",
@@ -140,6 +184,12 @@ def run_up(args: argparse.Namespace) -> int:
             ]
             if fake is not None:
                 cmd += ["--fake-gpus", str(fake)]
+            if args.config:
+                cmd += ["--config", str(args.config)]
+            if mqtt_url is not None:
+                cmd += ["--mqtt", mqtt_url]
+            if metrics_port:
+                cmd += ["--metrics", f"{metrics_host}:{metrics_port + k}"]
             procs.append(subprocess.Popen(cmd))
         gpus = _wait_ready(procs, address, len(names))
         if gpus is None:
@@ -149,6 +199,8 @@ def run_up(args: argparse.Namespace) -> int:
         print(
             f"gshare is up: scheduler at {address}, {len(names)} node(s) with {kind}, {gpus} GPUs."
         )
+        print(f"  telemetry: {mqtt_url or 'off'}", end="")
+        print(f"; metrics: http://{args.metrics}/metrics" if args.metrics else "")
         if state != default_state_dir():
             print(f"  export GSHARE_ADDRESS={address}")
         print("  try:   gsub examples/train.sh --gpus 2     then: gshare queue   gshare top")
@@ -165,8 +217,52 @@ def run_up(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
+    except UpError as exc:
+        print(f"gshare up: {exc}", file=sys.stderr)
+        return 2
     finally:
         _stop(procs)
+
+
+def _mqtt_url(args: argparse.Namespace) -> str | None:
+    """The broker URL for the daemons, "embedded" to start ours, or None for no telemetry."""
+    if args.mqtt == "none":
+        return None
+    if args.mqtt:
+        return str(args.mqtt)
+    if args.config:
+        from gshare.config import ConfigError, load_config
+
+        try:
+            configured = load_config(args.config).mqtt.url
+        except ConfigError as exc:
+            raise UpError(str(exc)) from exc
+        if configured:
+            return configured
+    return "embedded"
+
+
+class UpError(Exception):
+    pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready_file(proc: subprocess.Popen[bytes], ready: Path) -> bool:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            print(f"gshare up: the MQTT broker exited with {proc.returncode}", file=sys.stderr)
+            return False
+        if ready.exists():
+            return True
+        time.sleep(0.1)
+    print("gshare up: the embedded MQTT broker did not start within 30s", file=sys.stderr)
+    return False
 
 
 def _wait_socket(proc: subprocess.Popen[bytes], sock: Path) -> bool:

@@ -43,6 +43,7 @@ class JobProcess:
     killed_after_grace: bool = False
     shim: subprocess.Popen[bytes] | None = None
     checkpoint_offset: int = 0  # how far checkpoints.jsonl has been read
+    gpu_indexes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,10 @@ class Launcher:
             if not job_dir.name.isdigit() or not (job_dir / "launch.json").exists():
                 continue
             proc = JobProcess(int(job_dir.name), job_dir)
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                launch = json.loads((job_dir / "launch.json").read_text())
+                gpus = launch["env"].get("GSHARE_GPUS", "")
+                proc.gpu_indexes = tuple(int(i) for i in gpus.split(",") if i)
             self._read_pid(proc)
             self._read_exit(proc)
             if not proc.exited and not self._alive(proc):
@@ -189,7 +194,7 @@ class Launcher:
             return self.jobs[req.job_id]  # a repeated launch: already ours
         job_dir = self.jobs_dir / str(req.job_id)
         job_dir.mkdir(parents=True, exist_ok=True)
-        proc = JobProcess(req.job_id, job_dir)
+        proc = JobProcess(req.job_id, job_dir, gpu_indexes=tuple(req.gpu_indexes))
         self.jobs[req.job_id] = proc
         try:
             ident = _identity(req)
@@ -297,6 +302,13 @@ class Launcher:
             return [leader, *leader.children(recursive=True)]
         except psutil.Error:
             return []
+
+    def tree_pids(self, job_id: int) -> frozenset[int]:
+        """The pids of a running job's process tree (for telemetry: whose GPU process is it)."""
+        proc = self.jobs.get(job_id)
+        if proc is None or proc.exited:
+            return frozenset()
+        return frozenset(p.pid for p in self._tree(proc))
 
     def _kill_group(self, proc: JobProcess, sig: int) -> None:
         stray = self._tree(proc)

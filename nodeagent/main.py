@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import socket
@@ -12,14 +13,18 @@ import sys
 from pathlib import Path
 
 import psutil
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily, Metric
 
-from gshare import __version__
+from gshare import __version__, sdnotify
 from gshare.address import AddressError, resolve
-from gshare.config import default_state_dir
+from gshare.config import Config, ConfigError, default_state_dir, load_config
 from gshare.logs import setup_logging
-from nodeagent.gpus import FakeProbe, GpuProbe, NvmlProbe, NvmlUnavailable
+from gshare.metrics import LoopCollector, MetricsServer, gpu_families
+from nodeagent.gpus import FakeProbe, GpuProbe, JobGpus, NvmlProbe, NvmlUnavailable
 from nodeagent.launcher import Launcher
 from nodeagent.link import SchedulerLink
+from nodeagent.telemetry import TelemetryPublisher
 
 log = logging.getLogger("nodeagent")
 
@@ -55,9 +60,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-fake-nvlink", action="store_true", help="fake GPUs without NVLink")
     p.add_argument("--token-file", type=Path, help="agent token, for a scheduler reached over TCP")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="gshare.toml for [mqtt], [telemetry] and [agent] "
+        "(default: /etc/gshare/gshare.toml if present)",
+    )
+    p.add_argument(
+        "--mqtt",
+        metavar="URL",
+        help="telemetry broker, mqtt://HOST:PORT or mqtts://HOST:PORT (overrides [mqtt] url; "
+        "'' turns telemetry off)",
+    )
+    p.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics here (overrides [agent] metrics)",
+    )
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
+
+
+def state_dir_of(args: argparse.Namespace) -> Path:
+    return Path(args.state_dir or default_state_dir() / f"agent-{args.node}")
 
 
 def make_probe(args: argparse.Namespace) -> GpuProbe:
@@ -68,12 +94,43 @@ def make_probe(args: argparse.Namespace) -> GpuProbe:
             args.fake_gpu_model,
             args.fake_gpu_memory,
             nvlink=not args.no_fake_nvlink,
+            dev_dir=state_dir_of(args) / "fake-gpus",
         )
     return NvmlProbe()
 
 
-async def run(args: argparse.Namespace, probe: GpuProbe, target: str, token: str) -> int:
-    state_dir = args.state_dir or default_state_dir() / f"agent-{args.node}"
+def running_jobs(launcher: Launcher) -> list[JobGpus]:
+    return [
+        JobGpus(p.job_id, p.gpu_indexes, launcher.tree_pids(p.job_id), p.pid)
+        for p in list(launcher.jobs.values())
+        if not p.exited and p.pid
+    ]
+
+
+def agent_metrics(
+    node: str, launcher: Launcher, publisher: TelemetryPublisher | None
+) -> list[Metric]:
+    jobs = GaugeMetricFamily("gshare_agent_jobs", "jobs this agent runs")
+    jobs.add_metric([], sum(not p.exited for p in launcher.jobs.values()))
+    fams: list[Metric] = [jobs]
+    if publisher is not None:
+        fams += gpu_families(publisher.latest)
+        up = GaugeMetricFamily(
+            "gshare_agent_mqtt_connected", "1 while the telemetry broker is connected"
+        )
+        up.add_metric([], float(publisher.connected))
+        buffered = GaugeMetricFamily(
+            "gshare_agent_telemetry_buffered", "telemetry messages waiting for the broker"
+        )
+        buffered.add_metric([], len(publisher.buffer))
+        fams += [up, buffered]
+    return fams
+
+
+async def run(
+    args: argparse.Namespace, config: Config, probe: GpuProbe, target: str, token: str
+) -> int:
+    state_dir = state_dir_of(args)
     link: SchedulerLink | None = None
     launcher = Launcher(
         state_dir,
@@ -103,14 +160,60 @@ async def run(args: argparse.Namespace, probe: GpuProbe, target: str, token: str
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    polled = [loop.time()]
 
     async def watch_jobs() -> None:
         while True:
             launcher.poll()
+            polled[0] = loop.time()
             await asyncio.sleep(0.2)
 
-    tasks = [asyncio.create_task(link.run()), asyncio.create_task(watch_jobs())]
+    async def ready() -> None:
+        await link.registered_once.wait()
+        sdnotify.notify(f"READY=1\nSTATUS=registered with the scheduler at {target}")
+
+    mqtt = (
+        config.mqtt if args.mqtt is None else dataclasses.replace(config.mqtt, url=args.mqtt)
+    )
+    publisher = None
+    if mqtt.enabled:
+        publisher = TelemetryPublisher(
+            mqtt,
+            args.node,
+            probe,
+            lambda: running_jobs(launcher),
+            config.telemetry_interval_s,
+            __version__,
+            config.fatal_xids,
+        )
+    else:
+        log.info("telemetry is off (no [mqtt] url)")
+    tasks = [
+        asyncio.create_task(link.run()),
+        asyncio.create_task(watch_jobs()),
+        asyncio.create_task(ready()),
+    ]
+    if publisher is not None:
+        tasks.append(asyncio.create_task(publisher.run()))
+    # the watchdog is fed while the job watcher keeps turning: a wedged agent gets restarted
+    dog = sdnotify.start_watchdog(lambda: loop.time() - polled[0] < 10)
+    metrics = None
+    listen = args.metrics if args.metrics is not None else config.agent_metrics_listen
+    if listen:
+        registry = CollectorRegistry()
+        registry.register(
+            LoopCollector(loop, lambda: agent_metrics(args.node, launcher, publisher))
+        )
+        try:
+            metrics = MetricsServer(registry, listen)
+        except (OSError, ValueError) as exc:
+            log.error("cannot serve metrics on %s: %s", listen, exc)
+            stop.set()
     await stop.wait()
+    sdnotify.notify("STOPPING=1")
+    await sdnotify.stop_task(dog)
+    if metrics is not None:
+        metrics.close()
     # Jobs keep running: a restarted agent re-adopts them from its state dir.
     log.info(
         "agent stopping; %d jobs keep running", sum(not p.exited for p in launcher.jobs.values())
@@ -121,7 +224,7 @@ async def run(args: argparse.Namespace, probe: GpuProbe, target: str, token: str
         with contextlib.suppress(asyncio.CancelledError):
             await task
     probe.close()
-    return 0
+    return 0 if metrics is not None or not listen else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,6 +235,19 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, AddressError) as exc:
         print(f"gshare-nodeagent: {exc}", file=sys.stderr)
         return 2
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"gshare-nodeagent: {exc}", file=sys.stderr)
+        return 2
+    if args.mqtt:
+        from gshare.config import parse_mqtt_url
+
+        try:
+            parse_mqtt_url(args.mqtt)
+        except ValueError as exc:
+            print(f"gshare-nodeagent: --mqtt: {exc}", file=sys.stderr)
+            return 2
     token = ""
     if args.token_file:
         try:
@@ -151,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(run(args, probe, target, token))
+        return asyncio.run(run(args, config, probe, target, token))
     return 0
 
 

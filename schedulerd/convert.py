@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from gshare.api import gshare_pb2 as pb
-from schedulerd.model import EventRecord, JobRecord, NodeRecord, NodeState
+from schedulerd.model import EventRecord, GpuInfo, JobRecord, NodeRecord, NodeState
+from schedulerd.telemetry import Telemetry
 
 _NODE_STATE = {
     NodeState.UP: pb.NODE_UP,
@@ -78,20 +79,79 @@ def job_to_pb(job: JobRecord, events: list[EventRecord] | None = None, position:
     )
 
 
-def node_to_pb(node: NodeRecord, busy: list[int]) -> pb.Node:
+def set_gpu_stats(
+    msg: pb.Job,
+    util_avg: float,
+    util_now: float,
+    mem_peak_mb: int,
+    idle_s: float,
+    idle_gpu_s: float,
+    warnings: list[str] | None = None,
+) -> None:
+    msg.has_gpu_stats = True
+    msg.gpu_util_avg = util_avg
+    msg.gpu_util_now = util_now
+    msg.gpu_mem_peak_mb = mem_peak_mb
+    msg.idle_s = idle_s
+    msg.idle_gpu_s = idle_gpu_s
+    msg.warnings.extend(warnings or [])
+
+
+def _gpu_to_pb(node: NodeRecord, g: GpuInfo, telemetry: Telemetry | None) -> pb.Gpu:
+    msg = pb.Gpu(
+        index=g.index,
+        uuid=g.uuid,
+        model=g.model,
+        memory_mb=g.memory_mb,
+        nvlink_peers=g.nvlink_peers,
+        drained=node.gpu_health.get(g.index, ""),
+    )
+    if telemetry is None:
+        return msg
+    sample = telemetry.gpu(node.name, g.index)
+    if sample is not None and sample.uuid == g.uuid:
+        msg.metrics.CopyFrom(
+            pb.GpuMetrics(
+                time=sample.time,
+                util_pct=sample.util_pct,
+                mem_used_mb=sample.mem_used_mb,
+                mem_total_mb=sample.mem_total_mb,
+                temp_c=sample.temp_c,
+                power_w=sample.power_w,
+                sm_clock_mhz=sample.sm_clock_mhz,
+                mem_clock_mhz=sample.mem_clock_mhz,
+                ecc_sbe=sample.ecc_sbe,
+                ecc_dbe=sample.ecc_dbe,
+                processes=[
+                    pb.GpuProcessInfo(pid=p.pid, used_mb=p.used_mb, job_id=p.job_id)
+                    for p in sample.processes
+                ],
+            )
+        )
+        msg.warnings.extend(telemetry.warnings.get((node.name, g.index), ()))
+    return msg
+
+
+def node_to_pb(node: NodeRecord, busy: list[int], telemetry: Telemetry | None = None) -> pb.Node:
+    msg = _node_to_pb(node, busy)
+    msg.gpus.extend(_gpu_to_pb(node, g, telemetry) for g in node.gpus)
+    msg.drained = node.drained
+    if telemetry is not None:
+        status = telemetry.status.get(node.name)
+        if status is not None:
+            msg.telemetry = "online" if status.online else "offline"
+        host = telemetry.hosts.get(node.name)
+        if host is not None and status is not None and status.online:
+            msg.host_cpu_pct = host.cpu_pct
+            msg.host_load1 = host.load1
+            msg.host_mem_used_mb = host.mem_used_mb
+    return msg
+
+
+def _node_to_pb(node: NodeRecord, busy: list[int]) -> pb.Node:
     return pb.Node(
         name=node.name,
         state=_NODE_STATE.get(node.state, pb.NODE_DOWN),
-        gpus=[
-            pb.Gpu(
-                index=g.index,
-                uuid=g.uuid,
-                model=g.model,
-                memory_mb=g.memory_mb,
-                nvlink_peers=g.nvlink_peers,
-            )
-            for g in node.gpus
-        ],
         cpus=node.cpus,
         mem_mb=node.mem_mb,
         busy_gpus=busy,

@@ -92,7 +92,7 @@ def take_snapshot(
     views = []
     for name in sorted(nodes):
         node = nodes[name]
-        taken = busy.get(name, set())
+        taken = busy.get(name, set()) | set(node.gpu_health)  # drained GPUs count as taken
         views.append(
             NodeView(
                 name=name,

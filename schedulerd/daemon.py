@@ -25,6 +25,7 @@ from schedulerd.jobstate import JobState
 from schedulerd.model import EventRecord, GpuInfo, JobRecord, NodeRecord, NodeState
 from schedulerd.peercred import Caller
 from schedulerd.store import Change, NewJob, Store
+from schedulerd.telemetry import HeldGpu, Telemetry, TelemetryIntake
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,14 @@ class Scheduler:
         self.usage: dict[str, float] = {}  # decayed GPU-seconds per user
         self.usage_at = 0.0
         self._usage_saved_at = 0.0
+        self.idle_usage: dict[str, float] = {}  # decayed idle GPU-seconds per user
+        self.telemetry = Telemetry(config.telemetry_interval_s, clock)
+        self._node_published: dict[str, float] = {}
+        self._nodes_dirty: set[str] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._cycle_at = time.monotonic()
+        self.on_cycle: Callable[[float], None] | None = None  # metrics: the cycle's seconds
+        self.on_start: Callable[[JobRecord, float], None] | None = None  # metrics: queue wait
 
     # ------------------------------------------------------------ life
 
@@ -96,6 +105,7 @@ class Scheduler:
         for job in await self.db(self.store.live_jobs):
             self.jobs[job.job_id] = job
         self.usage, self.usage_at = await self.db(self.store.usage)
+        self.idle_usage = await self.db(self.store.idle_usage)
         # jobs that ran while the scheduler was down are charged for that time too
         self.accrue_usage(self.clock())
         log.info("loaded %d live jobs and %d known nodes", len(self.jobs), len(self.nodes))
@@ -104,6 +114,9 @@ class Scheduler:
             asyncio.create_task(self._submit_loop(), name="submits"),
             asyncio.create_task(self._tick_loop(), name="tick"),
         ]
+        if self.config.mqtt.enabled:
+            intake = TelemetryIntake(self.config.mqtt, self.telemetry, self.on_telemetry)
+            self._tasks.append(asyncio.create_task(intake.run(), name="telemetry"))
 
     async def stop(self) -> None:
         with contextlib.suppress(Exception):
@@ -116,6 +129,10 @@ class Scheduler:
         for q in list(self.watchers):
             q.put_nowait(None)
         self._db_thread.shutdown(wait=True)
+
+    def alive(self) -> bool:
+        """The cycle loop still turns (it runs at least every heartbeat_s)."""
+        return time.monotonic() - self._cycle_at < max(60.0, 10 * self.config.heartbeat_s)
 
     def kick(self) -> None:
         """Ask for a scheduling cycle soon (several kicks close together make one cycle)."""
@@ -136,12 +153,28 @@ class Scheduler:
             self.accrue_usage(self.clock())  # charge the GPUs up to the moment they are freed
         records = await self.db(self.store.apply, changes)
         for record in records:
+            old = self.jobs.get(record.job_id)
+            if old is not None and old.state.on_node and not record.state.on_node:
+                await self._keep_gpu_stats(record.job_id)
             if record.state.final:
                 self.jobs.pop(record.job_id, None)
             else:
                 self.jobs[record.job_id] = record
             self.publish_job(record)
         return records
+
+    async def _keep_gpu_stats(self, job_id: int) -> None:
+        """A job leaves its node: store what telemetry saw of its GPUs."""
+        stats = self.telemetry.jobs.pop(job_id, None)
+        if stats is not None and stats.sampled_s:
+            await self.db(
+                self.store.save_gpu_stats,
+                job_id,
+                stats.util_avg,
+                stats.mem_peak_mb,
+                stats.sampled_s,
+                stats.idle_gpu_s,
+            )
 
     async def annotate(
         self, job: JobRecord, kind: str, actor: str, why: str, *fields: tuple[str, Any]
@@ -159,11 +192,42 @@ class Scheduler:
         self._publish(pb.ClusterChange(job=job_to_pb(job)))
 
     def publish_node(self, node: NodeRecord) -> None:
-        from schedulerd.convert import node_to_pb
 
         if not self.watchers:
             return
-        self._publish(pb.ClusterChange(node=node_to_pb(node, self.busy_gpus(node.name))))
+        self._node_published[node.name] = time.monotonic()
+        self._nodes_dirty.discard(node.name)
+        self._publish(pb.ClusterChange(node=self.node_pb(node)))
+
+    def node_pb(self, node: NodeRecord) -> pb.Node:
+        from schedulerd.convert import node_to_pb
+
+        return node_to_pb(node, self.busy_gpus(node.name), self.telemetry)
+
+    def job_pb(
+        self, job: JobRecord, events: list[EventRecord] | None = None, position: int = 0
+    ) -> pb.Job:
+        from schedulerd.convert import job_to_pb, set_gpu_stats
+
+        msg = job_to_pb(job, events, position)
+        stats = self.telemetry.jobs.get(job.job_id)
+        if stats is not None and job.state.on_node:
+            warnings = [
+                w
+                for i in job.gpu_indexes
+                for w in self.telemetry.warnings.get((job.node, i), ())
+                if f"job {job.job_id}" in w
+            ]
+            set_gpu_stats(
+                msg,
+                stats.util_avg,
+                stats.util_current,
+                stats.mem_peak_mb,
+                self.telemetry.idle_for(job.job_id),
+                stats.idle_gpu_s,
+                warnings,
+            )
+        return msg
 
     def _publish(self, change: pb.ClusterChange) -> None:
         for q in list(self.watchers):
@@ -472,6 +536,7 @@ class Scheduler:
                 self.usage,
             )
             plan = self.policy.decide(snapshot)
+            decided = time.perf_counter() - t0
             self.positions = {job_id: i for i, job_id in enumerate(plan.order, start=1)}
             reasons = dict(plan.reasons)
             for start in plan.starts:
@@ -494,11 +559,15 @@ class Scheduler:
                 self.publish_job(self.jobs[job_id])
             for job in started:
                 await self._send_launch(job)
+                if self.on_start is not None:
+                    self.on_start(job, now - job.submit_time)
             if started:
                 for name in {j.node for j in started}:
                     self.publish_node(self.nodes[name])
             self.cycles += 1
             self.last_cycle_s = time.perf_counter() - t0
+            if self.on_cycle is not None:
+                self.on_cycle(decided)
             return plan
 
     async def _cycle_loop(self) -> None:
@@ -509,6 +578,7 @@ class Scheduler:
             # about a quarter of the loop's time, so a long queue cannot starve the API.
             await asyncio.sleep(0.05 + 5 * self.last_cycle_s)
             self._wake.clear()
+            self._cycle_at = time.monotonic()
             try:
                 await self.run_cycle()
             except Exception:
@@ -526,11 +596,14 @@ class Scheduler:
         dt = now - self.usage_at
         if dt > 0:
             self.usage = decayed_usage(self.usage, held, dt, self.config.half_life_s)
+            self.idle_usage = decayed_usage(self.idle_usage, {}, dt, self.config.half_life_s)
             self.usage_at = now
+        for user, seconds in self.telemetry.take_idle().items():
+            self.idle_usage[user] = self.idle_usage.get(user, 0.0) + seconds
 
     async def save_usage(self) -> None:
         self.accrue_usage(self.clock())
-        await self.db(self.store.save_usage, dict(self.usage), self.usage_at)
+        await self.db(self.store.save_usage, dict(self.usage), self.usage_at, dict(self.idle_usage))
         self._usage_saved_at = self.usage_at
 
     async def _tick_loop(self) -> None:
@@ -539,6 +612,10 @@ class Scheduler:
             try:
                 await self._expire_leases()
                 await self._enforce_time_limits()
+                await self._reclaim_idle()
+                for name in list(self._nodes_dirty):
+                    if name in self.nodes:
+                        self.publish_node(self.nodes[name])
                 if self.clock() - self._usage_saved_at >= USAGE_SAVE_EVERY_S:
                     await self.save_usage()
             except Exception:
@@ -919,6 +996,145 @@ class Scheduler:
         if session is not None:
             session.send(pb.SchedulerMessage(forget=pb.Forget(job_id=job.job_id)))
         self.publish_node(self.nodes[node])
+
+    # ------------------------------------------------------------ telemetry
+
+    def held_gpus(self, node: str) -> dict[int, HeldGpu]:
+        held = {}
+        for job in self.jobs.values():
+            if job.node == node and job.state.on_node:
+                queue = self.config.queues.get(job.queue)
+                pct = queue.idle_util_pct if queue is not None else 5.0
+                for i in job.gpu_indexes:
+                    held[i] = HeldGpu(job.job_id, job.user, tuple(job.gpu_indexes), pct)
+        return held
+
+    def on_telemetry(self, topic: str, payload: bytes) -> None:
+        """One MQTT message (called by the intake, on the event loop; never blocks)."""
+        misuse, event, node = self.telemetry.handle(topic, payload, self.held_gpus)
+        for job_id, text in misuse:
+            job = self.jobs.get(job_id)
+            if job is not None and job.state.on_node:
+                self._spawn(self._note_misuse(job_id, text))
+        if event is not None:
+            self._spawn(
+                self.drain(None, node, event.index, False, event.describe(), uuid=event.uuid)
+            )
+        if node in self.nodes:
+            if time.monotonic() - self._node_published.get(node, 0.0) >= 1.0:
+                self.publish_node(self.nodes[node])
+            else:
+                self._nodes_dirty.add(node)  # the tick publishes it
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _note_misuse(self, job_id: int, text: str) -> None:
+        async with self.lock:
+            job = self.jobs.get(job_id)
+            if job is not None:
+                await self.annotate(job, "gpu-misuse", "telemetry", text)
+
+    async def drain(
+        self,
+        caller: Caller | None,
+        node_name: str,
+        gpu: int,
+        resume: bool,
+        reason: str,
+        uuid: str = "",
+    ) -> NodeRecord:
+        """Take a node or one of its GPUs out of scheduling (or put it back).
+
+        `caller` None: a health event from telemetry; `uuid` then names the GPU that had
+        it, so an event about a GPU that has since been swapped out drains nothing."""
+        if caller is not None and not self.is_admin(caller):
+            raise Refused("only root and admins may drain or resume nodes", "PERMISSION_DENIED")
+        async with self.lock:
+            node = self.nodes.get(node_name)
+            if node is None:
+                raise Refused(f"no node {node_name!r}", "NOT_FOUND")
+            who = caller.user if caller is not None else "telemetry"
+            if gpu >= 0:
+                info = next((g for g in node.gpus if g.index == gpu), None)
+                if info is None:
+                    raise Refused(f"node {node_name} has no GPU {gpu}", "NOT_FOUND")
+                if uuid and info.uuid != uuid:
+                    log.warning(
+                        "health event for %s on %s ignored: GPU %d is now %s",
+                        uuid,
+                        node_name,
+                        gpu,
+                        info.uuid,
+                    )
+                    return node
+                if resume:
+                    node.gpu_health.pop(gpu, None)
+                elif gpu not in node.gpu_health:
+                    node.gpu_health[gpu] = f"{reason or 'drained'} ({who})"
+                    log.warning("node %s GPU %d drained: %s", node_name, gpu, reason)
+            else:
+                node.drained = not resume
+                if resume:
+                    node.gpu_health.clear()
+                if node_name in self.sessions:
+                    node.state = NodeState.DRAINING if node.drained else NodeState.UP
+                node.reason = (
+                    f"drained by {who}: {reason}"
+                    if node.drained and reason
+                    else (f"drained by {who}" if node.drained else "")
+                )
+                session = self.sessions.get(node_name)
+                if session is not None and node.drained:
+                    session.send(pb.SchedulerMessage(drain=pb.Drain(reason=node.reason)))
+            await self.db(self.store.save_node, node)
+            self.publish_node(node)
+        self.kick()
+        return node
+
+    async def _reclaim_idle(self) -> None:
+        """Checkpoint-preempt jobs whose GPUs idled past their queue's limit while others wait."""
+        waiting = [j for j in self.jobs.values() if j.state is JobState.PENDING]
+        if not waiting:
+            return
+        async with self.lock:
+            for job in list(self.jobs.values()):
+                queue = self.config.queues.get(job.queue)
+                if (
+                    queue is None
+                    or not queue.idle_reclaim
+                    or job.state is not JobState.RUNNING
+                    or job.no_preempt
+                    or job.end_request
+                ):
+                    continue
+                idle = self.telemetry.idle_for(job.job_id)
+                if idle < queue.idle_time_s:
+                    continue
+                why = (
+                    f"idle GPUs reclaimed: under {queue.idle_util_pct:g}% utilization for "
+                    f"{idle / 60:.0f} min while {len(waiting)} job(s) wait"
+                )
+                [job] = await self.change(
+                    [
+                        Change(
+                            job.job_id,
+                            JobState.PREEMPTING,
+                            "preempt",
+                            "scheduler",
+                            why,
+                            (
+                                ("preempted_for", 0),
+                                ("preemptions", job.preemptions + 1),
+                                ("reason", why),
+                            ),
+                        )
+                    ]
+                )
+                log.info("job %d: %s", job.job_id, why)
+                self._send_preempt(job)
 
 
 def _signal_name(number: int) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import signal
@@ -15,10 +16,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 
-from gshare import __version__
+from gshare import __version__, sdnotify
 from gshare.api import gshare_pb2_grpc as pb_grpc
-from gshare.config import Config, ConfigError, default_state_dir, load_config
+from gshare.config import Config, ConfigError, default_state_dir, load_config, parse_mqtt_url
 from gshare.logs import setup_logging
+from gshare.metrics import MetricsServer
 from policies import PolicyError, make_policy
 from schedulerd.daemon import Scheduler
 from schedulerd.peercred import PeerCredFrontDoor
@@ -57,6 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--store-url", help="SQLAlchemy database URL (default: SQLite in STATE_DIR)")
     p.add_argument("--policy", help="scheduling policy (overrides [scheduler] policy)")
+    p.add_argument(
+        "--mqtt",
+        metavar="URL",
+        help="telemetry broker, mqtt://HOST:PORT or mqtts://HOST:PORT (overrides [mqtt] url)",
+    )
+    p.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics (overrides [server] metrics)",
+    )
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
@@ -118,8 +130,29 @@ async def serve(config: Config, args: argparse.Namespace, state_dir: Path) -> in
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    metrics = None
+    listen = args.metrics if args.metrics is not None else config.metrics_listen
+    if listen:
+        from schedulerd.metrics import registry_for
+
+        try:
+            metrics = MetricsServer(registry_for(scheduler, loop), listen)
+        except (OSError, ValueError) as exc:
+            print(f"gshare-schedulerd: cannot serve metrics on {listen}: {exc}", file=sys.stderr)
+            await door.stop()
+            await server.stop(grace=None)
+            await scheduler.stop()
+            store.close()
+            return 1
+    sdnotify.notify(f"READY=1\nSTATUS=serving on unix:{socket_path}")
+    # fed from the event loop while cycles keep completing: a wedged scheduler is restarted
+    dog = sdnotify.start_watchdog(lambda: scheduler.alive())
     await stop.wait()
     log.info("shutting down")
+    sdnotify.notify("STOPPING=1")
+    await sdnotify.stop_task(dog)
+    if metrics is not None:
+        metrics.close()
     await health.enter_graceful_shutdown()
     await door.stop()
     await server.stop(grace=1.0)
@@ -149,6 +182,14 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    if args.mqtt is not None:
+        if args.mqtt:
+            try:
+                parse_mqtt_url(args.mqtt)
+            except ValueError as exc:
+                print(f"gshare-schedulerd: --mqtt: {exc}", file=sys.stderr)
+                return 2
+        config = dataclasses.replace(config, mqtt=dataclasses.replace(config.mqtt, url=args.mqtt))
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(serve(config, args, state_dir))
     return 0

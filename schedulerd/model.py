@@ -105,4 +105,6 @@ class NodeRecord:
     last_seen: float = 0.0
     gpu_backend: str = ""
     agent_version: str = ""
-    drained: bool = False  # an admin or a health check took it out of scheduling
+    drained: bool = False  # an admin took it out of scheduling
+    # GPUs out of scheduling (a health event or an admin), index -> why
+    gpu_health: dict[int, str] = field(default_factory=dict)

@@ -14,7 +14,7 @@ import grpc
 
 from gshare.api import gshare_pb2 as pb
 from gshare.api import gshare_pb2_grpc as pb_grpc
-from schedulerd.convert import job_to_pb, node_to_pb
+from schedulerd.convert import job_to_pb, set_gpu_stats
 from schedulerd.daemon import AgentSession, Refused, Scheduler
 from schedulerd.jobstate import IllegalTransition, JobState
 from schedulerd.peercred import ANONYMOUS, Caller, PeerCredFrontDoor
@@ -69,7 +69,13 @@ class ClientService(pb_grpc.ClientServiceServicer):
 
     async def GetJob(self, request: pb.GetJobRequest, context: Ctx) -> pb.Job:
         job, events = await _guard(context, self.s.get_job(request.job_id))
-        return job_to_pb(job, events, self.s.positions.get(job.job_id, 0))
+        msg = self.s.job_pb(job, events, self.s.positions.get(job.job_id, 0))
+        if not msg.has_gpu_stats and job.start_time:
+            stats = await self.s.db(self.s.store.gpu_stats, job.job_id)
+            if stats is not None:
+                util_avg, mem_peak, _, idle_gpu_s = stats
+                set_gpu_stats(msg, util_avg, 0.0, mem_peak, 0.0, idle_gpu_s)
+        return msg
 
     async def ListJobs(self, request: pb.ListJobsRequest, context: Ctx) -> pb.ListJobsResponse:
         states = [JobState(pb.JobState.Name(s)) for s in request.states]
@@ -78,7 +84,7 @@ class ClientService(pb_grpc.ClientServiceServicer):
         )
         place = self.s.positions
         return pb.ListJobsResponse(
-            jobs=[job_to_pb(j, position=place.get(j.job_id, 0)) for j in jobs]
+            jobs=[self.s.job_pb(j, position=place.get(j.job_id, 0)) for j in jobs]
         )
 
     async def _act(
@@ -121,11 +127,30 @@ class ClientService(pb_grpc.ClientServiceServicer):
 
     async def ListNodes(self, request: pb.ListNodesRequest, context: Ctx) -> pb.ListNodesResponse:
         return pb.ListNodesResponse(
-            nodes=[node_to_pb(n, self.s.busy_gpus(n.name)) for _, n in sorted(self.s.nodes.items())]
+            nodes=[self.s.node_pb(n) for _, n in sorted(self.s.nodes.items())]
         )
+
+    async def DrainNode(self, request: pb.DrainRequest, context: Ctx) -> pb.Node:
+        caller = self.ids.caller(context)
+        if caller.anonymous:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "draining needs a known user: use the Unix socket",
+            )
+        node = await _guard(
+            context,
+            self.s.drain(caller, request.node, request.gpu, request.resume, request.reason),
+        )
+        return self.s.node_pb(node)
 
     async def GetUsage(self, request: pb.GetUsageRequest, context: Ctx) -> pb.GetUsageResponse:
         standings, gpus = self.s.usage_report()
+        idle: dict[tuple[str, ...], float] = {}
+        for path, st in standings.standings.items():
+            if st.is_user:
+                seconds = self.s.idle_usage.get(path[-1], 0.0)
+                for depth in range(1, len(path) + 1):
+                    idle[path[:depth]] = idle.get(path[:depth], 0.0) + seconds
         rows = []
         for path, s in sorted(standings.standings.items()):
             running, pending = gpus.get(path, [0, 0])
@@ -144,6 +169,7 @@ class ClientService(pb_grpc.ClientServiceServicer):
                     fairshare_factor=standings.factors.get(user, 0.0) if user else 0.0,
                     running_gpus=running,
                     pending_gpus=pending,
+                    idle_gpu_s=idle.get(path, 0.0),
                 )
             )
         total = sum(len(n.gpus) for n in self.s.nodes.values())
@@ -159,7 +185,7 @@ class ClientService(pb_grpc.ClientServiceServicer):
         try:
             if request.initial:
                 for node in list(self.s.nodes.values()):
-                    yield pb.ClusterChange(node=node_to_pb(node, self.s.busy_gpus(node.name)))
+                    yield pb.ClusterChange(node=self.s.node_pb(node))
                 for job in list(self.s.jobs.values()):
                     yield pb.ClusterChange(job=job_to_pb(job))
             yield pb.ClusterChange(synced=True)

@@ -104,6 +104,8 @@ class NodeRow(Base):
     drained: Mapped[bool] = mapped_column(Boolean, default=False)
     reason: Mapped[str] = mapped_column(Text, default="")
     last_seen: Mapped[float] = mapped_column(Float, default=0.0)
+    # GPU index (as text: a JSON key) -> why it is out of scheduling
+    gpu_health: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
 
 
 class UsageRow(Base):
@@ -114,6 +116,19 @@ class UsageRow(Base):
     user: Mapped[str] = mapped_column(String(64), primary_key=True)
     gpu_seconds: Mapped[float] = mapped_column(Float)
     updated: Mapped[float] = mapped_column(Float)
+    idle_gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class JobGpuStatsRow(Base):
+    """What telemetry saw of a job's GPUs, written when it leaves its node."""
+
+    __tablename__ = "job_gpu_stats"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    util_avg: Mapped[float] = mapped_column(Float)
+    mem_peak_mb: Mapped[int] = mapped_column(Integer)
+    sampled_s: Mapped[float] = mapped_column(Float)
+    idle_gpu_s: Mapped[float] = mapped_column(Float)
 
 
 _JOB_FIELDS = [f.name for f in fields(JobRecord) if f.name not in ("job_id", "state")]
@@ -310,10 +325,47 @@ class Store:
             rows = list(session.scalars(select(UsageRow)))
         return {r.user: r.gpu_seconds for r in rows}, max((r.updated for r in rows), default=0.0)
 
-    def save_usage(self, usage: dict[str, float], at: float) -> None:
+    def idle_usage(self) -> dict[str, float]:
+        """Decayed idle GPU-seconds per user, as of the ledger's time."""
+        with self._session() as session:
+            return {r.user: r.idle_gpu_seconds for r in session.scalars(select(UsageRow))}
+
+    def save_usage(
+        self, usage: dict[str, float], at: float, idle: dict[str, float] | None = None
+    ) -> None:
+        idle = idle or {}
         with self._session.begin() as session:
-            for user, value in usage.items():
-                session.merge(UsageRow(user=user, gpu_seconds=value, updated=at))
+            for user in set(usage) | set(idle):
+                session.merge(
+                    UsageRow(
+                        user=user,
+                        gpu_seconds=usage.get(user, 0.0),
+                        updated=at,
+                        idle_gpu_seconds=idle.get(user, 0.0),
+                    )
+                )
+
+    def save_gpu_stats(
+        self, job_id: int, util_avg: float, mem_peak_mb: int, sampled_s: float, idle_gpu_s: float
+    ) -> None:
+        with self._session.begin() as session:
+            session.merge(
+                JobGpuStatsRow(
+                    job_id=job_id,
+                    util_avg=util_avg,
+                    mem_peak_mb=mem_peak_mb,
+                    sampled_s=sampled_s,
+                    idle_gpu_s=idle_gpu_s,
+                )
+            )
+
+    def gpu_stats(self, job_id: int) -> tuple[float, int, float, float] | None:
+        """(average utilization %, peak memory MB, seconds sampled, idle GPU-seconds)."""
+        with self._session() as session:
+            row = session.get(JobGpuStatsRow, job_id)
+            if row is None:
+                return None
+            return row.util_avg, row.mem_peak_mb, row.sampled_s, row.idle_gpu_s
 
     # ------------------------------------------------------------ nodes
 
@@ -339,6 +391,7 @@ class Store:
             row.drained = node.drained
             row.reason = node.reason
             row.last_seen = node.last_seen
+            row.gpu_health = {str(i): why for i, why in node.gpu_health.items()}
 
     def nodes(self) -> list[NodeRecord]:
         with self._session() as session:
@@ -351,6 +404,7 @@ class Store:
                     drained=r.drained,
                     reason=r.reason,
                     last_seen=r.last_seen,
+                    gpu_health={int(i): why for i, why in (r.gpu_health or {}).items()},
                 )
                 for r in session.scalars(select(NodeRow))
             ]

@@ -267,6 +267,13 @@ class Job(_message.Message):
     LAST_CHECKPOINT_FIELD_NUMBER: _builtins.int
     CHECKPOINT_DIR_FIELD_NUMBER: _builtins.int
     PREEMPTIONS_FIELD_NUMBER: _builtins.int
+    HAS_GPU_STATS_FIELD_NUMBER: _builtins.int
+    GPU_UTIL_AVG_FIELD_NUMBER: _builtins.int
+    GPU_UTIL_NOW_FIELD_NUMBER: _builtins.int
+    GPU_MEM_PEAK_MB_FIELD_NUMBER: _builtins.int
+    IDLE_S_FIELD_NUMBER: _builtins.int
+    IDLE_GPU_S_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     state: Global___JobState.ValueType
     user: _builtins.str
@@ -291,6 +298,18 @@ class Job(_message.Message):
     """0: none reported"""
     checkpoint_dir: _builtins.str
     preemptions: _builtins.int
+    has_gpu_stats: _builtins.bool
+    """from telemetry, while it runs (and kept after): present when has_gpu_stats"""
+    gpu_util_avg: _builtins.float
+    """percent, averaged over its GPUs and its run"""
+    gpu_util_now: _builtins.float
+    """percent, the last sample"""
+    gpu_mem_peak_mb: _builtins.int
+    """highest memory used on one of its GPUs"""
+    idle_s: _builtins.float
+    """how long its GPUs have been under the idle threshold"""
+    idle_gpu_s: _builtins.float
+    """GPU-seconds it held idle in all"""
     @_builtins.property
     def spec(self) -> Global___JobSpec:
         """script bytes left out of listings"""
@@ -300,6 +319,10 @@ class Job(_message.Message):
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobEvent]:
         """only in GetJob"""
+
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """e.g. a process on a GPU that was not given to it"""
 
     def __init__(
         self,
@@ -326,10 +349,17 @@ class Job(_message.Message):
         last_checkpoint: _builtins.float = ...,
         checkpoint_dir: _builtins.str = ...,
         preemptions: _builtins.int = ...,
+        has_gpu_stats: _builtins.bool = ...,
+        gpu_util_avg: _builtins.float = ...,
+        gpu_util_now: _builtins.float = ...,
+        gpu_mem_peak_mb: _builtins.int = ...,
+        idle_s: _builtins.float = ...,
+        idle_gpu_s: _builtins.float = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_dir", b"checkpoint_dir", "end_time", b"end_time", "events", b"events", "exit_code", b"exit_code", "exit_signal", b"exit_signal", "gid", b"gid", "gpus", b"gpus", "has_exit", b"has_exit", "job_id", b"job_id", "last_checkpoint", b"last_checkpoint", "node", b"node", "output_path", b"output_path", "position", b"position", "preemptions", b"preemptions", "reason", b"reason", "restarts", b"restarts", "spec", b"spec", "start_time", b"start_time", "state", b"state", "submit_time", b"submit_time", "uid", b"uid", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_dir", b"checkpoint_dir", "end_time", b"end_time", "events", b"events", "exit_code", b"exit_code", "exit_signal", b"exit_signal", "gid", b"gid", "gpu_mem_peak_mb", b"gpu_mem_peak_mb", "gpu_util_avg", b"gpu_util_avg", "gpu_util_now", b"gpu_util_now", "gpus", b"gpus", "has_exit", b"has_exit", "has_gpu_stats", b"has_gpu_stats", "idle_gpu_s", b"idle_gpu_s", "idle_s", b"idle_s", "job_id", b"job_id", "last_checkpoint", b"last_checkpoint", "node", b"node", "output_path", b"output_path", "position", b"position", "preemptions", b"preemptions", "reason", b"reason", "restarts", b"restarts", "spec", b"spec", "start_time", b"start_time", "state", b"state", "submit_time", b"submit_time", "uid", b"uid", "user", b"user", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -510,9 +540,87 @@ class JobActionResponse(_message.Message):
 Global___JobActionResponse: _TypeAlias = JobActionResponse  # noqa: Y015
 
 @_typing.final
-class Gpu(_message.Message):
+class GpuProcessInfo(_message.Message):
     """---------------------------------------------------------------- nodes"""
 
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PID_FIELD_NUMBER: _builtins.int
+    USED_MB_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    pid: _builtins.int
+    used_mb: _builtins.int
+    job_id: _builtins.int
+    """0: not a process of a gshare job"""
+    def __init__(
+        self,
+        *,
+        pid: _builtins.int = ...,
+        used_mb: _builtins.int = ...,
+        job_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "pid", b"pid", "used_mb", b"used_mb"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GpuProcessInfo: _TypeAlias = GpuProcessInfo  # noqa: Y015
+
+@_typing.final
+class GpuMetrics(_message.Message):
+    """the last telemetry sample"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_FIELD_NUMBER: _builtins.int
+    UTIL_PCT_FIELD_NUMBER: _builtins.int
+    MEM_USED_MB_FIELD_NUMBER: _builtins.int
+    MEM_TOTAL_MB_FIELD_NUMBER: _builtins.int
+    TEMP_C_FIELD_NUMBER: _builtins.int
+    POWER_W_FIELD_NUMBER: _builtins.int
+    SM_CLOCK_MHZ_FIELD_NUMBER: _builtins.int
+    MEM_CLOCK_MHZ_FIELD_NUMBER: _builtins.int
+    ECC_SBE_FIELD_NUMBER: _builtins.int
+    ECC_DBE_FIELD_NUMBER: _builtins.int
+    PROCESSES_FIELD_NUMBER: _builtins.int
+    time: _builtins.float
+    util_pct: _builtins.float
+    mem_used_mb: _builtins.int
+    mem_total_mb: _builtins.int
+    temp_c: _builtins.float
+    power_w: _builtins.float
+    sm_clock_mhz: _builtins.int
+    mem_clock_mhz: _builtins.int
+    ecc_sbe: _builtins.int
+    ecc_dbe: _builtins.int
+    @_builtins.property
+    def processes(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuProcessInfo]: ...
+    def __init__(
+        self,
+        *,
+        time: _builtins.float = ...,
+        util_pct: _builtins.float = ...,
+        mem_used_mb: _builtins.int = ...,
+        mem_total_mb: _builtins.int = ...,
+        temp_c: _builtins.float = ...,
+        power_w: _builtins.float = ...,
+        sm_clock_mhz: _builtins.int = ...,
+        mem_clock_mhz: _builtins.int = ...,
+        ecc_sbe: _builtins.int = ...,
+        ecc_dbe: _builtins.int = ...,
+        processes: _abc.Iterable[Global___GpuProcessInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ecc_dbe", b"ecc_dbe", "ecc_sbe", b"ecc_sbe", "mem_clock_mhz", b"mem_clock_mhz", "mem_total_mb", b"mem_total_mb", "mem_used_mb", b"mem_used_mb", "power_w", b"power_w", "processes", b"processes", "sm_clock_mhz", b"sm_clock_mhz", "temp_c", b"temp_c", "time", b"time", "util_pct", b"util_pct"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GpuMetrics: _TypeAlias = GpuMetrics  # noqa: Y015
+
+@_typing.final
+class Gpu(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     INDEX_FIELD_NUMBER: _builtins.int
@@ -520,13 +628,26 @@ class Gpu(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     MEMORY_MB_FIELD_NUMBER: _builtins.int
     NVLINK_PEERS_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    DRAINED_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     uuid: _builtins.str
     model: _builtins.str
     memory_mb: _builtins.int
+    drained: _builtins.str
+    """why it is out of scheduling; empty: it is in"""
     @_builtins.property
     def nvlink_peers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """indexes of GPUs on the same node"""
+
+    @_builtins.property
+    def metrics(self) -> Global___GpuMetrics:
+        """absent: no telemetry (yet)"""
+
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """processes that should not be on it"""
 
     def __init__(
         self,
@@ -536,10 +657,13 @@ class Gpu(_message.Message):
         model: _builtins.str = ...,
         memory_mb: _builtins.int = ...,
         nvlink_peers: _abc.Iterable[_builtins.int] | None = ...,
+        metrics: Global___GpuMetrics | None = ...,
+        drained: _builtins.str = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "memory_mb", b"memory_mb", "model", b"model", "nvlink_peers", b"nvlink_peers", "uuid", b"uuid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drained", b"drained", "index", b"index", "memory_mb", b"memory_mb", "metrics", b"metrics", "model", b"model", "nvlink_peers", b"nvlink_peers", "uuid", b"uuid", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -559,6 +683,11 @@ class Node(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     GPU_BACKEND_FIELD_NUMBER: _builtins.int
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
+    TELEMETRY_FIELD_NUMBER: _builtins.int
+    HOST_CPU_PCT_FIELD_NUMBER: _builtins.int
+    HOST_LOAD1_FIELD_NUMBER: _builtins.int
+    HOST_MEM_USED_MB_FIELD_NUMBER: _builtins.int
+    DRAINED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     state: Global___NodeState.ValueType
     cpus: _builtins.int
@@ -568,6 +697,13 @@ class Node(_message.Message):
     gpu_backend: _builtins.str
     """"nvml" or "fake" """
     agent_version: _builtins.str
+    telemetry: _builtins.str
+    """"online", "offline" (its last will) or "" (none seen)"""
+    host_cpu_pct: _builtins.float
+    host_load1: _builtins.float
+    host_mem_used_mb: _builtins.int
+    drained: _builtins.bool
+    """taken out of scheduling by an admin"""
     @_builtins.property
     def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___Gpu]: ...
     @_builtins.property
@@ -587,14 +723,49 @@ class Node(_message.Message):
         reason: _builtins.str = ...,
         gpu_backend: _builtins.str = ...,
         agent_version: _builtins.str = ...,
+        telemetry: _builtins.str = ...,
+        host_cpu_pct: _builtins.float = ...,
+        host_load1: _builtins.float = ...,
+        host_mem_used_mb: _builtins.int = ...,
+        drained: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "busy_gpus", b"busy_gpus", "cpus", b"cpus", "gpu_backend", b"gpu_backend", "gpus", b"gpus", "last_seen", b"last_seen", "mem_mb", b"mem_mb", "name", b"name", "reason", b"reason", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "busy_gpus", b"busy_gpus", "cpus", b"cpus", "drained", b"drained", "gpu_backend", b"gpu_backend", "gpus", b"gpus", "host_cpu_pct", b"host_cpu_pct", "host_load1", b"host_load1", "host_mem_used_mb", b"host_mem_used_mb", "last_seen", b"last_seen", "mem_mb", b"mem_mb", "name", b"name", "reason", b"reason", "state", b"state", "telemetry", b"telemetry"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Node: _TypeAlias = Node  # noqa: Y015
+
+@_typing.final
+class DrainRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    GPU_FIELD_NUMBER: _builtins.int
+    RESUME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    gpu: _builtins.int
+    """-1: the whole node"""
+    resume: _builtins.bool
+    """put it back into scheduling"""
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        gpu: _builtins.int = ...,
+        resume: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gpu", b"gpu", "node", b"node", "reason", b"reason", "resume", b"resume"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DrainRequest: _TypeAlias = DrainRequest  # noqa: Y015
 
 @_typing.final
 class ListNodesRequest(_message.Message):
@@ -696,6 +867,7 @@ class AccountUsage(_message.Message):
     FAIRSHARE_FACTOR_FIELD_NUMBER: _builtins.int
     RUNNING_GPUS_FIELD_NUMBER: _builtins.int
     PENDING_GPUS_FIELD_NUMBER: _builtins.int
+    IDLE_GPU_S_FIELD_NUMBER: _builtins.int
     is_user: _builtins.bool
     shares: _builtins.float
     """as configured"""
@@ -711,6 +883,8 @@ class AccountUsage(_message.Message):
     """users only: 0..1, 1 is first in line"""
     running_gpus: _builtins.int
     pending_gpus: _builtins.int
+    idle_gpu_s: _builtins.float
+    """decayed like usage: GPU-seconds held under the idle threshold"""
     @_builtins.property
     def path(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """account names from the top, then the user for a user"""
@@ -728,10 +902,11 @@ class AccountUsage(_message.Message):
         fairshare_factor: _builtins.float = ...,
         running_gpus: _builtins.int = ...,
         pending_gpus: _builtins.int = ...,
+        idle_gpu_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fairshare_factor", b"fairshare_factor", "is_user", b"is_user", "level_fairshare", b"level_fairshare", "path", b"path", "pending_gpus", b"pending_gpus", "running_gpus", b"running_gpus", "share", b"share", "shares", b"shares", "usage", b"usage", "usage_share", b"usage_share"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fairshare_factor", b"fairshare_factor", "idle_gpu_s", b"idle_gpu_s", "is_user", b"is_user", "level_fairshare", b"level_fairshare", "path", b"path", "pending_gpus", b"pending_gpus", "running_gpus", b"running_gpus", "share", b"share", "shares", b"shares", "usage", b"usage", "usage_share", b"usage_share"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -89,6 +89,11 @@ class ClientServiceStub:
                 request_serializer=gshare_dot_api_dot_gshare__pb2.SetPriorityRequest.SerializeToString,
                 response_deserializer=gshare_dot_api_dot_gshare__pb2.JobActionResponse.FromString,
                 _registered_method=True)
+        self.DrainNode = channel.unary_unary(
+                '/gshare.v1.ClientService/DrainNode',
+                request_serializer=gshare_dot_api_dot_gshare__pb2.DrainRequest.SerializeToString,
+                response_deserializer=gshare_dot_api_dot_gshare__pb2.Node.FromString,
+                _registered_method=True)
 
 
 class ClientServiceServicer:
@@ -160,6 +165,12 @@ class ClientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DrainNode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -217,6 +228,11 @@ def add_ClientServiceServicer_to_server(servicer, server):
                     servicer.SetPriority,
                     request_deserializer=gshare_dot_api_dot_gshare__pb2.SetPriorityRequest.FromString,
                     response_serializer=gshare_dot_api_dot_gshare__pb2.JobActionResponse.SerializeToString,
+            ),
+            'DrainNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainNode,
+                    request_deserializer=gshare_dot_api_dot_gshare__pb2.DrainRequest.FromString,
+                    response_serializer=gshare_dot_api_dot_gshare__pb2.Node.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -516,6 +532,33 @@ class ClientService:
             '/gshare.v1.ClientService/SetPriority',
             gshare_dot_api_dot_gshare__pb2.SetPriorityRequest.SerializeToString,
             gshare_dot_api_dot_gshare__pb2.JobActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gshare.v1.ClientService/DrainNode',
+            gshare_dot_api_dot_gshare__pb2.DrainRequest.SerializeToString,
+            gshare_dot_api_dot_gshare__pb2.Node.FromString,
             options,
             channel_credentials,
             insecure,

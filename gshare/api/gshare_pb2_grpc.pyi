@@ -42,6 +42,7 @@ class ClientServiceStub:
     GetUsage: _grpc.UnaryUnaryMultiCallable[_gshare_pb2.GetUsageRequest, _gshare_pb2.GetUsageResponse]
     PreemptJob: _grpc.UnaryUnaryMultiCallable[_gshare_pb2.JobIdRequest, _gshare_pb2.JobActionResponse]
     SetPriority: _grpc.UnaryUnaryMultiCallable[_gshare_pb2.SetPriorityRequest, _gshare_pb2.JobActionResponse]
+    DrainNode: _grpc.UnaryUnaryMultiCallable[_gshare_pb2.DrainRequest, _gshare_pb2.Node]
 
 @_typing.type_check_only
 class ClientServiceAsyncStub(ClientServiceStub):
@@ -57,6 +58,7 @@ class ClientServiceAsyncStub(ClientServiceStub):
     GetUsage: _aio.UnaryUnaryMultiCallable[_gshare_pb2.GetUsageRequest, _gshare_pb2.GetUsageResponse]  # type: ignore[assignment]
     PreemptJob: _aio.UnaryUnaryMultiCallable[_gshare_pb2.JobIdRequest, _gshare_pb2.JobActionResponse]  # type: ignore[assignment]
     SetPriority: _aio.UnaryUnaryMultiCallable[_gshare_pb2.SetPriorityRequest, _gshare_pb2.JobActionResponse]  # type: ignore[assignment]
+    DrainNode: _aio.UnaryUnaryMultiCallable[_gshare_pb2.DrainRequest, _gshare_pb2.Node]  # type: ignore[assignment]
 
 class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -135,6 +137,13 @@ class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gshare_pb2.SetPriorityRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gshare_pb2.JobActionResponse, _abc.Awaitable[_gshare_pb2.JobActionResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DrainNode(
+        self,
+        request: _gshare_pb2.DrainRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gshare_pb2.Node, _abc.Awaitable[_gshare_pb2.Node]]: ...
 
 def add_ClientServiceServicer_to_server(servicer: ClientServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
