@@ -49,12 +49,14 @@ def take_snapshot(
             busy.setdefault(job.node, set()).update(job.gpu_indexes)
             used_cpus[job.node] = used_cpus.get(job.node, 0) + job.cpus
             used_mem[job.node] = used_mem.get(job.node, 0) + job.mem_mb
+            # a drained GPU is not there for scheduling, not even as one a victim frees
+            sick = nodes[job.node].gpu_health if job.node in nodes else {}
             running.append(
                 RunningJob(
                     job.job_id,
                     job.user,
                     job.queue,
-                    ((job.node, tuple(job.gpu_indexes)),),
+                    ((job.node, tuple(i for i in job.gpu_indexes if i not in sick)),),
                     job.start_time,
                     job.priority,
                     job.time_limit_s,
@@ -92,12 +94,20 @@ def take_snapshot(
     views = []
     for name in sorted(nodes):
         node = nodes[name]
-        taken = busy.get(name, set()) | set(node.gpu_health)  # drained GPUs count as taken
+        taken = busy.get(name, set())
+        usable = [g for g in node.gpus if g.index not in node.gpu_health]  # drained: left out
         views.append(
             NodeView(
                 name=name,
-                gpus=tuple(GpuSlot(g.index, g.uuid, frozenset(g.nvlink_peers)) for g in node.gpus),
-                free_gpus=frozenset(g.index for g in node.gpus if g.index not in taken),
+                gpus=tuple(
+                    GpuSlot(
+                        g.index,
+                        g.uuid,
+                        frozenset(p for p in g.nvlink_peers if p not in node.gpu_health),
+                    )
+                    for g in usable
+                ),
+                free_gpus=frozenset(g.index for g in usable if g.index not in taken),
                 cpus=node.cpus,
                 mem_mb=node.mem_mb,
                 free_cpus=node.cpus - used_cpus.get(name, 0),

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from gshare.api import gshare_pb2 as pb
 from gshare.checkpoint import YIELD_EXIT_CODE
 from gshare.config import Config
+from gshare.timefmt import format_duration
 from policies import FairTree, PendingJob, Plan, Policy, decayed_usage, fair_tree
 from schedulerd import cycle
 from schedulerd.jobstate import JobState
@@ -1113,9 +1114,12 @@ class Scheduler:
                 idle = self.telemetry.idle_for(job.job_id)
                 if idle < queue.idle_time_s:
                     continue
+                claimant = self._claimant_for(job, waiting)
+                if claimant is None:
+                    continue  # no one waiting could use these GPUs: nothing to reclaim for
                 why = (
-                    f"idle GPUs reclaimed: under {queue.idle_util_pct:g}% utilization for "
-                    f"{idle / 60:.0f} min while {len(waiting)} job(s) wait"
+                    f"idle GPUs reclaimed for job {claimant.job_id}: under "
+                    f"{queue.idle_util_pct:g}% utilization for {format_duration(int(idle))}"
                 )
                 [job] = await self.change(
                     [
@@ -1126,7 +1130,7 @@ class Scheduler:
                             "scheduler",
                             why,
                             (
-                                ("preempted_for", 0),
+                                ("preempted_for", claimant.job_id),
                                 ("preemptions", job.preemptions + 1),
                                 ("reason", why),
                             ),
@@ -1135,6 +1139,24 @@ class Scheduler:
                 )
                 log.info("job %d: %s", job.job_id, why)
                 self._send_preempt(job)
+                waiting.remove(claimant)
+                note = f"idle GPUs on {job.node} are being reclaimed for it"
+                await self.annotate(
+                    claimant, "claim", "scheduler", note, ("claimed_node", job.node)
+                )
+
+    def _claimant_for(self, idle: JobRecord, waiting: list[JobRecord]) -> JobRecord | None:
+        """The first job in line that the idle job's GPUs (with the node's free ones) fit."""
+        node = self.nodes.get(idle.node)
+        if node is None:
+            return None
+        free = len(node.gpus) - len(self.busy_gpus(node.name)) - len(node.gpu_health)
+        room = free + len(idle.gpu_indexes)
+        line = sorted(
+            (j for j in waiting if not j.claimed_node and j.gpus <= room),
+            key=lambda j: (self.positions.get(j.job_id) or 1 << 30, j.submit_time),
+        )
+        return line[0] if line else None
 
 
 def _signal_name(number: int) -> str:

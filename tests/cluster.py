@@ -132,6 +132,8 @@ class Cluster:
                 str(self.root / f"agent-{name}"),
                 "--fake-gpus",
                 str(self.gpus_per_node),
+                "--config",
+                str(self.root / "gshare.toml"),
                 "--log-level",
                 "DEBUG",
             ],

@@ -1,0 +1,292 @@
+"""Telemetry through a real Mosquitto: agents publish what their fake GPUs' jobs really do,
+the scheduler takes it in, drains sick GPUs, reclaims idle ones, and survives the broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.cluster import Cluster, wait_until
+from tests.mosquitto import Mosquitto, free_port
+
+BUSY = "#!/bin/bash\nexec python3 -c 'while True: pass'\n"
+IDLE = "#!/bin/bash\nexec sleep 600\n"
+# idle, but yields like a checkpointing job when asked (the preemption signal, SIGUSR1)
+IDLE_YIELDING = "#!/bin/bash\ntrap 'exit 75' USR1\nwhile :; do sleep 0.2; done\n"
+
+
+@pytest.fixture
+def broker(open_tmp: Path) -> Iterator[Mosquitto]:
+    m = Mosquitto(open_tmp / "mosquitto").start()
+    yield m
+    m.stop()
+
+
+def config(broker: Mosquitto, extra: str = "", metrics_port: int = 0) -> str:
+    text = f"""
+[scheduler]
+kill_grace_s = 3
+
+[mqtt]
+url = "{broker.url}"
+
+[telemetry]
+interval = "1s"
+"""
+    if metrics_port:
+        text += f'\n[server]\nmetrics = "127.0.0.1:{metrics_port}"\n'
+    return text + extra
+
+
+def nodes_json(cluster: Cluster) -> list[dict[str, Any]]:
+    res = cluster.gshare("nodes", "--json")
+    assert res.code == 0, res.err
+    return list(json.loads(res.out))
+
+
+def gpu(cluster: Cluster, node: str, index: int) -> dict[str, Any]:
+    [n] = [n for n in nodes_json(cluster) if n["name"] == node]
+    return dict(n["gpus"][index])
+
+
+def sampled_after(cluster: Cluster, node: str, index: int, t: float) -> dict[str, Any] | None:
+    g = gpu(cluster, node, index)
+    m = g["metrics"]
+    return g if m is not None and m["time"] > t else None
+
+
+def script(root: Path, name: str, text: str) -> str:
+    path = root / name
+    path.write_text(text)
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_telemetry_follows_busy_and_idle_jobs(
+    cluster_factory: Callable[..., Cluster], broker: Mosquitto, open_tmp: Path
+) -> None:
+    port = free_port()
+    cluster = cluster_factory(config=config(broker, metrics_port=port), agents=1)
+    busy = cluster.submit("--gpus", "2", script(open_tmp, "busy.sh", BUSY))
+    idle = cluster.submit("--gpus", "1", script(open_tmp, "idle.sh", IDLE))
+    busy_job = cluster.wait_state(busy, "RUNNING")
+    idle_job = cluster.wait_state(idle, "RUNNING")
+    busy_gpus = [g.index for g in busy_job.gpus]
+    [idle_gpu] = [g.index for g in idle_job.gpus]
+    [free_gpu] = sorted({0, 1, 2, 3} - {*busy_gpus, idle_gpu})
+
+    def settled() -> bool:
+        samples = [gpu(cluster, "node0", i)["metrics"] for i in range(4)]
+        return all(s is not None for s in samples) and all(
+            samples[i]["util_pct"] > 50 for i in busy_gpus
+        )
+
+    wait_until("busy GPUs to show load", settled, timeout=30)
+    for i in busy_gpus:
+        m = gpu(cluster, "node0", i)["metrics"]
+        assert m["util_pct"] > 50 and m["power_w"] > 60 and m["mem_used_mb"] >= 1
+        assert {p["job_id"] for p in m["processes"]} == {busy}
+    idle_m = gpu(cluster, "node0", idle_gpu)["metrics"]
+    assert idle_m["util_pct"] < 5
+    assert {p["job_id"] for p in idle_m["processes"]} == {idle}
+    free_m = gpu(cluster, "node0", free_gpu)["metrics"]
+    assert free_m["util_pct"] == 0 and free_m["processes"] == []
+
+    # the per-job figures in gshare show
+    shown = json.loads(cluster.gshare("show", str(busy), "--json").out)["gpu_stats"]
+    assert shown is not None and shown["util_now_pct"] > 50
+    shown = json.loads(cluster.gshare("show", str(idle), "--json").out)["gpu_stats"]
+    assert shown is not None and shown["util_now_pct"] < 5 and shown["idle_s"] > 0
+
+    # what is on the wire: retained status, schema-versioned GPU samples
+    async def read_wire() -> dict[str, dict[str, Any]]:
+        seen: dict[str, dict[str, Any]] = {}
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="test-reader") as c:
+            await c.subscribe("gshare/v1/nodes/node0/#")
+            async with asyncio.timeout(10):
+                async for msg in c.messages:
+                    seen[str(msg.topic)] = json.loads(bytes(msg.payload))  # type: ignore[arg-type]
+                    if {"gshare/v1/nodes/node0/status", "gshare/v1/nodes/node0/host"} <= set(
+                        seen
+                    ) and f"gshare/v1/nodes/node0/gpus/{busy_gpus[0]}" in seen:
+                        return seen
+        return seen
+
+    wire = asyncio.run(read_wire())
+    assert wire["gshare/v1/nodes/node0/status"]["online"] is True
+    assert wire["gshare/v1/nodes/node0/status"]["schema"] == 1
+    sample = wire[f"gshare/v1/nodes/node0/gpus/{busy_gpus[0]}"]
+    assert sample["schema"] == 1 and sample["node"] == "node0" and sample["util_pct"] > 50
+
+    # /metrics parses with prometheus-client's own parser and carries the same figures
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    util = {
+        s.labels["gpu"]: s.value for s in families["gshare_gpu_utilization_percent"].samples
+    }
+    assert util[str(busy_gpus[0])] > 50 and util[str(free_gpu)] == 0
+    running = {
+        (s.labels["state"], s.labels["queue"]): s.value for s in families["gshare_jobs"].samples
+    }
+    assert running[("RUNNING", "default")] == 2
+    assert "gshare_scheduling_cycle_seconds" in families
+    assert "gshare_queue_wait_seconds" in families
+    assert "gshare_fairshare_usage_gpu_seconds" in families
+
+
+def test_broker_down_degrades_views_not_scheduling(
+    cluster_factory: Callable[..., Cluster], broker: Mosquitto, open_tmp: Path
+) -> None:
+    cluster = cluster_factory(config=config(broker), agents=1)
+    wait_until("telemetry", lambda: gpu(cluster, "node0", 0)["metrics"], timeout=30)
+    broker.kill()
+    # with no broker, jobs are still scheduled, run and end
+    job = cluster.submit("--gpus", "2", "--wrap", "sleep 1")
+    assert cluster.wait_state(job, "COMPLETED", timeout=30)
+    nodes = nodes_json(cluster)
+    assert nodes[0]["state"] == "UP"
+    # the broker comes back (same port): agents and scheduler reconnect by themselves
+    broker.start()
+    back = time.time()
+    wait_until(
+        "fresh telemetry after the broker restarts",
+        lambda: sampled_after(cluster, "node0", 0, back),
+        timeout=40,
+    )
+    assert nodes_json(cluster)[0]["telemetry"] == "online"
+
+
+def test_malformed_and_oversized_payloads_are_dropped(
+    cluster_factory: Callable[..., Cluster], broker: Mosquitto
+) -> None:
+    port = free_port()
+    cluster = cluster_factory(config=config(broker, metrics_port=port), agents=1)
+    wait_until("telemetry", lambda: gpu(cluster, "node0", 0)["metrics"], timeout=30)
+
+    async def publish_junk() -> None:
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="test-junk") as c:
+            topic = "gshare/v1/nodes/node0/gpus/0"
+            await c.publish(topic, b"not json", qos=1)
+            await c.publish(topic, b"x" * 200_000, qos=1)
+            await c.publish(topic, json.dumps({"schema": 99}).encode(), qos=1)
+            good = {"schema": 1, "node": "node1", "index": 0, "uuid": "GPU-x", "time": 1e12}
+            good |= {"util_pct": 50, "mem_used_mb": 1, "mem_total_mb": 2}
+            await c.publish(topic, json.dumps(good).encode(), qos=1)  # another node's name
+            good["node"] = "node0"
+            good["util_pct"] = 150  # out of range
+            await c.publish(topic, json.dumps(good).encode(), qos=1)
+            await c.publish("gshare/v1/nodes/node0/bogus", b"{}", qos=1)
+            await c.publish("gshare/v1/nodes/node0/events", b"[]", qos=1)
+
+    asyncio.run(publish_junk())
+
+    def dropped() -> float:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+        for family in text_string_to_metric_families(text.decode()):
+            if family.name == "gshare_telemetry_dropped_messages":
+                return float(family.samples[0].value)
+        return 0.0
+
+    wait_until("seven dropped messages", lambda: dropped() >= 7, timeout=20)
+    assert "dropped a message on gshare/v1/nodes/node0/gpus/0" in cluster.logs("schedulerd")
+    # none of it took: GPU 0 still shows the agent's own samples, and scheduling goes on
+    m = gpu(cluster, "node0", 0)["metrics"]
+    assert m["util_pct"] <= 100 and m["time"] < 1e11
+    job = cluster.submit("--gpus", "1", "--wrap", "true")
+    cluster.wait_state(job, "COMPLETED", timeout=30)
+
+
+def test_ecc_error_drains_its_gpu_until_resumed(
+    cluster_factory: Callable[..., Cluster], broker: Mosquitto, open_tmp: Path
+) -> None:
+    cluster = cluster_factory(config=config(broker), agents=1, gpus_per_node=2)
+    wait_until("telemetry", lambda: gpu(cluster, "node0", 1)["metrics"], timeout=30)
+    faults = cluster.root / "agent-node0" / "fake-gpus" / "faults"
+    with faults.open("a") as f:
+        f.write(json.dumps({"gpu": 1, "ecc_dbe": 2}) + "\n")
+    drained = wait_until("GPU 1 drained", lambda: gpu(cluster, "node0", 1)["drained"], timeout=20)
+    assert "double-bit ECC" in drained and "telemetry" in drained
+    assert gpu(cluster, "node0", 0)["drained"] is None
+    res = cluster.gshare("nodes")
+    assert res.code == 0 and "node0 GPU 1: drained: double-bit ECC" in res.out
+    # a 2-GPU job cannot start on a node with one good GPU; a 1-GPU job goes on GPU 0
+    two = cluster.submit("--gpus", "2", "--wrap", "true")
+    one = cluster.submit("--gpus", "1", "--wrap", "sleep 0.5")
+    done = cluster.wait_state(one, "COMPLETED", timeout=30)
+    assert [g.index for g in done.gpus] == [0]
+    assert cluster.state(two) == "PENDING"
+    # only admins put it back; then the waiting job runs
+    res = cluster.gshare("resume", "node0:1", user="nobody")
+    assert res.code == 1 and "only root and admins" in res.err
+    res = cluster.gshare("resume", "node0:1")
+    assert res.code == 0, res.err
+    cluster.wait_state(two, "COMPLETED", timeout=30)
+
+
+def test_a_process_on_a_gpu_not_given_to_its_job_is_flagged(
+    cluster_factory: Callable[..., Cluster], broker: Mosquitto, open_tmp: Path
+) -> None:
+    cluster = cluster_factory(config=config(broker), agents=1, gpus_per_node=2)
+    dev = cluster.root / "agent-node0" / "fake-gpus" / "nvidia1"
+    # a job given GPU 0 that also opens GPU 1's device, as a job ignoring
+    # CUDA_VISIBLE_DEVICES would
+    text = f"#!/bin/bash\nexec 3<{dev}\nsleep 600\n"
+    job = cluster.submit("--gpus", "1", script(open_tmp, "sneaky.sh", text))
+    running = cluster.wait_state(job, "RUNNING")
+    assert [g.index for g in running.gpus] == [0]
+    warned = wait_until(
+        "a warning on GPU 1", lambda: gpu(cluster, "node0", 1)["warnings"], timeout=30
+    )
+    assert f"of job {job} is on GPU 1, which was not given to it" in warned[0]
+    kinds = wait_until(
+        "a gpu-misuse event",
+        lambda: [e.reason for e in cluster.job(job).events if e.kind == "gpu-misuse"],
+        timeout=10,
+    )
+    assert "GPU 1" in kinds[0]
+
+
+IDLE_CONFIG = """
+[queues.default]
+idle_reclaim = true
+idle_util_pct = 5
+idle_time = "3s"
+grace = "10s"
+"""
+
+
+def test_idle_reclaim_preempts_an_idle_job_only_while_others_wait(
+    cluster_factory: Callable[..., Cluster], broker: Mosquitto, open_tmp: Path
+) -> None:
+    cluster = cluster_factory(config=config(broker, IDLE_CONFIG), agents=1, gpus_per_node=2)
+    idle = cluster.submit("--gpus", "2", script(open_tmp, "idle.sh", IDLE_YIELDING))
+    cluster.wait_state(idle, "RUNNING")
+    # idle well past idle_time, but nobody waits: it keeps its GPUs
+    wait_until(
+        "the job to be seen idle for 5s",
+        lambda: json.loads(cluster.gshare("show", str(idle), "--json").out)["gpu_stats"]
+        and json.loads(cluster.gshare("show", str(idle), "--json").out)["gpu_stats"]["idle_s"]
+        >= 5,
+        timeout=30,
+    )
+    assert cluster.state(idle) == "RUNNING"
+    # now a job waits: the idle one is checkpoint-preempted and the waiting one starts
+    waiting = cluster.submit("--gpus", "2", "--wrap", "sleep 2")
+    cluster.wait_state(waiting, {"RUNNING", "COMPLETED"}, timeout=30)
+    job = cluster.job(idle)
+    preempts = [e.reason for e in job.events if e.kind == "preempt"]
+    assert preempts and f"idle GPUs reclaimed for job {waiting}" in preempts[0]
+    assert job.preemptions == 1
+    # idle GPU time shows per user in gshare usage
+    usage = json.loads(cluster.gshare("usage", "--json").out)
+    [root_row] = [a for a in usage["accounts"] if a["kind"] == "user" and a["path"][-1] == "root"]
+    assert root_row["idle_gpu_s"] > 5
