@@ -222,7 +222,7 @@ def _job(j: Mapping[str, Any]) -> SlurmJob:
     words = _words(j.get("job_state"))
     state = job_state_from_slurm(words)
     ended = state.is_final
-    exit_info = _sub(j, "exit_code")
+    exit_info = _sub(j, "exit_code") if ended else {}
     name, user = text(j, "name"), text(j, "user_name")
     return SlurmJob(
         job_id=job_id,
@@ -232,8 +232,8 @@ def _job(j: Mapping[str, Any]) -> SlurmJob:
         comment=text(j, "comment"),
         user=user,
         partition=text(j, "partition"),
-        exit_code=no_val(exit_info.get("return_code")) if ended else None,
-        signal=(no_val(_sub(exit_info, "signal").get("id")) or None) if ended else None,
+        exit_code=no_val(exit_info.get("return_code")),
+        signal=no_val(_sub(exit_info, "signal").get("id")) or None,
         submit_time=epoch_or_none(j.get("submit_time")),
         start_time=epoch_or_none(j.get("start_time")),
         end_time=epoch_or_none(j.get("end_time")) if ended else None,
