@@ -82,6 +82,8 @@ class Config:
     fatal_xids: frozenset[int] = frozenset()  # empty: gshare.telemetry.FATAL_XIDS
     metrics_listen: str = ""  # HOST:PORT for the scheduler's /metrics; empty: off
     agent_metrics_listen: str = ""  # HOST:PORT for each agent's /metrics; empty: off
+    agent_scheduler: str = ""  # where agents find the scheduler (unix:PATH or HOST:PORT)
+    agent_token_file: str = ""  # the agent token, for a scheduler reached over TCP
     source: str = "(built-in defaults)"
 
 
@@ -194,8 +196,10 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
         raise ConfigError(f"{twhere}: fatal_xids must be a list of positive Xid numbers")
     metrics_listen = _typed(server, "metrics", str, f"{source} [server]", "")
     agent = _section(data, "agent", source)
-    _known_keys(agent, {"metrics"}, f"{source} [agent]")
+    _known_keys(agent, {"metrics", "scheduler", "token_file"}, f"{source} [agent]")
     agent_metrics = _typed(agent, "metrics", str, f"{source} [agent]", "")
+    agent_scheduler = _typed(agent, "scheduler", str, f"{source} [agent]", "")
+    agent_token_file = _typed(agent, "token_file", str, f"{source} [agent]", "")
     for key, value in (("[server] metrics", metrics_listen), ("[agent] metrics", agent_metrics)):
         if value and not _host_port(value):
             raise ConfigError(f"{source} {key}: expected HOST:PORT, not {value!r}")
@@ -220,6 +224,8 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
         fatal_xids=frozenset(xids),
         metrics_listen=metrics_listen,
         agent_metrics_listen=agent_metrics,
+        agent_scheduler=agent_scheduler,
+        agent_token_file=agent_token_file,
         **fair,
     )
 

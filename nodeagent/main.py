@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import socket
 import sys
@@ -172,9 +173,7 @@ async def run(
         await link.registered_once.wait()
         sdnotify.notify(f"READY=1\nSTATUS=registered with the scheduler at {target}")
 
-    mqtt = (
-        config.mqtt if args.mqtt is None else dataclasses.replace(config.mqtt, url=args.mqtt)
-    )
+    mqtt = config.mqtt if args.mqtt is None else dataclasses.replace(config.mqtt, url=args.mqtt)
     publisher = None
     if mqtt.enabled:
         publisher = TelemetryPublisher(
@@ -231,15 +230,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         setup_logging(args.log_level)
-        target = resolve(args.address)
-    except (ValueError, AddressError) as exc:
-        print(f"gshare-nodeagent: {exc}", file=sys.stderr)
-        return 2
-    try:
         config = load_config(args.config)
-    except ConfigError as exc:
+        target = resolve(args.address or os.environ.get("GSHARE_ADDRESS") or config.agent_scheduler)
+    except (ValueError, AddressError, ConfigError) as exc:
         print(f"gshare-nodeagent: {exc}", file=sys.stderr)
         return 2
+    if args.token_file is None and config.agent_token_file:
+        args.token_file = Path(config.agent_token_file)
     if args.mqtt:
         from gshare.config import parse_mqtt_url
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -130,9 +131,7 @@ def test_telemetry_follows_busy_and_idle_jobs(
     # /metrics parses with prometheus-client's own parser and carries the same figures
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
-    util = {
-        s.labels["gpu"]: s.value for s in families["gshare_gpu_utilization_percent"].samples
-    }
+    util = {s.labels["gpu"]: s.value for s in families["gshare_gpu_utilization_percent"].samples}
     assert util[str(busy_gpus[0])] > 50 and util[str(free_gpu)] == 0
     running = {
         (s.labels["state"], s.labels["queue"]): s.value for s in families["gshare_jobs"].samples
@@ -273,9 +272,11 @@ def test_idle_reclaim_preempts_an_idle_job_only_while_others_wait(
     # idle well past idle_time, but nobody waits: it keeps its GPUs
     wait_until(
         "the job to be seen idle for 5s",
-        lambda: json.loads(cluster.gshare("show", str(idle), "--json").out)["gpu_stats"]
-        and json.loads(cluster.gshare("show", str(idle), "--json").out)["gpu_stats"]["idle_s"]
-        >= 5,
+        lambda: (
+            json.loads(cluster.gshare("show", str(idle), "--json").out)["gpu_stats"]
+            and json.loads(cluster.gshare("show", str(idle), "--json").out)["gpu_stats"]["idle_s"]
+            >= 5
+        ),
         timeout=30,
     )
     assert cluster.state(idle) == "RUNNING"
@@ -290,3 +291,50 @@ def test_idle_reclaim_preempts_an_idle_job_only_while_others_wait(
     usage = json.loads(cluster.gshare("usage", "--json").out)
     [root_row] = [a for a in usage["accounts"] if a["kind"] == "user" and a["path"][-1] == "root"]
     assert root_row["idle_gpu_s"] > 5
+
+
+def test_shipped_acls_let_an_agent_write_only_its_own_topics(open_tmp: Path) -> None:
+    from gshare.config import MqttConfig
+    from gshare.mqtt import make_client
+
+    repo = Path(__file__).resolve().parents[2]
+    passwd = open_tmp / "passwd"
+    for i, (user, password) in enumerate((("gshare-scheduler", "s3cret"), ("node0", "n0pass"))):
+        subprocess.run(
+            ["mosquitto_passwd", "-b", *(["-c"] if i == 0 else []), str(passwd), user, password],
+            check=True,
+            capture_output=True,
+        )
+    (open_tmp / "pw").write_text("s3cret\n")
+    broker = Mosquitto(
+        open_tmp / "acl-broker",
+        extra_config=f"allow_anonymous false\npassword_file {passwd}\n"
+        f"acl_file {repo / 'docs' / 'mosquitto' / 'gshare.acl'}\n",
+    ).start()
+    try:
+        scheduler = MqttConfig(
+            url=broker.url, username="gshare-scheduler", password_file=str(open_tmp / "pw")
+        )
+        agent = MqttConfig(url=broker.url, username="node0", password="n0pass")
+        stranger = MqttConfig(url=broker.url)
+
+        async def run() -> list[str]:
+            got: list[str] = []
+            async with make_client(scheduler, "test-sched") as sub:
+                await sub.subscribe("gshare/v1/#", qos=1)
+                async with make_client(agent, "test-agent0") as pub:
+                    await pub.publish("gshare/v1/nodes/node1/status", b"forged", qos=1)
+                    await pub.publish("gshare/v1/nodes/node0/status", b"mine", qos=1)
+                async with asyncio.timeout(5):
+                    async for msg in sub.messages:
+                        got.append(str(msg.topic))
+                        if str(msg.topic).endswith("node0/status"):
+                            break
+                with pytest.raises(aiomqtt.MqttError):
+                    async with make_client(stranger, "test-anon"):
+                        pass
+            return got
+
+        assert asyncio.run(run()) == ["gshare/v1/nodes/node0/status"]
+    finally:
+        broker.stop()
