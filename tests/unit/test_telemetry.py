@@ -161,3 +161,89 @@ def test_mqtt_and_telemetry_config() -> None:
     ):
         with pytest.raises(ConfigError, match=why):
             parse_config(data, "t.toml")
+
+
+class _FakeNvml:
+    """The calls NvmlProbe makes, answering like a two-GPU machine (the hardware edge)."""
+
+    NVML_FEATURE_ENABLED = 1
+    NVML_NVLINK_MAX_LINKS = 0
+    NVML_TEMPERATURE_GPU = 0
+    NVML_CLOCK_SM = 1
+    NVML_CLOCK_MEM = 2
+    NVML_MEMORY_ERROR_TYPE_CORRECTED = 0
+    NVML_MEMORY_ERROR_TYPE_UNCORRECTED = 1
+    NVML_VOLATILE_ECC = 0
+    nvmlEventTypeXidCriticalError = 8
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self) -> None:
+        self.xids: list[tuple[int, int]] = [(1, 79)]
+
+    def nvmlInit(self) -> None: ...
+    def nvmlShutdown(self) -> None: ...
+    def nvmlDeviceGetCount(self) -> int:
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
+        return i
+
+    def nvmlDeviceGetUUID(self, h: int) -> bytes:
+        return f"GPU-{h}".encode()
+
+    def nvmlDeviceGetMemoryInfo(self, h: int) -> object:
+        return type("Mem", (), {"used": (h + 1) << 30, "total": 80 << 30})()
+
+    def nvmlDeviceGetUtilizationRates(self, h: int) -> object:
+        return type("Util", (), {"gpu": 90 if h == 0 else 0})()
+
+    def nvmlDeviceGetComputeRunningProcesses(self, h: int) -> list[object]:
+        proc = type("P", (), {"pid": 4242, "usedGpuMemory": 512 << 20})()
+        return [proc] if h == 0 else []
+
+    def nvmlDeviceGetTemperature(self, h: int, kind: int) -> int:
+        return 61
+
+    def nvmlDeviceGetPowerUsage(self, h: int) -> int:
+        return 250_000  # mW
+
+    def nvmlDeviceGetClockInfo(self, h: int, kind: int) -> int:
+        return 1980 if kind == self.NVML_CLOCK_SM else 2619
+
+    def nvmlDeviceGetTotalEccErrors(self, h: int, kind: int, counter: int) -> int:
+        if h == 1:
+            raise self.NVMLError("not supported")  # consumer GPUs have no ECC
+        return 3 if kind == self.NVML_MEMORY_ERROR_TYPE_CORRECTED else 0
+
+    def nvmlEventSetCreate(self) -> str:
+        return "set"
+
+    def nvmlDeviceRegisterEvents(self, h: int, kinds: int, events: str) -> None: ...
+
+    def nvmlEventSetWait_v2(self, events: str, timeout_ms: int) -> object:
+        if not self.xids:
+            raise self.NVMLError("timeout")
+        h, code = self.xids.pop(0)
+        return type("Event", (), {"device": h, "eventData": code})()
+
+    def nvmlEventSetFree(self, events: str) -> None: ...
+
+
+def test_nvml_probe_reads_each_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from nodeagent.gpus import NvmlProbe
+
+    monkeypatch.setitem(sys.modules, "pynvml", _FakeNvml())
+    probe = NvmlProbe()
+    [g0, g1] = probe.sample("n1", [JobGpus(7, (0,), frozenset({4242}), 4242)])
+    assert (g0.util_pct, g0.mem_used_mb, g0.mem_total_mb) == (90.0, 1024, 80 * 1024)
+    assert (g0.temp_c, g0.power_w, g0.sm_clock_mhz, g0.mem_clock_mhz) == (61.0, 250.0, 1980, 2619)
+    assert (g0.ecc_sbe, g0.ecc_dbe) == (3, 0)
+    assert g0.processes == (GpuProcess(4242, 512, 7),)
+    assert (g1.ecc_sbe, g1.ecc_dbe, g1.processes) == (0, 0, ())  # unsupported reads as 0
+    assert [x.code for x in g1.xids] == [79] and g0.xids == ()
+    assert probe.sample("n1", [])[1].xids == ()  # an event is reported once
+    probe.close()
