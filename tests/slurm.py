@@ -81,10 +81,12 @@ def find_binaries() -> dict[str, str]:
 
 @dataclass
 class SlurmCluster:
-    """One node `localhost` with `gpus` fake GPUs in partition `debug`.
+    """One node `localhost` with `gpus` fake GPUs and `cpus` CPUs (no more than the
+    machine has, or slurmd drains the node) in partition `debug`.
 
     `start()` brings it to idle, `stop()` cancels every job and ends every daemon by PID.
-    Jobs submitted through the REST API run as the user named in the token (`token()`).
+    Jobs submitted through the REST API run as the user named in X-SLURM-USER-NAME; the
+    token (`token()`) must be for that user, or for root, which may name any user.
     """
 
     root: Path
@@ -213,7 +215,11 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
                     f"--seed-file={self.root / 'munge' / 'munged.seed'}",
                 ],
             )
-            wait_for("munged's socket", self.munge_socket.exists, 10)
+            wait_for(
+                "munged's socket",
+                lambda: self._running("munged") and self.munge_socket.exists(),
+                10,
+            )
             self._spawn("slurmctld", [self.bins["slurmctld"], "-D", "-i"])
             self.start_rest()
             wait_for("slurmctld to listen", lambda: self._alive("slurmctld", self.ctld_port), 20)
@@ -279,7 +285,7 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
         )
         log.close()
 
-    def _alive(self, name: str, port: int) -> bool:
+    def _running(self, name: str) -> bool:
         proc = self.procs.get(name)
         if proc is None or proc.poll() is not None:
             out = self.root / "log" / f"{name}.out"
@@ -288,10 +294,14 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
                 f"{out.read_text(errors='replace')[-2000:] if out.exists() else ''}"
                 f"{self.log(name)}"
             )
-        return port_open(port)
+        return True
+
+    def _alive(self, name: str, port: int) -> bool:
+        # (a probe of slurmctld's port shows in its log as "Zero Bytes were transmitted")
+        return self._running(name) and port_open(port)
 
     def _node_idle(self) -> bool:
-        self._alive("slurmd", self.ctld_port)
+        self._running("slurmd")
         res = self.run_cmd(["sinfo", "-h", "-n", "localhost", "-o", "%T"], timeout=5)
         return res.stdout.strip() == "idle"
 
@@ -358,3 +368,8 @@ def _end(procs: list[subprocess.Popen[bytes]]) -> None:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             proc.wait(5)
+    # each daemon leads a session of its own (start_new_session): whatever it left in its
+    # process group (slurmctld's slurmscriptd, say) goes with it
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
