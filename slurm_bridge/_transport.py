@@ -130,63 +130,16 @@ class RestSession:
                     maybe_sent = False
             if not maybe_sent:
                 try:
-                    status, doc, text, elapsed = await self._send(method, path, body, params)
-                except httpx.TransportError as exc:
-                    problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                    maybe_sent = not idempotent and not isinstance(exc, _NOT_SENT)
-                else:
-                    details = error_details(doc)
-                    verdict = classify(
-                        status,
-                        details,
-                        elapsed_s=elapsed,
-                        auth_reject_within_s=self.auth_reject_within_s,
+                    doc, problem, maybe_sent = await self._attempt(
+                        method, path, body, params, idempotent
                     )
-                    if verdict is Verdict.OK:
-                        if doc is None:
-                            raise SlurmError(
-                                f"slurmrestd at {self.url} answered {method} {path} with "
-                                f"HTTP {status} but no JSON: {text[:200]!r}",
-                                status=status,
-                            )
-                        return doc
-                    if verdict is Verdict.AUTH:
-                        if not refreshed and self.tokens.refresh():
-                            refreshed = True
-                            continue
-                        raise SlurmAuthError(
-                            refused_message(
-                                self.url,
-                                self.user,
-                                self.tokens,
-                                time.time(),
-                                describe(details) if details else text[:200],
-                            ),
-                            status=status,
-                            details=details,
-                        )
-                    said = describe(details) if details else repr(text[:200])
-                    if verdict is Verdict.NOT_FOUND:
-                        raise SlurmJobNotFound(
-                            f"{method} {path}: {said}", status=status, details=details
-                        )
-                    if verdict is Verdict.VERSION:
-                        raise SlurmVersionError(
-                            f"slurmrestd at {self.url} does not serve {method} {path} "
-                            f"(HTTP {status}: {said})",
-                            status=status,
-                            details=details,
-                        )
-                    if verdict is Verdict.REJECTED:
-                        raise SlurmRejected(
-                            f"Slurm refused {method} {path} (HTTP {status}): {said}",
-                            status=status,
-                            details=details,
-                        )
-                    problem = f"HTTP {status} after {elapsed:.1f}s: {said}"
-                    if status == 500 and details:
-                        problem += " (slurmrestd could not reach slurmctld)"
-                    maybe_sent = not idempotent
+                except SlurmAuthError:
+                    if not refreshed and self.tokens.refresh():
+                        refreshed = True  # a rotated token file: try the new token at once
+                        continue
+                    raise
+                if not problem:
+                    return doc
             if maybe_sent and verify is None:
                 raise SlurmUnavailable(
                     f"{method} {path} to slurmrestd at {self.url} failed ({problem}) after "
@@ -202,6 +155,57 @@ class RestSession:
                     maybe_sent=maybe_sent,
                 )
             await self.sleep(self.retry.delay(tries - 1, self.rng))
+
+    async def _attempt(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        params: Mapping[str, str] | None,
+        idempotent: bool,
+    ) -> tuple[Any, str, bool]:
+        """One try. (answer, "", False) on success; (None, what went wrong, whether it may
+        have reached Slurm) on a transient failure; raises the bridge's error otherwise."""
+        try:
+            status, doc, text, elapsed = await self._send(method, path, body, params)
+        except httpx.TransportError as exc:
+            problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            return None, problem, not idempotent and not isinstance(exc, _NOT_SENT)
+        details = error_details(doc)
+        verdict = classify(
+            status, details, elapsed_s=elapsed, auth_reject_within_s=self.auth_reject_within_s
+        )
+        said = describe(details) if details else repr(text[:200])
+        if verdict is Verdict.OK:
+            if doc is None:
+                raise SlurmError(
+                    f"slurmrestd at {self.url} answered {method} {path} with HTTP {status} "
+                    f"but no JSON: {text[:200]!r}",
+                    status=status,
+                )
+            return doc, "", False
+        if verdict is Verdict.TRANSIENT:
+            problem = f"HTTP {status} after {elapsed:.1f}s: {said}"
+            if status == 500 and details:
+                problem += " (slurmrestd could not reach slurmctld)"
+            return None, problem, not idempotent
+        if verdict is Verdict.AUTH:
+            detail = describe(details) if details else text[:200]
+            message = refused_message(self.url, self.user, self.tokens, time.time(), detail)
+            raise SlurmAuthError(message, status=status, details=details)
+        if verdict is Verdict.NOT_FOUND:
+            raise SlurmJobNotFound(f"{method} {path}: {said}", status=status, details=details)
+        if verdict is Verdict.VERSION:
+            raise SlurmVersionError(
+                f"slurmrestd at {self.url} does not serve {method} {path} (HTTP {status}: {said})",
+                status=status,
+                details=details,
+            )
+        raise SlurmRejected(
+            f"Slurm refused {method} {path} (HTTP {status}): {said}",
+            status=status,
+            details=details,
+        )
 
     async def _send(
         self, method: str, path: str, body: Any, params: Mapping[str, str] | None
