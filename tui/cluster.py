@@ -1,16 +1,36 @@
-"""The cluster view: every node, and each GPU as a cell with the job and user holding it."""
+"""The cluster view: every node, and each GPU as a cell with the job and user holding it,
+its utilization and memory as bars, and a short sparkline of recent utilization."""
 
 from __future__ import annotations
+
+import time
+from collections.abc import Iterable
 
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
+from gshare.api import gshare_pb2 as pb
 from tui.model import ClusterModel, node_state, user_colour
 
 STATE_STYLE = {"up": "green", "draining": "yellow", "down": "red"}
-CELL = 14  # characters per GPU cell
+CELL = 18  # characters per GPU cell, its gap included
+BAR = CELL - 8  # "U " + bar + " 100%"
+SPARK = "▁▂▃▄▅▆▇█"
+STALE_S = 30.0  # older samples are shown dim: the figures may no longer hold
+
+
+def bar(fraction: float, width: int = BAR) -> Text:
+    fraction = min(1.0, max(0.0, fraction))
+    full = round(fraction * width)
+    style = "green" if fraction < 0.5 else "yellow" if fraction < 0.85 else "red"
+    return Text.assemble(("█" * full, style), ("·" * (width - full), "grey35"))
+
+
+def sparkline(values: Iterable[float], width: int) -> str:
+    points = list(values)[-width:]
+    return "".join(SPARK[min(7, int(v / 100 * 8))] for v in points).rjust(width)
 
 
 class ClusterView(Static):
@@ -19,6 +39,7 @@ class ClusterView(Static):
     def __init__(self, model: ClusterModel, **kwargs: object) -> None:
         super().__init__("", **kwargs)  # type: ignore[arg-type]
         self.model = model
+        self.now = time.time
 
     def refresh_view(self) -> None:
         self.update(self.render_cluster())
@@ -31,16 +52,20 @@ class ClusterView(Static):
         per_row = max(1, (self.size.width - 2) // CELL) if self.size.width else 4
         blocks: list[RenderableType] = []
         total = busy = 0
+        telemetry = False
         for name in sorted(self.model.nodes):
             node = self.model.nodes[name]
             state = node_state(node)
             total += len(node.gpus)
             busy += len(node.busy_gpus)
+            telemetry = telemetry or any(g.HasField("metrics") for g in node.gpus)
             head = Text.assemble(
                 (f"{name}", "bold"),
                 " · ",
                 (state, STATE_STYLE.get(state, "")),
                 f" · {len(node.busy_gpus)}/{len(node.gpus)} GPUs busy",
+                (f" · CPU {node.host_cpu_pct:.0f}%" if node.telemetry == "online" else "", ""),
+                (" · telemetry offline" if node.telemetry == "offline" else "", "yellow"),
                 (f"  {node.gpus[0].model}" if node.gpus else "", "dim"),
                 (f"  ({node.gpu_backend})" if node.gpu_backend else "", "dim"),
                 (f"  {node.reason}" if node.reason else "", "italic yellow"),
@@ -48,17 +73,49 @@ class ClusterView(Static):
             grid = Table.grid(padding=(0, 1))
             for _ in range(min(per_row, max(1, len(node.gpus)))):
                 grid.add_column(width=CELL - 1, no_wrap=True)
-            cells = [self._cell(name, g.index) for g in node.gpus]
+            cells = [self._cell(node, g) for g in node.gpus]
             for start in range(0, len(cells), per_row):
                 grid.add_row(*cells[start : start + per_row])
             blocks += [head, grid, Text("")]
         summary = Text(f"{len(self.model.nodes)} nodes, {busy}/{total} GPUs busy", style="bold")
-        note = Text("GPU utilization appears here once nodes publish telemetry.", style="dim")
-        return Group(summary, Text(""), *blocks, note)
+        parts: list[RenderableType] = [summary, Text(""), *blocks]
+        if not telemetry:
+            parts.append(
+                Text("No telemetry yet: agents publish it when [mqtt] url is set.", style="dim")
+            )
+        return Group(*parts)
 
-    def _cell(self, node: str, index: int) -> Text:
-        job = self.model.holder(node, index)
-        if job is None:
-            return Text(f"{index}: free", style="dim")
-        label = f"{index}: {job.job_id} {job.user}"[: CELL - 1]
-        return Text(label, style=f"bold black on {user_colour(job.user)}")
+    def _cell(self, node: pb.Node, g: pb.Gpu) -> RenderableType:
+        job = self.model.holder(node.name, g.index)
+        width = CELL - 1
+        if g.drained:
+            head = Text(f"{g.index} drained"[:width].ljust(width), style="bold white on red")
+        elif job is None:
+            head = Text(f"{g.index} free".ljust(width), style="dim")
+        else:
+            label = f"{g.index} {job.job_id} {job.user}"[:width].ljust(width)
+            head = Text(label, style=f"bold black on {user_colour(job.user)}")
+        if g.warnings:
+            head = Text.assemble(head[: width - 1], ("!", "bold white on red"))
+        lines: list[RenderableType] = [head]
+        if not g.HasField("metrics"):
+            lines += [Text("U " + "·" * BAR, style="dim"), Text("M " + "·" * BAR, style="dim")]
+            return Group(*lines, Text(""))
+        m = g.metrics
+        stale = self.now() - m.time > STALE_S
+        total = m.mem_total_mb or g.memory_mb or 1
+        lines.append(Text.assemble("U ", bar(m.util_pct / 100), f"{m.util_pct:4.0f}%"))
+        lines.append(
+            Text.assemble("M ", bar(m.mem_used_mb / total), f"{m.mem_used_mb / 1024:4.0f}G")
+        )
+        history = self.model.history.get((node.name, g.index), ())
+        lines.append(Text.assemble((sparkline(history, width - 5), "cyan"), f" {m.temp_c:3.0f}°"))
+        group = Group(*lines)
+        if stale:
+            return Group(
+                *(
+                    Text(line.plain, style="dim") if isinstance(line, Text) else line
+                    for line in lines
+                )
+            )
+        return group

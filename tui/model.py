@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
 from dataclasses import dataclass, field
 
 from gshare.api import gshare_pb2 as pb
 
 FINAL = {pb.COMPLETED, pb.FAILED, pb.CANCELLED, pb.TIMEOUT}
+HISTORY = 24  # utilization samples kept per GPU for its sparkline
 # colours that read on dark and light terminals; a user keeps theirs across runs
 PALETTE = [
     "dodger_blue1",
@@ -42,6 +44,9 @@ class ClusterModel:
     nodes: dict[str, pb.Node] = field(default_factory=dict)
     jobs: dict[int, pb.Job] = field(default_factory=dict)
     synced: bool = False
+    # (node, GPU index) -> recent utilization %, one per telemetry sample seen
+    history: dict[tuple[str, int], collections.deque[float]] = field(default_factory=dict)
+    _sampled: dict[tuple[str, int], float] = field(default_factory=dict)
 
     def apply(self, change: pb.ClusterChange) -> str:
         """Take one change; returns what it was about: 'job', 'node' or 'synced'."""
@@ -50,11 +55,24 @@ class ClusterModel:
             self.jobs[change.job.job_id] = change.job
         elif kind == "node":
             self.nodes[change.node.name] = change.node
+            self._remember(change.node)
         elif kind == "synced":
             self.synced = True
         return kind
 
+    def _remember(self, node: pb.Node) -> None:
+        for g in node.gpus:
+            if not g.HasField("metrics"):
+                continue
+            key = (node.name, g.index)
+            if g.metrics.time > self._sampled.get(key, 0.0):
+                self._sampled[key] = g.metrics.time
+                self.history.setdefault(key, collections.deque(maxlen=HISTORY)).append(
+                    g.metrics.util_pct
+                )
+
     def reset(self) -> None:
+        # the history is kept: a reconnect resends the same samples, which are skipped
         self.nodes.clear()
         self.jobs.clear()
         self.synced = False

@@ -338,3 +338,35 @@ def test_shipped_acls_let_an_agent_write_only_its_own_topics(open_tmp: Path) -> 
         assert asyncio.run(run()) == ["gshare/v1/nodes/node0/status"]
     finally:
         broker.stop()
+
+
+async def test_top_shows_live_utilization_from_telemetry(
+    cluster_factory: Callable[..., Cluster], broker: Mosquitto, open_tmp: Path
+) -> None:
+    import io
+
+    from rich.console import Console
+
+    from tui.app import GshareTop
+    from tui.cluster import ClusterView
+
+    cluster = cluster_factory(config=config(broker), agents=1, gpus_per_node=2)
+    busy = cluster.submit("--gpus", "1", script(open_tmp, "busy.sh", BUSY))
+    cluster.wait_state(busy, "RUNNING")
+    app = GshareTop(cluster.address)
+    async with app.run_test(size=(100, 30)) as pilot:
+        deadline = time.monotonic() + 40
+        text = ""
+        while time.monotonic() < deadline:
+            await pilot.pause(0.5)
+            console = Console(width=100, record=True, file=io.StringIO())
+            console.print(app.query_one(ClusterView).render_cluster())
+            text = console.export_text()
+            history = app.model.history.get(("node0", 0), ())
+            if "U █████" in text and len(history) >= 3:
+                break
+        else:
+            raise AssertionError(f"no utilization bar over 50% and history in:\n{text}")
+        assert f"0 {busy} root" in text
+        assert "U ··········   0%" in text  # GPU 1 is free and idle
+        assert max(history) > 50  # the sparkline's data: samples as they came

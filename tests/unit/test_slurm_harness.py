@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from slurm_bridge._auth import inspect_token
-from tests import slurm
 from tests.slurm import SlurmCluster, SlurmMissing
 
 
@@ -21,7 +20,7 @@ def test_missing_slurm_binaries_point_to_scripts_setup(monkeypatch: pytest.Monke
     def which(name: str, path: str | None = None) -> str | None:
         return None if name in ("slurmrestd", "sbatch") else real_which(name, path=path)
 
-    monkeypatch.setattr(slurm.shutil, "which", which)
+    monkeypatch.setattr(shutil, "which", which)  # the module tests.slurm looks it up in
     with pytest.raises(SlurmMissing, match=r"need slurmrestd, sbatch .*run scripts/setup"):
         SlurmCluster(Path("/nonexistent")).start()
 

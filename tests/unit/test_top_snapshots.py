@@ -3,14 +3,46 @@ what the views show fails here. Update on purpose with: scripts/test --snapshot-
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from gshare.api import gshare_pb2 as pb
 from tui.app import GshareTop
 
+NOW = time.time()  # samples are fresh when drawn (stale ones are dimmed)
+UTIL_A = [97, 95, 99, 93, 71, 64, 0, 0]  # gpu-a: alice's 4, bob's 2, two free
 
-def gpu(i: int) -> pb.Gpu:
-    return pb.Gpu(index=i, uuid=f"GPU-{i}", model="NVIDIA H100 80GB HBM3", memory_mb=81559)
+
+def gpu(i: int, util: float | None = None, t: float = NOW, **kw: Any) -> pb.Gpu:
+    g = pb.Gpu(index=i, uuid=f"GPU-{i}", model="NVIDIA H100 80GB HBM3", memory_mb=81559, **kw)
+    if util is not None:
+        g.metrics.CopyFrom(
+            pb.GpuMetrics(
+                time=t,
+                util_pct=util,
+                mem_used_mb=int(util * 700),
+                mem_total_mb=81559,
+                temp_c=35 + util * 0.4,
+                power_w=70 + util * 6,
+            )
+        )
+    return g
+
+
+def node_a(step: int) -> pb.ClusterChange:
+    """gpu-a sampled `step` intervals ago: a rising, then steady, history."""
+    scale = max(0.0, 1 - step / 8)
+    return pb.ClusterChange(
+        node=pb.Node(
+            name="gpu-a",
+            state=pb.NODE_UP,
+            gpus=[gpu(i, u * scale, NOW - step * 5) for i, u in enumerate(UTIL_A)],
+            busy_gpus=[0, 1, 2, 3, 4, 5],
+            gpu_backend="nvml",
+            telemetry="online",
+            host_cpu_pct=38,
+        )
+    )
 
 
 def job(
@@ -43,23 +75,22 @@ def job(
 
 
 CHANGES = [
-    pb.ClusterChange(
-        node=pb.Node(
-            name="gpu-a",
-            state=pb.NODE_UP,
-            gpus=[gpu(i) for i in range(8)],
-            busy_gpus=[0, 1, 2, 3, 4, 5],
-            gpu_backend="nvml",
-        )
-    ),
+    *[node_a(step) for step in range(12, -1, -1)],
     pb.ClusterChange(
         node=pb.Node(
             name="gpu-b",
             state=pb.NODE_DRAINING,
-            gpus=[gpu(i) for i in range(4)],
+            gpus=[
+                gpu(0, 2.0, warnings=["pid 77, not a gshare job's, is on GPU 0"]),
+                gpu(1, 0.0, drained="double-bit ECC errors on GPU 1 (count 2) (telemetry)"),
+                gpu(2, 0.0),
+                gpu(3, 0.0),
+            ],
             busy_gpus=[0],
             gpu_backend="nvml",
             reason="drained by admin",
+            telemetry="online",
+            host_cpu_pct=3,
         )
     ),
     job(11, "resnet", "alice", pb.RUNNING, 4, "gpu-a", (0, 1, 2, 3)),
