@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -178,6 +180,30 @@ async def test_unknown_job_and_bad_partition(
         with pytest.raises(SlurmRejected, match="Invalid partition name"):
             await client.submit(spec(workdir, "true", partition="no-such-partition"))
     assert missing.value.job_id == 999_999
+
+
+async def test_ended_jobs_are_forgotten_after_min_job_age() -> None:
+    """What a hand-off must live with: slurmctld keeps an ended job for MinJobAge (plus up
+    to its next purge), then GET /jobs omits it and GET /job/ID answers error 2017."""
+    root = Path(tempfile.mkdtemp(prefix="gshare-slurm-age-"))  # munged needs o+x on parents
+    short = SlurmCluster(root, min_job_age=2).start()
+    try:
+        async with SlurmClient(short.url, "root", token=short.token(), retry=FAST_RETRY) as client:
+            work = short.workdir("age")
+            job_id = await client.submit(spec(work, "true", comment="aged"))
+            ended = await wait_job(client, job_id)
+            assert ended.state is JobState.COMPLETED
+            assert [j.job_id for j in await client.jobs()] == [job_id]  # still listed
+            deadline = time.monotonic() + 30
+            while await client.find_job_by_comment("aged") is not None:
+                assert time.monotonic() < deadline, "slurmctld kept the job past MinJobAge"
+                await asyncio.sleep(0.5)
+            assert await client.jobs() == []
+            with pytest.raises(SlurmJobNotFound):
+                await client.job(job_id)
+    finally:
+        short.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # ------------------------------------------------------------ tokens
