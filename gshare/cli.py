@@ -20,6 +20,7 @@ from gshare.api import gshare_pb2 as pb
 from gshare.client import Client, ClientError
 from gshare.jobscript import JobScript, ScriptError, read_script, wrap
 from gshare.timefmt import TimeFormatError, format_duration, parse_duration
+from tui.model import where
 
 INT32_MAX = 2**31 - 1
 LIVE = (
@@ -160,6 +161,11 @@ def _job_options(p: argparse.ArgumentParser) -> None:
         help="fail the job instead of restarting it after this many preemptions (-1: no limit)",
     )
     p.add_argument(
+        "--slurm",
+        choices=["never", "auto", "always"],
+        help="hand the job to Slurm: never, auto (the queue's rule; default) or always",
+    )
+    p.add_argument(
         "--checkpoint-dir",
         help="GSHARE_CHECKPOINT_DIR, kept across restarts; "
         "%%j is the job id (default: .gshare/checkpoints/job-%%j in the workdir)",
@@ -266,6 +272,7 @@ def build_spec(args: argparse.Namespace, environ: dict[str, str]) -> pb.JobSpec:
         no_preempt=bool(options.get("no_preempt")),
         max_restarts=options.get("max_restarts"),
         checkpoint_dir=options.get("checkpoint_dir") or "",
+        slurm=options.get("slurm") or "",
     )
 
 
@@ -313,6 +320,8 @@ def job_json(job: pb.Job) -> dict[str, Any]:
         "gpus_requested": job.spec.gpus,
         "gpus": [{"node": g.node, "index": g.index, "uuid": g.uuid} for g in job.gpus],
         "node": job.node or None,
+        "slurm_job_id": job.slurm_job_id or None,
+        "slurm_state": job.slurm_state or None,
         "time_limit_s": job.spec.time_limit_s or None,
         "submit_time": job.submit_time,
         "start_time": job.start_time or None,
@@ -484,7 +493,7 @@ def cmd_queue(client: Client, args: argparse.Namespace) -> int:
             j.spec.queue,
             _state(j),
             str(j.spec.gpus),
-            j.node or "-",
+            where(j),
             _runtime(j, now),
             _short(
                 _first_clause(j.reason) or ("" if j.state != pb.PENDING else "waiting for a cycle")
@@ -534,6 +543,7 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
         ),
         ("Checkpoints", f"{job.checkpoint_dir}; last {_when(job.last_checkpoint)}"),
         ("GPU use", _gpu_use(job)),
+        ("Slurm", _slurm_line(job)),
         ("Script", f"{job.spec.script_name} {' '.join(job.spec.args)}".strip()),
         ("Workdir", job.spec.workdir),
         ("Output", job.output_path),
@@ -547,6 +557,17 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
         why = f": {e.reason}" if e.reason else ""
         print(f"  {_when(e.time)}  {e.kind:<16} {move:<24} {e.actor}{why}")
     return 0
+
+
+def _slurm_line(job: pb.Job) -> str:
+    rule = {"": "the queue's rule", "never": "never", "always": "always"}.get(
+        job.spec.slurm, job.spec.slurm
+    )
+    if job.slurm_job_id:
+        return f"job {job.slurm_job_id}, {job.slurm_state or 'submitted'} (hand-off: {rule})"
+    if job.state == pb.HANDED_OFF:
+        return f"being submitted (hand-off: {rule})"
+    return f"not handed off (hand-off: {rule})"
 
 
 def _gpu_use(job: pb.Job) -> str:

@@ -29,6 +29,27 @@ class QueueConfig:
     idle_reclaim: bool = False
     idle_util_pct: float = 5.0
     idle_time_s: int = 1800
+    # hand-off to Slurm: "never", "when_idle_capacity_lacks" (after waiting slurm_after_s,
+    # while Slurm has free GPUs for the job) or "always"
+    slurm: str = "never"
+    slurm_after_s: int = 600
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    """The Slurm cluster jobs may be handed to, through slurmrestd."""
+
+    url: str = ""
+    user: str = ""  # X-SLURM-USER-NAME; jobs run as this user in Slurm
+    token: str = ""
+    token_file: str = ""
+    partition: str = ""
+    cluster_name: str = ""  # in each Slurm job's comment, so two gshares never mix jobs
+    poll_s: float = 5.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url)
 
 
 @dataclass(frozen=True)
@@ -78,6 +99,7 @@ class Config:
     default_account: str = "default"
     default_shares: float = 1.0
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
     telemetry_interval_s: float = 5.0  # the agents' sampling period
     fatal_xids: frozenset[int] = frozenset()  # empty: gshare.telemetry.FATAL_XIDS
     metrics_listen: str = ""  # HOST:PORT for the scheduler's /metrics; empty: off
@@ -127,7 +149,17 @@ def _duration(table: dict[str, Any], key: str, where: str) -> int:
 
 
 def parse_config(data: dict[str, Any], source: str) -> Config:
-    known = {"scheduler", "server", "store", "queues", "agent", "fairshare", "mqtt", "telemetry"}
+    known = {
+        "scheduler",
+        "server",
+        "store",
+        "queues",
+        "agent",
+        "fairshare",
+        "mqtt",
+        "telemetry",
+        "slurm",
+    }
     for key in data:
         if key not in known:
             raise ConfigError(
@@ -168,6 +200,10 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
         idle_time = _duration(table, "idle_time", qwhere) if "idle_time" in table else 1800
         if idle_time <= 0:
             raise ConfigError(f"{qwhere}: idle_time must be positive")
+        mode = _typed(table, "slurm", str, qwhere, "never")
+        if mode not in SLURM_MODES:
+            raise ConfigError(f"{qwhere}: slurm must be one of {', '.join(SLURM_MODES)}")
+        after = _duration(table, "slurm_after", qwhere) if "slurm_after" in table else 600
         queues[name] = QueueConfig(
             name,
             _duration(table, "default_time_limit", qwhere),
@@ -176,6 +212,8 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
             idle_reclaim=_typed(table, "idle_reclaim", bool, qwhere, False),
             idle_util_pct=idle_pct,
             idle_time_s=idle_time,
+            slurm=mode,
+            slurm_after_s=after,
         )
     if not queues:
         queues = {"default": QueueConfig("default")}
@@ -185,6 +223,9 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
     params = _typed(sched, "policy_params", dict, where, {})
     fair = _fairshare(_section(data, "fairshare", source), f"{source} [fairshare]")
     mqtt = _mqtt(_section(data, "mqtt", source), f"{source} [mqtt]")
+    slurm = _slurm(_section(data, "slurm", source), f"{source} [slurm]")
+    if slurm.url == "" and any(q.slurm != "never" for q in queues.values()):
+        raise ConfigError(f"{source}: a queue hands jobs to Slurm, but [slurm] has no url")
     tele = _section(data, "telemetry", source)
     twhere = f"{source} [telemetry]"
     _known_keys(tele, {"interval", "fatal_xids"}, twhere)
@@ -220,6 +261,7 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
         default_queue=default_queue,
         source=source,
         mqtt=mqtt,
+        slurm=slurm,
         telemetry_interval_s=interval,
         fatal_xids=frozenset(xids),
         metrics_listen=metrics_listen,
@@ -230,6 +272,30 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
     )
 
 
+SLURM_MODES = ("never", "when_idle_capacity_lacks", "always")
+
+
+def _slurm(table: dict[str, Any], where: str) -> SlurmConfig:
+    keys = {"url", "user", "token", "token_file", "partition", "cluster_name", "poll"}
+    _known_keys(table, keys, where)
+    values = {k: _typed(table, k, str, where, "") for k in keys - {"poll"}}
+    poll = float(_duration(table, "poll", where)) if "poll" in table else 5.0
+    if poll <= 0:
+        raise ConfigError(f"{where}: poll must be at least 1s")
+    if values["url"]:
+        if not values["url"].startswith(("http://", "https://")):
+            raise ConfigError(f"{where}: url must be http://HOST:PORT or https://HOST:PORT")
+        if not values["user"]:
+            raise ConfigError(f"{where}: user is needed (jobs run as this Slurm user)")
+        if not values["token"] and not values["token_file"]:
+            raise ConfigError(f"{where}: give token or token_file (see: scontrol token)")
+    if values["token"] and values["token_file"]:
+        raise ConfigError(f"{where}: give token or token_file, not both")
+    if values["token_file"] and not Path(values["token_file"]).is_file():
+        raise ConfigError(f"{where}: token_file {values['token_file']} does not exist")
+    return SlurmConfig(poll_s=poll, **values)
+
+
 _QUEUE_KEYS = {
     "default_time_limit",
     "max_time_limit",
@@ -237,6 +303,8 @@ _QUEUE_KEYS = {
     "idle_reclaim",
     "idle_util_pct",
     "idle_time",
+    "slurm",
+    "slurm_after",
 }
 
 

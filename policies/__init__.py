@@ -8,12 +8,14 @@ from policies.registry import Policy, PolicyError, available_policies, make_poli
 from policies.snapshot import (
     ClusterSnapshot,
     GpuSlot,
+    Handoff,
     NodeView,
     Part,
     PendingJob,
     Plan,
     Preemption,
     RunningJob,
+    SlurmCapacity,
     Start,
 )
 
@@ -24,6 +26,7 @@ __all__ = [
     "FairTree",
     "FreeMap",
     "GpuSlot",
+    "Handoff",
     "Knobs",
     "NodeView",
     "Part",
@@ -34,6 +37,7 @@ __all__ = [
     "PolicyError",
     "Preemption",
     "RunningJob",
+    "SlurmCapacity",
     "Standing",
     "Start",
     "available_policies",

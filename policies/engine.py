@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from policies.handoff import choose_handoffs
 from policies.placement import FreeMap, Placement
 from policies.preemption import ClaimRule, choose_victims
 from policies.snapshot import ClusterSnapshot, PendingJob, Plan, Preemption, RunningJob, Start
@@ -216,6 +217,8 @@ def decide(
     for position, job in enumerate(ranked, start=1):
         if job.job_id in started:
             continue
+        if job.handoff_after_s == 0 and snapshot.slurm is not None:
+            continue  # it goes to Slurm, not here (policies/handoff.py)
         if job.gpus > free.total or not free.nodes:
             if explain:  # cannot run here now, and so blocks no one
                 note(job, position, why_not_placed(job, free))
@@ -262,4 +265,5 @@ def decide(
         if explain:
             note(job, position, f"{ordinal(position)} in line, {why}")
     order = tuple(j.job_id for j in ranked)
-    return Plan(tuple(starts), MappingProxyType(reasons), tuple(preemptions), order)
+    plan = Plan(tuple(starts), MappingProxyType(reasons), tuple(preemptions), order)
+    return choose_handoffs(snapshot, plan)

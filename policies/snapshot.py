@@ -53,6 +53,9 @@ class PendingJob:
     # the node whose GPUs were freed for this job by preempting others: it starts there
     # first, before anyone else, and no one else may take that node while it waits
     claimed_node: str = ""
+    # may it go to Slurm: -1 never, 0 as soon as Slurm answers, T after waiting T seconds
+    # (and only while Slurm has free GPUs for it); see policies/handoff.py
+    handoff_after_s: float = -1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,15 @@ class RunningJob:
 
 
 @dataclass(frozen=True, slots=True)
+class SlurmCapacity:
+    """What the Slurm cluster jobs may be handed to looked like, at its last poll."""
+
+    reachable: bool
+    free_gpus: tuple[int, ...] = ()  # per node of the configured partition
+    detail: str = ""  # why it is not reachable
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterSnapshot:
     now: float
     nodes: tuple[NodeView, ...]
@@ -88,6 +100,7 @@ class ClusterSnapshot:
     running: tuple[RunningJob, ...] = ()
     accounts: AccountTree = field(default_factory=AccountTree.flat)
     usage: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    slurm: SlurmCapacity | None = None  # None: no Slurm to hand jobs to
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +126,12 @@ class Preemption:
     node: str = ""  # where the GPUs are freed
 
 
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    job_id: int
+    reason: str
+
+
 def _frozen_reasons() -> Mapping[int, str]:
     return MappingProxyType({})
 
@@ -129,6 +148,7 @@ class Plan:
     reasons: Mapping[int, str] = field(default_factory=_frozen_reasons)
     preemptions: tuple[Preemption, ...] = ()
     order: tuple[int, ...] = ()
+    handoffs: tuple[Handoff, ...] = ()
 
     def position(self, job_id: int) -> int:
         """1-based place in line, 0 if the job was not pending."""

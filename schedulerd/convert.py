@@ -33,6 +33,7 @@ def spec_of(job: JobRecord, script: bytes = b"") -> pb.JobSpec:
         no_preempt=job.no_preempt,
         max_restarts=job.max_restarts,
         checkpoint_dir=job.checkpoint_dir,
+        slurm=job.slurm,
     )
 
 
@@ -64,6 +65,8 @@ def job_to_pb(job: JobRecord, events: list[EventRecord] | None = None, position:
         last_checkpoint=job.last_checkpoint,
         checkpoint_dir=job.checkpoint_path,
         preemptions=job.preemptions,
+        slurm_job_id=job.slurm_job_id,
+        slurm_state=job.slurm_state,
         events=[
             pb.JobEvent(
                 seq=e.seq,

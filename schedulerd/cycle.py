@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 
 from gshare.config import Config
@@ -20,6 +20,7 @@ from policies import (
     PendingJob,
     Plan,
     RunningJob,
+    SlurmCapacity,
 )
 from schedulerd.jobstate import JobState
 from schedulerd.model import JobRecord, NodeRecord
@@ -34,6 +35,8 @@ def take_snapshot(
     cache: dict[int, tuple[JobRecord, PendingJob]] | None = None,
     accounts: AccountTree | None = None,
     usage: Mapping[str, float] | None = None,
+    slurm: SlurmCapacity | None = None,
+    handoff_after: Callable[[JobRecord], float] | None = None,
 ) -> ClusterSnapshot:
     """`cache` caches each pending job's frozen view while its record is the same object
     (records are replaced on every change), so a long queue costs little to snapshot."""
@@ -83,6 +86,7 @@ def take_snapshot(
                 preemptible=not job.no_preempt,
                 restarts=job.restarts,
                 claimed_node=job.claimed_node,
+                handoff_after_s=handoff_after(job) if handoff_after is not None else -1.0,
             )
             cache[job.job_id] = (job, view)
             pending.append(view)
@@ -122,6 +126,7 @@ def take_snapshot(
         tuple(running),
         accounts or AccountTree.flat(),
         MappingProxyType(dict(usage or {})),
+        slurm,
     )
 
 

@@ -22,6 +22,7 @@ from gshare.config import Config
 from gshare.timefmt import format_duration
 from policies import FairTree, PendingJob, Plan, Policy, decayed_usage, fair_tree
 from schedulerd import cycle
+from schedulerd.handoff import SlurmLink
 from schedulerd.jobstate import JobState
 from schedulerd.model import EventRecord, GpuInfo, JobRecord, NodeRecord, NodeState
 from schedulerd.peercred import Caller
@@ -92,6 +93,7 @@ class Scheduler:
         self._cycle_at = time.monotonic()
         self.on_cycle: Callable[[float], None] | None = None  # metrics: the cycle's seconds
         self.on_start: Callable[[JobRecord, float], None] | None = None  # metrics: queue wait
+        self.slurm: SlurmLink | None = None
 
     # ------------------------------------------------------------ life
 
@@ -118,10 +120,16 @@ class Scheduler:
         if self.config.mqtt.enabled:
             intake = TelemetryIntake(self.config.mqtt, self.telemetry, self.on_telemetry)
             self._tasks.append(asyncio.create_task(intake.run(), name="telemetry"))
+        if self.config.slurm.enabled:
+            self.slurm = SlurmLink.from_config(self.config.slurm, self)
+            self._tasks.append(asyncio.create_task(self.slurm.run(), name="slurm"))
 
     async def stop(self) -> None:
         with contextlib.suppress(Exception):
             await self.save_usage()
+        if self.slurm is not None:
+            with contextlib.suppress(Exception):
+                await self.slurm.client.aclose()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -273,7 +281,11 @@ class Scheduler:
         if queue is None:
             known = ", ".join(sorted(self.config.queues))
             raise Refused(f"unknown queue {queue_name!r} (queues: {known})")
-        if self.nodes:
+        if spec.slurm not in ("", "auto", "never", "always"):
+            raise Refused(f"--slurm must be never, auto or always, not {spec.slurm!r}")
+        if spec.slurm == "always" and not self.config.slurm.enabled:
+            raise Refused("--slurm always: this scheduler has no Slurm cluster ([slurm] url)")
+        if self.nodes and spec.slurm != "always":
             widest = max(len(n.gpus) for n in self.nodes.values())
             if spec.gpus > widest:
                 raise Refused(
@@ -342,6 +354,7 @@ class Scheduler:
             if spec.HasField("max_restarts")
             else self.config.max_restarts,
             checkpoint_dir=spec.checkpoint_dir,
+            slurm="" if spec.slurm == "auto" else spec.slurm,
         )
 
     async def submit(self, caller: Caller, spec: pb.JobSpec) -> int:
@@ -426,7 +439,21 @@ class Scheduler:
         async with self.lock:
             job = await self._owned(caller, job_id)
             why = f"cancelled by {caller.user}"
-            if job.state in (JobState.PENDING, JobState.HELD, JobState.LOST, JobState.HANDED_OFF):
+            if job.state in (JobState.HANDED_OFF, JobState.RUNNING_REMOTE):
+                if job.end_request:
+                    return job
+                job = await self.annotate(
+                    job,
+                    "cancel_requested",
+                    caller.user,
+                    why + "; cancelling it in Slurm",
+                    ("end_request", JobState.CANCELLED.value),
+                    ("reason", why + "; cancelling it in Slurm"),
+                )
+                if self.slurm is not None:
+                    self.slurm.kick()
+                return job
+            if job.state in (JobState.PENDING, JobState.HELD, JobState.LOST):
                 [job] = await self.change(
                     [
                         Change(
@@ -535,6 +562,8 @@ class Scheduler:
                 self._views,
                 self.accounts,
                 self.usage,
+                self.slurm.capacity if self.slurm is not None else None,
+                self.handoff_after,
             )
             plan = self.policy.decide(snapshot)
             decided = time.perf_counter() - t0
@@ -548,6 +577,23 @@ class Scheduler:
                     )
             started = await self.change(cycle.start_changes(plan, self.nodes, now))
             await self._apply_preemptions(plan)
+            if plan.handoffs:
+                await self.change(
+                    [
+                        Change(
+                            h.job_id,
+                            JobState.HANDED_OFF,
+                            "handoff",
+                            "scheduler",
+                            h.reason,
+                            (("reason", "being handed to Slurm"),),
+                        )
+                        for h in plan.handoffs
+                        if h.job_id in self.jobs and self.jobs[h.job_id].state is JobState.PENDING
+                    ]
+                )
+                if self.slurm is not None:
+                    self.slurm.kick()
             changed = {
                 job_id: reason
                 for job_id, reason in reasons.items()
@@ -601,6 +647,22 @@ class Scheduler:
             self.usage_at = now
         for user, seconds in self.telemetry.take_idle().items():
             self.idle_usage[user] = self.idle_usage.get(user, 0.0) + seconds
+
+    def charge(self, user: str, gpu_seconds: float) -> None:
+        """Put GPU time used elsewhere (a handed-off job in Slurm) in the ledger, now."""
+        self.accrue_usage(self.clock())
+        self.usage[user] = self.usage.get(user, 0.0) + gpu_seconds
+
+    def handoff_after(self, job: JobRecord) -> float:
+        """The job's hand-off rule for the policies: -1 never, 0 at once, T after T s."""
+        if self.slurm is None or job.slurm == "never":
+            return -1.0
+        if job.slurm == "always":
+            return 0.0
+        queue = self.config.queues.get(job.queue)
+        if queue is None or queue.slurm == "never":
+            return -1.0
+        return 0.0 if queue.slurm == "always" else float(max(1, queue.slurm_after_s))
 
     async def save_usage(self) -> None:
         self.accrue_usage(self.clock())

@@ -49,6 +49,11 @@ class JobRecord:
     preemptions: int = 0
     preempted_for: int = 0  # while PREEMPTING: the job it yields to (0: asked by hand)
     claimed_node: str = ""  # while PENDING after preempting others: where its GPUs are
+    # hand-off to Slurm
+    slurm: str = ""  # the job's rule: "", "never" or "always" ("": its queue's rule)
+    slurm_job_id: int = 0
+    slurm_state: str = ""
+    slurm_charged_until: float = 0.0  # its Slurm GPU time is in the ledger up to here
 
     @property
     def checkpoint_path(self) -> str:

@@ -79,6 +79,10 @@ class JobRow(Base):
     preemptions: Mapped[int] = mapped_column(Integer, default=0)
     preempted_for: Mapped[int] = mapped_column(Integer, default=0)
     claimed_node: Mapped[str] = mapped_column(String(255), default="")
+    slurm: Mapped[str] = mapped_column(String(16), default="")
+    slurm_job_id: Mapped[int] = mapped_column(Integer, default=0)
+    slurm_state: Mapped[str] = mapped_column(String(32), default="")
+    slurm_charged_until: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 class EventRow(Base):
@@ -279,6 +283,15 @@ class Store:
                 )
                 out.append(_record(row))
         return out
+
+    def set_fields(self, job_id: int, values: dict[str, Any]) -> None:
+        """Fields that change often and need no event (a handed-off job's Slurm state)."""
+        with self._session.begin() as session:
+            row = session.get(JobRow, job_id)
+            if row is None:
+                raise StoreError(f"no job {job_id}")
+            for key, value in values.items():
+                setattr(row, key, value)
 
     def job(self, job_id: int) -> JobRecord | None:
         with self._session() as session:

@@ -77,6 +77,11 @@ class job:
         self._job = replace(self._job, time_limit_s=seconds)
         return self
 
+    def handoff(self, after_s: float) -> job:
+        """May go to Slurm: 0 at once, T after waiting T seconds."""
+        self._job = replace(self._job, handoff_after_s=after_s)
+        return self
+
     def build(self) -> PendingJob:
         return self._job
 

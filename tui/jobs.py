@@ -15,7 +15,7 @@ from textual.widgets import DataTable, Input, Static
 
 from gshare.api import gshare_pb2 as pb
 from gshare.timefmt import format_duration
-from tui.model import FINAL, ClusterModel, state_name, user_colour
+from tui.model import FINAL, ClusterModel, state_name, user_colour, where
 
 COLUMNS = ("id", "name", "user", "queue", "state", "GPUs", "node", "runtime", "reason")
 STATE_FILTERS = ("live", "pending", "running", "ended", "all")
@@ -105,7 +105,7 @@ class JobsView(Vertical):
                     job.spec.name,
                     job.user,
                     job.spec.queue,
-                    job.node,
+                    where(job),
                     job.reason,
                     state,
                 )
@@ -122,7 +122,7 @@ class JobsView(Vertical):
             job.spec.queue,
             Text(state, style=STATE_STYLE.get(state, "")),
             str(job.spec.gpus),
-            job.node or "-",
+            where(job),
             runtime(job, now),
             job.reason.split(";", 1)[0],
         ]

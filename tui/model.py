@@ -31,6 +31,15 @@ def user_colour(user: str) -> str:
     return PALETTE[hashlib.blake2s(user.encode()).digest()[0] % len(PALETTE)]
 
 
+def where(job: pb.Job) -> str:
+    """Where a job runs: its node, or for a job handed off, its Slurm job id."""
+    if job.slurm_job_id and not job.node:
+        return f"slurm#{job.slurm_job_id}"
+    if job.slurm_job_id:
+        return f"{job.node}#{job.slurm_job_id}"
+    return job.node or "-"
+
+
 def state_name(job: pb.Job) -> str:
     return pb.JobState.Name(job.state)
 

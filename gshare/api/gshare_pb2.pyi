@@ -118,6 +118,7 @@ class JobSpec(_message.Message):
     NO_PREEMPT_FIELD_NUMBER: _builtins.int
     MAX_RESTARTS_FIELD_NUMBER: _builtins.int
     CHECKPOINT_DIR_FIELD_NUMBER: _builtins.int
+    SLURM_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     queue: _builtins.str
     """empty: the default queue"""
@@ -143,6 +144,8 @@ class JobSpec(_message.Message):
     """-1: no limit; absent: the scheduler's default"""
     checkpoint_dir: _builtins.str
     """empty: <workdir>/.gshare/checkpoints/job-<id>"""
+    slurm: _builtins.str
+    """hand-off to Slurm: "never", "always", or "" / "auto" (the queue's rule)"""
     @_builtins.property
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -168,10 +171,11 @@ class JobSpec(_message.Message):
         no_preempt: _builtins.bool = ...,
         max_restarts: _builtins.int | None = ...,
         checkpoint_dir: _builtins.str = ...,
+        slurm: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts", "max_restarts", b"max_restarts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts", "args", b"args", "checkpoint_dir", b"checkpoint_dir", "cpus", b"cpus", "env", b"env", "gpus", b"gpus", "grace_s", b"grace_s", "max_restarts", b"max_restarts", "mem_mb", b"mem_mb", "name", b"name", "no_preempt", b"no_preempt", "output", b"output", "preempt_signal", b"preempt_signal", "priority", b"priority", "queue", b"queue", "script", b"script", "script_name", b"script_name", "time_limit_s", b"time_limit_s", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts", "args", b"args", "checkpoint_dir", b"checkpoint_dir", "cpus", b"cpus", "env", b"env", "gpus", b"gpus", "grace_s", b"grace_s", "max_restarts", b"max_restarts", "mem_mb", b"mem_mb", "name", b"name", "no_preempt", b"no_preempt", "output", b"output", "preempt_signal", b"preempt_signal", "priority", b"priority", "queue", b"queue", "script", b"script", "script_name", b"script_name", "slurm", b"slurm", "time_limit_s", b"time_limit_s", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_restarts: _TypeAlias = _typing.Literal["max_restarts"]  # noqa: Y015
     _WhichOneofArgType__max_restarts: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts"]  # noqa: Y015
@@ -274,6 +278,8 @@ class Job(_message.Message):
     IDLE_S_FIELD_NUMBER: _builtins.int
     IDLE_GPU_S_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
+    SLURM_JOB_ID_FIELD_NUMBER: _builtins.int
+    SLURM_STATE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     state: Global___JobState.ValueType
     user: _builtins.str
@@ -310,6 +316,10 @@ class Job(_message.Message):
     """how long its GPUs have been under the idle threshold"""
     idle_gpu_s: _builtins.float
     """GPU-seconds it held idle in all"""
+    slurm_job_id: _builtins.int
+    """handed off: its job id in Slurm (0: not yet submitted)"""
+    slurm_state: _builtins.str
+    """handed off: its state as Slurm last reported it"""
     @_builtins.property
     def spec(self) -> Global___JobSpec:
         """script bytes left out of listings"""
@@ -356,10 +366,12 @@ class Job(_message.Message):
         idle_s: _builtins.float = ...,
         idle_gpu_s: _builtins.float = ...,
         warnings: _abc.Iterable[_builtins.str] | None = ...,
+        slurm_job_id: _builtins.int = ...,
+        slurm_state: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_dir", b"checkpoint_dir", "end_time", b"end_time", "events", b"events", "exit_code", b"exit_code", "exit_signal", b"exit_signal", "gid", b"gid", "gpu_mem_peak_mb", b"gpu_mem_peak_mb", "gpu_util_avg", b"gpu_util_avg", "gpu_util_now", b"gpu_util_now", "gpus", b"gpus", "has_exit", b"has_exit", "has_gpu_stats", b"has_gpu_stats", "idle_gpu_s", b"idle_gpu_s", "idle_s", b"idle_s", "job_id", b"job_id", "last_checkpoint", b"last_checkpoint", "node", b"node", "output_path", b"output_path", "position", b"position", "preemptions", b"preemptions", "reason", b"reason", "restarts", b"restarts", "spec", b"spec", "start_time", b"start_time", "state", b"state", "submit_time", b"submit_time", "uid", b"uid", "user", b"user", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_dir", b"checkpoint_dir", "end_time", b"end_time", "events", b"events", "exit_code", b"exit_code", "exit_signal", b"exit_signal", "gid", b"gid", "gpu_mem_peak_mb", b"gpu_mem_peak_mb", "gpu_util_avg", b"gpu_util_avg", "gpu_util_now", b"gpu_util_now", "gpus", b"gpus", "has_exit", b"has_exit", "has_gpu_stats", b"has_gpu_stats", "idle_gpu_s", b"idle_gpu_s", "idle_s", b"idle_s", "job_id", b"job_id", "last_checkpoint", b"last_checkpoint", "node", b"node", "output_path", b"output_path", "position", b"position", "preemptions", b"preemptions", "reason", b"reason", "restarts", b"restarts", "slurm_job_id", b"slurm_job_id", "slurm_state", b"slurm_state", "spec", b"spec", "start_time", b"start_time", "state", b"state", "submit_time", b"submit_time", "uid", b"uid", "user", b"user", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
