@@ -46,6 +46,9 @@ class SlurmConfig:
     partition: str = ""
     cluster_name: str = ""  # in each Slurm job's comment, so two gshares never mix jobs
     poll_s: float = 5.0
+    # "owner": each job runs in Slurm as its gshare owner (the token must be root's or
+    # SlurmUser's, which may act for anyone); "user": every job runs as `user`
+    submit_as: str = "owner"
 
     @property
     def enabled(self) -> bool:
@@ -276,9 +279,12 @@ SLURM_MODES = ("never", "when_idle_capacity_lacks", "always")
 
 
 def _slurm(table: dict[str, Any], where: str) -> SlurmConfig:
-    keys = {"url", "user", "token", "token_file", "partition", "cluster_name", "poll"}
+    keys = {"url", "user", "token", "token_file", "partition", "cluster_name", "poll", "submit_as"}
     _known_keys(table, keys, where)
-    values = {k: _typed(table, k, str, where, "") for k in keys - {"poll"}}
+    values = {k: _typed(table, k, str, where, "") for k in keys - {"poll", "submit_as"}}
+    submit_as = _typed(table, "submit_as", str, where, "owner")
+    if submit_as not in ("owner", "user"):
+        raise ConfigError(f"{where}: submit_as must be owner or user")
     poll = float(_duration(table, "poll", where)) if "poll" in table else 5.0
     if poll <= 0:
         raise ConfigError(f"{where}: poll must be at least 1s")
@@ -293,7 +299,7 @@ def _slurm(table: dict[str, Any], where: str) -> SlurmConfig:
         raise ConfigError(f"{where}: give token or token_file, not both")
     if values["token_file"] and not Path(values["token_file"]).is_file():
         raise ConfigError(f"{where}: token_file {values['token_file']} does not exist")
-    return SlurmConfig(poll_s=poll, **values)
+    return SlurmConfig(poll_s=poll, submit_as=submit_as, **values)
 
 
 _QUEUE_KEYS = {

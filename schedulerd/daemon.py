@@ -127,14 +127,13 @@ class Scheduler:
     async def stop(self) -> None:
         with contextlib.suppress(Exception):
             await self.save_usage()
-        if self.slurm is not None:
-            with contextlib.suppress(Exception):
-                await self.slurm.client.aclose()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.slurm is not None:
+            await self.slurm.aclose()
         for q in list(self.watchers):
             q.put_nowait(None)
         self._db_thread.shutdown(wait=True)

@@ -66,16 +66,26 @@ class SlurmLink:
         self.capacity = SlurmCapacity(False, (), "not contacted yet")
         self.problem = ""  # the last error, while there is one
         self._wake = asyncio.Event()
+        self._owners: dict[str, SlurmClient] = {}  # submit_as = "owner": a client per user
 
     @classmethod
     def from_config(cls, config: SlurmConfig, scheduler: Scheduler) -> SlurmLink:
-        client = SlurmClient(
-            config.url,
-            config.user,
-            token=config.token or None,
-            token_file=config.token_file or None,
-        )
-        return cls(config, scheduler, client)
+        return cls(config, scheduler, _client(config, config.user))
+
+    def submitter(self, owner: str) -> SlurmClient:
+        """Who submits: the job's owner (named in X-SLURM-USER-NAME, on the configured
+        root/SlurmUser token) or the configured user."""
+        if self.config.submit_as != "owner" or owner == self.config.user:
+            return self.client
+        client = self._owners.get(owner)
+        if client is None:
+            client = self._owners[owner] = _client(self.config, owner)
+        return client
+
+    async def aclose(self) -> None:
+        for client in [self.client, *self._owners.values()]:
+            with contextlib.suppress(Exception):
+                await client.aclose()
 
     def comment(self, job_id: int) -> str:
         return f"gshare:{self.cluster}:{job_id}"
@@ -184,7 +194,7 @@ class SlurmLink:
             partition=self.config.partition or None,
         )
         try:
-            slurm_id = await self.client.submit(spec)
+            slurm_id = await self.submitter(job.user).submit(spec)
         except SlurmRejected as exc:
             why = f"Slurm refused it: {exc}; it stays here and will not be handed off again"
             async with self.s.lock:
@@ -307,6 +317,12 @@ class SlurmLink:
                 if remote.start_time and current.state is JobState.HANDED_OFF:
                     fields.append(("node", f"slurm:{','.join(remote.nodes)}"))
             await self.s.change([Change(job.job_id, end, "end", "slurm", why, tuple(fields))])
+
+
+def _client(config: SlurmConfig, user: str) -> SlurmClient:
+    return SlurmClient(
+        config.url, user, token=config.token or None, token_file=config.token_file or None
+    )
 
 
 def _end_reason(remote: SlurmJob) -> str:

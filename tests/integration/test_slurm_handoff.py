@@ -224,3 +224,16 @@ def test_a_bad_token_leaves_the_job_waiting_with_a_clear_reason(
     for f in token_files:
         f.write_text(slurm_cluster.token("root") + "\n")
     cluster.wait_state(job_id, "COMPLETED", timeout=60)
+
+
+def test_a_job_runs_in_slurm_as_its_owner(
+    cluster_factory: Callable[..., Cluster], slurm_cluster: SlurmCluster, open_tmp: Path
+) -> None:
+    cluster, name = make(cluster_factory, slurm_cluster, open_tmp)
+    work = slurm_cluster.workdir(name)
+    job_id = cluster.submit(
+        "--slurm", "always", "--gpus", "1", "--wrap", "id -un", cwd=work, user="nobody"
+    )
+    done = cluster.wait_state(job_id, "COMPLETED", timeout=60)
+    assert Path(done.output_path).read_text().strip() == "nobody"
+    assert Path(done.output_path).stat().st_uid == 65534
