@@ -13,10 +13,11 @@ submitting (a "route"):
      second or two here: a submit right after the previous job ended would always land
      at the same point of it).
 
-Routes today: `sbatch` (the command line, one process per job) and `SlurmClient.submit`
-(the bridge's REST client). Each is a `Route` with two functions; to add `gsub` or
-gsub → hand-off → running in Slurm, write those two functions and append a `Route` to
-`routes()`. Figures are printed as a table with ratios to `sbatch`.
+Routes: `sbatch` (the command line, one process per job), `SlurmClient.submit` (the
+bridge's REST client), `gsub` to a gshare scheduler with one local agent (four fake GPUs,
+on the same machine), and `gsub --slurm always`: gshare hands the job to the same Slurm
+(the hand-off overhead is its latency against sbatch's). Each is a `Route` with two
+functions. Figures are printed as a table with ratios to `sbatch`.
 
 Usage: .venv/bin/python bench/slurm_peers.py [--jobs 200] [--samples 9]
 """
@@ -40,6 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from slurm_bridge import SlurmClient, SlurmJobSpec
+from tests.cluster import BIN, Cluster
 from tests.slurm import SlurmCluster, wait_for
 
 
@@ -177,6 +179,79 @@ async def rest_latency(cluster: SlurmCluster, samples: int) -> Latency:
     return Latency(found)
 
 
+# ------------------------------------------------------------ gsub (local, and handed off)
+
+GSHARE: dict[str, Cluster] = {}
+
+
+def start_gshare(slurm: SlurmCluster, root: Path) -> Cluster:
+    token = root / "slurm.token"
+    token.write_text(slurm.token("root") + "\n")
+    root.chmod(0o755)
+    config = f"""
+[scheduler]
+kill_grace_s = 3
+
+[slurm]
+url = "{slurm.url}"
+user = "root"
+token_file = "{token}"
+partition = "debug"
+cluster_name = "bench"
+poll = "1s"
+"""
+    cluster = Cluster(root / "gshare", gpus_per_node=4, agents=1, config=config)
+    (root / "gshare").mkdir()
+    GSHARE["cluster"] = cluster.start()
+    return cluster
+
+
+def gsub(args: list[str], cwd: Path) -> None:
+    cluster = GSHARE["cluster"]
+    res = cluster.run([str(BIN / "gsub"), *args], cwd=cwd, timeout=60)
+    if res.code != 0:
+        raise RuntimeError(f"gsub failed: {res.err}")
+
+
+def _gsub_throughput(extra: list[str]) -> Callable[[SlurmCluster, int], Awaitable[Throughput]]:
+    async def run(cluster: SlurmCluster, jobs: int) -> Throughput:
+        work = cluster.workdir("bench-gsub")
+        each = []
+        started = time.perf_counter()
+        for _ in range(jobs):
+            t = time.perf_counter()
+            gsub([*extra, "--name", "bench", "--output", "/dev/null", "--wrap", "true"], work)
+            each.append(time.perf_counter() - t)
+        wall = time.perf_counter() - started
+        with GSHARE["cluster"].client() as c:  # let the local ones finish before the next route
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and any(
+                j.state in (1, 3, 4) for j in c.jobs(include_finished=False)
+            ):
+                await asyncio.sleep(0.5)
+        return Throughput(jobs, wall, 1000 * statistics.median(each))
+
+    return run
+
+
+def _gsub_latency(extra: list[str]) -> Callable[[SlurmCluster, int], Awaitable[Latency]]:
+    async def run(cluster: SlurmCluster, samples: int) -> Latency:
+        work = cluster.workdir("bench-gsub")
+        found = []
+        for i in range(samples):
+            settle(cluster)
+            marker = work / f"running-{time.monotonic_ns()}"
+            script = work / f"gjob-{i}.sh"
+            script.write_text(marker_script(marker))
+            script.chmod(0o755)
+            t0 = time.time()
+            gsub([*extra, "--output", "/dev/null", str(script)], work)
+            found.append(await wait_marker(marker) - t0)
+        return Latency(found)
+
+    return run
+
+
 # ------------------------------------------------------------ the table
 
 
@@ -184,6 +259,12 @@ def routes() -> list[Route]:
     return [
         Route("sbatch --wrap true", sbatch_throughput, sbatch_latency),
         Route("SlurmClient.submit (REST)", rest_throughput, rest_latency),
+        Route("gsub (local agent)", _gsub_throughput([]), _gsub_latency([])),
+        Route(
+            "gsub --slurm always",
+            _gsub_throughput(["--slurm", "always"]),
+            _gsub_latency(["--slurm", "always"]),
+        ),
     ]
 
 
@@ -237,9 +318,12 @@ def main() -> None:
     cluster = SlurmCluster(root)
     try:
         cluster.start()
+        start_gshare(cluster, root / "gs")
         rows = asyncio.run(measure(cluster, args.jobs, args.samples))
         baseline_ms = spawn_baseline(cluster, args.jobs)
     finally:
+        if "cluster" in GSHARE:
+            GSHARE.pop("cluster").stop()
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
     print(
