@@ -370,3 +370,87 @@ async def test_top_shows_live_utilization_from_telemetry(
         assert f"0 {busy} root" in text
         assert "U ··········   0%" in text  # GPU 1 is free and idle
         assert max(history) > 50  # the sparkline's data: samples as they came
+
+
+def test_tls_with_a_password_reaches_mosquitto(open_tmp: Path) -> None:
+    """mqtts:// with the broker's CA and a password: what [mqtt] ca_file is for."""
+    from gshare.config import MqttConfig
+    from gshare.mqtt import make_client
+
+    pki = open_tmp / "pki"
+    pki.mkdir()
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=pki, check=True, capture_output=True)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "broker.key",
+        "-out",
+        "broker.csr",
+    )
+    (pki / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "broker.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "broker.crt",
+    )
+    passwd = open_tmp / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), "gpu01", "pw1"], check=True)
+    broker = Mosquitto(
+        open_tmp / "tls-broker",
+        extra_config=f"allow_anonymous false\npassword_file {passwd}\n"
+        f"certfile {pki / 'broker.crt'}\nkeyfile {pki / 'broker.key'}\n",
+    ).start()
+    try:
+        url = f"mqtts://127.0.0.1:{broker.port}"
+        good = MqttConfig(url=url, username="gpu01", password="pw1", ca_file=str(pki / "ca.crt"))
+
+        async def roundtrip(config: MqttConfig) -> bytes:
+            async with make_client(config, "test-tls") as c:
+                await c.subscribe("gshare/v1/nodes/gpu01/status", qos=1)
+                await c.publish("gshare/v1/nodes/gpu01/status", b"over tls", qos=1)
+                async with asyncio.timeout(5):
+                    async for msg in c.messages:
+                        return bytes(msg.payload)  # type: ignore[arg-type]
+            return b""
+
+        assert asyncio.run(roundtrip(good)) == b"over tls"
+        # without the broker's CA, the certificate is not trusted: no connection
+        with pytest.raises(aiomqtt.MqttError):
+            asyncio.run(roundtrip(MqttConfig(url=url, username="gpu01", password="pw1")))
+    finally:
+        broker.stop()
