@@ -35,7 +35,8 @@ async def serve(host: str, port: int, ready_file: str = "") -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"gshare broker listening on mqtt://{host}:{port}", flush=True)
+    if not ready_file:  # run by hand; under gshare up, the ready file says it
+        print(f"gshare broker listening on mqtt://{host}:{port}", flush=True)
     await stop.wait()
     with contextlib.suppress(Exception):
         await broker.shutdown()

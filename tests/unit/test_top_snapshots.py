@@ -3,13 +3,12 @@ what the views show fails here. Update on purpose with: scripts/test --snapshot-
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from gshare.api import gshare_pb2 as pb
 from tui.app import GshareTop
 
-NOW = time.time()  # samples are fresh when drawn (stale ones are dimmed)
+NOW = 4_000_000_000.0  # samples from the future are never stale (stale ones are dimmed)
 UTIL_A = [97, 95, 99, 93, 71, 64, 0, 0]  # gpu-a: alice's 4, bob's 2, two free
 
 
