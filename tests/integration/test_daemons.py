@@ -200,6 +200,8 @@ def test_gshare_up_runs_a_cluster_until_interrupted(open_tmp: Path, workdir: Pat
         assert first.startswith("gshare is up:") and "2 node(s)" in first and "4 GPUs" in first, (
             first
         )
+        telemetry_line = up.stdout.readline()
+        assert telemetry_line.startswith("  telemetry: mqtt://127.0.0.1:"), telemetry_line
         env_line = up.stdout.readline()
         assert f"GSHARE_ADDRESS=unix:{state}/gshare.sock" in env_line
         env = {"GSHARE_ADDRESS": f"unix:{state}/gshare.sock", "PATH": "/usr/bin:/bin"}
@@ -215,7 +217,7 @@ def test_gshare_up_runs_a_cluster_until_interrupted(open_tmp: Path, workdir: Pat
         with Client(f"unix:{state}/gshare.sock") as client:
             wait_until("the job to complete", lambda: client.job(job_id).state == pb.COMPLETED)
         daemons = [p for p in psutil.Process(up.pid).children()]
-        assert len(daemons) == 3
+        assert len(daemons) == 4  # the embedded MQTT broker, the scheduler, two agents
         up.send_signal(signal.SIGINT)
         assert up.wait(20) == 0
         assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in daemons)

@@ -32,7 +32,7 @@ def broker(open_tmp: Path) -> Iterator[Mosquitto]:
     m.stop()
 
 
-def config(broker: Mosquitto, extra: str = "", metrics_port: int = 0) -> str:
+def config(broker: Mosquitto, extra: str = "", metrics_port: int = 0, agent_port: int = 0) -> str:
     text = f"""
 [scheduler]
 kill_grace_s = 3
@@ -45,6 +45,8 @@ interval = "1s"
 """
     if metrics_port:
         text += f'\n[server]\nmetrics = "127.0.0.1:{metrics_port}"\n'
+    if agent_port:  # one agent per cluster where this is used
+        text += f'\n[agent]\nmetrics = "127.0.0.1:{agent_port}"\n'
     return text + extra
 
 
@@ -75,8 +77,10 @@ def script(root: Path, name: str, text: str) -> str:
 def test_telemetry_follows_busy_and_idle_jobs(
     cluster_factory: Callable[..., Cluster], broker: Mosquitto, open_tmp: Path
 ) -> None:
-    port = free_port()
-    cluster = cluster_factory(config=config(broker, metrics_port=port), agents=1)
+    port, agent_port = free_port(), free_port()
+    cluster = cluster_factory(
+        config=config(broker, metrics_port=port, agent_port=agent_port), agents=1
+    )
     busy = cluster.submit("--gpus", "2", script(open_tmp, "busy.sh", BUSY))
     idle = cluster.submit("--gpus", "1", script(open_tmp, "idle.sh", IDLE))
     busy_job = cluster.wait_state(busy, "RUNNING")
@@ -140,6 +144,14 @@ def test_telemetry_follows_busy_and_idle_jobs(
     assert "gshare_scheduling_cycle_seconds" in families
     assert "gshare_queue_wait_seconds" in families
     assert "gshare_fairshare_usage_gpu_seconds" in families
+    # and each agent's own /metrics
+    url = f"http://127.0.0.1:{agent_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["gshare_agent_jobs"].samples[0].value == 2
+    assert families["gshare_agent_mqtt_connected"].samples[0].value == 1
+    util = {s.labels["gpu"]: s.value for s in families["gshare_gpu_utilization_percent"].samples}
+    assert util[str(busy_gpus[0])] > 50 and util[str(free_gpu)] == 0
 
 
 def test_broker_down_degrades_views_not_scheduling(
