@@ -185,9 +185,10 @@ GSHARE: dict[str, Cluster] = {}
 
 
 def start_gshare(slurm: SlurmCluster, root: Path) -> Cluster:
+    root.mkdir(mode=0o755, parents=True)
+    root.parent.chmod(0o755)  # the agent and jobs reach the socket and files through it
     token = root / "slurm.token"
     token.write_text(slurm.token("root") + "\n")
-    root.chmod(0o755)
     config = f"""
 [scheduler]
 kill_grace_s = 3

@@ -161,12 +161,12 @@ def run_up(args: argparse.Namespace) -> int:
                     ]
                 )
             )
-            if not _wait_ready_file(procs[-1], ready):
+            if not _wait_path(procs[-1], ready, "embedded MQTT broker", 30):
                 return 1
         if mqtt_url is not None:
             sched_cmd += ["--mqtt", mqtt_url]
         procs.append(subprocess.Popen(sched_cmd))
-        if not _wait_socket(procs[-1], sock):
+        if not _wait_path(procs[-1], sock, "scheduler", 60):
             return 1
         for k, name in enumerate(names, start=1):
             cmd = [
@@ -252,29 +252,17 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_ready_file(proc: subprocess.Popen[bytes], ready: Path) -> bool:
-    deadline = time.monotonic() + 30
+def _wait_path(proc: subprocess.Popen[bytes], path: Path, what: str, timeout: float) -> bool:
+    """Until `proc` has made `path` (its socket or ready file), or exits, or time is up."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            print(f"gshare up: the MQTT broker exited with {proc.returncode}", file=sys.stderr)
+            print(f"gshare up: the {what} exited with {proc.returncode}", file=sys.stderr)
             return False
-        if ready.exists():
+        if path.exists():
             return True
         time.sleep(0.1)
-    print("gshare up: the embedded MQTT broker did not start within 30s", file=sys.stderr)
-    return False
-
-
-def _wait_socket(proc: subprocess.Popen[bytes], sock: Path) -> bool:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            print(f"gshare up: the scheduler exited with {proc.returncode}", file=sys.stderr)
-            return False
-        if sock.exists():
-            return True
-        time.sleep(0.1)
-    print("gshare up: the scheduler did not start within 60s", file=sys.stderr)
+    print(f"gshare up: the {what} did not start within {timeout:.0f}s", file=sys.stderr)
     return False
 
 

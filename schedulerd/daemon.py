@@ -759,22 +759,7 @@ class Scheduler:
             if victim is None or victim.state is not JobState.RUNNING or victim.no_preempt:
                 continue
             why = f"preempted for job {p.for_job}: {p.reason}"
-            [victim] = await self.change(
-                [
-                    Change(
-                        victim.job_id,
-                        JobState.PREEMPTING,
-                        "preempt",
-                        "scheduler",
-                        why,
-                        (
-                            ("preempted_for", p.for_job),
-                            ("preemptions", victim.preemptions + 1),
-                            ("reason", why),
-                        ),
-                    )
-                ]
-            )
+            [victim] = await self.change([_preempt_change(victim, "scheduler", why, p.for_job)])
             self._send_preempt(victim)
             claimant = self.jobs.get(p.for_job)
             if (
@@ -796,22 +781,7 @@ class Scheduler:
         async with self.lock:
             job = await self._owned(caller, job_id, JobState.RUNNING, "preempted")
             why = f"preempted by {caller.user}"
-            [job] = await self.change(
-                [
-                    Change(
-                        job_id,
-                        JobState.PREEMPTING,
-                        "preempt",
-                        caller.user,
-                        why,
-                        (
-                            ("preempted_for", 0),
-                            ("preemptions", job.preemptions + 1),
-                            ("reason", why),
-                        ),
-                    )
-                ]
-            )
+            [job] = await self.change([_preempt_change(job, caller.user, why)])
             self._send_preempt(job)
             return job
 
@@ -1182,22 +1152,7 @@ class Scheduler:
                     f"idle GPUs reclaimed for job {claimant.job_id}: under "
                     f"{queue.idle_util_pct:g}% utilization for {format_duration(int(idle))}"
                 )
-                [job] = await self.change(
-                    [
-                        Change(
-                            job.job_id,
-                            JobState.PREEMPTING,
-                            "preempt",
-                            "scheduler",
-                            why,
-                            (
-                                ("preempted_for", claimant.job_id),
-                                ("preemptions", job.preemptions + 1),
-                                ("reason", why),
-                            ),
-                        )
-                    ]
-                )
+                [job] = await self.change([_preempt_change(job, "scheduler", why, claimant.job_id)])
                 log.info("job %d: %s", job.job_id, why)
                 self._send_preempt(job)
                 waiting.remove(claimant)
@@ -1218,6 +1173,18 @@ class Scheduler:
             key=lambda j: (self.positions.get(j.job_id) or 1 << 30, j.submit_time),
         )
         return line[0] if line else None
+
+
+def _preempt_change(job: JobRecord, actor: str, why: str, for_job: int = 0) -> Change:
+    """RUNNING -> PREEMPTING: asked to checkpoint and yield (to `for_job`; 0: by hand)."""
+    return Change(
+        job.job_id,
+        JobState.PREEMPTING,
+        "preempt",
+        actor,
+        why,
+        (("preempted_for", for_job), ("preemptions", job.preemptions + 1), ("reason", why)),
+    )
 
 
 def _signal_name(number: int) -> str:
