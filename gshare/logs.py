@@ -23,8 +23,8 @@ _PRIORITY = {
 class _JournalFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         priority = _PRIORITY.get(record.levelno, 6 if record.levelno < logging.WARNING else 3)
-        # one journal entry per record: a traceback stays inside it, not as extra entries
-        text = super().format(record).replace("\n", "\n  ")
+        # journald makes an entry of each line: a traceback's lines carry the priority too
+        text = super().format(record).replace("\n", f"\n<{priority}>  ")
         return f"<{priority}>{text}"
 
 

@@ -161,10 +161,15 @@ def _num(data: dict[str, Any], key: str, default: float | None = None) -> float:
     return float(value)
 
 
+MAX_INT = 1 << 53  # more than any real count, and safe in every store and float
+
+
 def _int(data: dict[str, Any], key: str, default: int | None = None) -> int:
     value = data.get(key, default)
     if value is None or isinstance(value, bool) or not isinstance(value, int):
         raise TelemetryError(f"{key} must be an integer")
+    if not -MAX_INT < value < MAX_INT:
+        raise TelemetryError(f"{key} is out of range")
     return value
 
 
@@ -260,10 +265,14 @@ def parse_event(payload: bytes, topic_node: str) -> HealthEvent:
     kind = _str(d, "kind")
     if kind not in ("ecc_dbe", "xid"):
         raise TelemetryError(f"unknown event kind {kind!r}")
+    index = _int(d, "index")
+    uuid = _str(d, "uuid")
+    if index < 0 or not uuid:
+        raise TelemetryError("a health event names one GPU: an index >= 0 and its UUID")
     return HealthEvent(
         node=_node(d, topic_node),
-        index=_int(d, "index"),
-        uuid=_str(d, "uuid"),
+        index=index,
+        uuid=uuid,
         time=_num(d, "time"),
         kind=kind,
         code=_int(d, "code", 0),
@@ -274,13 +283,14 @@ def parse_event(payload: bytes, topic_node: str) -> HealthEvent:
 def split_topic(topic: str) -> tuple[str, str, int]:
     """('node', 'gpus'|'host'|'status'|'events', GPU index or -1) of a gshare topic."""
     parts = topic.split("/")
-    if len(parts) < 4 or "/".join(parts[:3]) != PREFIX or not parts[3]:
-        raise TelemetryError(f"not a gshare node topic: {topic!r}")
+    if len(parts) < 5 or "/".join(parts[:3]) != PREFIX or not parts[3]:
+        raise TelemetryError(f"not a gshare node topic: {topic[:200]!r}")
     node, rest = parts[3], parts[4:]
-    if rest == ["gpus", rest[-1]] and len(rest) == 2:
-        if not rest[1].isdigit() or len(rest[1]) > 4:
-            raise TelemetryError(f"bad GPU index in {topic!r}")
-        return node, "gpus", int(rest[1])
+    if len(rest) == 2 and rest[0] == "gpus":
+        index = rest[1]
+        if not (index.isascii() and index.isdigit()) or len(index) > 4:
+            raise TelemetryError(f"bad GPU index in {topic[:200]!r}")
+        return node, "gpus", int(index)
     if len(rest) == 1 and rest[0] in ("host", "status", "events"):
         return node, rest[0], -1
     raise TelemetryError(f"unknown gshare topic {topic!r}")

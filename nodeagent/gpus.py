@@ -9,7 +9,7 @@ import os
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -117,6 +117,7 @@ class NvmlProbe:
             self._handle_list = [
                 nv.nvmlDeviceGetHandleByIndex(i) for i in range(nv.nvmlDeviceGetCount())
             ]
+            self._uuids = [_text(nv.nvmlDeviceGetUUID(h)) for h in self._handle_list]
             self._events: Any = None
             with contextlib.suppress(nv.NVMLError):
                 self._events = nv.nvmlEventSetCreate()
@@ -144,61 +145,70 @@ class NvmlProbe:
         return out
 
     def sample(self, node: str, jobs: Sequence[JobGpus]) -> list[GpuSample]:
-        nv = self._nvml
         xids = self._xids() if self._handles() else {}
         out = []
         for i, h in enumerate(self._handles()):
+            try:
+                out.append(self._sample_one(node, i, h, jobs, xids.get(i, [])))
+            except self._nvml.NVMLError as exc:  # GPU_IS_LOST after Xid 79: the others go on
+                log.error("GPU %d cannot be read through NVML: %s", i, exc)
+                if xids.get(i) and i < len(self._uuids):  # its Xids still reach the scheduler
+                    sample = GpuSample(node, i, self._uuids[i], time.time(), 0.0, 0, 0)
+                    out.append(replace(sample, xids=tuple(xids[i])))
+        return out
 
-            def read(fn: Any, *args: Any, default: Any = 0, h: Any = h) -> Any:
-                try:
-                    return fn(h, *args)
-                except nv.NVMLError:  # not supported on this GPU, or a transient failure
-                    return default
+    def _sample_one(
+        self, node: str, i: int, h: Any, jobs: Sequence[JobGpus], xids: list[XidEvent]
+    ) -> GpuSample:
+        nv = self._nvml
 
-            mem = nv.nvmlDeviceGetMemoryInfo(h)
-            util = read(nv.nvmlDeviceGetUtilizationRates, default=None)
-            procs = []
-            for p in read(nv.nvmlDeviceGetComputeRunningProcesses, default=[]) or []:
-                used = p.usedGpuMemory
-                procs.append(
-                    GpuProcess(
-                        int(p.pid),
-                        int(used) // (1 << 20) if isinstance(used, int) else 0,
-                        owner_job(int(p.pid), jobs),
-                    )
-                )
-            out.append(
-                GpuSample(
-                    node=node,
-                    index=i,
-                    uuid=_text(nv.nvmlDeviceGetUUID(h)),
-                    time=time.time(),
-                    util_pct=float(util.gpu) if util is not None else 0.0,
-                    mem_used_mb=int(mem.used) // (1 << 20),
-                    mem_total_mb=int(mem.total) // (1 << 20),
-                    temp_c=float(read(nv.nvmlDeviceGetTemperature, nv.NVML_TEMPERATURE_GPU)),
-                    power_w=float(read(nv.nvmlDeviceGetPowerUsage)) / 1000.0,
-                    sm_clock_mhz=int(read(nv.nvmlDeviceGetClockInfo, nv.NVML_CLOCK_SM)),
-                    mem_clock_mhz=int(read(nv.nvmlDeviceGetClockInfo, nv.NVML_CLOCK_MEM)),
-                    ecc_sbe=int(
-                        read(
-                            nv.nvmlDeviceGetTotalEccErrors,
-                            nv.NVML_MEMORY_ERROR_TYPE_CORRECTED,
-                            nv.NVML_VOLATILE_ECC,
-                        )
-                    ),
-                    ecc_dbe=int(
-                        read(
-                            nv.nvmlDeviceGetTotalEccErrors,
-                            nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
-                            nv.NVML_VOLATILE_ECC,
-                        )
-                    ),
-                    xids=tuple(xids.get(i, ())),
-                    processes=tuple(procs),
+        def read(fn: Any, *args: Any, default: Any = 0) -> Any:
+            try:
+                return fn(h, *args)
+            except nv.NVMLError:  # not supported on this GPU, or a transient failure
+                return default
+
+        mem = nv.nvmlDeviceGetMemoryInfo(h)
+        util = read(nv.nvmlDeviceGetUtilizationRates, default=None)
+        procs = []
+        for p in read(nv.nvmlDeviceGetComputeRunningProcesses, default=[]) or []:
+            used = p.usedGpuMemory
+            procs.append(
+                GpuProcess(
+                    int(p.pid),
+                    int(used) // (1 << 20) if isinstance(used, int) else 0,
+                    owner_job(int(p.pid), jobs),
                 )
             )
-        return out
+        return GpuSample(
+            node=node,
+            index=i,
+            uuid=_text(nv.nvmlDeviceGetUUID(h)),
+            time=time.time(),
+            util_pct=float(util.gpu) if util is not None else 0.0,
+            mem_used_mb=int(mem.used) // (1 << 20),
+            mem_total_mb=int(mem.total) // (1 << 20),
+            temp_c=float(read(nv.nvmlDeviceGetTemperature, nv.NVML_TEMPERATURE_GPU)),
+            power_w=float(read(nv.nvmlDeviceGetPowerUsage)) / 1000.0,
+            sm_clock_mhz=int(read(nv.nvmlDeviceGetClockInfo, nv.NVML_CLOCK_SM)),
+            mem_clock_mhz=int(read(nv.nvmlDeviceGetClockInfo, nv.NVML_CLOCK_MEM)),
+            ecc_sbe=int(
+                read(
+                    nv.nvmlDeviceGetTotalEccErrors,
+                    nv.NVML_MEMORY_ERROR_TYPE_CORRECTED,
+                    nv.NVML_VOLATILE_ECC,
+                )
+            ),
+            ecc_dbe=int(
+                read(
+                    nv.nvmlDeviceGetTotalEccErrors,
+                    nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
+                    nv.NVML_VOLATILE_ECC,
+                )
+            ),
+            xids=tuple(xids),
+            processes=tuple(procs),
+        )
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

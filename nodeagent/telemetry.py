@@ -137,8 +137,10 @@ class TelemetryPublisher:
         backoff = Backoff()
         quiet = False  # one warning per outage, not one per retry
         while True:
-            will = aiomqtt.Will(status_topic(self.node), self._status(False), qos=1, retain=True)
             try:
+                will = aiomqtt.Will(
+                    status_topic(self.node), self._status(False), qos=1, retain=True
+                )
                 client = make_client(self.mqtt, f"gshare-agent-{self.node}", will)
                 async with client:
                     self.connected, quiet = True, False
@@ -168,6 +170,8 @@ class TelemetryPublisher:
                         "telemetry: broker %s unreachable (%s); retrying", self.mqtt.url, exc
                     )
                     quiet = True
+            except Exception:
+                log.exception("telemetry: publishing failed; retrying")
             self.connected = False
             await asyncio.sleep(backoff.next())
 

@@ -160,15 +160,21 @@ class Scheduler:
         ):
             self.accrue_usage(self.clock())  # charge the GPUs up to the moment they are freed
         records = await self.db(self.store.apply, changes)
+        left: list[int] = []
         for record in records:
             old = self.jobs.get(record.job_id)
             if old is not None and old.state.on_node and not record.state.on_node:
-                await self._keep_gpu_stats(record.job_id)
+                left.append(record.job_id)
             if record.state.final:
                 self.jobs.pop(record.job_id, None)
             else:
                 self.jobs[record.job_id] = record
             self.publish_job(record)
+        for job_id in left:  # after the live view follows the store: this may fail alone
+            try:
+                await self._keep_gpu_stats(job_id)
+            except Exception:
+                log.exception("job %d: keeping its GPU figures failed", job_id)
         return records
 
     async def _keep_gpu_stats(self, job_id: int) -> None:
@@ -438,6 +444,21 @@ class Scheduler:
         async with self.lock:
             job = await self._owned(caller, job_id)
             why = f"cancelled by {caller.user}"
+            if job.state in (JobState.HANDED_OFF, JobState.RUNNING_REMOTE) and self.slurm is None:
+                why += "; no Slurm is configured any more, so it may still run there"
+                [job] = await self.change(
+                    [
+                        Change(
+                            job_id,
+                            JobState.CANCELLED,
+                            "cancel",
+                            caller.user,
+                            why,
+                            (("end_time", self.clock()), ("reason", why)),
+                        )
+                    ]
+                )
+                return job
             if job.state in (JobState.HANDED_OFF, JobState.RUNNING_REMOTE):
                 if job.end_request:
                     return job
@@ -561,7 +582,7 @@ class Scheduler:
                 self._views,
                 self.accounts,
                 self.usage,
-                self.slurm.capacity if self.slurm is not None else None,
+                self.slurm.capacity_now() if self.slurm is not None else None,
                 self.handoff_after,
             )
             plan = self.policy.decide(snapshot)
@@ -1128,10 +1149,11 @@ class Scheduler:
 
     async def _reclaim_idle(self) -> None:
         """Checkpoint-preempt jobs whose GPUs idled past their queue's limit while others wait."""
-        waiting = [j for j in self.jobs.values() if j.state is JobState.PENDING]
-        if not waiting:
+        if not any(j.state is JobState.PENDING for j in self.jobs.values()):
             return
         async with self.lock:
+            # read under the lock: a cycle may have started or handed off a waiting job
+            waiting = [j for j in self.jobs.values() if j.state is JobState.PENDING]
             for job in list(self.jobs.values()):
                 queue = self.config.queues.get(job.queue)
                 if (
@@ -1156,6 +1178,7 @@ class Scheduler:
                 log.info("job %d: %s", job.job_id, why)
                 self._send_preempt(job)
                 waiting.remove(claimant)
+                claimant = self.jobs[claimant.job_id]  # the current record, still PENDING
                 note = f"idle GPUs on {job.node} are being reclaimed for it"
                 await self.annotate(
                     claimant, "claim", "scheduler", note, ("claimed_node", job.node)
@@ -1168,8 +1191,19 @@ class Scheduler:
             return None
         free = len(node.gpus) - len(self.busy_gpus(node.name)) - len(node.gpu_health)
         room = free + len(idle.gpu_indexes)
+        here = [j for j in self.jobs.values() if j.node == node.name and j.state.on_node]
+        cpus = node.cpus - sum(j.cpus for j in here) + idle.cpus
+        mem = node.mem_mb - sum(j.mem_mb for j in here) + idle.mem_mb
+
+        def fits(j: JobRecord) -> bool:
+            return (
+                j.gpus <= room
+                and (not j.cpus or j.cpus <= cpus)
+                and (not j.mem_mb or j.mem_mb <= mem)
+            )
+
         line = sorted(
-            (j for j in waiting if not j.claimed_node and j.gpus <= room),
+            (j for j in waiting if not j.claimed_node and fits(j)),
             key=lambda j: (self.positions.get(j.job_id) or 1 << 30, j.submit_time),
         )
         return line[0] if line else None

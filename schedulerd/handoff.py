@@ -107,7 +107,13 @@ class SlurmLink:
         try:
             await self._refresh_capacity()
             for job in [j for j in self.s.jobs.values() if j.state in REMOTE]:
-                await self._follow(job)
+                try:
+                    await self._follow(job)
+                except (SlurmAuthError, SlurmUnavailable):
+                    raise  # Slurm as a whole: the round stops, every job says why
+                except SlurmError as exc:  # this job alone; the others go on
+                    log.warning("job %d: Slurm: %s", job.job_id, exc)
+                    self._note(job, f"{self._where(job)}; Slurm: {exc}; retrying")
             if self.problem:
                 log.info("Slurm at %s answers again", self.config.url)
             self.problem = ""
@@ -118,16 +124,32 @@ class SlurmLink:
         except SlurmError as exc:
             await self._trouble(f"slurmrestd error: {exc}")
 
+    def capacity_now(self) -> SlurmCapacity:
+        """Free GPUs as last polled, less those of handed-off jobs not running there yet
+        (Slurm counts GPUs as used only once a job runs): no GPU is spent twice."""
+        if not self.capacity.reachable:
+            return self.capacity
+        free = sorted(self.capacity.free_gpus, reverse=True)
+        for job in self.s.jobs.values():
+            if job.state is JobState.HANDED_OFF:
+                fits = next((i for i, n in enumerate(free) if n >= job.gpus), None)
+                if fits is not None:
+                    free[fits] -= job.gpus
+        return SlurmCapacity(True, tuple(free), "")
+
+    def _note(self, job: JobRecord, reason: str) -> None:
+        current = self.s.jobs.get(job.job_id)
+        if current is not None and current.reason != reason:
+            current.reason = reason  # in memory, like why a pending job waits
+            self.s.publish_job(current)
+
     async def _trouble(self, why: str) -> None:
         if why != self.problem:
             log.warning("Slurm hand-off: %s", why)
         self.problem = why
         self.capacity = SlurmCapacity(False, (), why)
         for job in [j for j in self.s.jobs.values() if j.state in REMOTE]:
-            reason = f"{self._where(job)}; {why}; retrying"
-            if job.reason != reason:
-                job.reason = reason  # in memory, like why a pending job waits
-                self.s.publish_job(job)
+            self._note(job, f"{self._where(job)}; {why}; retrying")
 
     def _where(self, job: JobRecord) -> str:
         if job.slurm_job_id:
@@ -141,8 +163,7 @@ class SlurmLink:
         free = tuple(
             n.gpus_free
             for n in nodes
-            if (not part or part in n.partitions)
-            and n.state.lower().split("+")[0] in ("idle", "mixed", "allocated")
+            if (not part or part in n.partitions) and _takes_jobs(n.state)
         )
         self.capacity = SlurmCapacity(True, free, "")
 
@@ -151,6 +172,14 @@ class SlurmLink:
     async def _follow(self, job: JobRecord) -> None:
         if not job.slurm_job_id:
             found = await self.client.find_job_by_comment(self.comment(job.job_id))
+            if found is not None and found.user not in (self.submitter(job.user).user, ""):
+                log.warning(
+                    "job %d: Slurm job %d has its comment but belongs to %s; ignored",
+                    job.job_id,
+                    found.job_id,
+                    found.user,
+                )
+                found = None
             if found is not None:
                 await self._record_id(job, found.job_id, "found in Slurm by its comment")
             elif job.end_request:
@@ -177,25 +206,30 @@ class SlurmLink:
     async def _submit(self, job: JobRecord) -> None:
         script = (await self.s.db(self.s.store.script, job.job_id)).decode(errors="replace")
         env = dict(job.env)
-        env.update(GSHARE_JOB_ID=str(job.job_id), GSHARE_OUTPUT=job.output_path)
-        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-        spec = SlurmJobSpec(
-            name=job.name,
-            script=script,
-            working_dir=job.workdir,
-            argv=tuple(job.args),
-            environment=env,
-            comment=self.comment(job.job_id),
-            gpus=job.gpus,
-            cpus=max(1, job.cpus),
-            time_limit_minutes=math.ceil(job.time_limit_s / 60) if job.time_limit_s else None,
-            stdout=job.output_path,
-            stderr=job.output_path,
-            partition=self.config.partition or None,
+        env.update(
+            GSHARE_JOB_ID=str(job.job_id),
+            GSHARE_OUTPUT=job.output_path,
+            GSHARE_CHECKPOINT_DIR=job.checkpoint_path,  # where it saved before, if it did
+            GSHARE_RESTART_COUNT=str(job.restarts),
         )
+        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
         try:
+            spec = SlurmJobSpec(  # ValueError: a job Slurm cannot take (e.g. a bad variable)
+                name=job.name,
+                script=script,
+                working_dir=job.workdir,
+                argv=tuple(job.args),
+                environment=env,
+                comment=self.comment(job.job_id),
+                gpus=job.gpus,
+                cpus=max(1, job.cpus),
+                time_limit_minutes=math.ceil(job.time_limit_s / 60) if job.time_limit_s else None,
+                stdout=job.output_path,
+                stderr=job.output_path,
+                partition=self.config.partition or None,
+            )
             slurm_id = await self.submitter(job.user).submit(spec)
-        except SlurmRejected as exc:
+        except (SlurmRejected, ValueError) as exc:
             why = f"Slurm refused it: {exc}; it stays here and will not be handed off again"
             async with self.s.lock:
                 current = self.s.jobs.get(job.job_id)
@@ -263,7 +297,13 @@ class SlurmLink:
                     ]
                 )
             if current.state is JobState.RUNNING_REMOTE:
-                await self._charge(current, now)
+                if running:
+                    await self._charge(current, now)
+                else:  # requeued in Slurm (node failure, preemption): not using GPUs
+                    current.slurm_charged_until = now
+                    await self.s.db(
+                        self.s.store.set_fields, job.job_id, {"slurm_charged_until": now}
+                    )
             reason = (
                 ""
                 if running
@@ -317,6 +357,13 @@ class SlurmLink:
                 if remote.start_time and current.state is JobState.HANDED_OFF:
                     fields.append(("node", f"slurm:{','.join(remote.nodes)}"))
             await self.s.change([Change(job.job_id, end, "end", "slurm", why, tuple(fields))])
+
+
+def _takes_jobs(state: str) -> bool:
+    """A node state as slurmrestd gives it ("idle", "mixed+drain", ...) that may run a job."""
+    base, *flags = state.lower().split("+")
+    bad = {"drain", "draining", "drained", "down", "maint", "reserved", "not_responding", "fail"}
+    return base in ("idle", "mixed", "allocated") and not bad & set(flags)
 
 
 def _client(config: SlurmConfig, user: str) -> SlurmClient:

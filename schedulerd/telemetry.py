@@ -35,6 +35,8 @@ from gshare.telemetry import (
 log = logging.getLogger(__name__)
 
 STALE_AFTER = 3.0  # intervals without a sample: the figures are no longer current
+MAX_SKEW_S = 60.0  # samples dated further ahead of the scheduler's clock are refused
+MAX_NEW_WARNINGS = 3  # per message: a flood of stray pids makes a few events, not hundreds
 LOG_EVERY_S = 30.0  # at most one log line per this many seconds for dropped messages
 
 
@@ -143,7 +145,7 @@ class Telemetry:
             else:
                 text = f"pid {proc.pid}, not a gshare job's, is on GPU {sample.index}"
             warnings.append(text)
-            if text not in self.warnings.get(key, ()):
+            if text not in self.warnings.get(key, ()) and len(fresh_misuse) < MAX_NEW_WARNINGS:
                 fresh_misuse.append((owner, text))
                 log.warning("node %s: %s", sample.node, text)
         self.warnings[key] = tuple(warnings)
@@ -184,6 +186,11 @@ class Telemetry:
             return 0.0
         return max(0.0, newest - stats.idle_since)
 
+    def _check_time(self, t: float) -> None:
+        # a sample from the future would stay "fresh" and hide the real ones after it
+        if t > self.clock() + MAX_SKEW_S:
+            raise TelemetryError(f"dated {t - self.clock():.0f}s in the future (clock skew?)")
+
     def handle(
         self,
         topic: str,
@@ -195,22 +202,30 @@ class Telemetry:
             node, kind, index = split_topic(topic)
             if kind == "gpus":
                 sample = parse_gpu(payload, node, index)
+                self._check_time(sample.time)
                 self.received += 1
                 return self.on_gpu(sample, held(node)), None, node
             if kind == "host":
-                self.hosts[node] = parse_host(payload, node)
+                host = parse_host(payload, node)
+                self._check_time(host.time)
+                self.hosts[node] = host
             elif kind == "status":
                 if not payload:  # a cleared retained message
                     self.status.pop(node, None)
                 else:
                     self.status[node] = parse_status(payload, node)
             else:
+                event = parse_event(payload, node)
+                self._check_time(event.time)
                 self.received += 1
-                return [], parse_event(payload, node), node
+                return [], event, node
             self.received += 1
             return [], None, node
         except TelemetryError as exc:
             self.drop(topic, str(exc))
+            return [], None, ""
+        except Exception as exc:  # whatever a publisher sends must not stop the intake
+            self.drop(topic, f"{type(exc).__name__}: {exc}")
             return [], None, ""
 
 
@@ -244,7 +259,10 @@ class TelemetryIntake:
                         payload = message.payload
                         if not isinstance(payload, bytes | bytearray):
                             payload = str(payload).encode()
-                        self.on_message(str(message.topic), bytes(payload))
+                        try:
+                            self.on_message(str(message.topic), bytes(payload))
+                        except Exception:
+                            log.exception("telemetry: handling a message on %s", message.topic)
             except (aiomqtt.MqttError, OSError) as exc:
                 if not quiet:
                     log.warning(

@@ -247,3 +247,46 @@ def test_nvml_probe_reads_each_field(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [x.code for x in g1.xids] == [79] and g0.xids == ()
     assert probe.sample("n1", [])[1].xids == ()  # an event is reported once
     probe.close()
+
+
+def test_whatever_a_publisher_sends_is_dropped_not_raised() -> None:
+    now = [1000.0]
+    tel = Telemetry(clock=lambda: now[0])
+    good = json.loads(encode(sample(t=1000.0)))
+    cases = [
+        ("gshare/v1/nodes/n1", b"{}"),
+        ("gshare/v1/nodes/n1/gpus/\u00b2", b"{}"),
+        ("gshare/v1/nodes/n1/gpus/0", json.dumps({**good, "mem_used_mb": 1 << 70}).encode()),
+        ("gshare/v1/nodes/n1/gpus/0", json.dumps({**good, "time": 1100.0}).encode()),
+        (
+            "gshare/v1/nodes/n1/events",
+            json.dumps(
+                {"schema": 1, "node": "n1", "index": -1, "uuid": "", "time": 1, "kind": "xid"}
+            ).encode(),
+        ),
+    ]
+    for topic, payload in cases:
+        assert tel.handle(topic, payload, lambda node: {}) == ([], None, "")
+    assert tel.dropped == len(cases) and tel.gpus == {}
+    assert tel.handle("gshare/v1/nodes/n1/gpus/0", encode(sample(t=1000.0)), lambda n: {})[2]
+    assert tel.gpu("n1", 0) is not None
+
+
+def test_a_lost_gpu_does_not_hide_the_others_or_its_xid(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from nodeagent.gpus import NvmlProbe
+
+    nvml = _FakeNvml()
+    real = nvml.nvmlDeviceGetMemoryInfo
+
+    def lost(h: int) -> object:
+        if h == 1:
+            raise nvml.NVMLError("GPU is lost")
+        return real(h)
+
+    nvml.nvmlDeviceGetMemoryInfo = lost  # type: ignore[method-assign]
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    [g0, g1] = NvmlProbe().sample("n1", [])
+    assert g0.util_pct == 90.0
+    assert g1.uuid == "GPU-1" and [x.code for x in g1.xids] == [79]
