@@ -444,22 +444,8 @@ class Scheduler:
         async with self.lock:
             job = await self._owned(caller, job_id)
             why = f"cancelled by {caller.user}"
-            if job.state in (JobState.HANDED_OFF, JobState.RUNNING_REMOTE) and self.slurm is None:
-                why += "; no Slurm is configured any more, so it may still run there"
-                [job] = await self.change(
-                    [
-                        Change(
-                            job_id,
-                            JobState.CANCELLED,
-                            "cancel",
-                            caller.user,
-                            why,
-                            (("end_time", self.clock()), ("reason", why)),
-                        )
-                    ]
-                )
-                return job
-            if job.state in (JobState.HANDED_OFF, JobState.RUNNING_REMOTE):
+            remote = job.state in (JobState.HANDED_OFF, JobState.RUNNING_REMOTE)
+            if remote and self.slurm is not None:
                 if job.end_request:
                     return job
                 job = await self.annotate(
@@ -470,10 +456,11 @@ class Scheduler:
                     ("end_request", JobState.CANCELLED.value),
                     ("reason", why + "; cancelling it in Slurm"),
                 )
-                if self.slurm is not None:
-                    self.slurm.kick()
+                self.slurm.kick()
                 return job
-            if job.state in (JobState.PENDING, JobState.HELD, JobState.LOST):
+            if remote:  # and no [slurm] any more: it can only end here
+                why += "; no Slurm is configured any more, so it may still run there"
+            if remote or job.state in (JobState.PENDING, JobState.HELD, JobState.LOST):
                 [job] = await self.change(
                     [
                         Change(

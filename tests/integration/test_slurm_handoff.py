@@ -237,3 +237,22 @@ def test_a_job_runs_in_slurm_as_its_owner(
     done = cluster.wait_state(job_id, "COMPLETED", timeout=60)
     assert Path(done.output_path).read_text().strip() == "nobody"
     assert Path(done.output_path).stat().st_uid == 65534
+
+
+def test_a_handed_off_job_can_still_be_cancelled_once_slurm_is_unconfigured(
+    cluster_factory: Callable[..., Cluster], slurm_cluster: SlurmCluster, open_tmp: Path
+) -> None:
+    cluster, name = make(cluster_factory, slurm_cluster, open_tmp)
+    work = slurm_cluster.workdir(name)
+    job_id = cluster.submit("--slurm", "always", "--gpus", "1", "--wrap", "sleep 120", cwd=work)
+    running = cluster.wait_state(job_id, "RUNNING_REMOTE", timeout=60)
+    try:
+        cluster.kill_scheduler()
+        (cluster.root / "gshare.toml").write_text("[scheduler]\nkill_grace_s = 3\n")
+        cluster.start_scheduler()
+        res = cluster.gshare("cancel", str(job_id))
+        assert res.code == 0, res.err
+        ended = cluster.wait_state(job_id, "CANCELLED", timeout=30)
+        assert "no Slurm is configured any more" in ended.reason
+    finally:
+        slurm_cluster.run_cmd(["scancel", str(running.slurm_job_id)])
