@@ -131,7 +131,7 @@ def _gpu_to_pb(node: NodeRecord, g: GpuInfo, telemetry: Telemetry | None) -> pb.
                 ],
             )
         )
-        msg.warnings.extend(telemetry.warnings.get((node.name, g.index), ()))
+        msg.warnings.extend(m.text for m in telemetry.warnings.get((node.name, g.index), ()))
     return msg
 
 

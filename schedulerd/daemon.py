@@ -226,12 +226,6 @@ class Scheduler:
         msg = job_to_pb(job, events, position)
         stats = self.telemetry.jobs.get(job.job_id)
         if stats is not None and job.state.on_node:
-            warnings = [
-                w
-                for i in job.gpu_indexes
-                for w in self.telemetry.warnings.get((job.node, i), ())
-                if f"job {job.job_id}" in w
-            ]
             set_gpu_stats(
                 msg,
                 stats.util_avg,
@@ -239,7 +233,7 @@ class Scheduler:
                 stats.mem_peak_mb,
                 self.telemetry.idle_for(job.job_id),
                 stats.idle_gpu_s,
-                warnings,
+                self.telemetry.warnings_of(job.node, job.job_id),
             )
         return msg
 

@@ -62,6 +62,14 @@ class JobGpuStats:
 
 
 @dataclass(frozen=True, slots=True)
+class Misuse:
+    """A process where it should not be, and the jobs it concerns (its own, the GPU's)."""
+
+    text: str
+    jobs: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
 class HeldGpu:
     """A GPU's holder at sample time, as the scheduler knows it."""
 
@@ -79,7 +87,7 @@ class Telemetry:
         self.hosts: dict[str, HostSample] = {}
         self.status: dict[str, NodeStatus] = {}
         self.jobs: dict[int, JobGpuStats] = {}
-        self.warnings: dict[tuple[str, int], tuple[str, ...]] = {}
+        self.warnings: dict[tuple[str, int], tuple[Misuse, ...]] = {}
         self.idle_gpu_s: dict[str, float] = {}  # per user, since the ledger last took it
         self.dropped = 0
         self.received = 0
@@ -126,7 +134,8 @@ class Telemetry:
         holder = held.get(sample.index)
         if holder is not None:
             self._account(holder, sample)
-        warnings: list[str] = []
+        warnings: list[Misuse] = []
+        seen = {m.text for m in self.warnings.get(key, ())}
         fresh_misuse: list[tuple[int, str]] = []
         for proc in sample.processes:
             owner = proc.job_id
@@ -144,8 +153,9 @@ class Telemetry:
                 )
             else:
                 text = f"pid {proc.pid}, not a gshare job's, is on GPU {sample.index}"
-            warnings.append(text)
-            if text not in self.warnings.get(key, ()) and len(fresh_misuse) < MAX_NEW_WARNINGS:
+            concerned = {owner, holder.job_id if holder is not None else 0} - {0}
+            warnings.append(Misuse(text, frozenset(concerned)))
+            if text not in seen and len(fresh_misuse) < MAX_NEW_WARNINGS:
                 fresh_misuse.append((owner, text))
                 log.warning("node %s: %s", sample.node, text)
         self.warnings[key] = tuple(warnings)
@@ -175,6 +185,16 @@ class Telemetry:
             stats.idle_since = 0.0
         elif not stats.idle_since:
             stats.idle_since = sample.time
+
+    def warnings_of(self, node: str, job_id: int) -> list[str]:
+        """What is flagged on `node`'s GPUs that concerns the job."""
+        return [
+            m.text
+            for (name, _), found in sorted(self.warnings.items())
+            if name == node
+            for m in found
+            if job_id in m.jobs
+        ]
 
     def idle_for(self, job_id: int) -> float:
         """Seconds the job's GPUs have all been idle, by fresh samples; 0 if not idle."""

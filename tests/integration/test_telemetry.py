@@ -264,6 +264,8 @@ def test_a_process_on_a_gpu_not_given_to_its_job_is_flagged(
         timeout=10,
     )
     assert "GPU 1" in kinds[0]
+    shown = json.loads(cluster.gshare("show", str(job), "--json").out)["gpu_stats"]
+    assert any("is on GPU 1, which was not given to it" in w for w in shown["warnings"])
 
 
 IDLE_CONFIG = """

@@ -290,3 +290,14 @@ def test_a_lost_gpu_does_not_hide_the_others_or_its_xid(monkeypatch: pytest.Monk
     [g0, g1] = NvmlProbe().sample("n1", [])
     assert g0.util_pct == 90.0
     assert g1.uuid == "GPU-1" and [x.code for x in g1.xids] == [79]
+
+
+def test_each_job_sees_the_misuse_that_concerns_it_and_no_other() -> None:
+    tel = Telemetry()
+    held = {0: HeldGpu(1, "ann", (0,), 5.0), 1: HeldGpu(12, "bob", (1,), 5.0)}
+    tel.on_gpu(sample(1, 10.0, processes=(GpuProcess(55, 10, 1),)), held)  # job 1 on job 12's
+    tel.on_gpu(sample(0, 10.0, processes=(GpuProcess(1, 10, 1),)), held)  # job 1 at home
+    text = "pid 55 of job 1 is on GPU 1, which was not given to it"
+    assert tel.warnings_of("n1", 1) == [text]  # the job that strays
+    assert tel.warnings_of("n1", 12) == [text]  # the job whose GPU it is
+    assert tel.warnings_of("n1", 2) == [] and tel.warnings_of("n2", 1) == []
