@@ -106,9 +106,16 @@ class SlurmLink:
     async def poll_once(self) -> None:
         try:
             await self._refresh_capacity()
-            for job in [j for j in self.s.jobs.values() if j.state in REMOTE]:
+            remote_jobs = [j for j in self.s.jobs.values() if j.state in REMOTE]
+            # one listing per round serves every job, instead of a request per job
+            listing = await self.client.jobs() if remote_jobs else []
+            by_id = {j.job_id: j for j in listing}
+            by_comment: dict[str, SlurmJob] = {}
+            for j in sorted(listing, key=lambda j: j.job_id):  # the newest wins
+                by_comment[j.comment] = j
+            for job in remote_jobs:
                 try:
-                    await self._follow(job)
+                    await self._follow(job, by_id, by_comment)
                 except (SlurmAuthError, SlurmUnavailable):
                     raise  # Slurm as a whole: the round stops, every job says why
                 except SlurmError as exc:  # this job alone; the others go on
@@ -169,9 +176,12 @@ class SlurmLink:
 
     # ------------------------------------------------------------ one job
 
-    async def _follow(self, job: JobRecord) -> None:
+    async def _follow(
+        self, job: JobRecord, by_id: dict[int, SlurmJob], by_comment: dict[str, SlurmJob]
+    ) -> None:
+        """One handed-off job, given this round's listing of Slurm's jobs."""
         if not job.slurm_job_id:
-            found = await self.client.find_job_by_comment(self.comment(job.job_id))
+            found = by_comment.get(self.comment(job.job_id))
             if found is not None and found.user not in (self.submitter(job.user).user, ""):
                 log.warning(
                     "job %d: Slurm job %d has its comment but belongs to %s; ignored",
@@ -190,7 +200,8 @@ class SlurmLink:
                 return
             job = self.s.jobs[job.job_id]
         try:
-            remote = await self.client.job(job.slurm_job_id)
+            # not listed: ask for it alone, which says for sure whether Slurm forgot it
+            remote = by_id.get(job.slurm_job_id) or await self.client.job(job.slurm_job_id)
         except SlurmJobNotFound:
             await self._end(
                 job,
