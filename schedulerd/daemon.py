@@ -107,8 +107,7 @@ class Scheduler:
             self.nodes[node.name] = node
         for job in await self.db(self.store.live_jobs):
             self.jobs[job.job_id] = job
-        self.usage, self.usage_at = await self.db(self.store.usage)
-        self.idle_usage = await self.db(self.store.idle_usage)
+        self.usage, self.idle_usage, self.usage_at = await self.db(self.store.usage)
         # jobs that ran while the scheduler was down are charged for that time too
         self.accrue_usage(self.clock())
         log.info("loaded %d live jobs and %d known nodes", len(self.jobs), len(self.nodes))

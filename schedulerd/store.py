@@ -332,16 +332,16 @@ class Store:
 
     # ------------------------------------------------------------ usage
 
-    def usage(self) -> tuple[dict[str, float], float]:
-        """The ledger and when it was last written (0 if never)."""
+    def usage(self) -> tuple[dict[str, float], dict[str, float], float]:
+        """The ledger: decayed GPU-seconds and idle GPU-seconds per user, and when it was
+        last written (0 if never)."""
         with self._session() as session:
             rows = list(session.scalars(select(UsageRow)))
-        return {r.user: r.gpu_seconds for r in rows}, max((r.updated for r in rows), default=0.0)
-
-    def idle_usage(self) -> dict[str, float]:
-        """Decayed idle GPU-seconds per user, as of the ledger's time."""
-        with self._session() as session:
-            return {r.user: r.idle_gpu_seconds for r in session.scalars(select(UsageRow))}
+        return (
+            {r.user: r.gpu_seconds for r in rows},
+            {r.user: r.idle_gpu_seconds for r in rows},
+            max((r.updated for r in rows), default=0.0),
+        )
 
     def save_usage(
         self, usage: dict[str, float], at: float, idle: dict[str, float] | None = None

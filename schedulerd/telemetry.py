@@ -90,7 +90,6 @@ class Telemetry:
         self.warnings: dict[tuple[str, int], tuple[Misuse, ...]] = {}
         self.idle_gpu_s: dict[str, float] = {}  # per user, since the ledger last took it
         self.dropped = 0
-        self.received = 0
         self.connected = False
         self._last_drop_log = 0.0
 
@@ -223,7 +222,6 @@ class Telemetry:
             if kind == "gpus":
                 sample = parse_gpu(payload, node, index)
                 self._check_time(sample.time)
-                self.received += 1
                 return self.on_gpu(sample, held(node)), None, node
             if kind == "host":
                 host = parse_host(payload, node)
@@ -237,9 +235,7 @@ class Telemetry:
             else:
                 event = parse_event(payload, node)
                 self._check_time(event.time)
-                self.received += 1
                 return [], event, node
-            self.received += 1
             return [], None, node
         except TelemetryError as exc:
             self.drop(topic, str(exc))

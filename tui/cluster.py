@@ -97,12 +97,11 @@ class ClusterView(Static):
             head = Text(label, style=f"bold black on {user_colour(job.user)}")
         if g.warnings:
             head = Text.assemble(head[: width - 1], ("!", "bold white on red"))
-        lines: list[RenderableType] = [head]
+        lines: list[Text] = [head]
         if not g.HasField("metrics"):
             lines += [Text("U " + "·" * BAR, style="dim"), Text("M " + "·" * BAR, style="dim")]
             return Group(*lines, Text(""))
         m = g.metrics
-        stale = self.now() - m.time > STALE_S
         total = m.mem_total_mb or g.memory_mb or 1
         lines.append(Text.assemble("U ", bar(m.util_pct / 100), f"{m.util_pct:4.0f}%"))
         lines.append(
@@ -110,12 +109,6 @@ class ClusterView(Static):
         )
         history = self.model.history.get((node.name, g.index), ())
         lines.append(Text.assemble((sparkline(history, width - 5), "cyan"), f" {m.temp_c:3.0f}°"))
-        group = Group(*lines)
-        if stale:
-            return Group(
-                *(
-                    Text(line.plain, style="dim") if isinstance(line, Text) else line
-                    for line in lines
-                )
-            )
-        return group
+        if self.now() - m.time > STALE_S:
+            lines = [Text(line.plain, style="dim") for line in lines]
+        return Group(*lines)

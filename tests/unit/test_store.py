@@ -93,3 +93,11 @@ def test_state_survives_reopening(tmp_path: Path) -> None:
 def test_sqlite_runs_in_wal_mode(store: Store) -> None:
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_the_ledger_keeps_usage_and_idle_time_per_user(store: Store) -> None:
+    assert store.usage() == ({}, {}, 0.0)
+    store.save_usage({"ann": 100.0, "bob": 5.0}, 1000.0, {"ann": 30.0, "cat": 2.0})
+    usage, idle, at = store.usage()
+    assert usage == {"ann": 100.0, "bob": 5.0, "cat": 0.0}
+    assert idle == {"ann": 30.0, "bob": 0.0, "cat": 2.0} and at == 1000.0
