@@ -41,8 +41,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from slurm_bridge import SlurmClient, SlurmJobSpec
-from tests.cluster import BIN, Cluster
-from tests.slurm import SlurmCluster, wait_for
+from tests.cluster import BIN, Cluster, wait_until
+from tests.slurm import SlurmCluster
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def wait_idle(cluster: SlurmCluster, timeout: float = 120) -> None:
         res = cluster.run_cmd(["squeue", "-h", "-o", "%i"], timeout=10)
         return res.returncode == 0 and not res.stdout.strip()
 
-    wait_for("the queue to drain", idle, timeout, every=0.1)
+    wait_until("the queue to drain", idle, timeout, every=0.1)
 
 
 PAUSES = random.Random(20261123)

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,6 +22,13 @@ from gshare.client import Client, ClientError
 PY = sys.executable
 BIN = Path(PY).parent  # the console scripts installed beside this Python
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on (for a server the test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def wait_until(

@@ -21,10 +21,11 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from tests.cluster import free_port, wait_until
 
 SBIN = ("munged", "mungekey", "slurmctld", "slurmd", "slurmrestd")
 BIN = ("sbatch", "scontrol", "scancel", "sinfo", "squeue")
@@ -36,27 +37,10 @@ class SlurmMissing(RuntimeError):
     """The Debian Slurm packages are not installed."""
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def port_open(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def find_binaries() -> dict[str, str]:
@@ -215,16 +199,19 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
                     f"--seed-file={self.root / 'munge' / 'munged.seed'}",
                 ],
             )
-            wait_for(
+            wait_until(
                 "munged's socket",
                 lambda: self._running("munged") and self.munge_socket.exists(),
                 10,
+                every=0.05,
             )
             self._spawn("slurmctld", [self.bins["slurmctld"], "-D", "-i"])
             self.start_rest()
-            wait_for("slurmctld to listen", lambda: self._alive("slurmctld", self.ctld_port), 20)
+            wait_until(
+                "slurmctld to listen", lambda: self._alive("slurmctld", self.ctld_port), 20, 0.05
+            )
             self._spawn("slurmd", [self.bins["slurmd"], "-D", "-N", "localhost"])
-            wait_for("node localhost to be idle", self._node_idle, 30, every=0.1)
+            wait_until("node localhost to be idle", self._node_idle, 30, every=0.1)
             self.wait_rest()
         except BaseException:
             self.stop()
@@ -253,7 +240,9 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
         )
 
     def wait_rest(self, timeout: float = 20) -> None:
-        wait_for("slurmrestd to listen", lambda: self._alive("slurmrestd", self.rest_port), timeout)
+        wait_until(
+            "slurmrestd to listen", lambda: self._alive("slurmrestd", self.rest_port), timeout
+        )
 
     def stop_rest(self) -> None:
         """Stop only slurmrestd: jobs and the other daemons carry on."""
@@ -268,7 +257,7 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
                 ids = self.run_cmd(["squeue", "-h", "-o", "%i"], timeout=5).stdout.split()
                 if ids:
                     self.run_cmd(["scancel", "--full", *ids], timeout=5)
-                    wait_for("jobs to end", self._no_jobs_left, 5, every=0.1)
+                    wait_until("jobs to end", self._no_jobs_left, 5, every=0.1)
         _end(list(self.procs.values()))
         self.procs.clear()
 

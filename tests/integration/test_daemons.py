@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -17,13 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gshare.api import gshare_pb2 as pb
 from gshare.client import Client
-from tests.cluster import BIN, PY, Cluster, wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.cluster import BIN, PY, Cluster, free_port, wait_until
 
 
 def test_health_service_reports_serving(cluster: Cluster) -> None:

@@ -16,8 +16,8 @@ import aiomqtt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.cluster import Cluster, wait_until
-from tests.mosquitto import Mosquitto, free_port
+from tests.cluster import Cluster, free_port, wait_until
+from tests.mosquitto import Mosquitto
 
 BUSY = "#!/bin/bash\nexec python3 -c 'while True: pass'\n"
 IDLE = "#!/bin/bash\nexec sleep 600\n"
