@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -343,6 +343,18 @@ def _mqtt(table: dict[str, Any], where: str) -> MqttConfig:
         if values[key] and not Path(values[key]).is_file():
             raise ConfigError(f"{where}: {key} {values[key]} does not exist")
     return MqttConfig(**values)
+
+
+def with_mqtt_url(config: Config, url: str | None) -> Config:
+    """`config` with the broker a daemon's --mqtt names ('' turns telemetry off)."""
+    if url is None:
+        return config
+    if url:
+        try:
+            parse_mqtt_url(url)
+        except ValueError as exc:
+            raise ConfigError(f"--mqtt: {exc}") from exc
+    return replace(config, mqtt=replace(config.mqtt, url=url))
 
 
 def parse_mqtt_url(url: str) -> tuple[str, int, bool]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
@@ -19,7 +18,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from gshare import __version__, sdnotify
 from gshare.address import AddressError, resolve
-from gshare.config import Config, ConfigError, default_state_dir, load_config
+from gshare.config import Config, ConfigError, default_state_dir, load_config, with_mqtt_url
 from gshare.logs import setup_logging
 from gshare.metrics import LoopCollector, MetricsServer, gpu_families
 from nodeagent.gpus import FakeProbe, GpuProbe, JobGpus, NvmlProbe, NvmlUnavailable
@@ -173,7 +172,7 @@ async def run(
         await link.registered_once.wait()
         sdnotify.notify(f"READY=1\nSTATUS=registered with the scheduler at {target}")
 
-    mqtt = config.mqtt if args.mqtt is None else dataclasses.replace(config.mqtt, url=args.mqtt)
+    mqtt = config.mqtt
     publisher = None
     if mqtt.enabled:
         publisher = TelemetryPublisher(
@@ -230,21 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         setup_logging(args.log_level)
-        config = load_config(args.config)
+        config = with_mqtt_url(load_config(args.config), args.mqtt)
         target = resolve(args.address or os.environ.get("GSHARE_ADDRESS") or config.agent_scheduler)
     except (ValueError, AddressError, ConfigError) as exc:
         print(f"gshare-nodeagent: {exc}", file=sys.stderr)
         return 2
     if args.token_file is None and config.agent_token_file:
         args.token_file = Path(config.agent_token_file)
-    if args.mqtt:
-        from gshare.config import parse_mqtt_url
-
-        try:
-            parse_mqtt_url(args.mqtt)
-        except ValueError as exc:
-            print(f"gshare-nodeagent: --mqtt: {exc}", file=sys.stderr)
-            return 2
     token = ""
     if args.token_file:
         try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import secrets
 import signal
@@ -18,7 +17,7 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 
 from gshare import __version__, sdnotify
 from gshare.api import gshare_pb2_grpc as pb_grpc
-from gshare.config import Config, ConfigError, default_state_dir, load_config, parse_mqtt_url
+from gshare.config import Config, ConfigError, default_state_dir, load_config, with_mqtt_url
 from gshare.logs import setup_logging
 from gshare.metrics import MetricsServer
 from policies import PolicyError, make_policy
@@ -169,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gshare-schedulerd: {exc}", file=sys.stderr)
         return 2
     try:
-        config = load_config(args.config)
+        config = with_mqtt_url(load_config(args.config), args.mqtt)
     except ConfigError as exc:
         print(f"gshare-schedulerd: {exc}", file=sys.stderr)
         return 2
@@ -182,14 +181,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    if args.mqtt is not None:
-        if args.mqtt:
-            try:
-                parse_mqtt_url(args.mqtt)
-            except ValueError as exc:
-                print(f"gshare-schedulerd: --mqtt: {exc}", file=sys.stderr)
-                return 2
-        config = dataclasses.replace(config, mqtt=dataclasses.replace(config.mqtt, url=args.mqtt))
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(serve(config, args, state_dir))
     return 0

@@ -157,6 +157,7 @@ def test_bad_daemon_configuration_stops_with_a_message(open_tmp: Path) -> None:
         ),
         (["--config", str(bad_half_life)], "half_life must be positive"),
         (["--config", str(open_tmp / "missing.toml")], "cannot read config"),
+        (["--mqtt", "tcp://broker:1883"], "--mqtt: expected mqtt://HOST:PORT"),
     ):
         res = subprocess.run(
             [str(BIN / "gshare-schedulerd"), "--state-dir", str(open_tmp / "s"), *argv],

@@ -132,6 +132,18 @@ def test_fake_gpus_take_injected_faults_and_see_device_users(tmp_path: Path) -> 
     assert again[0].xids == () and again[1].ecc_dbe == 1  # counts stay, events do not repeat
 
 
+def test_a_daemons_mqtt_flag_overrides_the_file_and_is_checked() -> None:
+    from gshare.config import Config, MqttConfig, with_mqtt_url
+
+    base = Config(mqtt=MqttConfig(url="mqtt://file:1883", username="gpu01"))
+    assert with_mqtt_url(base, None) is base
+    flagged = with_mqtt_url(base, "mqtts://other:8883")
+    assert flagged.mqtt.url == "mqtts://other:8883" and flagged.mqtt.username == "gpu01"
+    assert not with_mqtt_url(base, "").mqtt.enabled
+    with pytest.raises(ConfigError, match="--mqtt: expected mqtt://"):
+        with_mqtt_url(base, "tcp://other")
+
+
 def test_mqtt_and_telemetry_config() -> None:
     assert parse_mqtt_url("mqtt://broker") == ("broker", 1883, False)
     assert parse_mqtt_url("mqtts://[::1]:8884") == ("::1", 8884, True)
