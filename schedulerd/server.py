@@ -251,6 +251,9 @@ class AgentService(pb_grpc.AgentServiceServicer):
             kind = msg.WhichOneof("msg")
             if kind == "heartbeat":
                 self.s.heartbeat(session)
+                # the agent counts its lease from our answers, not from its own sends
+                ack = pb.HeartbeatAck(time=self.s.clock())
+                session.send(pb.SchedulerMessage(heartbeat_ack=ack))
             elif kind == "checkpoint":
                 await self.s.agent_checkpoint(session, msg.checkpoint)
             elif kind == "job_update":

@@ -382,16 +382,22 @@ class SubmitJobRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SPEC_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    """Chosen by the client, reused when it retries the same submit: a second request with
+    the same key from the same user returns the first one's job instead of a new job.
+    """
     @_builtins.property
     def spec(self) -> Global___JobSpec: ...
     def __init__(
         self,
         *,
         spec: Global___JobSpec | None = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -980,6 +986,7 @@ class AgentJob(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     KILLED_AFTER_GRACE_FIELD_NUMBER: _builtins.int
+    LEASE_LOST_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     pid: _builtins.int
     """the job's process (and process group)"""
@@ -992,6 +999,8 @@ class AgentJob(_message.Message):
     """launch failure, if any"""
     killed_after_grace: _builtins.bool
     """asked to yield, it outlived its grace and was killed"""
+    lease_lost: _builtins.bool
+    """stopped by its node because the scheduler was not heard"""
     def __init__(
         self,
         *,
@@ -1004,10 +1013,11 @@ class AgentJob(_message.Message):
         end_time: _builtins.float = ...,
         error: _builtins.str = ...,
         killed_after_grace: _builtins.bool = ...,
+        lease_lost: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "exit_code", b"exit_code", "exit_signal", b"exit_signal", "exited", b"exited", "job_id", b"job_id", "killed_after_grace", b"killed_after_grace", "pid", b"pid", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "exit_code", b"exit_code", "exit_signal", b"exit_signal", "exited", b"exited", "job_id", b"job_id", "killed_after_grace", b"killed_after_grace", "lease_lost", b"lease_lost", "pid", b"pid", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1100,6 +1110,25 @@ class Heartbeat(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
+
+@_typing.final
+class HeartbeatAck(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_FIELD_NUMBER: _builtins.int
+    time: _builtins.float
+    def __init__(
+        self,
+        *,
+        time: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeartbeatAck: _TypeAlias = HeartbeatAck  # noqa: Y015
 
 @_typing.final
 class AgentMessage(_message.Message):
@@ -1327,6 +1356,7 @@ class SchedulerMessage(_message.Message):
     FORGET_FIELD_NUMBER: _builtins.int
     DRAIN_FIELD_NUMBER: _builtins.int
     PREEMPT_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_ACK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def registered(self) -> Global___Registered: ...
     @_builtins.property
@@ -1341,6 +1371,8 @@ class SchedulerMessage(_message.Message):
     def drain(self) -> Global___Drain: ...
     @_builtins.property
     def preempt(self) -> Global___Preempt: ...
+    @_builtins.property
+    def heartbeat_ack(self) -> Global___HeartbeatAck: ...
     def __init__(
         self,
         *,
@@ -1351,12 +1383,13 @@ class SchedulerMessage(_message.Message):
         forget: Global___Forget | None = ...,
         drain: Global___Drain | None = ...,
         preempt: Global___Preempt | None = ...,
+        heartbeat_ack: Global___HeartbeatAck | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "forget", b"forget", "kill", b"kill", "launch", b"launch", "msg", b"msg", "preempt", b"preempt", "registered", b"registered", "signal", b"signal"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "forget", b"forget", "heartbeat_ack", b"heartbeat_ack", "kill", b"kill", "launch", b"launch", "msg", b"msg", "preempt", b"preempt", "registered", b"registered", "signal", b"signal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "forget", b"forget", "kill", b"kill", "launch", b"launch", "msg", b"msg", "preempt", b"preempt", "registered", b"registered", "signal", b"signal"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "forget", b"forget", "heartbeat_ack", b"heartbeat_ack", "kill", b"kill", "launch", b"launch", "msg", b"msg", "preempt", b"preempt", "registered", b"registered", "signal", b"signal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["registered", "launch", "signal", "kill", "forget", "drain", "preempt"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["registered", "launch", "signal", "kill", "forget", "drain", "preempt", "heartbeat_ack"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 
