@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+import uuid
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
@@ -13,6 +16,15 @@ from gshare.api import gshare_pb2_grpc as pb_grpc
 
 Req = TypeVar("Req")
 T = TypeVar("T")
+
+
+def new_key() -> str:
+    """A submit's idempotency key: random, so two submits never share one by chance."""
+    return uuid.uuid4().hex
+
+
+def _unavailable(exc: grpc.RpcError) -> bool:
+    return isinstance(exc, grpc.Call) and exc.code() is grpc.StatusCode.UNAVAILABLE
 
 
 class ClientError(Exception):
@@ -56,8 +68,44 @@ class Client:
             )
         return ClientError(details or str(code), code)
 
-    def submit(self, spec: pb.JobSpec) -> int:
-        return self._call(self._stub.SubmitJob, pb.SubmitJobRequest(spec=spec)).job_id
+    def submit(self, spec: pb.JobSpec, idempotency_key: str = "", retry_s: float = 30.0) -> int:
+        """Submit a job; its id. The request carries an idempotency key (a fresh one unless
+        given), and a submit whose answer was lost after it reached the scheduler (it died
+        or restarted: UNAVAILABLE) is sent again with the same key for up to `retry_s`, so
+        the job is made once. A scheduler never reached fails at once, as any call."""
+        request = pb.SubmitJobRequest(spec=spec, idempotency_key=idempotency_key or new_key())
+        reached = threading.Event()
+
+        def watch(state: grpc.ChannelConnectivity) -> None:
+            if state is grpc.ChannelConnectivity.READY:
+                reached.set()
+
+        self._channel.subscribe(watch, try_to_connect=False)
+        deadline = time.monotonic() + retry_s
+        try:
+            try:
+                return self._stub.SubmitJob(request, timeout=self.timeout).job_id
+            except grpc.RpcError as exc:
+                # the connectivity callback runs on gRPC's thread: give it a moment
+                if not (_unavailable(exc) and reached.wait(0.5)):
+                    raise self._error(exc) from None
+            while True:  # the request may have been stored: the same key again
+                left = deadline - time.monotonic()
+                try:
+                    return self._stub.SubmitJob(
+                        request, timeout=max(left, 0.1), wait_for_ready=True
+                    ).job_id
+                except grpc.RpcError as exc:
+                    code = exc.code() if isinstance(exc, grpc.Call) else None
+                    retry = code in (
+                        grpc.StatusCode.UNAVAILABLE,
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                    )
+                    if not retry or time.monotonic() >= deadline:
+                        raise self._error(exc) from None
+                    time.sleep(0.2)
+        finally:
+            self._channel.unsubscribe(watch)
 
     def job(self, job_id: int) -> pb.Job:
         return self._call(self._stub.GetJob, pb.GetJobRequest(job_id=job_id))

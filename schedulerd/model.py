@@ -54,6 +54,13 @@ class JobRecord:
     slurm_job_id: int = 0
     slurm_state: str = ""
     slurm_charged_until: float = 0.0  # its Slurm GPU time is in the ledger up to here
+    submit_key: str = ""  # the client's idempotency key ("": none)
+
+    # Defaults for jobs submitted since cluster ids exist; `%C` is replaced at submit by the
+    # id of the cluster's database, so a new cluster's job 1 is not an old cluster's job 1.
+    # Jobs stored with an empty output or checkpoint dir keep the older defaults below.
+    DEFAULT_OUTPUT = "gshare-%j-%C.out"
+    DEFAULT_CHECKPOINT_DIR = ".gshare/checkpoints/%C-job-%j"
 
     @property
     def checkpoint_path(self) -> str:

@@ -83,6 +83,17 @@ class JobRow(Base):
     slurm_job_id: Mapped[int] = mapped_column(Integer, default=0)
     slurm_state: Mapped[str] = mapped_column(String(32), default="")
     slurm_charged_until: Mapped[float] = mapped_column(Float, default=0.0)
+    # unique per uid (index ix_jobs_uid_submit_key); NULL when the client sent no key
+    submit_key: Mapped[str | None] = mapped_column(String(128), nullable=True, default=None)
+
+
+class ClusterRow(Base):
+    """One row: the id of this cluster's database, made with it (migration 0006)."""
+
+    __tablename__ = "cluster"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created: Mapped[float] = mapped_column(Float)
 
 
 class EventRow(Base):
@@ -140,6 +151,7 @@ _JOB_FIELDS = [f.name for f in fields(JobRecord) if f.name not in ("job_id", "st
 
 def _record(row: JobRow) -> JobRecord:
     values = {f: getattr(row, f) for f in _JOB_FIELDS}
+    values["submit_key"] = values["submit_key"] or ""
     return JobRecord(job_id=row.id, state=JobState(row.state), **values)
 
 
@@ -215,42 +227,82 @@ class Store:
 
     # ------------------------------------------------------------ jobs
 
-    def submit_many(self, jobs: Sequence[NewJob], now: float | None = None) -> list[int]:
-        """Insert the jobs and their submit events in one transaction; return their ids.
+    def submit_many(
+        self, jobs: Sequence[NewJob], now: float | None = None
+    ) -> list[tuple[int, bool]]:
+        """Insert the jobs and their submit events in one transaction; return each one's id
+        and whether it is new. A job whose (uid, submit key) is already stored, or comes
+        earlier in the same batch, is a retried submit: it gets the first one's id.
 
         Core bulk inserts (one statement per table), not ORM units of work: this is the
         hot path of every submission.
         """
         now = time.time() if now is None else now
-        rows = [
-            {
-                **{f: getattr(n.record, f) for f in _JOB_FIELDS},
-                "script": n.script,
-                "state": n.record.state.value,
-            }
-            for n in jobs
-        ]
         with self._session.begin() as session:
-            result = session.execute(
-                insert(JobRow).returning(JobRow.id, sort_by_parameter_order=True), rows
-            )
-            ids = [row[0] for row in result]
-            session.execute(
-                insert(EventRow),
-                [
-                    {
-                        "job_id": job_id,
-                        "time": now,
-                        "kind": "submit",
-                        "from_state": "",
-                        "to_state": n.record.state.value,
-                        "actor": n.record.user,
-                        "reason": n.record.reason,
-                    }
-                    for job_id, n in zip(ids, jobs, strict=True)
-                ],
-            )
-        return ids
+            known: dict[tuple[int, str], int] = {}
+            keyed = [n.record for n in jobs if n.record.submit_key]
+            if keyed:
+                found = session.execute(
+                    select(JobRow.uid, JobRow.submit_key, JobRow.id).where(
+                        JobRow.submit_key.in_({r.submit_key for r in keyed})
+                    )
+                )
+                known = {(uid, key): job_id for uid, key, job_id in found if key}
+            fresh: list[NewJob] = []
+            slot: list[tuple[int, str] | None] = []  # per job: the key of a retry, or None
+            batch_keys: set[tuple[int, str]] = set()
+            for n in jobs:
+                key = (n.record.uid, n.record.submit_key)
+                if n.record.submit_key and (key in known or key in batch_keys):
+                    slot.append(key)
+                    continue
+                if n.record.submit_key:
+                    batch_keys.add(key)
+                fresh.append(n)
+                slot.append(None)
+            rows = [
+                {
+                    **{f: getattr(n.record, f) for f in _JOB_FIELDS},
+                    "submit_key": n.record.submit_key or None,
+                    "script": n.script,
+                    "state": n.record.state.value,
+                }
+                for n in fresh
+            ]
+            ids: list[int] = []
+            if rows:
+                result = session.execute(
+                    insert(JobRow).returning(JobRow.id, sort_by_parameter_order=True), rows
+                )
+                ids = [row[0] for row in result]
+                session.execute(
+                    insert(EventRow),
+                    [
+                        {
+                            "job_id": job_id,
+                            "time": now,
+                            "kind": "submit",
+                            "from_state": "",
+                            "to_state": n.record.state.value,
+                            "actor": n.record.user,
+                            "reason": n.record.reason,
+                        }
+                        for job_id, n in zip(ids, fresh, strict=True)
+                    ],
+                )
+        for n, job_id in zip(fresh, ids, strict=True):
+            if n.record.submit_key:
+                known[(n.record.uid, n.record.submit_key)] = job_id
+        made = iter(ids)
+        return [(known[key], False) if key else (next(made), True) for key in slot]
+
+    def cluster_id(self) -> str:
+        """The id of this cluster's database (made by migration 0006)."""
+        with self._session() as session:
+            row = session.execute(select(ClusterRow.id)).first()
+            if row is None:
+                raise StoreError("the store has no cluster id (migration 0006 missing)")
+            return str(row[0])
 
     def apply(self, changes: Iterable[Change], now: float | None = None) -> list[JobRecord]:
         """Apply state changes, each with its event, in one transaction.

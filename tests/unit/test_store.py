@@ -44,7 +44,7 @@ def test_submit_writes_jobs_and_their_events(store: Store) -> None:
         [NewJob(record(), b"#!/bin/sh\n"), NewJob(record(user="bob"), b"#!/bin/sh\ntrue\n")],
         now=5.0,
     )
-    assert ids == [1, 2]
+    assert ids == [(1, True), (2, True)]
     assert store.script(2) == b"#!/bin/sh\ntrue\n"
     assert [(e.kind, e.to_state, e.actor) for e in store.events(2)] == [
         ("submit", "PENDING", "bob")
@@ -53,7 +53,7 @@ def test_submit_writes_jobs_and_their_events(store: Store) -> None:
 
 
 def test_a_change_and_its_event_commit_together(store: Store) -> None:
-    [job_id] = store.submit_many([NewJob(record(), b"#!/bin/sh\n")])
+    [(job_id, _)] = store.submit_many([NewJob(record(), b"#!/bin/sh\n")])
     store.apply(
         [Change(job_id, JobState.STARTING, "start", "scheduler", "placed", (("node", "a"),))],
         now=7.0,
@@ -64,7 +64,9 @@ def test_a_change_and_its_event_commit_together(store: Store) -> None:
 
 
 def test_an_illegal_change_writes_nothing_of_its_batch(store: Store) -> None:
-    a, b = store.submit_many([NewJob(record(), b"#!/bin/sh\n"), NewJob(record(), b"#!/bin/sh\n")])
+    (a, _), (b, _) = store.submit_many(
+        [NewJob(record(), b"#!/bin/sh\n"), NewJob(record(), b"#!/bin/sh\n")]
+    )
     with pytest.raises(IllegalTransition):
         store.apply(
             [
@@ -81,7 +83,7 @@ def test_an_illegal_change_writes_nothing_of_its_batch(store: Store) -> None:
 def test_state_survives_reopening(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     first = Store(url)
-    [job_id] = first.submit_many([NewJob(record(), b"#!/bin/sh\n")])
+    [(job_id, _)] = first.submit_many([NewJob(record(), b"#!/bin/sh\n")])
     first.apply([Change(job_id, JobState.CANCELLED, "cancel", "alice")])
     first.close()
     again = Store(url)  # the migration is a no-op the second time
@@ -101,3 +103,34 @@ def test_the_ledger_keeps_usage_and_idle_time_per_user(store: Store) -> None:
     usage, idle, at = store.usage()
     assert usage == {"ann": 100.0, "bob": 5.0, "cat": 0.0}
     assert idle == {"ann": 30.0, "bob": 0.0, "cat": 2.0} and at == 1000.0
+
+
+def test_a_retried_submit_finds_its_first_job(store: Store) -> None:
+    """The same (uid, key) makes one job, in one batch or across batches; another user's
+    same key is their own."""
+    key = "k-1"
+    first = store.submit_many(
+        [
+            NewJob(record(submit_key=key), b"#!/bin/sh\n"),
+            NewJob(record(submit_key=key), b"#!/bin/sh\n"),
+            NewJob(record(), b"#!/bin/sh\n"),
+        ]
+    )
+    assert first == [(1, True), (1, False), (2, True)]
+    again = store.submit_many(
+        [
+            NewJob(record(submit_key=key), b"#!/bin/sh\n"),
+            NewJob(record(uid=1001, user="bob", submit_key=key), b"#!/bin/sh\n"),
+        ]
+    )
+    assert again == [(1, False), (3, True)]
+    assert len(store.live_jobs()) == 3 and len(store.events(1)) == 1
+    assert store.job(3).submit_key == key  # type: ignore[union-attr]
+    assert store.job(2).submit_key == ""  # type: ignore[union-attr]
+
+
+def test_the_cluster_id_is_made_once_with_the_database(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    first = Store(url).cluster_id()
+    assert len(first) == 8 and Store(url).cluster_id() == first
+    assert Store(f"sqlite:///{tmp_path / 'other.sqlite'}").cluster_id() != first
