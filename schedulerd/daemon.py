@@ -36,6 +36,7 @@ T = TypeVar("T")
 MAX_GPUS_PER_JOB = 4096
 USAGE_SAVE_EVERY_S = 10.0  # a scheduler crash loses at most this much accounting
 MAX_PRIORITY = 1_000_000
+MAX_SUBMIT_KEY = 128
 
 
 class Refused(Exception):
@@ -51,6 +52,7 @@ class AgentSession:
     node: str
     outbox: asyncio.Queue[pb.SchedulerMessage] = field(default_factory=asyncio.Queue)
     connected_at: float = 0.0
+    peer: str = ""  # where it connected from, for the log
 
     def send(self, msg: pb.SchedulerMessage) -> None:
         self.outbox.put_nowait(msg)
@@ -94,6 +96,7 @@ class Scheduler:
         self.on_cycle: Callable[[float], None] | None = None  # metrics: the cycle's seconds
         self.on_start: Callable[[JobRecord, float], None] | None = None  # metrics: queue wait
         self.slurm: SlurmLink | None = None
+        self.cluster_id = ""  # the store's, read at start
 
     # ------------------------------------------------------------ life
 
@@ -102,6 +105,7 @@ class Scheduler:
         return await loop.run_in_executor(self._db_thread, fn, *args)
 
     async def start(self) -> None:
+        self.cluster_id = await self.db(self.store.cluster_id)
         for node in await self.db(self.store.nodes):
             node.state = NodeState.DOWN
             self.nodes[node.name] = node
@@ -355,8 +359,18 @@ class Scheduler:
             slurm="" if spec.slurm == "auto" else spec.slurm,
         )
 
-    async def submit(self, caller: Caller, spec: pb.JobSpec) -> int:
+    async def submit(self, caller: Caller, spec: pb.JobSpec, submit_key: str = "") -> int:
+        """Queue a job; its id once committed. A `submit_key` the caller already used
+        (a retried submit) returns the job it made then, and makes no other."""
         record = self.validate(caller, spec)
+        if len(submit_key) > MAX_SUBMIT_KEY or not submit_key.isprintable():
+            raise Refused(f"idempotency_key: must be at most {MAX_SUBMIT_KEY} printable characters")
+        record.submit_key = submit_key
+        # default paths carry the cluster's id: a new cluster's job 1 is not an old one's
+        record.output = (record.output or JobRecord.DEFAULT_OUTPUT).replace("%C", self.cluster_id)
+        record.checkpoint_dir = (record.checkpoint_dir or JobRecord.DEFAULT_CHECKPOINT_DIR).replace(
+            "%C", self.cluster_id
+        )
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._submits.put_nowait((NewJob(record, spec.script), future))
         return await future
@@ -377,7 +391,11 @@ class Scheduler:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for (new, future), job_id in zip(batch, ids, strict=True):
+            for (new, future), (job_id, created) in zip(batch, ids, strict=True):
+                if not created:  # a retried submit: its job is already queued
+                    if not future.done():
+                        future.set_result(job_id)
+                    continue
                 record = new.record  # made by validate() for this submission alone
                 record.job_id, record.submit_time = job_id, now
                 self.jobs[job_id] = record
@@ -711,10 +729,16 @@ class Scheduler:
         now = self.clock()
         async with self.lock:
             for node in list(self.nodes.values()):
-                if node.name in self.sessions or node.state == NodeState.DOWN:
+                if node.state == NodeState.DOWN:
                     continue
                 if now - node.last_seen < self.config.node_lease_s:
                     continue
+                # Connected or not: an agent that is frozen, or whose stream stays open while
+                # nothing flows, is as gone as one that hung up. Its own node stops its jobs
+                # at the same lease, so the copies requeued below never overlap it for long.
+                session = self.sessions.pop(node.name, None)
+                if session is not None:
+                    session.send(pb.SchedulerMessage())  # ends the stream: it must register
                 node.state = NodeState.DOWN
                 node.reason = f"agent silent for more than {self.config.node_lease_s:.0f}s"
                 log.warning("node %s is down: %s", node.name, node.reason)
@@ -893,10 +917,23 @@ class Scheduler:
         """A (re)connecting agent: record its node and reconcile the jobs it reports."""
         async with self.lock:
             old = self.sessions.get(reg.node)
+            node = self.nodes.get(reg.node)
             if old is not None and old is not session:
+                if node is not None and self.clock() - node.last_seen < self.config.node_lease_s:
+                    log.warning(
+                        "refused a second registration of node %s (%s): its agent is "
+                        "connected and was heard from %.1fs ago",
+                        reg.node,
+                        session.peer,
+                        self.clock() - node.last_seen,
+                    )
+                    raise Refused(
+                        f"node {reg.node} is already connected and alive; a second agent "
+                        "for it is refused",
+                        "ALREADY_EXISTS",
+                    )
                 old.send(pb.SchedulerMessage())  # empty message: tells the old stream to end
             self.sessions[reg.node] = session
-            node = self.nodes.get(reg.node)
             gpus = [
                 GpuInfo(g.index, g.uuid, g.model, g.memory_mb, list(g.nvlink_peers))
                 for g in reg.gpus
@@ -981,10 +1018,15 @@ class Scheduler:
             log.warning("agent of node %s disconnected", session.node)
             self.publish_node(node)
 
-    def heartbeat(self, session: AgentSession) -> None:
+    def heartbeat(self, session: AgentSession) -> bool:
+        """The agent was heard: renew its node's lease. False for a session that is no
+        longer the node's (expired or replaced): it renews nothing."""
+        if self.sessions.get(session.node) is not session:
+            return False
         node = self.nodes.get(session.node)
         if node is not None:
             node.last_seen = self.clock()
+        return True
 
     async def agent_job_update(self, session: AgentSession, update: pb.AgentJob) -> None:
         async with self.lock:
@@ -1016,6 +1058,25 @@ class Scheduler:
             return
         yielding = job.state is JobState.PREEMPTING and not job.end_request and not update.error
         if yielding and await self._yielded(node, job, update):
+            return
+        if update.lease_lost and not job.end_request:
+            # its node stopped it, not having heard from us for the lease: run it again
+            why = f"node {node} stopped it after losing the scheduler for the lease"
+            await self.change(
+                [
+                    Change(
+                        job.job_id,
+                        JobState.PENDING,
+                        "requeue",
+                        f"agent:{node}",
+                        why,
+                        _requeue_fields(job, f"requeued: {why}"),
+                    )
+                ]
+            )
+            if session is not None:
+                session.send(pb.SchedulerMessage(forget=pb.Forget(job_id=job.job_id)))
+            self.publish_node(self.nodes[node])
             return
         end, why = _end_of(job, update)
         fields = (

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import secrets
 import signal
 import sys
@@ -23,7 +25,7 @@ from gshare.metrics import MetricsServer
 from policies import PolicyError, make_policy
 from schedulerd.daemon import Scheduler
 from schedulerd.peercred import PeerCredFrontDoor
-from schedulerd.server import AgentService, ClientService, Identities
+from schedulerd.server import AgentService, ClientService, Identities, node_token
 from schedulerd.store import Store, default_url
 
 log = logging.getLogger("schedulerd")
@@ -68,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="serve Prometheus /metrics (overrides [server] metrics)",
     )
+    p.add_argument(
+        "--node-token",
+        metavar="NODE",
+        help="print the agent token of node NODE (for its [agent] token_file) and exit; "
+        "made from STATE_DIR/agent.key, created if missing",
+    )
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
@@ -95,20 +103,19 @@ async def serve(config: Config, args: argparse.Namespace, state_dir: Path) -> in
         Path(config.socket) if config.socket else state_dir / "gshare.sock"
     )
     door = PeerCredFrontDoor(socket_path, backend_port)
-    agent_token = ""
+    agent_key = b""
     tcp = args.tcp or config.tcp
     if tcp:
-        token_file = state_dir / "agent.token"
-        if not token_file.exists():
-            token_file.write_text(secrets.token_hex(32) + "\n")
-            token_file.chmod(0o600)
-        agent_token = token_file.read_text().strip()
+        agent_key = load_agent_key(state_dir)
         try:
-            server.add_insecure_port(tcp)
+            tcp_port = server.add_insecure_port(tcp)
         except RuntimeError as exc:
             print(f"gshare-schedulerd: cannot listen on {tcp}: {exc}", file=sys.stderr)
             return 1
-    ids = Identities(door, agent_token)
+        # port 0 asks for any free port: say which one it got (tests and `gshare up` read it)
+        tcp = f"{tcp.rpartition(':')[0]}:{tcp_port}"
+        write_private(state_dir / "tcp.address", tcp + "\n")
+    ids = Identities(door, agent_key)
     pb_grpc.add_ClientServiceServicer_to_server(ClientService(scheduler, ids), server)
     pb_grpc.add_AgentServiceServicer_to_server(AgentService(scheduler, ids), server)
     health = health_aio.HealthServicer()
@@ -160,6 +167,59 @@ async def serve(config: Config, args: argparse.Namespace, state_dir: Path) -> in
     return 0
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read, replacing what was there at once."""
+    tmp = path.with_name(path.name + ".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def load_agent_key(state_dir: Path) -> bytes:
+    """The cluster's agent key (STATE_DIR/agent.key, made on first use), from which each
+    node's token is derived. An old cluster-wide agent.token is no longer accepted."""
+    key_file = state_dir / "agent.key"
+    if not key_file.exists():
+        write_private(key_file, secrets.token_hex(32) + "\n")
+        if (state_dir / "agent.token").exists():
+            log.warning(
+                "%s is no longer accepted: each node now has its own token; print one with "
+                "gshare-schedulerd --node-token NODE",
+                state_dir / "agent.token",
+            )
+    return key_file.read_text().strip().encode()
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+def lock_state(paths: list[Path]) -> list[int]:
+    """Take an exclusive lock beside each of `paths` (the state dir, the socket, the SQLite
+    file), or raise AlreadyRunning naming the scheduler that holds it. The locks are held
+    until the process ends, by the kernel: a crash never leaves a stale one behind."""
+    fds: list[int] = []
+    for path in dict.fromkeys(paths):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            for held in fds:
+                os.close(held)
+            raise AlreadyRunning(
+                f"another gshare-schedulerd (pid {holder}) already runs here: {path} is locked"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        fds.append(fd)
+    return fds
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -181,9 +241,36 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(serve(config, args, state_dir))
-    return 0
+    if args.node_token is not None:
+        if not args.node_token:
+            print("gshare-schedulerd: --node-token needs a node name", file=sys.stderr)
+            return 2
+        print(node_token(load_agent_key(state_dir), args.node_token))
+        return 0
+    socket_path = args.socket or (
+        Path(config.socket) if config.socket else state_dir / "gshare.sock"
+    )
+    locks = [state_dir / "schedulerd.lock", socket_path.with_name(socket_path.name + ".lock")]
+    url = args.store_url or config.store_url or default_url(state_dir)
+    if url.startswith("sqlite:///") and ":memory:" not in url and len(url) > len("sqlite:///"):
+        db = Path(url[len("sqlite:///") :])
+        locks.append(db.with_name(db.name + ".lock"))
+    try:
+        socket_path.parent.mkdir(parents=True, exist_ok=True)
+        held = lock_state(locks)
+    except AlreadyRunning as exc:
+        print(f"gshare-schedulerd: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"gshare-schedulerd: cannot lock {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 1
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            return asyncio.run(serve(config, args, state_dir))
+        return 0
+    finally:
+        for fd in held:
+            os.close(fd)
 
 
 if __name__ == "__main__":

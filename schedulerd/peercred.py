@@ -96,6 +96,7 @@ class PeerCredFrontDoor:
         self.mode = mode
         self.callers: dict[tuple[str, int], Caller] = {}
         self._server: asyncio.Server | None = None
+        self._made: tuple[int, int] = (-1, -1)  # the socket file we created (device, inode)
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,14 +106,19 @@ class PeerCredFrontDoor:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(self._front, path=str(self.path))
         os.chmod(self.path, self.mode)
+        st = self.path.stat()
+        self._made = (st.st_dev, st.st_ino)
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        # only the socket this door made: never one that another process has put there since
         with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+            st = self.path.stat()
+            if (st.st_dev, st.st_ino) == self._made:
+                self.path.unlink()
 
     def caller_for(self, peer: str) -> Caller | None:
         """`peer` as gRPC gives it, e.g. 'ipv4:127.0.0.1:53124'."""

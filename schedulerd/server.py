@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import logging
 import os
@@ -27,24 +28,35 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 AGENT_TOKEN_HEADER = "x-gshare-agent-token"
 
 
+def node_token(key: bytes, node: str) -> str:
+    """The credential of one node's agent: an HMAC of its name under the cluster's agent
+    key. It proves that node's name and no other, so a leaked token lets its holder
+    register as that node alone."""
+    return hmac.new(key, b"gshare-node:" + node.encode(), hashlib.sha256).hexdigest()
+
+
 class Identities:
     """Maps a gRPC context to the caller: Unix peers by SO_PEERCRED, TCP peers anonymous."""
 
-    def __init__(self, door: PeerCredFrontDoor, agent_token: str = "") -> None:
+    def __init__(self, door: PeerCredFrontDoor, agent_key: bytes = b"") -> None:
         self.door = door
-        self.agent_token = agent_token
+        self.agent_key = agent_key
 
     def caller(self, context: Ctx) -> Caller:
         return self.door.caller_for(context.peer()) or ANONYMOUS
 
-    def may_be_agent(self, context: Ctx) -> bool:
+    def may_be_agent(self, context: Ctx, node: str) -> bool:
+        """Root and the scheduler's own user (on the Unix socket) may register any node;
+        over TCP, an agent shows the token of the node it registers as."""
         caller = self.caller(context)
         if not caller.anonymous:
             return caller.uid in (0, os.geteuid())
-        if not self.agent_token:
+        if not self.agent_key:
             return False
         sent = dict(context.invocation_metadata() or ()).get(AGENT_TOKEN_HEADER, "")
-        return isinstance(sent, str) and hmac.compare_digest(sent, self.agent_token)
+        return isinstance(sent, str) and hmac.compare_digest(
+            sent.encode(), node_token(self.agent_key, node).encode()
+        )
 
 
 async def _guard(context: Ctx, call: Awaitable[T]) -> T:
@@ -64,7 +76,7 @@ class ClientService(pb_grpc.ClientServiceServicer):
 
     async def SubmitJob(self, request: pb.SubmitJobRequest, context: Ctx) -> pb.SubmitJobResponse:
         caller = self.ids.caller(context)
-        job_id = await _guard(context, self.s.submit(caller, request.spec))
+        job_id = await _guard(context, self.s.submit(caller, request.spec, request.idempotency_key))
         return pb.SubmitJobResponse(job_id=job_id)
 
     async def GetJob(self, request: pb.GetJobRequest, context: Ctx) -> pb.Job:
@@ -206,12 +218,6 @@ class AgentService(pb_grpc.AgentServiceServicer):
     async def Connect(
         self, request_iterator: AsyncIterator[pb.AgentMessage], context: Ctx
     ) -> AsyncIterator[pb.SchedulerMessage]:
-        if not self.ids.may_be_agent(context):
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                "only root, the scheduler's user or a holder of the agent token "
-                "may connect as an agent",
-            )
         first = await anext(aiter(request_iterator), None)
         if first is None or not first.HasField("register"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an agent must register first")
@@ -219,8 +225,15 @@ class AgentService(pb_grpc.AgentServiceServicer):
         reg = first.register
         if not reg.node:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "register: empty node name")
-        session = AgentSession(reg.node, connected_at=self.s.clock())
-        await self.s.agent_connected(session, reg)
+        if not self.ids.may_be_agent(context, reg.node):
+            log.warning("refused an agent registering as node %r from %s", reg.node, context.peer())
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"only root, the scheduler's user or a holder of node {reg.node!r}'s agent "
+                "token may connect as that node's agent",
+            )
+        session = AgentSession(reg.node, connected_at=self.s.clock(), peer=context.peer())
+        await _guard(context, self.s.agent_connected(session, reg))
         log.info(
             "agent %s registered: %d GPUs (%s), %d jobs",
             reg.node,
@@ -250,14 +263,16 @@ class AgentService(pb_grpc.AgentServiceServicer):
         async for msg in requests:
             kind = msg.WhichOneof("msg")
             if kind == "heartbeat":
-                self.s.heartbeat(session)
+                if not self.s.heartbeat(session):
+                    return  # expired or replaced: this stream speaks for the node no more
                 # the agent counts its lease from our answers, not from its own sends
                 ack = pb.HeartbeatAck(time=self.s.clock())
                 session.send(pb.SchedulerMessage(heartbeat_ack=ack))
             elif kind == "checkpoint":
                 await self.s.agent_checkpoint(session, msg.checkpoint)
             elif kind == "job_update":
-                self.s.heartbeat(session)
+                if not self.s.heartbeat(session):
+                    return
                 await self.s.agent_job_update(session, msg.job_update)
             else:
                 log.warning("agent %s sent an unexpected %s", session.node, kind)

@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gshare.api import gshare_pb2 as pb
 from gshare.client import Client
-from tests.cluster import BIN, PY, Cluster, free_port, wait_until
+from tests.cluster import BIN, PY, Cluster, wait_until
 
 
 def test_health_service_reports_serving(cluster: Cluster) -> None:
@@ -95,13 +95,30 @@ def test_a_silent_node_loses_its_jobs_to_others_and_is_told_to_kill_them(
     cluster.gshare("cancel", str(job_id))
 
 
-def test_remote_agent_over_tcp_needs_the_token(
+def test_remote_agent_over_tcp_needs_its_own_nodes_token(
     cluster_factory: Callable[..., Cluster], open_tmp: Path
 ) -> None:
-    port = free_port()
-    cluster = cluster_factory(config=f'[server]\ntcp = "127.0.0.1:{port}"\n', agents=1)
-    token = cluster.root / "sched" / "agent.token"
-    assert token.exists() and token.stat().st_mode & 0o777 == 0o600
+    """Over TCP an agent shows the token of the node it registers as: a token proves one
+    node's name, so the holder of node A's token cannot register as node B."""
+    cluster = cluster_factory(config='[server]\ntcp = "127.0.0.1:0"\n', agents=1)
+    state = cluster.root / "sched"
+    key = state / "agent.key"
+    assert key.exists() and key.stat().st_mode & 0o777 == 0o600
+    address = (state / "tcp.address").read_text().strip()
+    assert address.startswith("127.0.0.1:") and not address.endswith(":0")
+
+    def token_of(node: str) -> Path:
+        res = subprocess.run(
+            [PY, "-m", "schedulerd.main", "--state-dir", str(state), "--node-token", node],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.returncode == 0, res.stderr
+        path = open_tmp / f"{node}.token"
+        path.write_text(res.stdout)
+        return path
+
     bad = open_tmp / "bad.token"
     bad.write_text("not-the-token\n")
 
@@ -112,7 +129,7 @@ def test_remote_agent_over_tcp_needs_the_token(
                 "-m",
                 "nodeagent.main",
                 "--address",
-                f"127.0.0.1:{port}",
+                address,
                 "--node",
                 name,
                 "--state-dir",
@@ -126,17 +143,21 @@ def test_remote_agent_over_tcp_needs_the_token(
             stderr=subprocess.PIPE,
         )
 
-    good_agent, bad_agent = agent("remote", token), agent("intruder", bad)
+    good_agent = agent("remote", token_of("remote"))
+    bad_agent = agent("intruder", bad)
+    borrowed = agent("impostor", token_of("remote"))  # remote's token, another name
     try:
         cluster.wait_nodes_up(2)
         time.sleep(1)
         names = {n.name for n in Client(cluster.address).nodes()}
-        assert "remote" in names and "intruder" not in names
+        assert "remote" in names and "intruder" not in names and "impostor" not in names
     finally:
-        for proc in (good_agent, bad_agent):
+        for proc in (good_agent, bad_agent, borrowed):
             proc.terminate()
             proc.wait(10)
-    assert b"refused this agent" in bad_agent.stderr.read()  # type: ignore[union-attr]
+    for proc in (bad_agent, borrowed):
+        assert b"refused this agent" in proc.stderr.read()  # type: ignore[union-attr]
+    assert "refused an agent registering as node 'impostor'" in cluster.logs("schedulerd")
 
 
 def test_bad_daemon_configuration_stops_with_a_message(open_tmp: Path) -> None:
