@@ -42,7 +42,7 @@ def latency(cluster: Cluster, work: Path, victim: list[str] | None) -> float:
     if victim is not None:
         low = cluster.submit(*victim, "--gpus", "4", "--priority", "-1", cwd=work)
         cluster.wait_state(low, "RUNNING")
-        wait_until("the victim to be ready", lambda: "ready" in _log(work, low), timeout=30)
+        wait_until("the victim to be ready", lambda: "ready" in _log(cluster, low), timeout=30)
     t0 = time.time()
     high = cluster.submit(
         "--wrap", "true", "--gpus", "4", "--priority", "10", "--no-preempt", cwd=work
@@ -56,8 +56,8 @@ def latency(cluster: Cluster, work: Path, victim: list[str] | None) -> float:
     return took
 
 
-def _log(work: Path, job_id: int) -> str:
-    path = work / f"gshare-{job_id}.out"
+def _log(cluster: Cluster, job_id: int) -> str:
+    path = Path(cluster.job(job_id).output_path)
     return path.read_text() if path.exists() else ""
 
 

@@ -124,9 +124,9 @@ def test_a_job_runs_as_its_owner(cluster: Cluster, workdir: Path) -> None:
     job_id = cluster.submit(str(path), user="nobody", cwd=workdir)
     job = cluster.wait_state(job_id, {"COMPLETED", "FAILED"})
     assert job.exit_code == 0, job.reason
-    out = (workdir / f"gshare-{job_id}.out").read_text().split()
+    out = Path(cluster.job(job_id).output_path).read_text().split()
     assert out[:3] == ["65534", "65534", "65534"] and out[-1] == "nobody"
-    assert os.stat(workdir / f"gshare-{job_id}.out").st_uid == 65534
+    assert os.stat(cluster.job(job_id).output_path).st_uid == 65534
 
 
 def test_gshare_errors_are_clear(cluster: Cluster) -> None:

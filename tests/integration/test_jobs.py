@@ -210,7 +210,7 @@ def test_logs_prints_the_jobs_output(cluster: Cluster, workdir: Path) -> None:
     cluster.wait_state(job_id, "COMPLETED")
     res = cluster.gshare("logs", str(job_id))
     assert res.code == 0 and "hello from the job" in res.out and "oops" in res.out
-    assert (workdir / f"gshare-{job_id}.out").exists()
+    assert Path(cluster.job(job_id).output_path).exists()
     follow = cluster.gshare(
         "logs", "-f", str(cluster.submit("--wrap", "echo a; sleep 1; echo b", cwd=workdir))
     )
@@ -252,7 +252,7 @@ def test_environment_and_gsub_directives_reach_the_job(cluster: Cluster, workdir
     )
     job = cluster.wait_state(job_id, "COMPLETED")
     assert job.spec.name == "from-script"
-    words = (workdir / f"gshare-{job_id}.out").read_text().split()
+    words = Path(cluster.job(job_id).output_path).read_text().split()
     assert words[:2] == ["script", "cli"] and words[-2:] == ["x", "--flag"]
     assert len(words[2].split(",")) == 2 and words[3] == job.node and words[4] == words[2]
     assert os.environ.get("GSHARE_JOB_ID") is None

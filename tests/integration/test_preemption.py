@@ -87,7 +87,7 @@ def test_a_high_priority_job_preempts_and_the_victims_resume_bitwise(
         assert kinds.count(("running", "RUNNING")) == 2
         shown = json.loads(small.gshare("show", str(job_id), "--json").out)
         assert shown["checkpoints"] and shown["preemptions"] == 1
-        log = (workdir / f"gshare-{job_id}.out").read_text()
+        log = Path(small.job(job_id).output_path).read_text()
         assert "yielding at step" in log and "resumed at step" in log
     # the same training, never interrupted
     reference = workdir / "reference"
@@ -162,7 +162,7 @@ def test_repeated_preemption_stops_at_max_restarts(small: Cluster, workdir: Path
     assert done.preemptions == 3 and done.exit_code == 75
     starts = [
         line
-        for line in (workdir / f"gshare-{job_id}.out").read_text().splitlines()
+        for line in Path(small.job(job_id).output_path).read_text().splitlines()
         if line.startswith("start at")
     ]
     assert starts[0] == "start at 0" and all(int(s.split()[-1]) > 0 for s in starts[1:])
