@@ -88,7 +88,9 @@ class SlurmLink:
                 await client.aclose()
 
     def comment(self, job_id: int) -> str:
-        return f"gshare:{self.cluster}:{job_id}"
+        """What marks the job in Slurm: the Slurm cluster's name for us, our database's id
+        (a new database numbers its jobs from 1 again) and the job id."""
+        return f"gshare:{self.cluster}:{self.s.cluster_id}:{job_id}"
 
     def kick(self) -> None:
         self._wake.set()

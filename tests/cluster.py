@@ -251,6 +251,13 @@ class Cluster:
 
         wait_until(f"{count} nodes up", check, timeout)
 
+    def cluster_id(self) -> str:
+        """The id of the scheduler's database (in default paths and Slurm comments)."""
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(self.root / "sched" / "gshare.db")) as db:
+            return str(db.execute("SELECT id FROM cluster").fetchone()[0])
+
     def queue_ids(self) -> list[int]:
         with self.client() as c:
             return [j.job_id for j in c.jobs(include_finished=True)]

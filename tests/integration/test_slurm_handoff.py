@@ -169,7 +169,9 @@ def test_slurmrestd_going_away_mid_job_is_survived_and_nothing_runs_twice(
         slurm_cluster.start_rest()
     done = cluster.wait_state(job_id, "COMPLETED", timeout=60)
     assert done.slurm_job_id == running.slurm_job_id
-    assert slurm_jobs_with(slurm_cluster, f"gshare:{name}:{job_id}") == [running.slurm_job_id]
+    assert slurm_jobs_with(slurm_cluster, f"gshare:{name}:{cluster.cluster_id()}:{job_id}") == [
+        running.slurm_job_id
+    ]
 
 
 def test_a_job_already_in_slurm_is_found_by_its_comment_not_submitted_again(
@@ -180,7 +182,7 @@ def test_a_job_already_in_slurm_is_found_by_its_comment_not_submitted_again(
     cluster, name = make(cluster_factory, slurm_cluster, open_tmp)
     work = slurm_cluster.workdir(name)
     next_id = 1  # a fresh scheduler numbers its first job 1
-    comment = f"gshare:{name}:{next_id}"
+    comment = f"gshare:{name}:{cluster.cluster_id()}:{next_id}"
 
     async def submit_by_hand() -> int:
         async with SlurmClient(slurm_cluster.url, "root", token=slurm_cluster.token()) as c:
@@ -218,7 +220,7 @@ def test_a_bad_token_leaves_the_job_waiting_with_a_clear_reason(
     # not handed to a Slurm that refuses us: it waits here, and says why
     assert pb.JobState.Name(job.state) == "PENDING" and job.slurm_job_id == 0
     assert "slurmrestd refused the token" in job.reason and "scontrol token" in job.reason
-    assert slurm_jobs_with(slurm_cluster, f"gshare:{name}:{job_id}") == []
+    assert slurm_jobs_with(slurm_cluster, f"gshare:{name}:{cluster.cluster_id()}:{job_id}") == []
     # a good token in the same file: it is read again, and the job goes through
     token_files = list(open_tmp.glob("slurm-*.token"))
     for f in token_files:
