@@ -3,7 +3,9 @@
 from policies.accounts import Account, AccountTree, decay_factor, decayed_usage
 from policies.engine import Knobs
 from policies.fairtree import FairTree, Standing, fair_tree
+from policies.handoff import handoff_after
 from policies.placement import FreeMap, Placement, place
+from policies.reclaim import idle_claimant
 from policies.registry import Policy, PolicyError, available_policies, make_policy
 from policies.snapshot import (
     ClusterSnapshot,
@@ -44,6 +46,8 @@ __all__ = [
     "decay_factor",
     "decayed_usage",
     "fair_tree",
+    "handoff_after",
+    "idle_claimant",
     "make_policy",
     "place",
 ]

@@ -223,6 +223,15 @@ def decide(
             if explain:  # cannot run here now, and so blocks no one
                 note(job, position, why_not_placed(job, free))
             continue
+        if not snapshot.multi_node and job.gpus > free.widest:
+            if explain:
+                note(
+                    job,
+                    position,
+                    f"needs {job.gpus} GPUs on one node, the largest has {free.widest}; "
+                    "jobs across nodes are not launched yet",
+                )
+            continue
         waiting_on = yielding.get(job.job_id)
         if waiting_on:
             ids = ", ".join(str(r.job_id) for r in waiting_on)

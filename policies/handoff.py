@@ -58,3 +58,17 @@ def choose_handoffs(snapshot: ClusterSnapshot, plan: Plan) -> Plan:
     if not handoffs and reasons == plan.reasons:
         return plan
     return replace(plan, handoffs=tuple(handoffs), reasons=MappingProxyType(reasons))
+
+
+def handoff_after(job_rule: str, queue_rule: str, queue_after_s: float, slurm: bool) -> float:
+    """A job's hand-off rule as `PendingJob.handoff_after_s`: -1 never, 0 at once, T after
+    waiting T seconds. `job_rule` is the job's own ("never", "always", or "" for its
+    queue's), `queue_rule` its queue's ("never", "always", or "when_idle_capacity_lacks"
+    after `queue_after_s`); without a Slurm cluster (`slurm` False), never."""
+    if not slurm or job_rule == "never":
+        return -1.0
+    if job_rule == "always":
+        return 0.0
+    if queue_rule == "never":
+        return -1.0
+    return 0.0 if queue_rule == "always" else float(max(1.0, queue_after_s))

@@ -70,6 +70,8 @@ class RunningJob:
     last_checkpoint: float | None = None
     preemptible: bool = True
     yielding_to: int = 0  # being preempted for this job: its GPUs are already spoken for
+    cpus: int = 0
+    mem_mb: int = 0
 
     @property
     def node(self) -> str:
@@ -101,6 +103,9 @@ class ClusterSnapshot:
     accounts: AccountTree = field(default_factory=AccountTree.flat)
     usage: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     slurm: SlurmCapacity | None = None  # None: no Slurm to hand jobs to
+    # whether a job may be placed across several nodes (the agents can launch it so);
+    # when not, a job wider than every node waits with that reason and reserves nothing
+    multi_node: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,14 +1,22 @@
-"""One scheduling cycle: snapshot -> decide -> apply.
+"""One scheduling cycle, the same in the daemon and in the simulator (`gshare sim`):
 
-1. snapshot: freeze the live jobs and the schedulable nodes into a ClusterSnapshot.
+1. snapshot: bring the ledger up to now; freeze the live jobs, the schedulable nodes and
+             the usage into a ClusterSnapshot.
 2. decide:   the configured policy (pure, in policies/) turns it into a Plan.
-3. apply:    persist the starts in one transaction, then send launches to the agents.
+3. persist:  the starts, the preemptions (with the claims of the jobs they are for), the
+             hand-offs, each through ClusterState.change: one transaction each, with
+             their events. Why each waiting job waits is kept in memory.
+4. send:     the victims are asked to yield and the started jobs are launched, through
+             the agents (real ones in the daemon, simulated ones in the simulator).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
+from typing import Protocol
 
 from gshare.config import Config
 from policies import (
@@ -19,12 +27,196 @@ from policies import (
     NodeView,
     PendingJob,
     Plan,
+    Policy,
     RunningJob,
     SlurmCapacity,
+    handoff_after,
 )
-from schedulerd.jobstate import JobState
-from schedulerd.model import JobRecord, NodeRecord
+from schedulerd.changes import claim_change, preempt_change, start_changes
+from schedulerd.jobstate import ON_NODE, JobState
+from schedulerd.ledger import Ledger
+from schedulerd.model import GpuInfo, JobRecord, NodeRecord
+from schedulerd.state import ClusterState
 from schedulerd.store import Change
+
+
+class Agents(Protocol):
+    """Where the cycle's commands go: the agent sessions, or simulated agents."""
+
+    async def launch(self, job: JobRecord) -> None: ...
+
+    def preempt(self, job: JobRecord) -> None: ...
+
+    def schedulable(self) -> list[str]: ...
+
+
+class SlurmPort(Protocol):
+    """The hand-off to Slurm as the cycle sees it."""
+
+    def capacity_now(self) -> SlurmCapacity: ...
+
+    def kick(self) -> None: ...
+
+
+@dataclass
+class CycleHooks:
+    """Metrics: the seconds `decide` took, and each start's wait in the queue."""
+
+    decided: Callable[[float], None] | None = None
+    started: Callable[[JobRecord, float], None] | None = None
+
+
+class Cycle:
+    def __init__(
+        self,
+        config: Config,
+        state: ClusterState,
+        ledger: Ledger,
+        policy: Policy,
+        agents: Agents,
+        accrue: Callable[[float], None],
+        slurm: SlurmPort | None = None,
+        last_checkpoint: Callable[[JobRecord, float], float] | None = None,
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.ledger = ledger
+        self.policy = policy
+        self.agents = agents
+        self.accrue = accrue
+        self.slurm = slurm
+        self.last_checkpoint = last_checkpoint  # the simulator's; else the agents' reports
+        self.accounts = account_tree(config)
+        self.views = SnapshotCache()
+        self._order: tuple[int, ...] = ()
+        self._positions: dict[int, int] | None = {}
+        self.count = 0
+        self.last_s = 0.0
+        self.hooks = CycleHooks()
+
+    @property
+    def positions(self) -> dict[int, int]:
+        """Each waiting job's place in line at the last cycle (1: next)."""
+        if self._positions is None:
+            self._positions = {job_id: i for i, job_id in enumerate(self._order, start=1)}
+        return self._positions
+
+    def handoff_after(self, job: JobRecord) -> float:
+        queue = self.config.queues.get(job.queue)
+        return handoff_after(
+            job.slurm,
+            queue.slurm if queue is not None else "never",
+            queue.slurm_after_s if queue is not None else 0.0,
+            self.slurm is not None,
+        )
+
+    def snapshot(self, now: float) -> ClusterSnapshot:
+        return take_snapshot(
+            now,
+            self.state.jobs.values(),
+            self.state.nodes,
+            self.agents.schedulable(),
+            self.views,
+            self.accounts,
+            self.ledger.usage,
+            self.slurm.capacity_now() if self.slurm is not None else None,
+            self.handoff_after,
+            multi_node=False,  # the agents launch single-node jobs only
+            last_checkpoint=self.last_checkpoint,
+        )
+
+    async def run(self) -> Plan:
+        state = self.state
+        async with state.lock:
+            t0 = time.perf_counter()
+            now = state.clock()
+            # 1. snapshot
+            self.accrue(now)
+            snapshot = self.snapshot(now)
+            # 2. decide
+            plan = self.policy.decide(snapshot)
+            if self.hooks.decided is not None:
+                self.hooks.decided(time.perf_counter() - t0)
+            self._order, self._positions = plan.order, None
+            # 3. persist
+            started = await state.change(start_changes(plan, state.nodes, now))
+            victims = await self._persist_preemptions(plan)
+            await self._persist_handoffs(plan)
+            self._explain(plan)
+            # 4. send
+            for victim in victims:
+                self.agents.preempt(victim)
+            for job in started:
+                await self.agents.launch(job)
+                if self.hooks.started is not None:
+                    self.hooks.started(job, now - job.submit_time)
+            for name in {j.node for j in started}:
+                state.publish_node(state.nodes[name])
+            self.count += 1
+            self.last_s = time.perf_counter() - t0
+            return plan
+
+    async def _persist_preemptions(self, plan: Plan) -> list[JobRecord]:
+        """Victims go PREEMPTING; each preemptor claims the node being freed for it."""
+        victims = []
+        for p in plan.preemptions:
+            victim = self.state.jobs.get(p.job_id)
+            if victim is None or victim.state is not JobState.RUNNING or victim.no_preempt:
+                continue
+            why = f"preempted for job {p.for_job}: {p.reason}"
+            [victim] = await self.state.change(
+                [preempt_change(victim, "scheduler", why, p.for_job)]
+            )
+            victims.append(victim)
+            claimant = self.state.jobs.get(p.for_job)
+            if (
+                claimant is not None
+                and claimant.state is JobState.PENDING
+                and claimant.claimed_node != p.node
+            ):
+                why = f"GPUs on {p.node} are being freed for it"
+                await self.state.change([claim_change(claimant, p.node, why)])
+        return victims
+
+    async def _persist_handoffs(self, plan: Plan) -> None:
+        if not plan.handoffs:
+            return
+        jobs = self.state.jobs
+        await self.state.change(
+            [
+                Change(
+                    h.job_id,
+                    JobState.HANDED_OFF,
+                    "handoff",
+                    "scheduler",
+                    h.reason,
+                    (("reason", "being handed to Slurm"),),
+                )
+                for h in plan.handoffs
+                if h.job_id in jobs and jobs[h.job_id].state is JobState.PENDING
+            ]
+        )
+        if self.slurm is not None:
+            self.slurm.kick()
+
+    def _explain(self, plan: Plan) -> None:
+        # Why a job waits is recomputed every cycle, so it lives in memory only; the store
+        # keeps the reasons that end or requeue a job, written with their change.
+        jobs = self.state.jobs
+        for job_id, reason in plan.reasons.items():
+            job = jobs.get(job_id)
+            if job is not None and job.reason != reason:
+                job.reason = reason
+                self.state.publish_job(job)
+
+
+@dataclass
+class SnapshotCache:
+    """Frozen views of jobs kept from one snapshot to the next, by job id, with the record
+    (and the drained GPUs) they were made from."""
+
+    pending: dict[int, tuple[JobRecord, PendingJob]] = field(default_factory=dict)
+    running: dict[int, tuple[JobRecord, tuple[int, ...], RunningJob]] = field(default_factory=dict)
 
 
 def take_snapshot(
@@ -32,48 +224,66 @@ def take_snapshot(
     jobs: Iterable[JobRecord],
     nodes: Mapping[str, NodeRecord],
     schedulable: Iterable[str],
-    cache: dict[int, tuple[JobRecord, PendingJob]] | None = None,
+    cache: SnapshotCache | None = None,
     accounts: AccountTree | None = None,
     usage: Mapping[str, float] | None = None,
     slurm: SlurmCapacity | None = None,
     handoff_after: Callable[[JobRecord], float] | None = None,
+    multi_node: bool = False,
+    last_checkpoint: Callable[[JobRecord, float], float] | None = None,
 ) -> ClusterSnapshot:
-    """`cache` caches each pending job's frozen view while its record is the same object
-    (records are replaced on every change), so a long queue costs little to snapshot."""
-    cache = {} if cache is None else cache
-    jobs = list(jobs)
+    """`cache` keeps each job's frozen view while its record is the same object (records
+    are replaced on every change), so a long queue costs little to snapshot."""
+    kept = SnapshotCache() if cache is None else cache
+    running_cache = kept.running
+    pending_cache = kept.pending
     busy: dict[str, set[int]] = {}
     used_cpus: dict[str, int] = {}
     used_mem: dict[str, int] = {}
     running: list[RunningJob] = []
     pending: list[PendingJob] = []
+    pending_state = JobState.PENDING
     for job in jobs:
-        if job.state.on_node:
+        state = job.state
+        if state in ON_NODE:
             busy.setdefault(job.node, set()).update(job.gpu_indexes)
             used_cpus[job.node] = used_cpus.get(job.node, 0) + job.cpus
             used_mem[job.node] = used_mem.get(job.node, 0) + job.mem_mb
+            checkpoint = (
+                last_checkpoint(job, now) if last_checkpoint else job.last_checkpoint
+            ) or None
             # a drained GPU is not there for scheduling, not even as one a victim frees
             sick = nodes[job.node].gpu_health if job.node in nodes else {}
-            running.append(
-                RunningJob(
-                    job.job_id,
-                    job.user,
-                    job.queue,
-                    ((job.node, tuple(i for i in job.gpu_indexes if i not in sick)),),
-                    job.start_time,
-                    job.priority,
-                    job.time_limit_s,
-                    job.last_checkpoint or None,
-                    preemptible=not job.no_preempt,
-                    yielding_to=job.preempted_for if job.state is JobState.PREEMPTING else 0,
-                )
+            seen = running_cache.get(job.job_id)
+            if seen is not None and seen[0] is job and seen[1] == tuple(sick):
+                view = seen[2]
+                if view.last_checkpoint != checkpoint:
+                    view = replace(view, last_checkpoint=checkpoint)
+                    running_cache[job.job_id] = (job, seen[1], view)
+                running.append(view)
+                continue
+            view = RunningJob(
+                job.job_id,
+                job.user,
+                job.queue,
+                ((job.node, tuple(i for i in job.gpu_indexes if i not in sick)),),
+                job.start_time,
+                job.priority,
+                job.time_limit_s,
+                checkpoint,
+                preemptible=not job.no_preempt,
+                yielding_to=job.preempted_for if job.state is JobState.PREEMPTING else 0,
+                cpus=job.cpus,
+                mem_mb=job.mem_mb,
             )
-        elif job.state is JobState.PENDING:
-            cached = cache.get(job.job_id)
+            running_cache[job.job_id] = (job, tuple(sick), view)
+            running.append(view)
+        elif state is pending_state:
+            cached = pending_cache.get(job.job_id)
             if cached is not None and cached[0] is job:
                 pending.append(cached[1])
                 continue
-            view = PendingJob(
+            waiting = PendingJob(
                 job.job_id,
                 job.user,
                 job.queue,
@@ -88,30 +298,27 @@ def take_snapshot(
                 claimed_node=job.claimed_node,
                 handoff_after_s=handoff_after(job) if handoff_after is not None else -1.0,
             )
-            cache[job.job_id] = (job, view)
-            pending.append(view)
-    if len(cache) > len(pending):
+            pending_cache[job.job_id] = (job, waiting)
+            pending.append(waiting)
+    if len(pending_cache) > len(pending):
         live = {view.job_id for view in pending}
-        for job_id in [j for j in cache if j not in live]:
-            del cache[job_id]
+        for job_id in [j for j in pending_cache if j not in live]:
+            del pending_cache[job_id]
+    if len(running_cache) > len(running):
+        live = {view.job_id for view in running}
+        for job_id in [j for j in running_cache if j not in live]:
+            del running_cache[job_id]
     ok = set(schedulable)
     views = []
     for name in sorted(nodes):
         node = nodes[name]
         taken = busy.get(name, set())
-        usable = [g for g in node.gpus if g.index not in node.gpu_health]  # drained: left out
+        slots = _slots(node)
         views.append(
             NodeView(
                 name=name,
-                gpus=tuple(
-                    GpuSlot(
-                        g.index,
-                        g.uuid,
-                        frozenset(p for p in g.nvlink_peers if p not in node.gpu_health),
-                    )
-                    for g in usable
-                ),
-                free_gpus=frozenset(g.index for g in usable if g.index not in taken),
+                gpus=slots,
+                free_gpus=frozenset(g.index for g in slots if g.index not in taken),
                 cpus=node.cpus,
                 mem_mb=node.mem_mb,
                 free_cpus=node.cpus - used_cpus.get(name, 0),
@@ -127,7 +334,30 @@ def take_snapshot(
         accounts or AccountTree.flat(),
         MappingProxyType(dict(usage or {})),
         slurm,
+        multi_node,
     )
+
+
+_SLOTS: dict[tuple[int, tuple[int, ...]], tuple[list[GpuInfo], tuple[GpuSlot, ...]]] = {}
+
+
+def _slots(node: NodeRecord) -> tuple[GpuSlot, ...]:
+    """A node's schedulable GPUs (drained ones left out), made again only when its GPU
+    list or its drained GPUs change."""
+    key = (id(node.gpus), tuple(sorted(node.gpu_health)))
+    kept = _SLOTS.get(key)
+    if kept is not None and kept[0] is node.gpus:
+        return kept[1]
+    sick = node.gpu_health
+    slots = tuple(
+        GpuSlot(g.index, g.uuid, frozenset(p for p in g.nvlink_peers if p not in sick))
+        for g in node.gpus
+        if g.index not in sick
+    )
+    if len(_SLOTS) > 100_000:
+        _SLOTS.clear()
+    _SLOTS[key] = (node.gpus, slots)
+    return slots
 
 
 def account_tree(config: Config) -> AccountTree:
@@ -135,29 +365,3 @@ def account_tree(config: Config) -> AccountTree:
     if config.default_account not in {a.name for a in config.accounts}:
         teams.append(Account(config.default_account, config.default_shares))
     return AccountTree.build(Account("root", 1.0, tuple(teams)), config.default_account)
-
-
-def start_changes(plan: Plan, nodes: Mapping[str, NodeRecord], now: float) -> list[Change]:
-    changes = []
-    for start in plan.starts:
-        if len(start.parts) != 1:
-            continue  # multi-node launches are not supported by the agents; see run_cycle
-        uuids = {g.index: g.uuid for g in nodes[start.node].gpus}
-        changes.append(
-            Change(
-                start.job_id,
-                JobState.STARTING,
-                kind="start",
-                actor="scheduler",
-                reason=f"placed on {start.node} GPUs {','.join(map(str, start.gpu_indexes))}",
-                fields=(
-                    ("node", start.node),
-                    ("gpu_indexes", list(start.gpu_indexes)),
-                    ("gpu_uuids", [uuids[i] for i in start.gpu_indexes]),
-                    ("start_time", now),
-                    ("reason", ""),
-                    ("claimed_node", ""),
-                ),
-            )
-        )
-    return changes

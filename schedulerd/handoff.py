@@ -19,7 +19,8 @@ import contextlib
 import logging
 import math
 import socket
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from gshare.config import SlurmConfig
 from policies import SlurmCapacity
@@ -40,8 +41,35 @@ from slurm_bridge import (
     SlurmUnavailable,
 )
 
-if TYPE_CHECKING:
-    from schedulerd.daemon import Scheduler
+
+class HandoffHost(Protocol):
+    """What the hand-off needs of the scheduler: the live jobs, the one way to change
+    them, and the ledger."""
+
+    cluster_id: str
+    lock: asyncio.Lock
+
+    @property
+    def jobs(self) -> Mapping[int, JobRecord]: ...
+
+    def clock(self) -> float: ...
+
+    async def change(self, changes: list[Change]) -> list[JobRecord]: ...
+
+    async def annotate(
+        self, job: JobRecord, kind: str, actor: str, why: str, *fields: tuple[str, Any]
+    ) -> JobRecord: ...
+
+    def publish_job(self, job: JobRecord) -> None: ...
+
+    async def script(self, job_id: int) -> bytes: ...
+
+    async def set_fields(self, job_id: int, values: dict[str, Any]) -> None: ...
+
+    def charge(self, user: str, gpu_seconds: float) -> None: ...
+
+    def kick(self) -> None: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +86,7 @@ _ENDS = {
 
 
 class SlurmLink:
-    def __init__(self, config: SlurmConfig, scheduler: Scheduler, client: SlurmClient) -> None:
+    def __init__(self, config: SlurmConfig, scheduler: HandoffHost, client: SlurmClient) -> None:
         self.config = config
         self.s = scheduler
         self.client = client
@@ -69,7 +97,7 @@ class SlurmLink:
         self._owners: dict[str, SlurmClient] = {}  # submit_as = "owner": a client per user
 
     @classmethod
-    def from_config(cls, config: SlurmConfig, scheduler: Scheduler) -> SlurmLink:
+    def from_config(cls, config: SlurmConfig, scheduler: HandoffHost) -> SlurmLink:
         return cls(config, scheduler, _client(config, config.user))
 
     def submitter(self, owner: str) -> SlurmClient:
@@ -217,7 +245,7 @@ class SlurmLink:
         await self._update(job, remote)
 
     async def _submit(self, job: JobRecord) -> None:
-        script = (await self.s.db(self.s.store.script, job.job_id)).decode(errors="replace")
+        script = (await self.s.script(job.job_id)).decode(errors="replace")
         env = dict(job.env)
         env.update(
             GSHARE_JOB_ID=str(job.job_id),
@@ -314,9 +342,7 @@ class SlurmLink:
                     await self._charge(current, now)
                 else:  # requeued in Slurm (node failure, preemption): not using GPUs
                     current.slurm_charged_until = now
-                    await self.s.db(
-                        self.s.store.set_fields, job.job_id, {"slurm_charged_until": now}
-                    )
+                    await self.s.set_fields(job.job_id, {"slurm_charged_until": now})
             reason = (
                 ""
                 if running
@@ -330,9 +356,7 @@ class SlurmLink:
                 reason = f"cancel sent to Slurm job {remote.job_id}"
             if current.slurm_state != remote.slurm_state:
                 current.slurm_state = remote.slurm_state
-                await self.s.db(
-                    self.s.store.set_fields, job.job_id, {"slurm_state": remote.slurm_state}
-                )
+                await self.s.set_fields(job.job_id, {"slurm_state": remote.slurm_state})
                 self.s.publish_job(current)
             if current.reason != reason:
                 current.reason = reason
@@ -345,7 +369,7 @@ class SlurmLink:
             return
         self.s.charge(job.user, job.gpus * (until - since))
         job.slurm_charged_until = until
-        await self.s.db(self.s.store.set_fields, job.job_id, {"slurm_charged_until": until})
+        await self.s.set_fields(job.job_id, {"slurm_charged_until": until})
 
     async def _end(self, job: JobRecord, end: JobState, why: str, remote: SlurmJob | None) -> None:
         async with self.s.lock:

@@ -26,11 +26,12 @@ class JobState(StrEnum):
     @property
     def on_node(self) -> bool:
         """Holds GPUs on a node."""
-        return self in (JobState.STARTING, JobState.RUNNING, JobState.PREEMPTING)
+        return self in ON_NODE
 
 
 S = JobState
 FINAL = frozenset({S.COMPLETED, S.FAILED, S.CANCELLED, S.TIMEOUT})
+ON_NODE = frozenset({S.STARTING, S.RUNNING, S.PREEMPTING})
 _ENDS = FINAL
 
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {

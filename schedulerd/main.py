@@ -25,7 +25,7 @@ from gshare.metrics import MetricsServer
 from policies import PolicyError, make_policy
 from schedulerd.daemon import Scheduler
 from schedulerd.peercred import PeerCredFrontDoor
-from schedulerd.server import AgentService, ClientService, Identities, node_token
+from schedulerd.server import AgentService, ClientService, Identities, Watchers, node_token
 from schedulerd.store import Store, default_url
 
 log = logging.getLogger("schedulerd")
@@ -116,7 +116,8 @@ async def serve(config: Config, args: argparse.Namespace, state_dir: Path) -> in
         tcp = f"{tcp.rpartition(':')[0]}:{tcp_port}"
         write_private(state_dir / "tcp.address", tcp + "\n")
     ids = Identities(door, agent_key)
-    pb_grpc.add_ClientServiceServicer_to_server(ClientService(scheduler, ids), server)
+    watchers = Watchers(scheduler)
+    pb_grpc.add_ClientServiceServicer_to_server(ClientService(scheduler, ids, watchers), server)
     pb_grpc.add_AgentServiceServicer_to_server(AgentService(scheduler, ids), server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -161,6 +162,7 @@ async def serve(config: Config, args: argparse.Namespace, state_dir: Path) -> in
         metrics.close()
     await health.enter_graceful_shutdown()
     await door.stop()
+    watchers.close()
     await server.stop(grace=1.0)
     await scheduler.stop()
     store.close()

@@ -28,12 +28,12 @@ def registry_for(scheduler: Scheduler, loop: asyncio.AbstractEventLoop) -> Colle
         buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 86400, 3 * 86400),
         registry=registry,
     )
-    scheduler.on_cycle = cycle.observe
+    scheduler.cycle.hooks.decided = cycle.observe
 
     def started(job: JobRecord, waited: float) -> None:
         wait.labels(job.queue).observe(max(0.0, waited))
 
-    scheduler.on_start = started
+    scheduler.cycle.hooks.started = started
     registry.register(LoopCollector(loop, lambda: gather(scheduler)))
     return registry
 
@@ -47,21 +47,21 @@ def gather(s: Scheduler) -> list[Metric]:
         for live in JobState:
             if not live.final:
                 counts[(live.value, queue)] = 0
-    for job in s.jobs.values():
+    for job in s.state.jobs.values():
         key = (job.state.value, job.queue)
         counts[key] = counts.get(key, 0) + 1
     for (state_name, queue), n in sorted(counts.items()):
         jobs.add_metric([state_name, queue], n)
     gpus = GaugeMetricFamily("gshare_node_gpus", "GPUs per node by use", labels=["node", "use"])
     up = GaugeMetricFamily("gshare_node_up", "1 if the node's agent is connected", labels=["node"])
-    for name, node in sorted(s.nodes.items()):
-        busy = len(s.busy_gpus(name))
+    for name, node in sorted(s.state.nodes.items()):
+        busy = len(s.state.busy_gpus(name))
         drained = len(node.gpu_health)
         gpus.add_metric([name, "busy"], busy)
         gpus.add_metric([name, "drained"], drained)
         gpus.add_metric([name, "total"], len(node.gpus))
-        up.add_metric([name], float(name in s.sessions))
-    s.accrue_usage(s.clock())
+        up.add_metric([name], float(name in s.agents.sessions))
+    s.accrue(s.clock())
     usage = GaugeMetricFamily(
         "gshare_fairshare_usage_gpu_seconds",
         "decayed GPU-seconds per user (the fair-share ledger)",
@@ -70,14 +70,14 @@ def gather(s: Scheduler) -> list[Metric]:
     idle = GaugeMetricFamily(
         "gshare_idle_gpu_seconds", "decayed GPU-seconds held idle, per user", labels=["user"]
     )
-    tree = s.accounts.with_users(set(s.usage))
-    for user, value in sorted(s.usage.items()):
+    tree = s.cycle.accounts.with_users(set(s.ledger.usage))
+    for user, value in sorted(s.ledger.usage.items()):
         path = tree.path_of(user)
         usage.add_metric([path[-1] if path else "", user], value)
-    for user, value in sorted(s.idle_usage.items()):
+    for user, value in sorted(s.ledger.idle_usage.items()):
         idle.add_metric([user], value)
     cycles = CounterMetricFamily("gshare_scheduling_cycles", "scheduling cycles run")
-    cycles.add_metric([], s.cycles)
+    cycles.add_metric([], s.cycle.count)
     dropped = CounterMetricFamily(
         "gshare_telemetry_dropped_messages", "telemetry messages dropped as malformed"
     )

@@ -15,10 +15,15 @@ import grpc
 
 from gshare.api import gshare_pb2 as pb
 from gshare.api import gshare_pb2_grpc as pb_grpc
-from schedulerd.convert import job_to_pb, set_gpu_stats
-from schedulerd.daemon import AgentSession, Refused, Scheduler
+from schedulerd import agents as ag
+from schedulerd.changes import JobReport
+from schedulerd.convert import job_to_pb, node_to_pb, set_gpu_stats, spec_of
+from schedulerd.daemon import Scheduler
+from schedulerd.errors import Refused
 from schedulerd.jobstate import IllegalTransition, JobState
+from schedulerd.model import EventRecord, GpuInfo, JobRecord, NodeRecord
 from schedulerd.peercred import ANONYMOUS, Caller, PeerCredFrontDoor
+from schedulerd.requests import validate
 
 log = logging.getLogger(__name__)
 
@@ -69,19 +74,93 @@ async def _guard(context: Ctx, call: Awaitable[T]) -> T:
     raise AssertionError("unreachable")
 
 
-class ClientService(pb_grpc.ClientServiceServicer):
-    def __init__(self, scheduler: Scheduler, ids: Identities) -> None:
+class Watchers:
+    """The WatchCluster streams: each is told of every job and node change."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
         self.s = scheduler
+        self.queues: set[asyncio.Queue[pb.ClusterChange | None]] = set()
+        scheduler.state.job_listeners.append(self.job_changed)
+        scheduler.state.node_listeners.append(self.node_changed)
+
+    def job_changed(self, job: JobRecord) -> None:
+        if self.queues:
+            self._publish(pb.ClusterChange(job=job_to_pb(job)))
+
+    def node_changed(self, node: NodeRecord) -> None:
+        if self.queues:
+            self._publish(pb.ClusterChange(node=node_pb(self.s, node)))
+
+    def _publish(self, change: pb.ClusterChange) -> None:
+        for q in list(self.queues):
+            try:
+                q.put_nowait(change)
+            except asyncio.QueueFull:
+                # a watcher that cannot keep up is dropped; it reconnects and resyncs
+                self.queues.discard(q)
+                with contextlib.suppress(asyncio.QueueFull):
+                    q.get_nowait()
+                q.put_nowait(None)
+
+    def close(self) -> None:
+        for q in list(self.queues):
+            with contextlib.suppress(asyncio.QueueFull):
+                q.put_nowait(None)
+
+
+def node_pb(s: Scheduler, node: NodeRecord) -> pb.Node:
+    return node_to_pb(node, s.state.busy_gpus(node.name), s.telemetry)
+
+
+def job_pb(
+    s: Scheduler, job: JobRecord, events: list[EventRecord] | None = None, position: int = 0
+) -> pb.Job:
+    msg = job_to_pb(job, events, position)
+    stats = s.telemetry.jobs.get(job.job_id)
+    if stats is not None and job.state.on_node:
+        set_gpu_stats(
+            msg,
+            stats.util_avg,
+            stats.util_current,
+            stats.mem_peak_mb,
+            s.telemetry.idle_for(job.job_id),
+            stats.idle_gpu_s,
+            s.telemetry.warnings_of(job.node, job.job_id),
+        )
+    return msg
+
+
+class ClientService(pb_grpc.ClientServiceServicer):
+    def __init__(self, scheduler: Scheduler, ids: Identities, watchers: Watchers) -> None:
+        self.s = scheduler
+        self.v = scheduler.verbs
         self.ids = ids
+        self.watchers = watchers
+
+    async def _submit(self, caller: Caller, request: pb.SubmitJobRequest) -> int:
+        if caller.anonymous:
+            raise Refused(
+                "submitting needs a known user: use the scheduler's Unix socket",
+                "PERMISSION_DENIED",
+            )
+        record = validate(
+            self.s.config,
+            self.s.state.nodes,
+            caller,
+            request.spec,
+            self.s.clock(),
+            self.v.is_admin(caller),
+        )
+        return await self.v.submit(record, request.spec.script, request.idempotency_key)
 
     async def SubmitJob(self, request: pb.SubmitJobRequest, context: Ctx) -> pb.SubmitJobResponse:
         caller = self.ids.caller(context)
-        job_id = await _guard(context, self.s.submit(caller, request.spec, request.idempotency_key))
+        job_id = await _guard(context, self._submit(caller, request))
         return pb.SubmitJobResponse(job_id=job_id)
 
     async def GetJob(self, request: pb.GetJobRequest, context: Ctx) -> pb.Job:
-        job, events = await _guard(context, self.s.get_job(request.job_id))
-        msg = self.s.job_pb(job, events, self.s.positions.get(job.job_id, 0))
+        job, events = await _guard(context, self.v.get_job(request.job_id))
+        msg = job_pb(self.s, job, events, self.s.cycle.positions.get(job.job_id, 0))
         if not msg.has_gpu_stats and job.start_time:
             stats = await self.s.db(self.s.store.gpu_stats, job.job_id)
             if stats is not None:
@@ -91,12 +170,12 @@ class ClientService(pb_grpc.ClientServiceServicer):
 
     async def ListJobs(self, request: pb.ListJobsRequest, context: Ctx) -> pb.ListJobsResponse:
         states = [JobState(pb.JobState.Name(s)) for s in request.states]
-        jobs = await self.s.list_jobs(
+        jobs = await self.v.list_jobs(
             request.users, states, request.queues, request.include_finished, request.limit
         )
-        place = self.s.positions
+        place = self.s.cycle.positions
         return pb.ListJobsResponse(
-            jobs=[self.s.job_pb(j, position=place.get(j.job_id, 0)) for j in jobs]
+            jobs=[job_pb(self.s, j, position=place.get(j.job_id, 0)) for j in jobs]
         )
 
     async def _act(
@@ -112,34 +191,32 @@ class ClientService(pb_grpc.ClientServiceServicer):
                 "changing a job needs a known user: use the Unix socket",
             )
         job = await _guard(context, action(caller, request.job_id))
-        from schedulerd.model import JobRecord
-
         assert isinstance(job, JobRecord)
         return pb.JobActionResponse(job=job_to_pb(job))
 
     async def CancelJob(self, request: pb.JobIdRequest, context: Ctx) -> pb.JobActionResponse:
-        return await self._act(self.s.cancel, request, context)
+        return await self._act(self.v.cancel, request, context)
 
     async def HoldJob(self, request: pb.JobIdRequest, context: Ctx) -> pb.JobActionResponse:
-        return await self._act(self.s.hold, request, context)
+        return await self._act(self.v.hold, request, context)
 
     async def PreemptJob(self, request: pb.JobIdRequest, context: Ctx) -> pb.JobActionResponse:
-        return await self._act(self.s.preempt, request, context)
+        return await self._act(self.v.preempt, request, context)
 
     async def SetPriority(
         self, request: pb.SetPriorityRequest, context: Ctx
     ) -> pb.JobActionResponse:
         async def action(caller: Caller, job_id: int) -> object:
-            return await self.s.set_priority(caller, job_id, request.priority)
+            return await self.v.set_priority(caller, job_id, request.priority)
 
         return await self._act(action, pb.JobIdRequest(job_id=request.job_id), context)
 
     async def ReleaseJob(self, request: pb.JobIdRequest, context: Ctx) -> pb.JobActionResponse:
-        return await self._act(self.s.release, request, context)
+        return await self._act(self.v.release, request, context)
 
     async def ListNodes(self, request: pb.ListNodesRequest, context: Ctx) -> pb.ListNodesResponse:
         return pb.ListNodesResponse(
-            nodes=[self.s.node_pb(n) for _, n in sorted(self.s.nodes.items())]
+            nodes=[node_pb(self.s, n) for _, n in sorted(self.s.state.nodes.items())]
         )
 
     async def DrainNode(self, request: pb.DrainRequest, context: Ctx) -> pb.Node:
@@ -151,16 +228,16 @@ class ClientService(pb_grpc.ClientServiceServicer):
             )
         node = await _guard(
             context,
-            self.s.drain(caller, request.node, request.gpu, request.resume, request.reason),
+            self.s.upkeep.drain(caller, request.node, request.gpu, request.resume, request.reason),
         )
-        return self.s.node_pb(node)
+        return node_pb(self.s, node)
 
     async def GetUsage(self, request: pb.GetUsageRequest, context: Ctx) -> pb.GetUsageResponse:
-        standings, gpus = self.s.usage_report()
+        standings, gpus = self.v.usage_report()
         idle: dict[tuple[str, ...], float] = {}
         for path, st in standings.standings.items():
             if st.is_user:
-                seconds = self.s.idle_usage.get(path[-1], 0.0)
+                seconds = self.s.ledger.idle_usage.get(path[-1], 0.0)
                 for depth in range(1, len(path) + 1):
                     idle[path[:depth]] = idle.get(path[:depth], 0.0) + seconds
         rows = []
@@ -184,7 +261,7 @@ class ClientService(pb_grpc.ClientServiceServicer):
                     idle_gpu_s=idle.get(path, 0.0),
                 )
             )
-        total = sum(len(n.gpus) for n in self.s.nodes.values())
+        total = sum(len(n.gpus) for n in self.s.state.nodes.values())
         return pb.GetUsageResponse(
             accounts=rows, half_life_s=self.s.config.half_life_s, cluster_gpus=total
         )
@@ -193,12 +270,12 @@ class ClientService(pb_grpc.ClientServiceServicer):
         self, request: pb.WatchClusterRequest, context: Ctx
     ) -> AsyncIterator[pb.ClusterChange]:
         queue: asyncio.Queue[pb.ClusterChange | None] = asyncio.Queue(maxsize=10_000)
-        self.s.watchers.add(queue)
+        self.watchers.queues.add(queue)
         try:
             if request.initial:
-                for node in list(self.s.nodes.values()):
-                    yield pb.ClusterChange(node=self.s.node_pb(node))
-                for job in list(self.s.jobs.values()):
+                for node in list(self.s.state.nodes.values()):
+                    yield pb.ClusterChange(node=node_pb(self.s, node))
+                for job in list(self.s.state.jobs.values()):
                     yield pb.ClusterChange(job=job_to_pb(job))
             yield pb.ClusterChange(synced=True)
             while True:
@@ -207,12 +284,13 @@ class ClientService(pb_grpc.ClientServiceServicer):
                     return
                 yield change
         finally:
-            self.s.watchers.discard(queue)
+            self.watchers.queues.discard(queue)
 
 
 class AgentService(pb_grpc.AgentServiceServicer):
     def __init__(self, scheduler: Scheduler, ids: Identities) -> None:
         self.s = scheduler
+        self.hub = scheduler.agents
         self.ids = ids
 
     async def Connect(
@@ -232,8 +310,8 @@ class AgentService(pb_grpc.AgentServiceServicer):
                 f"only root, the scheduler's user or a holder of node {reg.node!r}'s agent "
                 "token may connect as that node's agent",
             )
-        session = AgentSession(reg.node, connected_at=self.s.clock(), peer=context.peer())
-        await _guard(context, self.s.agent_connected(session, reg))
+        session = ag.AgentSession(reg.node, connected_at=self.s.clock(), peer=context.peer())
+        await _guard(context, self.hub.connected(session, registration_of(reg)))
         log.info(
             "agent %s registered: %d GPUs (%s), %d jobs",
             reg.node,
@@ -249,30 +327,99 @@ class AgentService(pb_grpc.AgentServiceServicer):
                 if getter not in done:
                     getter.cancel()
                     break
-                msg = getter.result()
-                if msg.WhichOneof("msg") is None:  # replaced by a newer connection
+                command = getter.result()
+                if isinstance(command, ag.Hangup):  # replaced, or silent past its lease
                     break
-                yield msg
+                yield command_pb(command)
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
-            await self.s.agent_disconnected(session)
+            await self.hub.disconnected(session)
 
-    async def _read(self, requests: AsyncIterator[pb.AgentMessage], session: AgentSession) -> None:
+    async def _read(
+        self, requests: AsyncIterator[pb.AgentMessage], session: ag.AgentSession
+    ) -> None:
         async for msg in requests:
             kind = msg.WhichOneof("msg")
             if kind == "heartbeat":
-                if not self.s.heartbeat(session):
+                if not self.hub.heartbeat(session):
                     return  # expired or replaced: this stream speaks for the node no more
-                # the agent counts its lease from our answers, not from its own sends
-                ack = pb.HeartbeatAck(time=self.s.clock())
-                session.send(pb.SchedulerMessage(heartbeat_ack=ack))
+                self.hub.ack(session)
             elif kind == "checkpoint":
-                await self.s.agent_checkpoint(session, msg.checkpoint)
+                c = msg.checkpoint
+                await self.hub.checkpoint(session, c.job_id, c.time, c.step, c.size)
             elif kind == "job_update":
-                if not self.s.heartbeat(session):
+                if not self.hub.heartbeat(session):
                     return
-                await self.s.agent_job_update(session, msg.job_update)
+                await self.hub.job_report(session, report_of(msg.job_update))
             else:
                 log.warning("agent %s sent an unexpected %s", session.node, kind)
+
+
+# ---------------------------------------------------------------- agent messages
+
+
+def report_of(msg: pb.AgentJob) -> JobReport:
+    return JobReport(
+        job_id=msg.job_id,
+        pid=msg.pid,
+        start_time=msg.start_time,
+        exited=msg.exited,
+        exit_code=msg.exit_code,
+        exit_signal=msg.exit_signal,
+        end_time=msg.end_time,
+        error=msg.error,
+        killed_after_grace=msg.killed_after_grace,
+        lease_lost=msg.lease_lost,
+    )
+
+
+def registration_of(reg: pb.Register) -> ag.Registration:
+    return ag.Registration(
+        node=reg.node,
+        gpus=tuple(
+            GpuInfo(g.index, g.uuid, g.model, g.memory_mb, list(g.nvlink_peers)) for g in reg.gpus
+        ),
+        cpus=reg.cpus,
+        mem_mb=reg.mem_mb,
+        jobs=tuple(report_of(j) for j in reg.jobs),
+        gpu_backend=reg.gpu_backend,
+        agent_version=reg.agent_version,
+    )
+
+
+def command_pb(command: ag.Command) -> pb.SchedulerMessage:
+    match command:
+        case ag.Registered(lease_s, heartbeat_s):
+            return pb.SchedulerMessage(
+                registered=pb.Registered(lease_s=lease_s, heartbeat_s=heartbeat_s)
+            )
+        case ag.HeartbeatAck(at):
+            return pb.SchedulerMessage(heartbeat_ack=pb.HeartbeatAck(time=at))
+        case ag.Launch(job, script):
+            return pb.SchedulerMessage(
+                launch=pb.Launch(
+                    job_id=job.job_id,
+                    spec=spec_of(job, script),
+                    gpu_indexes=job.gpu_indexes,
+                    gpu_uuids=job.gpu_uuids,
+                    user=job.user,
+                    uid=job.uid,
+                    gid=job.gid,
+                    output_path=job.output_path,
+                    restart_count=job.restarts,
+                    checkpoint_dir=job.checkpoint_path,
+                )
+            )
+        case ag.Kill(job_id, grace_s):
+            return pb.SchedulerMessage(kill=pb.KillJob(job_id=job_id, grace_s=grace_s))
+        case ag.Preempt(job_id, sig, grace_s):
+            return pb.SchedulerMessage(
+                preempt=pb.Preempt(job_id=job_id, signal=sig, grace_s=grace_s)
+            )
+        case ag.Forget(job_id):
+            return pb.SchedulerMessage(forget=pb.Forget(job_id=job_id))
+        case ag.DrainNotice(reason):
+            return pb.SchedulerMessage(drain=pb.Drain(reason=reason))
+    raise AssertionError(f"no wire form for {command!r}")

@@ -10,27 +10,26 @@ durations (perfect estimates), so backfill sees what a well-estimating user woul
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import heapq
 import math
 import statistics
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
-from policies import (
-    Account,
-    AccountTree,
-    ClusterSnapshot,
-    GpuSlot,
-    NodeView,
-    PendingJob,
-    Policy,
-    RunningJob,
-    decayed_usage,
-)
+from gshare.checkpoint import YIELD_EXIT_CODE
+from gshare.config import Config
+from policies import Account, AccountTree, Policy
+from schedulerd.changes import JobReport, report_changes
+from schedulerd.cycle import Cycle
+from schedulerd.jobstate import JobState
+from schedulerd.ledger import Ledger
+from schedulerd.model import GpuInfo, JobRecord, NodeRecord, NodeState
+from schedulerd.state import ClusterState, MemoryJournal
+from schedulerd.store import NewJob
 
 COLUMNS = ("job_id", "submit_time_s", "duration_s", "gpus", "user", "group", "status")
 STATUSES = {"completed", "failed", "killed"}
@@ -181,14 +180,11 @@ class _Job:
     id: int
     trace: TraceJob
     remaining: float  # work left, seconds
-    restarts: int = 0
     first_start: float | None = None
     end: float | None = None
     run_start: float = 0.0
     run_overhead: float = 0.0  # restart cost paid at the start of this run
-    parts: tuple[tuple[str, tuple[int, ...]], ...] = ()
     version: int = 0
-    claimed: str = ""  # the node freed for it by a preemption
 
 
 @dataclass
@@ -214,10 +210,13 @@ class SimResult:
     cycles: int
     series: dict[str, list[float]] = field(repr=False, default_factory=dict)
     series_groups: dict[str, list[float]] = field(repr=False, default_factory=dict)
+    # what the scheduler's own core did: starts and preemptions in order, (time, job id)
+    starts: list[tuple[float, int]] = field(repr=False, default_factory=list)
+    preempted: list[tuple[float, int]] = field(repr=False, default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k not in ("series", "series_groups")}
-        return out
+        skip = ("series", "series_groups", "starts", "preempted")
+        return {k: v for k, v in self.__dict__.items() if k not in skip}
 
 
 def _pct(values: Sequence[float], q: float) -> float:
@@ -225,6 +224,90 @@ def _pct(values: Sequence[float], q: float) -> float:
         return 0.0
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+
+
+class _Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class SimAgents:
+    """Simulated node agents: a launched job runs at once and ends when its work is done;
+    a job asked to yield yields at once, keeping the work up to its last checkpoint. What
+    they report goes through the same change builders as a real agent's reports."""
+
+    def __init__(
+        self,
+        state: ClusterState,
+        jobs: dict[int, _Job],
+        checkpoint_every_s: float,
+        restart_cost_s: float,
+    ) -> None:
+        self.state = state
+        self.jobs = jobs
+        self.every = checkpoint_every_s
+        self.restart_cost_s = restart_cost_s
+        self.launched: list[JobRecord] = []
+        self.yielding: list[JobRecord] = []
+
+    def schedulable(self) -> list[str]:
+        return list(self.state.nodes)
+
+    async def launch(self, job: JobRecord) -> None:
+        self.launched.append(job)
+
+    def preempt(self, job: JobRecord) -> None:
+        self.yielding.append(job)
+
+    def last_checkpoint(self, job: JobRecord, now: float) -> float:
+        j = self.jobs[job.job_id]
+        if self.every <= 0:
+            return 0.0
+        done = max(0.0, now - j.run_start - j.run_overhead)
+        if done < self.every:
+            return 0.0
+        return j.run_start + j.run_overhead + math.floor(done / self.every) * self.every
+
+    async def report(self, now: float) -> tuple[list[_Job], list[_Job]]:
+        """Tell the core what the agents saw since the last cycle: (started, yielded)."""
+        started, yielded = [], []
+        launched, self.launched = self.launched, []
+        yielding, self.yielding = self.yielding, []
+        async with self.state.lock:
+            for job in launched:
+                j = self.jobs[job.job_id]
+                j.run_start = now
+                j.run_overhead = self.restart_cost_s if job.restarts else 0.0
+                j.version += 1
+                if j.first_start is None:
+                    j.first_start = now
+                report = JobReport(job.job_id, pid=1, start_time=now)
+                await self.state.change(report_changes(job, job.node, report, now))
+                started.append(j)
+            for job in yielding:
+                j = self.jobs[job.job_id]
+                done = max(0.0, now - j.run_start - j.run_overhead)
+                every = self.every  # the work up to the last checkpoint is kept
+                saved = math.floor(done / every) * every if every > 0 else 0.0
+                j.remaining -= min(saved, j.remaining)
+                report = JobReport(job.job_id, exited=True, exit_code=YIELD_EXIT_CODE, end_time=now)
+                current = self.state.jobs[job.job_id]
+                changes = report_changes(current, current.node, report, now)
+                # backfill sees the rest of its work, plus the cost of starting again
+                limit = math.ceil(j.remaining + self.restart_cost_s)
+                changes = [replace(c, fields=(*c.fields, ("time_limit_s", limit))) for c in changes]
+                await self.state.change(changes)
+                yielded.append(j)
+        return started, yielded
+
+    async def finish(self, job_id: int, now: float) -> None:
+        async with self.state.lock:
+            job = self.state.jobs[job_id]
+            report = JobReport(job_id, exited=True, exit_code=0, end_time=now)
+            await self.state.change(report_changes(job, job.node, report, now))
 
 
 def simulate(
@@ -237,15 +320,41 @@ def simulate(
     restart_cost_s: float = 60.0,
     record_series: bool = False,
 ) -> SimResult:
+    """Replay `trace` through the scheduler's own core (schedulerd/cycle.py, the change
+    builders, the ledger, ClusterState over a journal in memory) on a virtual clock."""
+    return asyncio.run(
+        _simulate(
+            list(trace),
+            policy,
+            nodes,
+            gpus_per_node,
+            half_life_s,
+            checkpoint_every_s,
+            restart_cost_s,
+            record_series,
+        )
+    )
+
+
+async def _simulate(
+    all_jobs: list[TraceJob],
+    policy: Policy,
+    nodes: int,
+    gpus_per_node: int,
+    half_life_s: float,
+    checkpoint_every_s: float,
+    restart_cost_s: float,
+    record_series: bool,
+) -> SimResult:
     total = nodes * gpus_per_node
-    all_jobs = list(trace)
-    fits = [j for j in all_jobs if j.gpus <= total]
+    # the scheduler launches jobs on one node: wider ones would wait for ever
+    fits = [j for j in all_jobs if j.gpus <= gpus_per_node]
     left_out = len(all_jobs) - len(fits)
-    jobs = {i: _Job(i, t, t.duration) for i, t in enumerate(sorted(fits, key=lambda t: t.submit))}
-    groups = sorted({j.trace.group for j in jobs.values()})
+    ordered = sorted(fits, key=lambda t: t.submit)
+    groups = sorted({t.group for t in ordered})
     user_group: dict[str, str] = {}
-    for j in jobs.values():
-        user_group.setdefault(j.trace.user, j.trace.group)
+    for submitted in ordered:
+        user_group.setdefault(submitted.user, submitted.group)
     tree = AccountTree.build(
         Account(
             "root",
@@ -259,42 +368,58 @@ def simulate(
         ),
         default_account=groups[0] if groups else "default",
     )
-    slots = tuple(
-        GpuSlot(g, f"GPU-{g}", frozenset(x for x in range(gpus_per_node) if x != g))
-        for g in range(gpus_per_node)
-    )
-    names = [f"n{i:04d}" for i in range(nodes)]
-    free: dict[str, set[int]] = {n: set(range(gpus_per_node)) for n in names}
+    clock = _Clock(ordered[0].submit if ordered else 0.0)
+    config = Config(half_life_s=half_life_s)
+    journal = MemoryJournal()
+    state = ClusterState(journal, clock)
+    ledger = Ledger(half_life_s)
+    peers = [list(range(gpus_per_node)) for _ in range(gpus_per_node)]
+    for i in range(nodes):
+        name = f"n{i:04d}"
+        gpus = [
+            GpuInfo(g, f"GPU-{name}-{g}", "sim", 81920, [p for p in peers[g] if p != g])
+            for g in range(gpus_per_node)
+        ]
+        state.nodes[name] = NodeRecord(name, gpus, 0, 0, state=NodeState.UP, last_seen=clock.now)
+    jobs: dict[int, _Job] = {}
+    agents = SimAgents(state, jobs, checkpoint_every_s, restart_cost_s)
 
-    events: list[
-        tuple[float, int, int, int, int]
-    ] = []  # (time, kind 0=finish 1=submit, seq, job, version)
-    seq = 0
-    for j in jobs.values():
-        heapq.heappush(events, (j.trace.submit, 1, seq, j.id, 0))
-        seq += 1
+    def accrue(now: float) -> None:
+        ledger.accrue(now, state.jobs.values())
+
+    state.before_freeing = accrue
+    cycle = Cycle(
+        config, state, ledger, policy, agents, accrue, last_checkpoint=agents.last_checkpoint
+    )
+    cycle.accounts = tree
+
+    trace_of: dict[int, TraceJob] = {}
+    events: list[tuple[float, int, int, int, int]] = []  # (time, 0 end / 1 submit, seq, ...)
+    for i, submitted in enumerate(ordered):
+        heapq.heappush(events, (submitted.submit, 1, i, i, 0))
+    seq = len(ordered)
     pending: dict[int, _Job] = {}
     running: dict[int, _Job] = {}
-    usage: dict[str, float] = {}
+    index_job: dict[int, int] = {}  # trace index -> job id
     group_fair = _Fairness({g: 1.0 for g in groups})
     user_fair = _Fairness({u: 1.0 for u in user_group})
     busy_gpu_s = 0.0
-    preemptions = 0
-    cycles = 0
-    now = events[0][0] if events else 0.0
-    start_time = now
+    start_time = clock.now
     series: dict[str, list[float]] = {"time": [], "queue": [], "busy": []}
     series_groups: dict[str, list[float]] = {g: [] for g in groups}
+    starts: list[tuple[float, int]] = []
+    preempted: list[tuple[float, int]] = []
 
     def account(until: float) -> None:
-        nonlocal busy_gpu_s, usage
+        nonlocal busy_gpu_s
+        now = clock.now
         dt = until - now
         if dt <= 0:
             return
         alloc_g: dict[str, int] = {}
         alloc_u: dict[str, int] = {}
         for r in running.values():
-            g = sum(len(gs) for _, gs in r.parts)  # whole nodes for a job wider than one
+            g = r.trace.gpus
             alloc_g[r.trace.group] = alloc_g.get(r.trace.group, 0) + g
             alloc_u[r.trace.user] = alloc_u.get(r.trace.user, 0) + g
         demand_g = dict(alloc_g)
@@ -306,7 +431,6 @@ def simulate(
         user_fair.add(dt, total, alloc_u, demand_u)
         busy = sum(alloc_g.values())
         busy_gpu_s += dt * busy
-        usage = decayed_usage(usage, alloc_u, dt, half_life_s)
         if record_series:
             series["time"].append(now)
             series["queue"].append(len(pending))
@@ -314,96 +438,42 @@ def simulate(
             for group in groups:
                 series_groups[group].append(alloc_g.get(group, 0) / total)
 
-    views_of: dict[int, PendingJob] = {}  # rebuilt only when a preemption changes a job
-
-    def pending_view(j: _Job) -> PendingJob:
-        view = views_of.get(j.id)
-        if view is None or view.restarts != j.restarts or view.claimed_node != j.claimed:
-            limit = j.remaining + (restart_cost_s if j.restarts else 0.0)
-            view = PendingJob(
-                j.id,
-                j.trace.user,
-                "default",
-                j.trace.gpus,
-                0,
-                j.trace.submit,
-                time_limit_s=limit,
-                restarts=j.restarts,
-                claimed_node=j.claimed,
-            )
-            views_of[j.id] = view
-        return view
-
-    def snapshot() -> ClusterSnapshot:
-        views = tuple(NodeView(n, slots, frozenset(free[n])) for n in names)
-        pend = tuple(pending_view(j) for j in pending.values())
-        run = tuple(
-            RunningJob(
-                j.id,
-                j.trace.user,
-                "default",
-                j.parts,
-                j.run_start,
-                0,
-                j.run_overhead + j.remaining,
-                _last_checkpoint(j, now, checkpoint_every_s),
-            )
-            for j in running.values()
-        )
-        return ClusterSnapshot(now, views, pend, run, tree, MappingProxyType(usage))
-
-    def finish_at(j: _Job) -> float:
-        return j.run_start + j.run_overhead + j.remaining
-
     while events:
         t = events[0][0]
         account(t)
-        now = t
+        clock.now = t
         while events and events[0][0] == t:
-            _, kind, _, job_id, version = heapq.heappop(events)
-            job = jobs[job_id]
+            _, kind, _, ref, version = heapq.heappop(events)
             if kind == 1:
-                pending[job_id] = job
-            elif job_id in running and job.version == version:
-                del running[job_id]
-                job.end = t
-                for n, gs in job.parts:
-                    free[n] |= set(gs)
+                job_id = _submit(state, journal, ordered[ref], t)
+                index_job[ref] = job_id
+                trace_of[job_id] = ordered[ref]
+                jobs[job_id] = _Job(job_id, ordered[ref], ordered[ref].duration)
+                pending[job_id] = jobs[job_id]
+            elif ref in running and jobs[ref].version == version:
+                del running[ref]
+                jobs[ref].end = t
+                await agents.finish(ref, t)
         for _ in range(4):  # preemptions free GPUs at once: decide again in the same instant
             if not pending:
                 break
-            plan = policy.decide(snapshot())
-            cycles += 1
-            for p in plan.preemptions:
-                victim = running.pop(p.job_id)
-                done = max(0.0, now - victim.run_start - victim.run_overhead)
-                every = checkpoint_every_s  # the work up to the last checkpoint is kept
-                saved = math.floor(done / every) * every if every > 0 else 0.0
-                victim.remaining -= min(saved, victim.remaining)
-                victim.restarts += 1
-                victim.version += 1
-                for n, gs in victim.parts:
-                    free[n] |= set(gs)
-                pending[victim.id] = victim
-                preemptions += 1
-                jobs[p.for_job].claimed = p.node
-            for s in plan.starts:
-                job = pending.pop(s.job_id)
-                for n, gs in s.parts:
-                    free[n] -= set(gs)
-                job.parts = s.parts
-                job.claimed = ""
-                job.run_start = now
-                job.run_overhead = restart_cost_s if job.restarts else 0.0
-                if job.first_start is None:
-                    job.first_start = now
-                job.version += 1
-                running[job.id] = job
-                heapq.heappush(events, (finish_at(job), 0, seq, job.id, job.version))
+            plan = await cycle.run()
+            started, yielded = await agents.report(t)
+            for j in yielded:
+                del running[j.id]
+                pending[j.id] = j
+                preempted.append((t, j.id))
+            for j in started:
+                del pending[j.id]
+                running[j.id] = j
+                starts.append((t, j.id))
+                end = j.run_start + j.run_overhead + j.remaining
+                heapq.heappush(events, (end, 0, seq, j.id, j.version))
                 seq += 1
             if not plan.preemptions:
                 break
 
+    now = clock.now
     measured = [j for j in jobs.values() if j.trace.measured and j.end is not None]
     jct = [j.end - j.trace.submit for j in measured if j.end is not None]
     wait = [j.first_start - j.trace.submit for j in measured if j.first_start is not None]
@@ -426,7 +496,7 @@ def simulate(
         p95_wait_s=_pct(wait, 0.95),
         utilization=busy_gpu_s / (total * makespan) if makespan > 0 else 0.0,
         makespan_s=makespan,
-        preemptions=preemptions,
+        preemptions=len(preempted),
         jain_fairness=group_fair.index(),
         jain_fairness_users=user_fair.index(),
         groups={
@@ -443,21 +513,40 @@ def simulate(
             }
             for u in sorted(user_group)
         },
-        cycles=cycles,
+        cycles=cycle.count,
         series=series,
         series_groups=series_groups,
+        starts=starts,
+        preempted=preempted,
     )
 
 
-def _last_checkpoint(job: _Job, now: float, every: float) -> float | None:
-    if every <= 0:
-        return None
-    done = max(0.0, now - job.run_start - job.run_overhead)
-    return (
-        job.run_start + job.run_overhead + math.floor(done / every) * every
-        if done >= every
-        else None
+def _submit(state: ClusterState, journal: MemoryJournal, t: TraceJob, now: float) -> int:
+    """A trace job as a submit: stored, then in the live view, as the daemon's submits."""
+    record = JobRecord(
+        job_id=0,
+        user=t.user,
+        uid=-1,
+        gid=-1,
+        name=t.name,
+        queue="default",
+        gpus=t.gpus,
+        priority=0,
+        time_limit_s=math.ceil(t.duration),
+        cpus=0,
+        mem_mb=0,
+        workdir="/",
+        env={},
+        output="",
+        args=[],
+        script_name=t.name,
+        state=JobState.PENDING,
+        submit_time=now,
+        max_restarts=-1,  # a replayed job is never failed for being preempted
     )
+    [(job_id, _)] = journal.submit_many([NewJob(record, b"")], now)
+    state.admit(record)
+    return job_id
 
 
 # ------------------------------------------------------------------ the command line

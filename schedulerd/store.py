@@ -28,6 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.pool import StaticPool
 
 from schedulerd.jobstate import JobState, check_transition
 from schedulerd.model import EventRecord, GpuInfo, JobRecord, NodeRecord
@@ -197,7 +198,13 @@ def _sqlite_pragmas(synchronous: str) -> Any:
 
 def make_engine(url: str, sqlite_synchronous: str = "FULL") -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False})
+        # in memory: one connection for every thread, or each would see a database of its own
+        memory = url in ("sqlite://", "sqlite:///:memory:")
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False},
+            **({"poolclass": StaticPool} if memory else {}),
+        )
         event.listen(engine, "connect", _sqlite_pragmas(sqlite_synchronous))
         return engine
     return create_engine(url, pool_pre_ping=True)

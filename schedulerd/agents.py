@@ -1,0 +1,252 @@
+"""The node agents' sessions: registration and reconciliation, the jobs' reports, and the
+commands sent down to the agents, all as domain objects (schedulerd/server.py converts
+them to and from the wire).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from gshare.config import Config
+from schedulerd.changes import JobReport, reconcile, report_changes
+from schedulerd.errors import Refused
+from schedulerd.model import GpuInfo, JobRecord, NodeRecord, NodeState
+from schedulerd.state import ClusterState
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- what agents say
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    node: str
+    gpus: tuple[GpuInfo, ...]
+    cpus: int
+    mem_mb: int
+    jobs: tuple[JobReport, ...]  # jobs it still runs, and ends not yet acknowledged
+    gpu_backend: str = ""
+    agent_version: str = ""
+
+
+# ---------------------------------------------------------------- what they are told
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    lease_s: float
+    heartbeat_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatAck:
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    job: JobRecord
+    script: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Kill:
+    job_id: int
+    grace_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Preempt:
+    job_id: int
+    signal: int
+    grace_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Forget:
+    job_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class DrainNotice:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Hangup:
+    """Ends the session's stream: replaced, or silent past its lease."""
+
+
+Command = Registered | HeartbeatAck | Launch | Kill | Preempt | Forget | DrainNotice | Hangup
+
+
+@dataclass(eq=False)
+class AgentSession:
+    node: str
+    outbox: asyncio.Queue[Command] = field(default_factory=asyncio.Queue)
+    connected_at: float = 0.0
+    peer: str = ""  # where it connected from, for the log
+
+    def send(self, command: Command) -> None:
+        self.outbox.put_nowait(command)
+
+
+class AgentHub:
+    """The live sessions, one per node, and what comes up and goes down them."""
+
+    def __init__(
+        self,
+        config: Config,
+        state: ClusterState,
+        script_of: Callable[[int], Awaitable[bytes]],
+        kick: Callable[[], None],
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.script_of = script_of
+        self.kick = kick
+        self.sessions: dict[str, AgentSession] = {}
+
+    def schedulable(self) -> list[str]:
+        return [
+            name
+            for name, node in self.state.nodes.items()
+            if name in self.sessions and node.state == NodeState.UP and not node.drained
+        ]
+
+    # ------------------------------------------------------------ commands
+
+    def _send(self, node: str, command: Command) -> None:
+        session = self.sessions.get(node)
+        if session is not None:
+            session.send(command)
+
+    async def launch(self, job: JobRecord) -> None:
+        if job.node in self.sessions:
+            self._send(job.node, Launch(job, await self.script_of(job.job_id)))
+
+    def kill(self, job: JobRecord) -> None:
+        self._send(job.node, Kill(job.job_id, self.config.kill_grace_s))
+
+    def preempt(self, job: JobRecord) -> None:
+        self._send(job.node, Preempt(job.job_id, job.preempt_signal, job.grace_s))
+
+    def hang_up(self, node: str) -> None:
+        """End the node's session (it must register again to be heard)."""
+        session = self.sessions.pop(node, None)
+        if session is not None:
+            session.send(Hangup())
+
+    # ------------------------------------------------------------ sessions
+
+    async def connected(self, session: AgentSession, reg: Registration) -> None:
+        """A (re)connecting agent: record its node and reconcile the jobs it reports."""
+        state = self.state
+        async with state.lock:
+            old = self.sessions.get(reg.node)
+            node = state.nodes.get(reg.node)
+            if old is not None and old is not session:
+                heard = state.clock() - node.last_seen if node is not None else float("inf")
+                if heard < self.config.node_lease_s:
+                    log.warning(
+                        "refused a second registration of node %s (%s): its agent is "
+                        "connected and was heard from %.1fs ago",
+                        reg.node,
+                        session.peer,
+                        heard,
+                    )
+                    raise Refused(
+                        f"node {reg.node} is already connected and alive; a second agent "
+                        "for it is refused",
+                        "ALREADY_EXISTS",
+                    )
+                old.send(Hangup())
+            self.sessions[reg.node] = session
+            gpus = list(reg.gpus)
+            if node is None:
+                node = NodeRecord(reg.node, gpus, reg.cpus, reg.mem_mb)
+                state.nodes[reg.node] = node
+            node.gpus, node.cpus, node.mem_mb = gpus, reg.cpus, reg.mem_mb
+            node.state = NodeState.DRAINING if node.drained else NodeState.UP
+            if not node.drained:
+                node.reason = ""
+            node.last_seen = state.clock()
+            node.gpu_backend, node.agent_version = reg.gpu_backend, reg.agent_version
+            await state.save_node(node)
+            session.send(Registered(self.config.node_lease_s, self.config.heartbeat_s))
+            plan = reconcile(reg.node, state.on_node(reg.node), reg.jobs, state.clock())
+            for _, report in plan.updates:
+                await self._report(reg.node, report)
+            for job_id in plan.still_to_end:
+                session.send(Kill(job_id, self.config.kill_grace_s))
+            await state.change(list(plan.changes))
+            for job_id in plan.forget:
+                session.send(Forget(job_id))
+            for job_id in plan.kill:
+                log.warning("node %s runs job %d that is not its own; killing it", reg.node, job_id)
+                session.send(Kill(job_id, self.config.kill_grace_s))
+            state.publish_node(node)
+        self.kick()
+
+    async def disconnected(self, session: AgentSession) -> None:
+        async with self.state.lock:
+            if self.sessions.get(session.node) is not session:
+                return
+            del self.sessions[session.node]
+            node = self.state.nodes[session.node]
+            node.reason = "agent disconnected"
+            log.warning("agent of node %s disconnected", session.node)
+            self.state.publish_node(node)
+
+    def heartbeat(self, session: AgentSession) -> bool:
+        """The agent was heard: renew its node's lease and answer. False for a session that
+        is no longer the node's (expired or replaced): it renews nothing."""
+        if self.sessions.get(session.node) is not session:
+            return False
+        node = self.state.nodes.get(session.node)
+        if node is not None:
+            node.last_seen = self.state.clock()
+        return True
+
+    def ack(self, session: AgentSession) -> None:
+        # the agent counts its lease from our answers, not from its own sends
+        session.send(HeartbeatAck(self.state.clock()))
+
+    # ------------------------------------------------------------ reports
+
+    async def job_report(self, session: AgentSession, report: JobReport) -> None:
+        async with self.state.lock:
+            await self._report(session.node, report)
+        if report.exited:
+            self.kick()
+
+    async def _report(self, node: str, report: JobReport) -> None:
+        state = self.state
+        job = state.jobs.get(report.job_id)
+        if job is None or job.node != node or not job.state.on_node:
+            if report.exited:
+                self._send(node, Forget(report.job_id))
+            return
+        changes = report_changes(job, node, report, state.clock())
+        if not changes:
+            return
+        await state.change(changes)
+        if report.exited:
+            self._send(node, Forget(job.job_id))
+            if node in state.nodes:
+                state.publish_node(state.nodes[node])
+
+    async def checkpoint(
+        self, session: AgentSession, job_id: int, at: float, step: int, size: int
+    ) -> None:
+        async with self.state.lock:
+            job = self.state.jobs.get(job_id)
+            if job is None or job.node != session.node or not job.state.on_node:
+                return
+            why = f"step {step}, {size / (1 << 20):.1f} MB"
+            actor = f"agent:{session.node}"
+            await self.state.annotate(job, "checkpoint", actor, why, ("last_checkpoint", at))

@@ -1,0 +1,268 @@
+"""What clients ask of the scheduler, on domain objects: submit (group-committed), read,
+cancel, hold, release, reprioritise, preempt, and the fair-share standings.
+
+Who may do what: a job's owner, root, and the configured admins manage a job; only
+root and admins may raise a priority above 0 or drain nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from gshare.config import Config
+from policies import FairTree, fair_tree
+from schedulerd.agents import AgentHub
+from schedulerd.changes import preempt_change
+from schedulerd.cycle import Cycle
+from schedulerd.errors import Refused
+from schedulerd.jobstate import JobState
+from schedulerd.ledger import Ledger
+from schedulerd.model import EventRecord, JobRecord
+from schedulerd.peercred import Caller
+from schedulerd.requests import MAX_PRIORITY
+from schedulerd.state import ClusterState
+from schedulerd.store import Change, NewJob, Store
+
+log = logging.getLogger(__name__)
+
+MAX_SUBMIT_KEY = 128
+MAX_BATCH = 1024
+
+
+class ClientVerbs:
+    def __init__(
+        self,
+        config: Config,
+        state: ClusterState,
+        store: Store,
+        db: Callable[..., Awaitable[Any]],
+        agents: AgentHub,
+        ledger: Ledger,
+        cycle: Cycle,
+        accrue: Callable[[float], None],
+        kick: Callable[[], None],
+        cluster_id: Callable[[], str],
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.store = store
+        self.db = db
+        self.agents = agents
+        self.ledger = ledger
+        self.cycle = cycle
+        self.accrue = accrue
+        self.kick = kick
+        self.cluster_id = cluster_id
+        self._submits: asyncio.Queue[tuple[NewJob, asyncio.Future[int]]] = asyncio.Queue()
+
+    def is_admin(self, caller: Caller) -> bool:
+        return caller.uid == 0 or caller.user in self.config.admins
+
+    def _can_manage(self, caller: Caller, job: JobRecord) -> bool:
+        return caller.uid == 0 or caller.uid == job.uid or caller.user in self.config.admins
+
+    # ------------------------------------------------------------ submit
+
+    async def submit(self, record: JobRecord, script: bytes, submit_key: str = "") -> int:
+        """Queue a validated job; its id once committed. A `submit_key` its owner already
+        used (a retried submit) returns the job it made then, and makes no other."""
+        if len(submit_key) > MAX_SUBMIT_KEY or not submit_key.isprintable():
+            raise Refused(f"idempotency_key: must be at most {MAX_SUBMIT_KEY} printable characters")
+        record.submit_key = submit_key
+        # default paths carry the cluster's id: a new cluster's job 1 is not an old one's
+        cluster = self.cluster_id()
+        record.output = (record.output or JobRecord.DEFAULT_OUTPUT).replace("%C", cluster)
+        record.checkpoint_dir = (record.checkpoint_dir or JobRecord.DEFAULT_CHECKPOINT_DIR).replace(
+            "%C", cluster
+        )
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._submits.put_nowait((NewJob(record, script), future))
+        return await future
+
+    async def submit_loop(self) -> None:
+        """Group commit: every submission that arrived while the last batch was being written
+        goes into the next transaction, and each is acknowledged only after its commit."""
+        while True:
+            batch = [await self._submits.get()]
+            while not self._submits.empty() and len(batch) < MAX_BATCH:
+                batch.append(self._submits.get_nowait())
+            now = self.state.clock()
+            try:
+                ids = await self.db(self.store.submit_many, [n for n, _ in batch], now)
+            except Exception as exc:
+                log.exception("storing %d submissions failed", len(batch))
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (new, future), (job_id, created) in zip(batch, ids, strict=True):
+                if not created:  # a retried submit: its job is already queued
+                    if not future.done():
+                        future.set_result(job_id)
+                    continue
+                record = new.record  # made by validate() for this submission alone
+                record.job_id, record.submit_time = job_id, now
+                self.state.admit(record)
+                if not future.done():
+                    future.set_result(job_id)
+            self.kick()
+
+    # ------------------------------------------------------------ reading
+
+    async def get_job(self, job_id: int) -> tuple[JobRecord, list[EventRecord]]:
+        job = self.state.jobs.get(job_id) or await self.db(self.store.job, job_id)
+        if job is None:
+            raise Refused(f"no job {job_id}", "NOT_FOUND")
+        return job, await self.db(self.store.events, job_id)
+
+    async def list_jobs(
+        self,
+        users: Iterable[str],
+        states: Iterable[JobState],
+        queues: Iterable[str],
+        include_finished: bool,
+        limit: int,
+    ) -> list[JobRecord]:
+        users, states, queues = set(users), set(states), set(queues)
+        jobs = list(self.state.jobs.values())
+        if include_finished or (states & {s for s in JobState if s.final}):
+            jobs += await self.db(self.store.finished_jobs, limit or 1000, sorted(users))
+        out = [
+            j
+            for j in jobs
+            if (not users or j.user in users)
+            and (not states or j.state in states)
+            and (not queues or j.queue in queues)
+        ]
+        out.sort(key=lambda j: j.job_id)
+        return out[-limit:] if limit else out
+
+    def usage_report(self) -> tuple[FairTree, dict[tuple[str, ...], list[int]]]:
+        """Fair Tree standings now, and the running and pending GPUs under each path."""
+        self.accrue(self.state.clock())
+        jobs = self.state.jobs.values()
+        tree = self.cycle.accounts.with_users({j.user for j in jobs} | set(self.ledger.usage))
+        standings = fair_tree(tree, self.ledger.usage)
+        gpus: dict[tuple[str, ...], list[int]] = {}
+        for job in jobs:
+            slot = 0 if job.state.on_node else 1 if job.state is JobState.PENDING else None
+            if slot is None:
+                continue
+            path = (*tree.path_of(job.user), job.user)
+            for depth in range(1, len(path) + 1):
+                gpus.setdefault(path[:depth], [0, 0])[slot] += job.gpus
+        return standings, gpus
+
+    # ------------------------------------------------------------ changing a job
+
+    async def _owned(
+        self, caller: Caller, job_id: int, need: JobState | None = None, verb: str = ""
+    ) -> JobRecord:
+        """The live job `job_id` if `caller` may manage it (and it is in state `need`)."""
+        job = self.state.jobs.get(job_id)
+        if job is None:
+            ended = await self.db(self.store.job, job_id)
+            if ended is None:
+                raise Refused(f"no job {job_id}", "NOT_FOUND")
+            raise Refused(f"job {job_id} has already ended ({ended.state})", "FAILED_PRECONDITION")
+        if not self._can_manage(caller, job):
+            raise Refused(f"job {job_id} belongs to {job.user}", "PERMISSION_DENIED")
+        if need is not None and job.state is not need:
+            raise Refused(
+                f"job {job_id} is {job.state}; only a {need.lower()} job can be {verb}",
+                "FAILED_PRECONDITION",
+            )
+        return job
+
+    async def cancel(self, caller: Caller, job_id: int) -> JobRecord:
+        state = self.state
+        async with state.lock:
+            job = await self._owned(caller, job_id)
+            why = f"cancelled by {caller.user}"
+            remote = job.state in (JobState.HANDED_OFF, JobState.RUNNING_REMOTE)
+            slurm = self.cycle.slurm
+            if remote and slurm is not None:
+                if job.end_request:
+                    return job
+                why += "; cancelling it in Slurm"
+                job = await state.annotate(
+                    job,
+                    "cancel_requested",
+                    caller.user,
+                    why,
+                    ("end_request", JobState.CANCELLED.value),
+                    ("reason", why),
+                )
+                slurm.kick()
+                return job
+            if remote:  # and no [slurm] any more: it can only end here
+                why += "; no Slurm is configured any more, so it may still run there"
+            if remote or job.state in (JobState.PENDING, JobState.HELD, JobState.LOST):
+                fields = (("end_time", state.clock()), ("reason", why))
+                [job] = await state.change(
+                    [Change(job_id, JobState.CANCELLED, "cancel", caller.user, why, fields)]
+                )
+                self.kick()
+                return job
+            if job.state.on_node:
+                job = await state.annotate(
+                    job,
+                    "cancel_requested",
+                    caller.user,
+                    why,
+                    ("end_request", JobState.CANCELLED.value),
+                    ("reason", why),
+                )
+                self.agents.kill(job)
+                return job
+            raise Refused(
+                f"job {job_id} is {job.state} and cannot be cancelled", "FAILED_PRECONDITION"
+            )
+
+    async def set_priority(self, caller: Caller, job_id: int, priority: int) -> JobRecord:
+        """Admins may set any priority; owners may only lower their own jobs (<= 0)."""
+        if abs(priority) > MAX_PRIORITY:
+            raise Refused(f"priority must be between {-MAX_PRIORITY} and {MAX_PRIORITY}")
+        async with self.state.lock:
+            job = await self._owned(caller, job_id)
+            if priority > 0 and not self.is_admin(caller):
+                raise Refused(
+                    "only an admin may give a job a positive priority", "PERMISSION_DENIED"
+                )
+            why = f"priority {job.priority} -> {priority} by {caller.user}"
+            job = await self.state.annotate(
+                job, "priority", caller.user, why, ("priority", priority)
+            )
+        self.kick()
+        return job
+
+    async def hold(self, caller: Caller, job_id: int) -> JobRecord:
+        async with self.state.lock:
+            await self._owned(caller, job_id, JobState.PENDING, "held")
+            why = f"held by {caller.user}"
+            [job] = await self.state.change(
+                [Change(job_id, JobState.HELD, "hold", caller.user, why, (("reason", why),))]
+            )
+            return job
+
+    async def release(self, caller: Caller, job_id: int) -> JobRecord:
+        async with self.state.lock:
+            await self._owned(caller, job_id, JobState.HELD, "released")
+            why = f"released by {caller.user}"
+            [job] = await self.state.change(
+                [Change(job_id, JobState.PENDING, "release", caller.user, why, (("reason", ""),))]
+            )
+        self.kick()
+        return job
+
+    async def preempt(self, caller: Caller, job_id: int) -> JobRecord:
+        """`gshare preempt JOB`: ask a running job to checkpoint and yield, by hand."""
+        async with self.state.lock:
+            job = await self._owned(caller, job_id, JobState.RUNNING, "preempted")
+            why = f"preempted by {caller.user}"
+            [job] = await self.state.change([preempt_change(job, caller.user, why)])
+            self.agents.preempt(job)
+            return job
