@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -19,11 +20,15 @@ log = logging.getLogger(__name__)
 class MetricsServer:
     """/metrics on HOST:PORT, served from a thread by prometheus-client."""
 
-    def __init__(self, registry: CollectorRegistry, listen: str) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, listen: str, address_file: Path | None = None
+    ) -> None:
         host, _, port = listen.rpartition(":")
         self.server, self.thread = start_http_server(int(port), host.strip("[]"), registry)
         self.port = self.server.server_port
         log.info("metrics on http://%s:%d/metrics", host, self.port)
+        if address_file is not None:  # port 0 takes any free port: say which one it got
+            address_file.write_text(f"{host}:{self.port}\n")
 
     def close(self) -> None:
         self.server.shutdown()

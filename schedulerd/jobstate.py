@@ -1,4 +1,4 @@
-"""The job state machine of docs/ARCHITECTURE (A job's life)."""
+"""The job state machine (docs/architecture.md, "A job's life")."""
 
 from __future__ import annotations
 

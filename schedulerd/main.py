@@ -143,7 +143,9 @@ async def serve(config: Config, args: argparse.Namespace, state_dir: Path) -> in
         from schedulerd.metrics import registry_for
 
         try:
-            metrics = MetricsServer(registry_for(scheduler, loop), listen)
+            metrics = MetricsServer(
+                registry_for(scheduler, loop), listen, state_dir / "metrics.address"
+            )
         except (OSError, ValueError) as exc:
             print(f"gshare-schedulerd: cannot serve metrics on {listen}: {exc}", file=sys.stderr)
             await door.stop()

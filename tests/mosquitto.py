@@ -18,6 +18,10 @@ def mosquitto_binary() -> str:
     return path
 
 
+class PortTaken(Exception):
+    pass
+
+
 class Mosquitto:
     def __init__(self, root: Path, extra_config: str = "") -> None:
         self.root = root
@@ -31,6 +35,16 @@ class Mosquitto:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self) -> Mosquitto:
+        """Mosquitto cannot listen on port 0 and say which port it got, so a port is picked
+        free and, if something takes it before Mosquitto binds it, another is tried."""
+        for _ in range(5):
+            try:
+                return self._start()
+            except PortTaken:
+                self.port = free_port()
+        return self._start()
+
+    def _start(self) -> Mosquitto:
         conf = self.root / "mosquitto.conf"
         conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
@@ -48,6 +62,8 @@ class Mosquitto:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if "Address already in use" in self.log():
+                    raise PortTaken(self.port)
                 raise RuntimeError(f"mosquitto exited: {self.log()}")
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", self.port)) == 0:
