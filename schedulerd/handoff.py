@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from gshare.config import SlurmConfig
+from gshare.jobenv import job_environment, slurm_wrapper
 from policies import SlurmCapacity
 from schedulerd.jobstate import JobState
 from schedulerd.model import JobRecord
@@ -245,15 +246,17 @@ class SlurmLink:
         await self._update(job, remote)
 
     async def _submit(self, job: JobRecord) -> None:
-        script = (await self.s.script(job.job_id)).decode(errors="replace")
-        env = dict(job.env)
-        env.update(
-            GSHARE_JOB_ID=str(job.job_id),
-            GSHARE_OUTPUT=job.output_path,
-            GSHARE_CHECKPOINT_DIR=job.checkpoint_path,  # where it saved before, if it did
-            GSHARE_RESTART_COUNT=str(job.restarts),
+        # the same environment a job gets from a node agent; Slurm picks the node and
+        # GPUs, so the wrapper fills those in where it runs
+        script = slurm_wrapper(await self.s.script(job.job_id))
+        env = job_environment(
+            job.env,
+            job_id=job.job_id,
+            restart_count=job.restarts,
+            output=job.output_path,
+            checkpoint_dir=job.checkpoint_path,  # where it saved before, if it did
+            preempt_signal=job.preempt_signal,
         )
-        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
         try:
             spec = SlurmJobSpec(  # ValueError: a job Slurm cannot take (e.g. a bad variable)
                 name=job.name,

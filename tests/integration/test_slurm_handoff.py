@@ -85,7 +85,15 @@ def test_a_handed_off_job_runs_in_slurm_with_its_gpus_and_exit_code(
         "2",
         "--time",
         "5",
-        script(work, "ok.sh", 'echo "gpus=$CUDA_VISIBLE_DEVICES id=$GSHARE_JOB_ID"\nsleep 3\n'),
+        script(
+            work,
+            "ok.sh",
+            'echo "gpus=$CUDA_VISIBLE_DEVICES id=$GSHARE_JOB_ID"\n'
+            'echo "node=$GSHARE_NODE on=$GSHARE_GPUS signal=$GSHARE_PREEMPT_SIGNAL"\n'
+            'echo "args=$*"\nsleep 3\n',
+        ),
+        "one",
+        "two words",
         cwd=work,
     )
     bad = cluster.submit(
@@ -101,6 +109,9 @@ def test_a_handed_off_job_runs_in_slurm_with_its_gpus_and_exit_code(
     # the output is where gshare said it would be, written by the job in Slurm
     out = Path(done.output_path).read_text()
     assert f"gpus=0,1 id={ok}" in out
+    # the environment a node agent gives, GSHARE_NODE and GSHARE_GPUS from where it ran
+    assert "node=" in out and "on=0,1 signal=10" in out and "node= " not in out
+    assert "args=one two words" in out
     # one ledger: the Slurm job's GPU-seconds are charged to its owner
     ran = done.end_time - done.start_time
     assert ran >= 3
