@@ -3,6 +3,14 @@
 Each job has a directory STATE/jobs/ID with launch.json (what to run), pid.json (written
 by the shim once the job exists) and exit.json (how it ended). That directory is the
 record: an agent that restarts reads it back and carries on.
+
+The agent and the shims run as root, the job as its owner; so the record is root's alone
+(STATE/jobs/ID is root's, mode 0711; its files 0600), and the job can neither forge it nor
+point it elsewhere. The job's script is its owner's (0700). The one thing the job writes
+for the agent, its checkpoint log, lies in the one directory the job owns there,
+STATE/jobs/ID/owner/, and is read as untrusted: no symlink, no FIFO, no hard link, only
+a regular file of the job's owner, a bounded chunk at a time. A pid read back after a
+restart is signalled only if the process it names started when the job did.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import os
 import pwd
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -24,9 +33,13 @@ from pathlib import Path
 
 import psutil
 
-from nodeagent.shim import write_atomic
+from nodeagent.shim import start_ticks, write_atomic
 
 log = logging.getLogger(__name__)
+
+OWNER_DIR = "owner"  # STATE/jobs/ID/owner: the job's own, for its checkpoint log
+CHECKPOINT_LOG = "checkpoints.jsonl"
+LOG_CHUNK = 1 << 20  # the most of a checkpoint log read at once
 
 
 @dataclass
@@ -44,6 +57,10 @@ class JobProcess:
     shim: subprocess.Popen[bytes] | None = None
     checkpoint_offset: int = 0  # how far checkpoints.jsonl has been read
     gpu_indexes: tuple[int, ...] = ()
+    owner_uid: int = -1  # who the checkpoint log must belong to
+    start_ticks: int = 0  # with pid: which process the job is (shim.start_ticks)
+    lease_lost: bool = False  # its shim stopped it: the scheduler was not heard from in time
+    log_refused: bool = False  # its checkpoint log was not a file we read (said once)
 
 
 @dataclass(frozen=True)
@@ -63,10 +80,28 @@ class LaunchRequest:
     restart_count: int = 0
     checkpoint_dir: str = ""
     preempt_signal: int = signal.SIGUSR1
+    grace_s: float = 0.0  # after preempt_signal, when the node stops it (0: the shim's default)
 
 
 class LaunchError(Exception):
     pass
+
+
+class StateDirError(Exception):
+    pass
+
+
+def _own_dir(path: Path, mode: int) -> None:
+    """`path` as a directory that is ours and nobody else may write, with `mode`."""
+    path.mkdir(parents=True, exist_ok=True)
+    st = path.stat()
+    if st.st_uid != os.geteuid():
+        raise StateDirError(
+            f"{path} belongs to uid {st.st_uid}, not to this agent (uid {os.geteuid()})"
+        )
+    if stat.S_IMODE(st.st_mode) != mode:
+        log.info("%s: mode %o -> %o", path, stat.S_IMODE(st.st_mode), mode)
+        path.chmod(mode)
 
 
 def _identity(req: LaunchRequest) -> dict[str, object]:
@@ -119,8 +154,12 @@ class Launcher:
         on_change: Callable[[JobProcess], None],
         on_checkpoint: Callable[[int, dict[str, float]], None] | None = None,
     ) -> None:
+        # users may pass through (to their job's checkpoint log), never write, never list jobs
+        state_dir.mkdir(parents=True, exist_ok=True)
+        _own_dir(state_dir, stat.S_IMODE(state_dir.stat().st_mode) & 0o755 | 0o111)
         self.jobs_dir = state_dir / "jobs"
-        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        _own_dir(self.jobs_dir, 0o711)
+        self.lease_file = state_dir / "lease.json"
         self.jobs: dict[int, JobProcess] = {}
         self.on_change = on_change
         self.on_checkpoint = on_checkpoint
@@ -134,9 +173,10 @@ class Launcher:
         for job_dir in sorted(self.jobs_dir.iterdir()):
             if not job_dir.name.isdigit() or not (job_dir / "launch.json").exists():
                 continue
-            proc = JobProcess(int(job_dir.name), job_dir)
-            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            proc = JobProcess(int(job_dir.name), job_dir, owner_uid=os.geteuid())
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
                 launch = json.loads((job_dir / "launch.json").read_text())
+                proc.owner_uid = int(launch.get("uid", proc.owner_uid))
                 gpus = launch["env"].get("GSHARE_GPUS", "")
                 proc.gpu_indexes = tuple(int(i) for i in gpus.split(",") if i)
             self._read_pid(proc)
@@ -153,8 +193,9 @@ class Launcher:
             )
 
     def _read_pid(self, proc: JobProcess) -> None:
-        with contextlib.suppress(FileNotFoundError, ValueError):
+        with contextlib.suppress(FileNotFoundError, ValueError, KeyError, TypeError):
             data = json.loads((proc.dir / "pid.json").read_text())
+            proc.start_ticks = int(data.get("start_ticks", 0))
             proc.pid, proc.start_time = int(data["pid"]), float(data["start_time"])
 
     def _read_exit(self, proc: JobProcess) -> bool:
@@ -168,24 +209,41 @@ class Launcher:
         proc.end_time = float(data.get("end_time", time.time()))
         proc.error = str(data.get("error", ""))
         proc.killed_after_grace = (proc.dir / "killed-after-grace").exists()
+        proc.lease_lost = bool(data.get("lease_lost", False))
+        if proc.lease_lost:
+            log.warning("job %d was stopped by its node: the lease ran out", proc.job_id)
         return True
 
     def _alive(self, proc: JobProcess) -> bool:
         """Is the shim (or, lacking one, the job) still there?"""
         if proc.shim is not None:
             return proc.shim.poll() is None
-        shim_pid = self._shim_pid(proc)
-        for pid in (shim_pid, proc.pid):
-            if pid and psutil.pid_exists(pid):
-                with contextlib.suppress(psutil.Error):
-                    if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                        return True
-        return False
+        shim_pid, shim_ticks = self._shim_of(proc)
+        if shim_pid and _running(shim_pid, shim_ticks):
+            return True
+        return self._leader(proc) == "ours" and _running(proc.pid, 0)
 
-    def _shim_pid(self, proc: JobProcess) -> int:
+    def _shim_of(self, proc: JobProcess) -> tuple[int, int]:
+        """The shim's pid and start ticks (0: not recorded, as by an older agent)."""
+        with contextlib.suppress(FileNotFoundError, ValueError, KeyError, TypeError):
+            data = json.loads((proc.dir / "shim.json").read_text())
+            return int(data["pid"]), int(data["start_ticks"])
         with contextlib.suppress(FileNotFoundError, ValueError):
-            return int((proc.dir / "shim.pid").read_text())
-        return 0
+            return int((proc.dir / "shim.pid").read_text()), 0
+        return 0, 0
+
+    def _leader(self, proc: JobProcess) -> str:
+        """Is proc.pid still the job ("ours"), no process ("gone"), or another ("other")?"""
+        ticks = start_ticks(proc.pid) if proc.pid else 0
+        if not ticks:
+            return "gone"
+        if proc.start_ticks:
+            return "ours" if ticks == proc.start_ticks else "other"
+        try:  # a record of an older shim: its start time, to within a second
+            created = psutil.Process(proc.pid).create_time()
+        except psutil.Error:
+            return "gone"
+        return "ours" if abs(created - proc.start_time) < 1.0 else "other"
 
     # ------------------------------------------------------------ launch
 
@@ -193,53 +251,73 @@ class Launcher:
         if req.job_id in self.jobs:
             return self.jobs[req.job_id]  # a repeated launch: already ours
         job_dir = self.jobs_dir / str(req.job_id)
-        job_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(job_dir, ignore_errors=True)  # what a launch cut short left
         proc = JobProcess(req.job_id, job_dir, gpu_indexes=tuple(req.gpu_indexes))
         self.jobs[req.job_id] = proc
         try:
+            job_dir.mkdir(mode=0o700)
+            job_dir.chmod(0o711)  # the job passes through to its own directory
             ident = _identity(req)
-            script = job_dir / "script"
-            script.write_bytes(req.script)
-            script.chmod(0o755)
             if ident.get("run_as"):
-                os.chown(job_dir, int(str(ident["uid"])), int(str(ident["gid"])))
-                os.chown(script, int(str(ident["uid"])), int(str(ident["gid"])))
-            ckpt_log = job_dir / "checkpoints.jsonl"  # the job appends a line per checkpoint
-            ckpt_log.touch()
+                uid, gid = int(str(ident["uid"])), int(str(ident["gid"]))
+            else:
+                uid, gid = os.geteuid(), os.getegid()
+            proc.owner_uid = uid
+            _create(job_dir / "script", req.script, uid, gid, 0o700)
+            owner = job_dir / OWNER_DIR
+            owner.mkdir(mode=0o700)
+            _create(owner / CHECKPOINT_LOG, b"", uid, gid, 0o600)
+            dir_fd = os.open(owner, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:  # the job's from here on: never touched by path as root again
+                os.fchown(dir_fd, uid, gid)
+            finally:
+                os.close(dir_fd)
             env = job_environment(req, ident)
-            env["GSHARE_CHECKPOINT_LOG"] = str(ckpt_log)
-            if ident.get("run_as"):
-                os.chown(ckpt_log, int(str(ident["uid"])), int(str(ident["gid"])))
+            env["GSHARE_CHECKPOINT_LOG"] = str(owner / CHECKPOINT_LOG)
             spec = {
                 **ident,
-                "argv": [str(script), *req.args],
+                "uid": uid,
+                "argv": [str(job_dir / "script"), *req.args],
                 "env": env,
                 "cwd": req.workdir,
                 "output": req.output_path,
+                "preempt_signal": req.preempt_signal or int(signal.SIGUSR1),
+                "grace_s": req.grace_s,
+                "lease_file": str(self.lease_file),
             }
             write_atomic(job_dir / "launch.json", spec)
-            proc.shim = subprocess.Popen(
-                [sys.executable, "-m", "nodeagent.shim", str(job_dir)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=open(job_dir / "shim.log", "ab"),  # noqa: SIM115 - handed to the child
-                start_new_session=True,
-                close_fds=True,
-                cwd="/",
+            shim_log = os.open(
+                job_dir / "shim.log",
+                os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
             )
-            (job_dir / "shim.pid").write_text(str(proc.shim.pid))
+            try:
+                proc.shim = subprocess.Popen(
+                    [sys.executable, "-m", "nodeagent.shim", str(job_dir)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=shim_log,
+                    start_new_session=True,
+                    close_fds=True,
+                    cwd="/",
+                )
+            finally:
+                os.close(shim_log)
+            shim = {"pid": proc.shim.pid, "start_ticks": start_ticks(proc.shim.pid)}
+            write_atomic(job_dir / "shim.json", shim)
         except (LaunchError, OSError) as exc:
             proc.exited, proc.error, proc.exit_code = True, str(exc), 127
             proc.end_time = time.time()
-            write_atomic(
-                job_dir / "exit.json",
-                {
-                    "exit_code": 127,
-                    "exit_signal": 0,
-                    "end_time": proc.end_time,
-                    "error": proc.error,
-                },
-            )
+            with contextlib.suppress(OSError):
+                write_atomic(
+                    job_dir / "exit.json",
+                    {
+                        "exit_code": 127,
+                        "exit_signal": 0,
+                        "end_time": proc.end_time,
+                        "error": proc.error,
+                    },
+                )
             log.warning("job %d failed to launch: %s", req.job_id, exc)
             self.on_change(proc)
         return proc
@@ -247,16 +325,14 @@ class Launcher:
     # ------------------------------------------------------------ watching
 
     def _read_checkpoints(self, proc: JobProcess) -> None:
-        if self.on_checkpoint is None:
+        if self.on_checkpoint is None or proc.log_refused:
             return
-        try:
-            with open(proc.dir / "checkpoints.jsonl", "rb") as f:
-                f.seek(proc.checkpoint_offset)
-                chunk = f.read(1 << 20)
-        except FileNotFoundError:
-            return
+        chunk = self._checkpoint_chunk(proc)
         end = chunk.rfind(b"\n")
         if end < 0:
+            if len(chunk) == LOG_CHUNK:  # one line that long is no report: pass over it
+                log.warning("job %d: an overlong line in its checkpoint log", proc.job_id)
+                proc.checkpoint_offset += len(chunk)
             return
         proc.checkpoint_offset += end + 1
         for line in chunk[: end + 1].splitlines():
@@ -267,6 +343,34 @@ class Launcher:
                 log.warning("job %d: a bad line in its checkpoint log: %r", proc.job_id, line[:200])
                 continue
             self.on_checkpoint(proc.job_id, report)
+
+    def _checkpoint_chunk(self, proc: JobProcess) -> bytes:
+        """The next chunk of the job's checkpoint log, opened as root without trusting it:
+        not a symlink (O_NOFOLLOW), not a FIFO that blocks (O_NONBLOCK, then a regular file
+        only), not a hard link to someone else's file (the owner's, one link)."""
+        path = proc.dir / OWNER_DIR / CHECKPOINT_LOG
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return b""
+        except OSError as exc:
+            return self._refuse_log(proc, exc.strerror or str(exc))
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return self._refuse_log(proc, "not a regular file")
+            if st.st_uid != proc.owner_uid or st.st_nlink != 1:
+                return self._refuse_log(proc, f"uid {st.st_uid}, {st.st_nlink} links")
+            return os.pread(fd, LOG_CHUNK, proc.checkpoint_offset)
+        except OSError as exc:
+            return self._refuse_log(proc, exc.strerror or str(exc))
+        finally:
+            os.close(fd)
+
+    def _refuse_log(self, proc: JobProcess, why: str) -> bytes:
+        log.warning("job %d: its checkpoint log is not read (%s): no checkpoints", proc.job_id, why)
+        proc.log_refused = True
+        return b""
 
     def poll(self) -> None:
         """Notice jobs that got their pid, saved a checkpoint or ended (a few times a second)."""
@@ -295,7 +399,7 @@ class Launcher:
     # ------------------------------------------------------------ signals
 
     def _tree(self, proc: JobProcess) -> list[psutil.Process]:
-        if not proc.pid:
+        if self._leader(proc) != "ours":
             return []
         try:
             leader = psutil.Process(proc.pid)
@@ -311,7 +415,14 @@ class Launcher:
         return frozenset(p.pid for p in self._tree(proc))
 
     def _kill_group(self, proc: JobProcess, sig: int) -> None:
-        stray = self._tree(proc)
+        leader = self._leader(proc)
+        if leader == "other":
+            log.warning(
+                "job %d: pid %d is another process now; not signalling it", proc.job_id, proc.pid
+            )
+            return
+        # "gone": no process has the pid, so a group by that id can only be what the job left
+        stray = self._tree(proc) if leader == "ours" else []
         if proc.pid:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, sig)
@@ -396,3 +507,23 @@ class Launcher:
             return
         del self.jobs[job_id]
         shutil.rmtree(proc.dir, ignore_errors=True)
+
+
+def _create(path: Path, content: bytes, uid: int, gid: int, mode: int) -> None:
+    """A new file (never one that is there, never through a symlink), given to uid:gid."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    with open(fd, "wb") as f:
+        f.write(content)
+        os.fchmod(fd, mode)
+        if (uid, gid) != (os.geteuid(), os.getegid()):
+            os.fchown(fd, uid, gid)
+
+
+def _running(pid: int, ticks: int) -> bool:
+    """Is `pid` a live process (not a zombie), and if `ticks`, the one that started then?"""
+    if ticks and start_ticks(pid) != ticks:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

@@ -1,12 +1,21 @@
-"""The agent's one long-lived stream to the scheduler, re-established with backoff."""
+"""The agent's one long-lived stream to the scheduler, re-established with backoff.
+
+The node's lease (nodeagent.lease) is renewed from what the scheduler sends, never from
+what the agent sends: each HeartbeatAck renews it from when the heartbeat it answers was
+sent (the scheduler heard the node no earlier than that, so the node's deadline is never
+later than the scheduler's), Registered from when Register was sent.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import math
 import random
+import signal
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 
 import grpc
@@ -16,6 +25,7 @@ from gshare.api import gshare_pb2 as pb
 from gshare.api import gshare_pb2_grpc as pb_grpc
 from nodeagent.gpus import GpuDevice
 from nodeagent.launcher import JobProcess, Launcher, LaunchRequest
+from nodeagent.lease import Lease
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +43,13 @@ def agent_job(proc: JobProcess) -> pb.AgentJob:
         end_time=proc.end_time,
         error=proc.error,
         killed_after_grace=proc.killed_after_grace,
+        lease_lost=proc.lease_lost,
     )
+
+
+def _seconds(value: float, default: float) -> float:
+    """A duration from the wire: finite, positive, at most a day; else `default`."""
+    return value if math.isfinite(value) and 0 < value <= 86400 else default
 
 
 class SchedulerLink:
@@ -46,6 +62,7 @@ class SchedulerLink:
         cpus: int,
         mem_mb: int,
         launcher: Launcher,
+        lease: Lease,
         token: str = "",
     ) -> None:
         self.target = target
@@ -56,7 +73,11 @@ class SchedulerLink:
         self.mem_mb = mem_mb
         self.launcher = launcher
         self.token = token
+        self.lease = lease
         self.heartbeat_s = 5.0
+        self.lease_s = 60.0
+        self._hello_at = 0.0  # when this connection's Register was sent (lease clock)
+        self._beats_sent: deque[float] = deque(maxlen=10_000)  # heartbeats not yet answered
         self.connected = asyncio.Event()
         self._outbox: asyncio.Queue[pb.AgentMessage] | None = None
         self.registered_once = asyncio.Event()
@@ -104,12 +125,25 @@ class SchedulerLink:
     async def _heartbeats(self, outbox: asyncio.Queue[pb.AgentMessage]) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_s)
+            self._beats_sent.append(self.lease.clock())
             outbox.put_nowait(pb.AgentMessage(heartbeat=pb.Heartbeat(time=time.time())))
+
+    def _renew(self, heard_at: float) -> None:
+        try:
+            self.lease.renew(heard_at, self.lease_s, self.heartbeat_s)
+        except OSError as exc:  # the shims will stop the jobs when it runs out: say why
+            log.error("cannot renew the node's lease in %s: %s", self.lease.path, exc)
 
     def _handle(self, msg: pb.SchedulerMessage) -> None:
         kind = msg.WhichOneof("msg")
         if kind == "registered":
-            self.heartbeat_s = msg.registered.heartbeat_s or self.heartbeat_s
+            reg = msg.registered
+            self.lease_s = _seconds(reg.lease_s, self.lease_s)
+            self.heartbeat_s = min(_seconds(reg.heartbeat_s, self.heartbeat_s), self.lease_s / 2)
+            self._renew(self._hello_at)
+        elif kind == "heartbeat_ack":
+            if self._beats_sent:
+                self._renew(self._beats_sent.popleft())
         elif kind == "launch":
             launch = msg.launch
             spec = launch.spec
@@ -129,7 +163,10 @@ class SchedulerLink:
                     node=self.node,
                     restart_count=launch.restart_count,
                     checkpoint_dir=launch.checkpoint_dir,
-                    preempt_signal=spec.preempt_signal,
+                    preempt_signal=spec.preempt_signal
+                    if 0 < spec.preempt_signal < signal.NSIG
+                    else signal.SIGUSR1,
+                    grace_s=_seconds(spec.grace_s, 0.0),
                 )
             )
             if not proc.exited:
@@ -153,23 +190,33 @@ class SchedulerLink:
         async with grpc.aio.insecure_channel(self.target) as channel:
             stub = pb_grpc.AgentServiceStub(channel)
             outbox: asyncio.Queue[pb.AgentMessage] = asyncio.Queue()
+            self._beats_sent.clear()
+            self._hello_at = self.lease.clock()
             outbox.put_nowait(self._register())
             call = stub.Connect(self._requests(outbox), metadata=metadata)
-            beats = asyncio.create_task(self._heartbeats(outbox))
+            beats: asyncio.Task[None] | None = None
             self._outbox = outbox
             try:
                 async for msg in call:
-                    if msg.WhichOneof("msg") == "registered":
+                    self._handle(msg)
+                    if msg.WhichOneof("msg") == "registered" and beats is None:
+                        # heartbeats at the pace the scheduler asked for, from now on
+                        beats = asyncio.create_task(self._heartbeats(outbox))
                         self.connected.set()
                         self.registered_once.set()
-                        log.info("registered with the scheduler at %s", self.target)
-                    self._handle(msg)
+                        log.info(
+                            "registered with the scheduler at %s (lease %gs, heartbeat %gs)",
+                            self.target,
+                            self.lease_s,
+                            self.heartbeat_s,
+                        )
             finally:
                 self._outbox = None
                 self.connected.clear()
-                beats.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await beats
+                if beats is not None:
+                    beats.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await beats
                 call.cancel()
 
     async def run(self) -> None:

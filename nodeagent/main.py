@@ -22,7 +22,8 @@ from gshare.config import Config, ConfigError, default_state_dir, load_config, w
 from gshare.logs import setup_logging
 from gshare.metrics import LoopCollector, MetricsServer, gpu_families
 from nodeagent.gpus import FakeProbe, GpuProbe, JobGpus, NvmlProbe, NvmlUnavailable
-from nodeagent.launcher import Launcher
+from nodeagent.launcher import Launcher, StateDirError
+from nodeagent.lease import Lease
 from nodeagent.link import SchedulerLink
 from nodeagent.telemetry import TelemetryPublisher
 
@@ -132,11 +133,15 @@ async def run(
 ) -> int:
     state_dir = state_dir_of(args)
     link: SchedulerLink | None = None
-    launcher = Launcher(
-        state_dir,
-        lambda proc: link.report(proc) if link else None,
-        lambda job_id, data: link.report_checkpoint(job_id, data) if link else None,
-    )
+    try:
+        launcher = Launcher(
+            state_dir,
+            lambda proc: link.report(proc) if link else None,
+            lambda job_id, data: link.report_checkpoint(job_id, data) if link else None,
+        )
+    except (StateDirError, OSError) as exc:
+        log.error("cannot use the state dir %s: %s", state_dir, exc)
+        return 2
     launcher.adopt()
     gpus = probe.inventory()
     log.info(
@@ -154,6 +159,7 @@ async def run(
         psutil.cpu_count() or 1,
         psutil.virtual_memory().total // (1 << 20),
         launcher,
+        Lease(launcher.lease_file),
         token,
     )
     stop = asyncio.Event()

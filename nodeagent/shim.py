@@ -4,7 +4,13 @@ The agent starts one shim per job, in a session of its own, so jobs outlive the 
 shim starts the job in a new session (its process group is the job), as the job's owner,
 with its output going to the job's log file; waits for it; kills what is left of its
 process group; and writes JOBDIR/exit.json atomically. An agent that restarts finds the
-job through JOBDIR and learns how it ended from exit.json. Standard library only.
+job through JOBDIR and learns how it ended from exit.json. JOBDIR is root's alone: the job
+can neither forge these records nor point them elsewhere.
+
+While it waits, the shim holds the job to the node's lease (nodeagent.lease): when the
+scheduler has not been heard from in time, the job gets its preempt signal, its grace,
+SIGTERM, then SIGKILL, and exit.json says `lease_lost`. The shim, not the agent, does it,
+so that it happens while the agent is frozen or dead too. Standard library only.
 """
 
 from __future__ import annotations
@@ -12,21 +18,44 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
+from nodeagent import lease
+
+DEFAULT_GRACE_S = 60.0  # as the scheduler's default queue
 SHIELDED = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
-def write_atomic(path: Path, data: dict[str, object]) -> None:
+def write_atomic(path: Path, data: Mapping[str, object]) -> None:
+    """Replace `path` with `data` as JSON, all or nothing; the file is private (0600). The
+    directory is root's alone, so the temp name cannot be a job's symlink; O_NOFOLLOW
+    refuses one anyway."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # left by a crash
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with open(fd, "w") as f:
         json.dump(data, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def start_ticks(pid: int) -> int:
+    """When the process `pid` started, in clock ticks since boot (/proc/PID/stat, field 22);
+    0 if there is none. With the pid it names one process for good: a pid is reused, this
+    pair never is, and no clock step changes it."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _child(spec: dict[str, object], err_w: int) -> None:
@@ -56,6 +85,93 @@ def _child(spec: dict[str, object], err_w: int) -> None:
     os._exit(127)
 
 
+class LeaseStop:
+    """The node lost its lease: the job's preempt signal, its grace, SIGTERM, SIGKILL."""
+
+    def __init__(self, pgid: int, spec: dict[str, object], term_s: float) -> None:
+        self.pgid = pgid
+        self.steps: list[tuple[int, float]] = [
+            (int(str(spec.get("preempt_signal") or 0)) or signal.SIGUSR1, grace_of(spec)),
+            (signal.SIGTERM, term_s),
+            (signal.SIGKILL, 1.0),
+        ]
+        self.next_at = 0.0
+
+    def step(self, now: float) -> float:
+        """Send what is due; the time to look again."""
+        if now < self.next_at:
+            return self.next_at
+        if not self.steps:  # SIGKILL is sent: only the kernel can take longer now
+            return now + 1.0
+        sig, wait = self.steps.pop(0)
+        _say(f"{signal.Signals(sig).name} to the job, then {wait:g}s")
+        with contextlib.suppress(OSError):
+            os.killpg(self.pgid, sig)
+        self.next_at = now + wait
+        return self.next_at
+
+
+def grace_of(spec: dict[str, object]) -> float:
+    """The job's grace after its preempt signal (a sane default where none was sent)."""
+    with contextlib.suppress(ValueError):
+        grace = float(str(spec.get("grace_s") or 0))
+        if 0 < grace <= 86400:
+            return grace
+    return DEFAULT_GRACE_S
+
+
+def _say(what: str) -> None:
+    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} shim: {what}", file=sys.stderr, flush=True)
+
+
+def _wait(pid: int, err_r: int, spec: dict[str, object]) -> tuple[int, bytes, bool]:
+    """Wait for the job (and any exec error on `err_r`), checking the node's lease about
+    once a second; (wait status, exec error, stopped for a lost lease)."""
+    lease_file = str(spec.get("lease_file") or "")
+    pidfd = -1
+    with contextlib.suppress(OSError, AttributeError):
+        pidfd = os.pidfd_open(pid)
+    poller = select.poll()
+    poller.register(err_r, select.POLLIN)
+    if pidfd >= 0:
+        poller.register(pidfd, select.POLLIN)
+    error, err_open = b"", True
+    stop: LeaseStop | None = None
+    try:
+        while True:
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # not ours to wait for any more: nothing to report
+                done, status = pid, 0
+            if done:
+                break
+            timeout = 1.0 if pidfd >= 0 else 0.1
+            if lease_file:
+                now = lease.now()
+                if stop is None:
+                    deadline, term_s = lease.read(Path(lease_file))
+                    if now >= deadline:
+                        _say("no word from the scheduler within the node's lease: stopping")
+                        stop = LeaseStop(pid, spec, term_s)
+                    else:
+                        timeout = min(timeout, deadline - now)
+                if stop is not None:
+                    timeout = min(timeout, stop.step(now) - now)
+            for fd, _ in poller.poll(max(timeout, 0.01) * 1000):
+                if fd == err_r:
+                    chunk = os.read(err_r, 4096)
+                    error += chunk
+                    if not chunk:
+                        poller.unregister(err_r)
+                        err_open = False
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
+    while err_open and (chunk := os.read(err_r, 4096)):
+        error += chunk
+    return status, error, stop is not None
+
+
 def run(job_dir: Path) -> int:
     spec = json.loads((job_dir / "launch.json").read_text())
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -65,20 +181,11 @@ def run(job_dir: Path) -> int:
         _child(spec, err_w)
     os.close(err_w)
     started = time.time()
-    write_atomic(job_dir / "pid.json", {"pid": pid, "start_time": started})
-    error = b""
-    while chunk := os.read(err_r, 4096):
-        error += chunk
+    write_atomic(
+        job_dir / "pid.json", {"pid": pid, "start_time": started, "start_ticks": start_ticks(pid)}
+    )
+    status, error, lease_lost = _wait(pid, err_r, spec)
     os.close(err_r)
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            break
-        except ChildProcessError:
-            status = 0
-            break
-        except InterruptedError:
-            continue
     with contextlib.suppress(OSError):  # what the job left in its process group goes with it
         os.killpg(pid, signal.SIGKILL)
     result: dict[str, object] = {
@@ -86,6 +193,7 @@ def run(job_dir: Path) -> int:
         "exit_code": 0,
         "exit_signal": 0,
         "error": "",
+        "lease_lost": lease_lost,
     }
     if error:
         result["error"] = error.decode(errors="replace")

@@ -1,0 +1,95 @@
+"""What the launcher takes from a job's checkpoint log (written by the job, read by root),
+how it keeps its state dir, and the lease arithmetic."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from nodeagent import lease
+from nodeagent.launcher import CHECKPOINT_LOG, LOG_CHUNK, OWNER_DIR, JobProcess, Launcher
+
+LINE = json.dumps({"time": 1.0, "size": 10, "step": 3}) + "\n"
+
+
+def launcher_with_job(tmp_path: Path) -> tuple[Launcher, JobProcess, list[float], Path]:
+    steps: list[float] = []
+    launcher = Launcher(tmp_path / "state", lambda p: None, lambda j, d: steps.append(d["step"]))
+    proc = JobProcess(1, launcher.jobs_dir / "1", exited=True, owner_uid=os.geteuid())
+    (proc.dir / OWNER_DIR).mkdir(parents=True)
+    launcher.jobs[1] = proc
+    return launcher, proc, steps, proc.dir / OWNER_DIR / CHECKPOINT_LOG
+
+
+def test_a_checkpoint_log_is_read_line_by_line(tmp_path: Path) -> None:
+    launcher, _, steps, log = launcher_with_job(tmp_path)
+    log.write_text(LINE + '{"time": 2, "size": 1')
+    launcher.poll()
+    assert steps == [3.0]
+    with log.open("a") as f:
+        f.write(', "step": 4}\n')
+    launcher.poll()
+    assert steps == [3.0, 4.0]
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "hardlink", "directory"])
+def test_a_checkpoint_log_that_is_no_plain_file_of_its_own_gives_no_checkpoints(
+    tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    launcher, _, steps, log = launcher_with_job(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text(LINE)
+    if kind == "symlink":
+        log.symlink_to(elsewhere)
+    elif kind == "fifo":
+        os.mkfifo(log)  # opened without blocking, then refused
+    elif kind == "hardlink":
+        os.link(elsewhere, log)
+    else:
+        log.mkdir()
+    launcher.poll()
+    launcher.poll()
+    assert steps == []
+    refusals = [r for r in caplog.records if "checkpoint log is not read" in r.getMessage()]
+    assert len(refusals) == 1  # said once, not at every poll
+
+
+def test_an_overlong_line_is_passed_over(tmp_path: Path) -> None:
+    launcher, proc, steps, log = launcher_with_job(tmp_path)
+    log.write_bytes(b"x" * (LOG_CHUNK + 10) + b"\n" + LINE.encode())
+    for _ in range(3):
+        launcher.poll()
+    assert steps == [3.0] and proc.checkpoint_offset == LOG_CHUNK + 11 + len(LINE)
+
+
+def test_the_state_dir_is_nobody_else_s_to_write(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    state.chmod(0o777)
+    launcher = Launcher(state, lambda p: None)
+    assert stat.S_IMODE(state.stat().st_mode) == 0o755
+    assert stat.S_IMODE(launcher.jobs_dir.stat().st_mode) == 0o711
+
+
+def test_the_lease_runs_out_a_heartbeat_before_the_scheduler_s() -> None:
+    assert lease.window(60, 5) == 55 and lease.term_wait(60, 5) == 5
+    assert lease.window(4, 0.5) == 3.5 and lease.term_wait(4, 0.5) == 1
+    # never so short that the next heartbeat's answer comes too late
+    assert lease.window(2, 1) == 1.5 and lease.window(5, 4) == 5
+
+
+def test_a_lease_record_only_moves_forward(tmp_path: Path) -> None:
+    record = tmp_path / "lease.json"
+    assert lease.read(record)[0] == 0  # none: run out
+    clock = [100.0]
+    held = lease.Lease(record, clock=lambda: clock[0])
+    held.renew(100.0, 4, 0.5)
+    assert lease.read(record) == (103.5, 1.0)
+    held.renew(90.0, 4, 0.5)  # a late answer to an old heartbeat
+    assert lease.read(record)[0] == 103.5 and stat.S_IMODE(record.stat().st_mode) == 0o600
+    record.write_text(json.dumps({"boot_id": "another boot", "deadline": 1e12}))
+    assert lease.read(record)[0] == 0
