@@ -30,9 +30,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import psutil
 
+from gshare import jobenv
 from nodeagent.shim import start_ticks, write_atomic
 
 log = logging.getLogger(__name__)
@@ -124,27 +126,84 @@ def _identity(req: LaunchRequest) -> dict[str, object]:
 
 
 def job_environment(req: LaunchRequest, ident: dict[str, object]) -> dict[str, str]:
+    """gshare's variables (gshare/jobenv.py, the same a handed-off job gets), and the
+    owner's HOME, USER and LOGNAME when the job runs as its owner."""
     env = dict(req.env)
     if ident.get("run_as"):
         env.update(HOME=str(ident["home"]), USER=str(ident["user"]), LOGNAME=str(ident["user"]))
-    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    visible = ",".join(str(i) for i in req.gpu_indexes)
-    env.update(
-        CUDA_VISIBLE_DEVICES=visible,
-        NVIDIA_VISIBLE_DEVICES=visible,
-        # CUDA numbers GPUs fastest-first by default; NVML (and so gshare) by PCI bus id
-        CUDA_DEVICE_ORDER="PCI_BUS_ID",
-        GSHARE_JOB_ID=str(req.job_id),
-        GSHARE_NODE=req.node,
-        GSHARE_GPUS=visible,
-        GSHARE_GPU_UUIDS=",".join(req.gpu_uuids),
-        GSHARE_RESTART_COUNT=str(req.restart_count),
-        GSHARE_OUTPUT=req.output_path,
-        GSHARE_PREEMPT_SIGNAL=str(req.preempt_signal or signal.SIGUSR1),
+    return jobenv.job_environment(
+        env,
+        job_id=req.job_id,
+        restart_count=req.restart_count,
+        output=req.output_path,
+        checkpoint_dir=req.checkpoint_dir,
+        preempt_signal=req.preempt_signal,
+        node=req.node,
+        gpu_indexes=tuple(req.gpu_indexes),
+        gpu_uuids=tuple(req.gpu_uuids),
     )
-    if req.checkpoint_dir:
-        env["GSHARE_CHECKPOINT_DIR"] = req.checkpoint_dir
-    return env
+
+
+class JobRunner(Protocol):
+    """What the link to the scheduler needs of whatever runs jobs: `Launcher` on a node,
+    `FakeLauncher` in tests."""
+
+    jobs: dict[int, JobProcess]
+
+    def launch(self, req: LaunchRequest) -> JobProcess: ...
+
+    def kill(self, job_id: int, grace_s: float) -> None: ...
+
+    def preempt(self, job_id: int, sig: int, grace_s: float) -> None: ...
+
+    def signal(self, job_id: int, sig: int) -> None: ...
+
+    def forget(self, job_id: int) -> None: ...
+
+
+class FakeLauncher:
+    """Runs nothing: a launched job has a pid at once, and each call is recorded, for
+    tests of the agent's side of the wire without processes."""
+
+    def __init__(self, on_change: Callable[[JobProcess], None] | None = None) -> None:
+        self.jobs: dict[int, JobProcess] = {}
+        self.calls: list[tuple[str, int, object]] = []
+        self.on_change = on_change
+        self._next_pid = 1000
+
+    def launch(self, req: LaunchRequest) -> JobProcess:
+        self.calls.append(("launch", req.job_id, tuple(req.gpu_indexes)))
+        if req.job_id not in self.jobs:
+            self._next_pid += 1
+            proc = JobProcess(req.job_id, Path("/nonexistent"), pid=self._next_pid)
+            proc.start_time, proc.gpu_indexes = time.time(), tuple(req.gpu_indexes)
+            self.jobs[req.job_id] = proc
+            if self.on_change is not None:
+                self.on_change(proc)
+        return self.jobs[req.job_id]
+
+    def end(self, job_id: int, exit_code: int = 0, exit_signal: int = 0) -> None:
+        """The job ends (as its process would)."""
+        proc = self.jobs[job_id]
+        proc.exited, proc.exit_code, proc.exit_signal = True, exit_code, exit_signal
+        proc.end_time = time.time()
+        if self.on_change is not None:
+            self.on_change(proc)
+
+    def kill(self, job_id: int, grace_s: float) -> None:
+        self.calls.append(("kill", job_id, grace_s))
+
+    def preempt(self, job_id: int, sig: int, grace_s: float) -> None:
+        self.calls.append(("preempt", job_id, (sig, grace_s)))
+
+    def signal(self, job_id: int, sig: int) -> None:
+        self.calls.append(("signal", job_id, sig))
+
+    def forget(self, job_id: int) -> None:
+        self.calls.append(("forget", job_id, None))
+        proc = self.jobs.get(job_id)
+        if proc is not None and proc.exited:
+            del self.jobs[job_id]
 
 
 class Launcher:

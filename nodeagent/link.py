@@ -24,7 +24,7 @@ from gshare import __version__
 from gshare.api import gshare_pb2 as pb
 from gshare.api import gshare_pb2_grpc as pb_grpc
 from nodeagent.gpus import GpuDevice
-from nodeagent.launcher import JobProcess, Launcher, LaunchRequest
+from nodeagent.launcher import JobProcess, JobRunner, LaunchRequest
 from nodeagent.lease import Lease
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class SchedulerLink:
         backend: str,
         cpus: int,
         mem_mb: int,
-        launcher: Launcher,
+        launcher: JobRunner,
         lease: Lease,
         token: str = "",
     ) -> None:

@@ -25,7 +25,7 @@ from nodeagent.gpus import FakeProbe, GpuProbe, JobGpus, NvmlProbe, NvmlUnavaila
 from nodeagent.launcher import Launcher, StateDirError
 from nodeagent.lease import Lease
 from nodeagent.link import SchedulerLink
-from nodeagent.telemetry import TelemetryPublisher
+from nodeagent.telemetry import MqttSink, TelemetryPublisher
 
 log = logging.getLogger("nodeagent")
 
@@ -182,7 +182,7 @@ async def run(
     publisher = None
     if mqtt.enabled:
         publisher = TelemetryPublisher(
-            mqtt,
+            MqttSink(mqtt, args.node),
             args.node,
             probe,
             lambda: running_jobs(launcher),

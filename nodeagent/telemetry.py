@@ -13,7 +13,9 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
 
 import aiomqtt
 import psutil
@@ -39,10 +41,55 @@ log = logging.getLogger(__name__)
 BUFFER = 2000  # messages kept while the broker is unreachable
 
 
+class Publisher(Protocol):
+    async def publish(
+        self, topic: str, payload: bytes, qos: int = 0, retain: bool = False
+    ) -> Any: ...
+
+
+class TelemetrySink(Protocol):
+    """Where telemetry goes: a session per connection, opened with a last will that is
+    published for us if we vanish (MQTT), or a list in memory (tests)."""
+
+    url: str
+
+    def session(self, will_topic: str, will: bytes) -> AbstractAsyncContextManager[Publisher]: ...
+
+
+class MqttSink:
+    """The broker of `[mqtt]`, through aiomqtt."""
+
+    def __init__(self, mqtt: MqttConfig, node: str) -> None:
+        self.mqtt = mqtt
+        self.url = mqtt.url
+        self.node = node
+
+    def session(self, will_topic: str, will: bytes) -> AbstractAsyncContextManager[Publisher]:
+        last_will = aiomqtt.Will(will_topic, will, qos=1, retain=True)
+        return make_client(self.mqtt, f"gshare-agent-{self.node}", last_will)
+
+
+class MemorySink:
+    """Telemetry kept in memory, in the order published: the fake beside MqttSink."""
+
+    def __init__(self) -> None:
+        self.url = "memory:"
+        self.messages: list[tuple[str, bytes, int, bool]] = []
+        self.wills: list[tuple[str, bytes]] = []
+
+    @contextlib.asynccontextmanager
+    async def session(self, will_topic: str, will: bytes) -> AsyncIterator[MemorySink]:
+        self.wills.append((will_topic, will))
+        yield self
+
+    async def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+        self.messages.append((topic, payload, qos, retain))
+
+
 class TelemetryPublisher:
     def __init__(
         self,
-        mqtt: MqttConfig,
+        sink: TelemetrySink,
         node: str,
         probe: GpuProbe,
         jobs: Callable[[], Sequence[JobGpus]],
@@ -51,7 +98,7 @@ class TelemetryPublisher:
         fatal_xids: frozenset[int] = frozenset(),
         buffer: int = BUFFER,
     ) -> None:
-        self.mqtt = mqtt
+        self.sink = sink
         self.node = node
         self.probe = probe
         self.jobs = jobs
@@ -138,14 +185,11 @@ class TelemetryPublisher:
         quiet = False  # one warning per outage, not one per retry
         while True:
             try:
-                will = aiomqtt.Will(
-                    status_topic(self.node), self._status(False), qos=1, retain=True
-                )
-                client = make_client(self.mqtt, f"gshare-agent-{self.node}", will)
-                async with client:
+                session = self.sink.session(status_topic(self.node), self._status(False))
+                async with session as client:
                     self.connected, quiet = True, False
                     backoff.reset()
-                    log.info("telemetry: connected to %s", self.mqtt.url)
+                    log.info("telemetry: connected to %s", self.sink.url)
                     await client.publish(
                         status_topic(self.node), self._status(True), qos=1, retain=True
                     )
@@ -167,7 +211,7 @@ class TelemetryPublisher:
             except (aiomqtt.MqttError, OSError) as exc:
                 if not quiet:
                     log.warning(
-                        "telemetry: broker %s unreachable (%s); retrying", self.mqtt.url, exc
+                        "telemetry: broker %s unreachable (%s); retrying", self.sink.url, exc
                     )
                     quiet = True
             except Exception:
@@ -175,7 +219,7 @@ class TelemetryPublisher:
             self.connected = False
             await asyncio.sleep(backoff.next())
 
-    async def _drain(self, client: aiomqtt.Client) -> None:
+    async def _drain(self, client: Publisher) -> None:
         while True:
             while self.buffer:
                 item = self.buffer[0]
