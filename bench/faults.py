@@ -170,6 +170,7 @@ def storm(root: Path, trials: int, per_trial: int, rng: random.Random) -> Row:
     cluster = new_cluster(root / "storm", agents=0)
     work = root / "storm-work"
     work.mkdir()
+    resent = [0]
     try:
         for trial in range(trials):
             spec = spec_of("#!/bin/bash\ntrue\n", work)
@@ -194,6 +195,8 @@ def storm(root: Path, trials: int, per_trial: int, rng: random.Random) -> Row:
                             continue
                         with lock:
                             acked.append(job_id)
+                    with lock:
+                        resent[0] += c.resent
 
             threads = [threading.Thread(target=submitter) for _ in range(4)]
             for t in threads:
@@ -220,6 +223,7 @@ def storm(root: Path, trials: int, per_trial: int, rng: random.Random) -> Row:
                 row.notes.append(f"{len(errors)} refused: {errors[0]}")
     finally:
         cluster.stop()
+    row.notes.append(f"{resent[0]} submits were sent again with their key after a lost answer")
     return row
 
 

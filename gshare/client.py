@@ -39,6 +39,7 @@ class Client:
     def __init__(self, address: str | None = None, timeout: float = 30.0) -> None:
         self.target = resolve(address)
         self.timeout = timeout
+        self.resent = 0  # submits sent again with their key after a lost answer
         self._channel = grpc.insecure_channel(self.target)
         self._stub = pb_grpc.ClientServiceStub(self._channel)
 
@@ -90,6 +91,7 @@ class Client:
                 if not (_unavailable(exc) and reached.wait(0.5)):
                     raise self._error(exc) from None
             while True:  # the request may have been stored: the same key again
+                self.resent += 1
                 left = deadline - time.monotonic()
                 try:
                     return self._stub.SubmitJob(
