@@ -14,6 +14,7 @@ import grpc
 from gshare import __version__
 from gshare.api import gshare_pb2 as pb
 from gshare.api import gshare_pb2_grpc as pb_grpc
+from gshare.client import CHANNEL_OPTIONS
 from nodeagent.gpus import GpuDevice
 from nodeagent.launcher import JobProcess, Launcher, LaunchRequest
 
@@ -150,7 +151,7 @@ class SchedulerLink:
 
     async def run_once(self) -> None:
         metadata = ((AGENT_TOKEN_HEADER, self.token),) if self.token else None
-        async with grpc.aio.insecure_channel(self.target) as channel:
+        async with grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS) as channel:
             stub = pb_grpc.AgentServiceStub(channel)
             outbox: asyncio.Queue[pb.AgentMessage] = asyncio.Queue()
             outbox.put_nowait(self._register())
