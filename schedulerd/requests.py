@@ -58,7 +58,13 @@ MAX_MEM_MB = 1 << 40  # a thousand exabytes: more than any node, far inside int6
 MAX_GRACE_S = 86400.0
 MAX_RESTARTS = 1_000_000
 
-_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A POSIX name, or bash's name for an exported function (BASH_FUNC_module%%, as Lmod
+# exports `module`): nothing that could split an entry (=) or hide in it (spaces, controls).
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|BASH_FUNC_[A-Za-z0-9_.:+-]+%%")
+
+
+def env_name_ok(name: str) -> bool:
+    return _ENV_KEY.fullmatch(name) is not None
 
 
 class Refused(Exception):
@@ -120,7 +126,7 @@ def _check_strings(spec: pb.JobSpec) -> None:
         raise Refused(f"env: {len(spec.env)} variables, over the limit of {MAX_ENV_ENTRIES}")
     for key, value in spec.env.items():
         _check_text("env: a variable name", key, MAX_ENV_KEY_CHARS)
-        if not _ENV_KEY.fullmatch(key):
+        if not env_name_ok(key):
             raise Refused(f"env: {key!r} is not a valid variable name")
         _check_text(f"env: {key}", value, MAX_ENV_VALUE_CHARS)
     if len(spec.args) > MAX_ARGS:
