@@ -58,6 +58,13 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """A usage error in one line (and exit 2), not the usage text before it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {printable(message)} (see {self.prog} --help)\n")
+
+
 def fail(prog: str, message: str, code: int = 1) -> int:
     print(f"{prog}: {printable(message)}", file=sys.stderr)
     return code
@@ -239,7 +246,7 @@ def read_job_script(path: Path, limit: int = MAX_SCRIPT_BYTES) -> JobScript:
         raise ScriptError(f"{path} is a directory, not a job script") from None
     except OSError as exc:
         raise ScriptError(f"cannot read script {path}: {exc.strerror}") from exc
-    with os.fdopen(fd, "rb") as f:
+    try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
             raise ScriptError(f"{path} is a directory, not a job script")
@@ -247,10 +254,16 @@ def read_job_script(path: Path, limit: int = MAX_SCRIPT_BYTES) -> JobScript:
             raise ScriptError(
                 f"{path} is not a regular file (a FIFO or a device?), not a job script"
             )
-        try:
-            content = f.read(limit + 1)
-        except OSError as exc:
-            raise ScriptError(f"cannot read script {path}: {exc.strerror}") from exc
+        chunks: list[bytes] = []
+        left = limit + 1
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
+            chunks.append(chunk)
+            left -= len(chunk)
+    except OSError as exc:
+        raise ScriptError(f"cannot read script {path}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+    content = b"".join(chunks)
     if len(content) > limit:
         raise ScriptError(f"{path} is over {limit} bytes; job scripts are limited to {limit} bytes")
     if not content.strip():
@@ -948,7 +961,7 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 
 def gshare_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _OneLineParser(
         prog="gshare",
         description="gshare: a fair GPU cluster-sharing scheduler. Submit jobs with gsub.",
     )
