@@ -142,7 +142,7 @@ def test_gshare_errors_are_clear(cluster: Cluster) -> None:
         (["cancel", "999"], "no job 999"),
         (["release", "999"], "no job 999"),
         (["queue", "--state", "sleeping"], "unknown state 'sleeping'"),
-        (["show", "abc"], "invalid int value"),
+        (["show", "abc"], "a job id is a whole number, not 'abc'"),
         (["frobnicate"], "invalid choice"),
         (["cancel", "99999999999999999999"], "no job can have the id"),
         (["show", "9223372036854775808"], "no job can have the id"),
