@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import stat
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -18,11 +19,21 @@ from gshare import __version__
 from gshare.address import AddressError
 from gshare.api import gshare_pb2 as pb
 from gshare.client import Client, ClientError
-from gshare.jobscript import JobScript, ScriptError, read_script, wrap
+from gshare.jobscript import MAX_SCRIPT_BYTES, JobScript, ScriptError, directives, wrap
+from gshare.render import printable
 from gshare.timefmt import TimeFormatError, format_duration, parse_duration
+from schedulerd.requests import (
+    MAX_CPUS,
+    MAX_GPUS_PER_JOB,
+    MAX_GRACE_S,
+    MAX_MEM_MB,
+    MAX_TIME_LIMIT_S,
+    env_name_ok,
+)
 from tui.model import where
 
 INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
 LIVE = (
     "PENDING",
     "HELD",
@@ -47,8 +58,15 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """A usage error in one line (and exit 2), not the usage text before it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {printable(message)} (see {self.prog} --help)\n")
+
+
 def fail(prog: str, message: str, code: int = 1) -> int:
-    print(f"{prog}: {message}", file=sys.stderr)
+    print(f"{prog}: {printable(message)}", file=sys.stderr)
     return code
 
 
@@ -60,15 +78,44 @@ def _memory_mb(text: str) -> int:
     if not match:
         raise argparse.ArgumentTypeError(f"bad memory size {text!r} (use e.g. 16G, 512M, 32000)")
     value, unit = int(match.group(1)), match.group(2).upper()
-    scale = {"": 1, "K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}[unit]
-    return max(1, int(value * scale)) if value else 0
+    kib = value * {"": 1024, "K": 1, "M": 1024, "G": 1024**2, "T": 1024**3}[unit]
+    mb = max(1, kib // 1024) if value else 0  # whole numbers: no float to overflow
+    if mb > MAX_MEM_MB:
+        raise argparse.ArgumentTypeError(
+            f"--mem {text.strip()} is more than the limit of {MAX_MEM_MB // 1024**2}T"
+        )
+    return mb
 
 
 def _duration(text: str) -> int:
+    return _bounded_duration("--time", MAX_TIME_LIMIT_S)(text)
+
+
+def _bounded_duration(name: str, limit: float) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            seconds = parse_duration(text)
+        except TimeFormatError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f"bad duration {text!r}") from None
+        if seconds > limit:
+            raise argparse.ArgumentTypeError(
+                f"{name} {text} is over the limit of {format_duration(int(limit))}"
+            )
+        return seconds
+
+    return parse
+
+
+def _job_id(text: str) -> int:
     try:
-        return parse_duration(text)
-    except TimeFormatError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a job id is a whole number, not {text!r}") from None
+    if not 0 < value <= INT64_MAX:
+        raise argparse.ArgumentTypeError(f"no job can have the id {text} (ids are 1 to 2^63-1)")
+    return value
 
 
 def _gpus(text: str) -> int:
@@ -78,19 +125,19 @@ def _gpus(text: str) -> int:
         raise argparse.ArgumentTypeError(f"--gpus needs a whole number, not {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"--gpus must be at least 1, not {value}")
-    if value > INT32_MAX:
-        raise argparse.ArgumentTypeError(f"--gpus {value} is far more than any node has")
+    if value > MAX_GPUS_PER_JOB:
+        raise argparse.ArgumentTypeError(f"--gpus {value} is more than any node can have")
     return value
 
 
-def _int32(name: str) -> Callable[[str], int]:
+def _int32(name: str, low: int = -INT32_MAX, high: int = INT32_MAX) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} needs a whole number, not {text!r}") from None
-        if abs(value) > INT32_MAX:
-            raise argparse.ArgumentTypeError(f"{name} {value} is out of range")
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{name} {text} is not between {low} and {high}")
         return value
 
     return parse
@@ -120,7 +167,9 @@ def _job_options(p: argparse.ArgumentParser) -> None:
         type=_duration,
         help="time limit: 30m, 2h, 1d, 1:30:00 or minutes (default: the queue's)",
     )
-    p.add_argument("-c", "--cpus", type=_int32("--cpus"), help="CPU cores the job needs")
+    p.add_argument(
+        "-c", "--cpus", type=_int32("--cpus", 0, MAX_CPUS), help="CPU cores the job needs"
+    )
     p.add_argument("--mem", type=_memory_mb, help="host memory the job needs, e.g. 32G")
     p.add_argument("-D", "--workdir", help="working directory (default: the current one)")
     p.add_argument(
@@ -144,7 +193,7 @@ def _job_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--grace",
-        type=_duration,
+        type=_bounded_duration("--grace", MAX_GRACE_S),
         help="time the job has to yield before SIGTERM "
         "and SIGKILL, e.g. 90s (default: the queue's, 60s)",
     )
@@ -185,6 +234,49 @@ def _signal(text: str) -> int:
     if number in (signal.SIGKILL, signal.SIGSTOP) or not 1 <= number < signal.NSIG:
         raise argparse.ArgumentTypeError(f"--signal {text}: a job cannot catch that signal")
     return number
+
+
+def read_job_script(path: Path, limit: int = MAX_SCRIPT_BYTES) -> JobScript:
+    """The script at `path`, read only from a regular file and never more than `limit` + 1
+    bytes: a FIFO, a device (/dev/zero) or a directory is refused, not read or waited on."""
+    try:
+        # O_NONBLOCK: opening a FIFO with no writer must not wait for one
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except IsADirectoryError:
+        raise ScriptError(f"{path} is a directory, not a job script") from None
+    except OSError as exc:
+        raise ScriptError(f"cannot read script {path}: {exc.strerror}") from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ScriptError(f"{path} is a directory, not a job script")
+        if not stat.S_ISREG(mode):
+            raise ScriptError(
+                f"{path} is not a regular file (a FIFO or a device?), not a job script"
+            )
+        chunks: list[bytes] = []
+        left = limit + 1
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
+            chunks.append(chunk)
+            left -= len(chunk)
+    except OSError as exc:
+        raise ScriptError(f"cannot read script {path}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+    content = b"".join(chunks)
+    if len(content) > limit:
+        raise ScriptError(f"{path} is over {limit} bytes; job scripts are limited to {limit} bytes")
+    if not content.strip():
+        raise ScriptError(f"{path} is empty")
+    try:
+        if b"\0" in content:
+            raise UnicodeDecodeError("utf-8", content, 0, 1, "NUL byte")
+        text = content.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ScriptError(f"{path} is a binary file, not a job script") from None
+    if not text.startswith("#!"):
+        raise ScriptError(f"{path}: the first line must be an interpreter line such as #!/bin/bash")
+    return JobScript(path, content, directives(text, str(path)))
 
 
 def gsub_parser() -> _Parser:
@@ -234,7 +326,7 @@ def build_spec(args: argparse.Namespace, environ: dict[str, str]) -> pb.JobSpec:
     if args.wrap:
         content, name, from_script = wrap(args.wrap), "wrap", {}
     elif args.script:
-        script = read_script(Path(args.script))
+        script = read_job_script(Path(args.script))
         content, name = script.content, Path(args.script).name
         from_script = directive_options(script)
     else:
@@ -247,7 +339,8 @@ def build_spec(args: argparse.Namespace, environ: dict[str, str]) -> pb.JobSpec:
             options["env"] = options.get("env", []) + value
         else:
             options[key] = value
-    env = dict(environ)
+    # what the scheduler would refuse (a name like a-b, bytes that are not UTF-8) stays here
+    env = {k: v for k, v in environ.items() if env_name_ok(k) and _sendable(k) and _sendable(v)}
     if args.script:
         env["GSHARE_SCRIPT_DIR"] = str(Path(args.script).resolve().parent)
     env["GSHARE_SUBMIT_DIR"] = os.getcwd()
@@ -274,6 +367,12 @@ def build_spec(args: argparse.Namespace, environ: dict[str, str]) -> pb.JobSpec:
         checkpoint_dir=options.get("checkpoint_dir") or "",
         slurm=options.get("slurm") or "",
     )
+
+
+def _sendable(text: str) -> bool:
+    """Whether a variable of our environment can travel: text the wire takes (UTF-8; an
+    undecodable byte is a surrogate here) and no NUL."""
+    return "\0" not in text and not any("\ud800" <= c <= "\udfff" for c in text)
 
 
 def gsub_main(argv: Sequence[str] | None = None) -> int:
@@ -392,11 +491,12 @@ def cmd_why(client: Client, args: argparse.Namespace) -> int:
         place = f", {job.position} in line" if job.position else ""
         print(f"job {job.job_id} is PENDING{place}:")
         for clause in (job.reason or "waiting for the next scheduling cycle").split("; "):
-            print(f"  {clause}")
+            print(f"  {printable(clause)}")
     elif job.state == pb.HELD:
-        print(f"job {job.job_id} is HELD ({job.reason}); `gshare release {job.job_id}` lets it run")
+        reason = printable(job.reason)
+        print(f"job {job.job_id} is HELD ({reason}); `gshare release {job.job_id}` lets it run")
     else:
-        print(f"job {job.job_id} is {state}" + (f": {job.reason}" if job.reason else ""))
+        print(f"job {job.job_id} is {state}" + (f": {printable(job.reason)}" if job.reason else ""))
     return 0
 
 
@@ -488,15 +588,16 @@ def cmd_queue(client: Client, args: argparse.Namespace) -> int:
     rows = [
         [
             str(j.job_id),
-            _short(j.spec.name, 20),
-            j.user,
-            j.spec.queue,
+            _short(printable(j.spec.name), 20),
+            printable(j.user),
+            printable(j.spec.queue),
             _state(j),
             str(j.spec.gpus),
-            where(j),
+            printable(where(j)),
             _runtime(j, now),
             _short(
-                _first_clause(j.reason) or ("" if j.state != pb.PENDING else "waiting for a cycle")
+                printable(_first_clause(j.reason))
+                or ("" if j.state != pb.PENDING else "waiting for a cycle")
             ),
         ]
         for j in jobs
@@ -550,12 +651,13 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
     ]
     width = max(len(k) for k, _ in fields)
     for key, value in fields:
-        print(f"{key.rjust(width)}: {value}")
+        # GPU use is ours, with its (escaped) warnings on lines of their own
+        print(f"{key.rjust(width)}: {value if key == 'GPU use' else printable(value)}")
     print("\nEvents:")
     for e in job.events:
-        move = f"{e.from_state or '-'} -> {e.to_state}"
-        why = f": {e.reason}" if e.reason else ""
-        print(f"  {_when(e.time)}  {e.kind:<16} {move:<24} {e.actor}{why}")
+        move = printable(f"{e.from_state or '-'} -> {e.to_state}")
+        why = f": {printable(e.reason)}" if e.reason else ""
+        print(f"  {_when(e.time)}  {printable(e.kind):<16} {move:<24} {printable(e.actor)}{why}")
     return 0
 
 
@@ -582,7 +684,7 @@ def _gpu_use(job: pb.Job) -> str:
     if job.idle_gpu_s >= 1:
         text += f"; {job.idle_gpu_s / 3600:.2f} idle GPU-hours"
     for warning in job.warnings:
-        text += f"\n{'':>12}  warning: {warning}"
+        text += f"\n{'':>12}  warning: {printable(warning)}"
     return text
 
 
@@ -600,7 +702,7 @@ def _each(client: Client, ids: list[int], action: Callable[[int], pb.Job], verb:
             job = action(job_id)
             print(f"job {job_id}: {verb} ({_state(job)})")
         except ClientError as exc:
-            print(f"gshare: job {job_id}: {exc}", file=sys.stderr)
+            print(f"gshare: job {job_id}: {printable(str(exc))}", file=sys.stderr)
             status = 1
     return status
 
@@ -673,14 +775,14 @@ def cmd_nodes(client: Client, args: argparse.Namespace) -> int:
         models = sorted({g.model for g in n.gpus})
         rows.append(
             [
-                n.name,
+                printable(n.name),
                 pb.NodeState.Name(n.state).removeprefix("NODE_"),
                 f"{len(n.busy_gpus)}/{len(n.gpus)}",
-                ", ".join(models) or "-",
-                n.gpu_backend or "-",
+                printable(", ".join(models)) or "-",
+                printable(n.gpu_backend) or "-",
                 str(n.cpus),
                 f"{n.mem_mb // 1024}G",
-                _short(n.reason, 40),
+                _short(printable(n.reason), 40),
             ]
         )
     print(
@@ -692,7 +794,7 @@ def cmd_nodes(client: Client, args: argparse.Namespace) -> int:
         print()
         print(_gpu_table(nodes))
     notes = [
-        f"  {n.name} GPU {g.index}: {text}"
+        printable(f"  {n.name} GPU {g.index}: {text}")
         for n in nodes
         for g in n.gpus
         for text in ([f"drained: {g.drained}"] if g.drained else []) + list(g.warnings)
@@ -859,7 +961,7 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 
 def gshare_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _OneLineParser(
         prog="gshare",
         description="gshare: a fair GPU cluster-sharing scheduler. Submit jobs with gsub.",
     )
@@ -884,7 +986,7 @@ def gshare_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_queue)
 
     s = sub.add_parser("show", help="one job in detail, with its events")
-    s.add_argument("job", type=int)
+    s.add_argument("job", type=_job_id)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_show)
 
@@ -895,7 +997,7 @@ def gshare_parser() -> argparse.ArgumentParser:
         ("preempt", cmd_preempt, "ask running jobs to checkpoint, yield their GPUs and requeue"),
     ):
         c = sub.add_parser(name, help=text, description=text)
-        c.add_argument("jobs", type=int, nargs="+", metavar="JOB")
+        c.add_argument("jobs", type=_job_id, nargs="+", metavar="JOB")
         c.set_defaults(func=func)
 
     w = sub.add_parser(
@@ -904,7 +1006,7 @@ def gshare_parser() -> argparse.ArgumentParser:
         description="Why a job is not running: the reason from the last scheduling "
         "cycle, its place in line, and its team's standing.",
     )
-    w.add_argument("job", type=int)
+    w.add_argument("job", type=_job_id)
     w.set_defaults(func=cmd_why)
 
     us = sub.add_parser(
@@ -923,7 +1025,7 @@ def gshare_parser() -> argparse.ArgumentParser:
         "owner may only lower it (0 or less).",
     )
     pr.add_argument("priority", type=_int32("priority"), metavar="PRIORITY")
-    pr.add_argument("jobs", type=int, nargs="+", metavar="JOB")
+    pr.add_argument("jobs", type=_job_id, nargs="+", metavar="JOB")
     pr.set_defaults(func=cmd_priority)
 
     n = sub.add_parser("nodes", help="nodes and their GPUs")
@@ -948,7 +1050,7 @@ def gshare_parser() -> argparse.ArgumentParser:
         description="Print a job's output "
         "file (read where the job writes it: on this machine or a shared file system).",
     )
-    lg.add_argument("job", type=int)
+    lg.add_argument("job", type=_job_id)
     lg.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
     lg.set_defaults(func=cmd_logs)
 

@@ -17,6 +17,16 @@ from gshare.api import gshare_pb2_grpc as pb_grpc
 Req = TypeVar("Req")
 T = TypeVar("T")
 
+# The largest gRPC message, both ways, on every channel and server of gshare: the scheduler,
+# its clients (gsub, gshare, the TUI) and its node agents. gRPC's default is 4 MiB for what
+# a side receives; the scheduler sizes each job (schedulerd.requests) so that no Launch and
+# no job in a listing comes near this.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+
 
 def new_key() -> str:
     """A submit's idempotency key: random, so two submits never share one by chance."""
@@ -40,7 +50,7 @@ class Client:
         self.target = resolve(address)
         self.timeout = timeout
         self.resent = 0  # submits sent again with their key after a lost answer
-        self._channel = grpc.insecure_channel(self.target)
+        self._channel = grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.ClientServiceStub(self._channel)
 
     def close(self) -> None:

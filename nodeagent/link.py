@@ -23,6 +23,7 @@ import grpc
 from gshare import __version__
 from gshare.api import gshare_pb2 as pb
 from gshare.api import gshare_pb2_grpc as pb_grpc
+from gshare.client import CHANNEL_OPTIONS
 from nodeagent.gpus import GpuDevice
 from nodeagent.launcher import JobProcess, JobRunner, LaunchRequest
 from nodeagent.lease import Lease
@@ -187,7 +188,7 @@ class SchedulerLink:
 
     async def run_once(self) -> None:
         metadata = ((AGENT_TOKEN_HEADER, self.token),) if self.token else None
-        async with grpc.aio.insecure_channel(self.target) as channel:
+        async with grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS) as channel:
             stub = pb_grpc.AgentServiceStub(channel)
             outbox: asyncio.Queue[pb.AgentMessage] = asyncio.Queue()
             self._beats_sent.clear()

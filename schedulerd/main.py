@@ -25,7 +25,15 @@ from gshare.metrics import MetricsServer
 from policies import PolicyError, make_policy
 from schedulerd.daemon import Scheduler
 from schedulerd.peercred import PeerCredFrontDoor
-from schedulerd.server import AgentService, ClientService, Identities, Watchers, node_token
+from schedulerd.server import (
+    SERVER_OPTIONS,
+    AgentService,
+    ClientService,
+    ErrorBoundary,
+    Identities,
+    Watchers,
+    node_token,
+)
 from schedulerd.store import Store, default_url
 
 log = logging.getLogger("schedulerd")
@@ -97,7 +105,7 @@ async def serve(config: Config, args: argparse.Namespace, state_dir: Path) -> in
     scheduler = Scheduler(config, store, policy)
     await scheduler.start()
 
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[ErrorBoundary()])
     backend_port = server.add_insecure_port("127.0.0.1:0")
     socket_path = args.socket or (
         Path(config.socket) if config.socket else state_dir / "gshare.sock"

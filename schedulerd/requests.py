@@ -1,13 +1,25 @@
-"""Requests at the edge: a submitted JobSpec checked and turned into a job record.
+"""A submission checked at the edge: every field of a JobSpec bounded, before anything is stored.
 
-Everything a client sends is bounded and checked here, before it reaches the scheduler's
-state, so a bad request is refused alone, with the field named.
+The limits are stated once, here. They are chosen so that no accepted job can make a
+message that breaks the wire's limit (`gshare.client.MAX_MESSAGE_BYTES`, 64 MiB, the same
+on the scheduler, its clients and its agents):
+
+- a Launch carries the script (at most SCRIPT_CEILING) and the spec (at most
+  MAX_SPEC_BYTES) plus paths derived from the spec's: under 20 MiB;
+- a listing (ListJobs, WatchCluster, GetJob) leaves out the script and the environment,
+  so each job in it is the listed part of the spec (at most MAX_LISTED_BYTES) plus its
+  output and checkpoint paths with %j expanded (each under 50 KiB): under 160 KiB.
+
+Every refusal is a Refused (INVALID_ARGUMENT unless it is about who may do it) with a
+one-line message that starts with the field it is about.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from gshare.api import gshare_pb2 as pb
 from gshare.config import Config
@@ -16,17 +28,137 @@ from schedulerd.jobstate import JobState
 from schedulerd.model import JobRecord, NodeRecord
 from schedulerd.peercred import Caller
 
+KIB = 1024
+MIB = 1024 * KIB
+
 MAX_GPUS_PER_JOB = 4096
 MAX_PRIORITY = 1_000_000
+SCRIPT_CEILING = 16 * MIB  # whatever max_script_bytes says, a Launch must fit the wire
+MAX_SPEC_BYTES = 1 * MIB  # the serialized JobSpec without its script
+MAX_LISTED_BYTES = 64 * KIB  # the same without its environment: what listings carry
+
+# characters, per string field (paths: Linux's PATH_MAX)
+MAX_CHARS: Mapping[str, int] = {
+    "name": 256,
+    "queue": 128,
+    "workdir": 4096,
+    "output": 4096,
+    "script_name": 256,
+    "checkpoint_dir": 4096,
+    "slurm": 16,
+}
+MAX_ENV_ENTRIES = 4096
+MAX_ENV_KEY_CHARS = 256
+MAX_ENV_VALUE_CHARS = 128 * KIB  # Linux's MAX_ARG_STRLEN
+MAX_ARGS = 1024
+MAX_ARG_CHARS = 32 * KIB
+
+MAX_TIME_LIMIT_S = 10 * 366 * 86400  # ten years
+MAX_CPUS = 1 << 20
+MAX_MEM_MB = 1 << 40  # a thousand exabytes: more than any node, far inside int64
+MAX_GRACE_S = 86400.0
+MAX_RESTARTS = 1_000_000
+
+# A POSIX name, or bash's name for an exported function (BASH_FUNC_module%%, as Lmod
+# exports `module`): nothing that could split an entry (=) or hide in it (spaces, controls).
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|BASH_FUNC_[A-Za-z0-9_.:+-]+%%")
+
+
+def env_name_ok(name: str) -> bool:
+    return _ENV_KEY.fullmatch(name) is not None
+
+
+def check_bounds(spec: pb.JobSpec, max_script_bytes: int) -> None:
+    """The checks that need nothing but the spec: sizes, finite numbers in range, no NUL."""
+    _check_strings(spec)
+    _check_numbers(spec)
+    script_limit = min(max_script_bytes, SCRIPT_CEILING)
+    if not spec.script:
+        raise Refused("the job script is empty")
+    if len(spec.script) > script_limit:
+        raise Refused(
+            f"the job script is {len(spec.script)} bytes, over the limit of {script_limit}"
+        )
+    if not spec.script.startswith(b"#!"):
+        raise Refused("the job script must start with a #! line (e.g. #!/bin/bash)")
+    if b"\0" in spec.script:
+        raise Refused("the job script is a binary file")
+    whole = _without(spec, "script").ByteSize()
+    if whole > MAX_SPEC_BYTES:
+        raise Refused(
+            f"the job's request is {whole} bytes without its script, over the limit of "
+            f"{MAX_SPEC_BYTES} (a large environment or arguments?)"
+        )
+    listed = _without(spec, "script", "env").ByteSize()
+    if listed > MAX_LISTED_BYTES:
+        raise Refused(
+            f"the job's name, paths and arguments are {listed} bytes together, over the "
+            f"limit of {MAX_LISTED_BYTES}"
+        )
+
+
+def _without(spec: pb.JobSpec, *fields: str) -> pb.JobSpec:
+    copy = pb.JobSpec()
+    copy.CopyFrom(spec)
+    for name in fields:
+        copy.ClearField(name)  # type: ignore[arg-type]
+    return copy
+
+
+def _check_text(field: str, value: str, limit: int) -> None:
+    if len(value) > limit:
+        raise Refused(f"{field}: {len(value)} characters, over the limit of {limit}")
+    if "\0" in value:
+        raise Refused(f"{field}: contains a NUL byte")
+
+
+def _check_strings(spec: pb.JobSpec) -> None:
+    for field, limit in MAX_CHARS.items():
+        _check_text(field, getattr(spec, field), limit)
+    if len(spec.env) > MAX_ENV_ENTRIES:
+        raise Refused(f"env: {len(spec.env)} variables, over the limit of {MAX_ENV_ENTRIES}")
+    for key, value in spec.env.items():
+        _check_text("env: a variable name", key, MAX_ENV_KEY_CHARS)
+        if not env_name_ok(key):
+            raise Refused(f"env: {key!r} is not a valid variable name")
+        _check_text(f"env: {key}", value, MAX_ENV_VALUE_CHARS)
+    if len(spec.args) > MAX_ARGS:
+        raise Refused(f"args: {len(spec.args)} arguments, over the limit of {MAX_ARGS}")
+    for number, arg in enumerate(spec.args, start=1):
+        _check_text(f"args: argument {number}", arg, MAX_ARG_CHARS)
+
+
+def _check_numbers(spec: pb.JobSpec) -> None:
+    if spec.gpus < 1:
+        raise Refused(f"--gpus must be at least 1, not {spec.gpus}")
+    if spec.gpus > MAX_GPUS_PER_JOB:
+        raise Refused(f"--gpus {spec.gpus} is more than any node can have")
+    if abs(spec.priority) > MAX_PRIORITY:
+        raise Refused(f"--priority must be between {-MAX_PRIORITY} and {MAX_PRIORITY}")
+    if not 0 <= spec.time_limit_s <= MAX_TIME_LIMIT_S:
+        raise Refused(f"time_limit_s: {spec.time_limit_s} is not between 0 and {MAX_TIME_LIMIT_S}")
+    if not 0 <= spec.cpus <= MAX_CPUS:
+        raise Refused(f"cpus: {spec.cpus} is not between 0 and {MAX_CPUS}")
+    if not 0 <= spec.mem_mb <= MAX_MEM_MB:
+        raise Refused(f"mem_mb: {spec.mem_mb} is not between 0 and {MAX_MEM_MB}")
+    if spec.preempt_signal and (
+        spec.preempt_signal in (signal.SIGKILL, signal.SIGSTOP)
+        or not 0 < spec.preempt_signal < signal.NSIG
+    ):
+        raise Refused(f"--signal {spec.preempt_signal}: a job cannot catch that signal")
+    if not math.isfinite(spec.grace_s) or not 0 <= spec.grace_s <= MAX_GRACE_S:
+        raise Refused(f"grace_s: {spec.grace_s!r} is not between 0 and {MAX_GRACE_S:g} (1 day)")
+    if spec.HasField("max_restarts") and not -1 <= spec.max_restarts <= MAX_RESTARTS:
+        raise Refused(f"max_restarts: {spec.max_restarts} is not between -1 and {MAX_RESTARTS}")
 
 
 def validate(
-    config: Config,
-    nodes: Mapping[str, NodeRecord],
     caller: Caller,
     spec: pb.JobSpec,
+    config: Config,
+    nodes: Mapping[str, NodeRecord],
+    is_admin: Callable[[Caller], bool],
     now: float,
-    is_admin: bool,
 ) -> JobRecord:
     """Turn a submission into a job record, or refuse it with the reason."""
     if caller.anonymous:
@@ -34,10 +166,7 @@ def validate(
             "submitting needs a known user: use the scheduler's Unix socket",
             "PERMISSION_DENIED",
         )
-    if spec.gpus < 1:
-        raise Refused(f"--gpus must be at least 1, not {spec.gpus}")
-    if spec.gpus > MAX_GPUS_PER_JOB:
-        raise Refused(f"--gpus {spec.gpus} is more than any node can have")
+    check_bounds(spec, config.max_script_bytes)
     queue_name = spec.queue or config.default_queue
     queue = config.queues.get(queue_name)
     if queue is None:
@@ -53,23 +182,8 @@ def validate(
             raise Refused(
                 f"job needs {spec.gpus} GPUs on one node, but the largest node has {widest}"
             )
-    if not spec.script:
-        raise Refused("the job script is empty")
-    if len(spec.script) > config.max_script_bytes:
-        raise Refused(
-            f"the job script is {len(spec.script)} bytes, over the limit of "
-            f"{config.max_script_bytes}"
-        )
-    if not spec.script.startswith(b"#!"):
-        raise Refused("the job script must start with a #! line (e.g. #!/bin/bash)")
-    if b"\0" in spec.script:
-        raise Refused("the job script is a binary file")
-    if abs(spec.priority) > MAX_PRIORITY:
-        raise Refused(f"--priority must be between {-MAX_PRIORITY} and {MAX_PRIORITY}")
-    if spec.priority > 0 and not is_admin:
+    if spec.priority > 0 and not is_admin(caller):
         raise Refused("only an admin may give a job a positive priority", "PERMISSION_DENIED")
-    if spec.time_limit_s < 0:
-        raise Refused("--time must not be negative")
     limit = spec.time_limit_s or queue.default_time_limit_s
     if queue.max_time_limit_s and limit and limit > queue.max_time_limit_s:
         raise Refused(
@@ -77,17 +191,6 @@ def validate(
         )
     if queue.max_time_limit_s and not limit:
         limit = queue.max_time_limit_s
-    if spec.cpus < 0 or spec.mem_mb < 0:
-        raise Refused("--cpus and --mem must not be negative")
-    if spec.preempt_signal and (
-        spec.preempt_signal in (signal.SIGKILL, signal.SIGSTOP)
-        or not 0 < spec.preempt_signal < signal.NSIG
-    ):
-        raise Refused(f"--signal {spec.preempt_signal}: a job cannot catch that signal")
-    if spec.grace_s < 0 or spec.grace_s > 86400:
-        raise Refused("--grace must be between 0 and 1 day")
-    if spec.HasField("max_restarts") and spec.max_restarts < -1:
-        raise Refused("--max-restarts must be -1 (no limit) or more")
     if not spec.workdir.startswith("/"):
         raise Refused("the working directory must be an absolute path")
     return JobRecord(

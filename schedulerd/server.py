@@ -9,12 +9,13 @@ import hmac
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
 from gshare.api import gshare_pb2 as pb
 from gshare.api import gshare_pb2_grpc as pb_grpc
+from gshare.client import CHANNEL_OPTIONS
 from schedulerd import agents as ag
 from schedulerd.changes import JobReport
 from schedulerd.convert import job_to_pb, node_to_pb, set_gpu_stats, spec_of
@@ -24,6 +25,7 @@ from schedulerd.jobstate import IllegalTransition, JobState
 from schedulerd.model import EventRecord, GpuInfo, JobRecord, NodeRecord
 from schedulerd.peercred import ANONYMOUS, Caller, PeerCredFrontDoor
 from schedulerd.requests import validate
+from schedulerd.store import DatabaseFull
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +67,90 @@ class Identities:
 
 
 async def _guard(context: Ctx, call: Awaitable[T]) -> T:
+    """Map what a request's work raised to a status with a one-line reason."""
     try:
         return await call
     except Refused as exc:
         await context.abort(grpc.StatusCode[exc.code], str(exc))
     except IllegalTransition as exc:
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    except DatabaseFull as exc:
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+    except grpc.aio.AbortError:
+        raise
+    except Exception:
+        log.exception("a request failed")
+        await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_ERROR)
     raise AssertionError("unreachable")
+
+
+INTERNAL_ERROR = "the scheduler failed to serve this request (its log has the details)"
+
+# One limit for every gRPC message, on the scheduler, its clients and its agents
+# (gshare.client.MAX_MESSAGE_BYTES); schedulerd.requests sizes jobs to fit it.
+SERVER_OPTIONS = [
+    ("grpc.so_reuseport", 0),
+    *CHANNEL_OPTIONS,
+]
+
+
+class _Undecodable:
+    """A request whose bytes are not the message the method takes."""
+
+
+if TYPE_CHECKING:
+    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:  # generic only in the type stubs
+    _Interceptor = grpc.aio.ServerInterceptor
+
+
+class ErrorBoundary(_Interceptor):
+    """The net under every unary handler: bytes that do not decode are INVALID_ARGUMENT,
+    and an exception that escapes a handler is a one-line INTERNAL (with its traceback in
+    the log), never gRPC's UNKNOWN with the exception's name."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler: grpc.RpcMethodHandler[Any, Any] | None = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler  # type: ignore[return-value]  # None: an unknown method
+        behaviour: Callable[[object, Ctx], Awaitable[object]] = handler.unary_unary  # type: ignore[assignment]
+        decode = handler.request_deserializer
+        method = details.method
+
+        def deserialize(data: bytes) -> object:
+            try:
+                return decode(data) if decode is not None else data
+            except Exception:
+                return _Undecodable()
+
+        async def guarded(request: object, context: Ctx) -> object:
+            if isinstance(request, _Undecodable):
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{method}: the request is not a valid message for this method",
+                )
+            try:
+                return await behaviour(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except DatabaseFull as exc:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            except Exception:
+                log.exception("%s failed", method)
+                await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_ERROR)
+            raise AssertionError("unreachable")
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded,
+            request_deserializer=deserialize,
+            response_serializer=handler.response_serializer,
+        )
 
 
 class Watchers:
@@ -144,12 +223,12 @@ class ClientService(pb_grpc.ClientServiceServicer):
                 "PERMISSION_DENIED",
             )
         record = validate(
-            self.s.config,
-            self.s.state.nodes,
             caller,
             request.spec,
+            self.s.config,
+            self.s.state.nodes,
+            self.v.is_admin,
             self.s.clock(),
-            self.v.is_admin(caller),
         )
         return await self.v.submit(record, request.spec.script, request.idempotency_key)
 

@@ -6,8 +6,9 @@ synchronous; the daemon runs it on one dedicated thread, so writes are serialise
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from schedulerd.jobstate import JobState, check_transition
@@ -180,6 +182,19 @@ class StoreError(RuntimeError):
     pass
 
 
+class DatabaseFull(StoreError):
+    """A write refused because the database (or its disk) is full; nothing was written."""
+
+    def __init__(self) -> None:
+        super().__init__("the scheduler's database is full (disk full?); nothing was changed")
+
+
+def _is_full(exc: OperationalError) -> bool:
+    # SQLITE_FULL's message; other databases' "disk full" errors name themselves alike
+    text = str(exc.orig).lower()
+    return any(t in text for t in ("database or disk is full", "disk full", "no space left"))
+
+
 def default_url(state_dir: Path) -> str:
     return f"sqlite:///{state_dir / 'gshare.db'}"
 
@@ -232,6 +247,17 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Session]:
+        """A write transaction; a full disk is told as DatabaseFull, not as the driver's error."""
+        try:
+            with self._session.begin() as session:
+                yield session
+        except OperationalError as exc:
+            if _is_full(exc):
+                raise DatabaseFull() from exc
+            raise
+
     # ------------------------------------------------------------ jobs
 
     def submit_many(
@@ -245,7 +271,7 @@ class Store:
         hot path of every submission.
         """
         now = time.time() if now is None else now
-        with self._session.begin() as session:
+        with self._writing() as session:
             known: dict[tuple[int, str], int] = {}
             keyed = [n.record for n in jobs if n.record.submit_key]
             if keyed:
@@ -318,7 +344,7 @@ class Store:
         """
         now = time.time() if now is None else now
         out: list[JobRecord] = []
-        with self._session.begin() as session:
+        with self._writing() as session:
             for change in changes:
                 row = session.get(JobRow, change.job_id)
                 if row is None:
@@ -345,7 +371,7 @@ class Store:
 
     def set_fields(self, job_id: int, values: dict[str, Any]) -> None:
         """Fields that change often and need no event (a handed-off job's Slurm state)."""
-        with self._session.begin() as session:
+        with self._writing() as session:
             row = session.get(JobRow, job_id)
             if row is None:
                 raise StoreError(f"no job {job_id}")
@@ -406,7 +432,7 @@ class Store:
         self, usage: dict[str, float], at: float, idle: dict[str, float] | None = None
     ) -> None:
         idle = idle or {}
-        with self._session.begin() as session:
+        with self._writing() as session:
             for user in set(usage) | set(idle):
                 session.merge(
                     UsageRow(
@@ -420,7 +446,7 @@ class Store:
     def save_gpu_stats(
         self, job_id: int, util_avg: float, mem_peak_mb: int, sampled_s: float, idle_gpu_s: float
     ) -> None:
-        with self._session.begin() as session:
+        with self._writing() as session:
             session.merge(
                 JobGpuStatsRow(
                     job_id=job_id,
@@ -452,7 +478,7 @@ class Store:
             }
             for g in node.gpus
         ]
-        with self._session.begin() as session:
+        with self._writing() as session:
             row = session.get(NodeRow, node.name)
             if row is None:
                 row = NodeRow(name=node.name)

@@ -84,30 +84,46 @@ class ClientVerbs:
 
     async def submit_loop(self) -> None:
         """Group commit: every submission that arrived while the last batch was being written
-        goes into the next transaction, and each is acknowledged only after its commit."""
+        goes into the next transaction, and each is acknowledged only after its commit.
+
+        If a batch's transaction fails, nothing of it was written: each of its submissions is
+        then written alone, so a bad one fails by itself and never takes the others with it.
+        """
+        Batch = list[tuple[NewJob, asyncio.Future[int]]]
+
+        async def commit(batch: Batch) -> None:
+            now = self.state.clock()
+            ids = await self.db(self.store.submit_many, [n for n, _ in batch], now)
+            for (new, future), (job_id, created) in zip(batch, ids, strict=True):
+                if created:  # else a retried submit: its job is already queued
+                    record = new.record  # made by validate() for this submission alone
+                    record.job_id, record.submit_time = job_id, now
+                    self.state.admit(record)
+                if not future.done():
+                    future.set_result(job_id)
+
+        def fail(batch: Batch, exc: Exception) -> None:
+            log.warning("storing a submission failed: %s", exc)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+
         while True:
             batch = [await self._submits.get()]
             while not self._submits.empty() and len(batch) < MAX_BATCH:
                 batch.append(self._submits.get_nowait())
-            now = self.state.clock()
             try:
-                ids = await self.db(self.store.submit_many, [n for n, _ in batch], now)
+                await commit(batch)
             except Exception as exc:
-                log.exception("storing %d submissions failed", len(batch))
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (new, future), (job_id, created) in zip(batch, ids, strict=True):
-                if not created:  # a retried submit: its job is already queued
-                    if not future.done():
-                        future.set_result(job_id)
-                    continue
-                record = new.record  # made by validate() for this submission alone
-                record.job_id, record.submit_time = job_id, now
-                self.state.admit(record)
-                if not future.done():
-                    future.set_result(job_id)
+                if len(batch) == 1:
+                    fail(batch, exc)
+                else:
+                    log.warning("storing %d submissions failed (%s); each alone", len(batch), exc)
+                    for one in batch:
+                        try:
+                            await commit([one])
+                        except Exception as alone:
+                            fail([one], alone)
             self.kick()
 
     # ------------------------------------------------------------ reading

@@ -91,7 +91,9 @@ class Core:
             max_restarts=-1,
         )
         caller = Caller(user, 1000, 1000)
-        record = validate(self.s.config, self.s.state.nodes, caller, spec, self.clock(), False)
+        record = validate(
+            caller, spec, self.s.config, self.s.state.nodes, lambda c: False, self.clock()
+        )
         job_id, _ = (await self.s.db(self.s.store.submit_many, [_new(record)], self.clock()))[0]
         record.job_id, record.submit_time = job_id, self.clock()
         self.s.state.admit(record)

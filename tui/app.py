@@ -21,7 +21,7 @@ from tui.detail import JobDetail
 from tui.fairshare import FairShareView
 from tui.feed import Feed
 from tui.jobs import JobsView
-from tui.model import ClusterModel, state_name
+from tui.model import ClusterModel, shown, state_name
 from tui.prompt import PriorityPrompt
 
 HELP = """\
@@ -219,7 +219,9 @@ class GshareTop(App[None]):
             self.notify("select a job first (2: jobs)", severity="warning")
             return
         job = self.model.jobs.get(job_id)
-        what = f"job {job_id}" + (f" ({job.spec.name}, {state_name(job).lower()})" if job else "")
+        what = f"job {job_id}" + (
+            f" ({shown(job.spec.name)}, {state_name(job).lower()})" if job else ""
+        )
 
         def answered(yes: bool | None) -> None:
             if yes:
@@ -250,7 +252,9 @@ class GshareTop(App[None]):
                 job = getattr(client, verb)(job_id, *args)
             self.call_from_thread(self.notify, f"job {job_id}: {verb} done ({state_name(job)})")
         except ClientError as exc:  # the server's reason, as it gave it
-            self.call_from_thread(self.notify, f"job {job_id}: {exc}", severity="error", timeout=8)
+            self.call_from_thread(
+                self.notify, f"job {job_id}: {shown(str(exc))}", severity="error", timeout=8
+            )
 
     async def action_quit(self) -> None:
         self._feed.stop()

@@ -12,6 +12,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from gshare.api import gshare_pb2 as pb
+from gshare.render import printable
 from tui.model import ClusterModel, node_state, user_colour
 
 STATE_STYLE = {"up": "green", "draining": "yellow", "down": "red"}
@@ -60,15 +61,15 @@ class ClusterView(Static):
             busy += len(node.busy_gpus)
             telemetry = telemetry or any(g.HasField("metrics") for g in node.gpus)
             head = Text.assemble(
-                (f"{name}", "bold"),
+                (printable(name), "bold"),
                 " · ",
                 (state, STATE_STYLE.get(state, "")),
                 f" · {len(node.busy_gpus)}/{len(node.gpus)} GPUs busy",
                 (f" · CPU {node.host_cpu_pct:.0f}%" if node.telemetry == "online" else "", ""),
                 (" · telemetry offline" if node.telemetry == "offline" else "", "yellow"),
-                (f"  {node.gpus[0].model}" if node.gpus else "", "dim"),
-                (f"  ({node.gpu_backend})" if node.gpu_backend else "", "dim"),
-                (f"  {node.reason}" if node.reason else "", "italic yellow"),
+                (f"  {printable(node.gpus[0].model)}" if node.gpus else "", "dim"),
+                (f"  ({printable(node.gpu_backend)})" if node.gpu_backend else "", "dim"),
+                (f"  {printable(node.reason)}" if node.reason else "", "italic yellow"),
             )
             grid = Table.grid(padding=(0, 1))
             for _ in range(min(per_row, max(1, len(node.gpus)))):
@@ -93,7 +94,7 @@ class ClusterView(Static):
         elif job is None:
             head = Text(f"{g.index} free".ljust(width), style="dim")
         else:
-            label = f"{g.index} {job.job_id} {job.user}"[:width].ljust(width)
+            label = printable(f"{g.index} {job.job_id} {job.user}")[:width].ljust(width)
             head = Text(label, style=f"bold black on {user_colour(job.user)}")
         if g.warnings:
             head = Text.assemble(head[: width - 1], ("!", "bold white on red"))

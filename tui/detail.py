@@ -15,6 +15,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Log, Static
 
 from gshare.api import gshare_pb2 as pb
+from gshare.render import printable
 from tui.model import state_name
 
 LOG_TAIL = 64 * 1024
@@ -45,19 +46,22 @@ class JobDetail(Screen[None]):
 
     def show(self, job: pb.Job) -> None:
         self.job = job
-        self.title = f"job {job.job_id}: {job.spec.name}"
+        self.title = f"job {job.job_id}: {printable(job.spec.name)}"
         facts = Table.grid(padding=(0, 2))
         facts.add_column(style="bold")
         facts.add_column()
         gpus = ", ".join(f"{g.node}:{g.index}" for g in job.gpus) or "-"
-        reason = job.reason.replace("; ", "\n") if job.reason else "-"
+        reason = printable(job.reason).replace("; ", "\n") if job.reason else "-"
         rows = [
             (
                 "state",
                 f"{state_name(job)}" + (f" ({job.position} in line)" if job.position else ""),
             ),
             ("why" if job.state == pb.PENDING else "reason", reason),
-            ("user / queue", f"{job.user} / {job.spec.queue}  priority {job.spec.priority}"),
+            (
+                "user / queue",
+                printable(f"{job.user} / {job.spec.queue}  priority {job.spec.priority}"),
+            ),
             ("GPUs", f"{job.spec.gpus} requested; {gpus}"),
             (
                 "times",
@@ -65,11 +69,11 @@ class JobDetail(Screen[None]):
                 f"ended {when(job.end_time)}",
             ),
             ("restarts", f"{job.restarts} (preempted {job.preemptions} times)"),
-            ("checkpoints", f"{job.checkpoint_dir}, last {when(job.last_checkpoint)}"),
-            ("output", job.output_path),
+            ("checkpoints", f"{printable(job.checkpoint_dir)}, last {when(job.last_checkpoint)}"),
+            ("output", printable(job.output_path)),
         ]
         for key, value in rows:
-            facts.add_row(key, value)
+            facts.add_row(key, Text(value))  # Text: taken literally, never as markup
         self.query_one("#detail-facts", Static).update(facts)
         events = Table(title="events", expand=True, show_edge=False)
         for column in ("time", "event", "change", "by", "why"):
@@ -87,7 +91,13 @@ class JobDetail(Screen[None]):
                 if e.from_state == e.to_state
                 else f"{e.from_state or '-'} → {e.to_state}"
             )
-            events.add_row(when(e.time), Text(e.kind, style=style), change, e.actor, e.reason)
+            events.add_row(
+                when(e.time),
+                Text(printable(e.kind), style=style),
+                Text(printable(change)),
+                Text(printable(e.actor)),
+                Text(printable(e.reason)),
+            )
         self.query_one("#detail-events", Static).update(events)
         path = Path(job.output_path)
         if path != self._log_path:

@@ -14,8 +14,9 @@ from textual.message import Message
 from textual.widgets import DataTable, Input, Static
 
 from gshare.api import gshare_pb2 as pb
+from gshare.render import printable
 from gshare.timefmt import format_duration
-from tui.model import FINAL, ClusterModel, state_name, user_colour, where
+from tui.model import FINAL, ClusterModel, shown, state_name, user_colour, where
 
 COLUMNS = ("id", "name", "user", "queue", "state", "GPUs", "node", "runtime", "reason")
 STATE_FILTERS = ("live", "pending", "running", "ended", "all")
@@ -117,14 +118,14 @@ class JobsView(Vertical):
         state = state_name(job)
         return [
             str(job.job_id),
-            job.spec.name,
-            Text(job.user, style=user_colour(job.user)),
-            job.spec.queue,
+            shown(job.spec.name),
+            Text(printable(job.user), style=user_colour(job.user)),
+            shown(job.spec.queue),
             Text(state, style=STATE_STYLE.get(state, "")),
             str(job.spec.gpus),
-            where(job),
+            shown(where(job)),
             runtime(job, now),
-            job.reason.split(";", 1)[0],
+            shown(job.reason.split(";", 1)[0]),
         ]
 
     def _sort_key(self, job: pb.Job) -> tuple[object, ...]:

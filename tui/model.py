@@ -6,7 +6,10 @@ import collections
 import hashlib
 from dataclasses import dataclass, field
 
+from rich.markup import escape
+
 from gshare.api import gshare_pb2 as pb
+from gshare.render import printable
 
 FINAL = {pb.COMPLETED, pb.FAILED, pb.CANCELLED, pb.TIMEOUT}
 HISTORY = 24  # utilization samples kept per GPU for its sparkline
@@ -25,6 +28,12 @@ PALETTE = [
     "steel_blue1",
     "light_goldenrod2",
 ]
+
+
+def shown(text: str) -> str:
+    """Text from the scheduler for a place that reads markup: control characters escaped
+    (gshare.render.printable) and [brackets] taken literally."""
+    return escape(printable(text))
 
 
 def user_colour(user: str) -> str:

@@ -35,6 +35,8 @@ def _bad_inputs(workdir: Path) -> dict[str, tuple[list[str], str]]:
     quote.write_text("#!/bin/bash\n#GSUB --name 'unterminated\necho hi\n")
     noshebang = workdir / "noshebang.sh"
     noshebang.write_text("echo hi\n")
+    fifo = workdir / "fifo.sh"
+    os.mkfifo(fifo)
     return {
         "gpus zero": (["--gpus", "0", str(good)], "--gpus must be at least 1"),
         "gpus negative": (["--gpus", "-1", str(good)], "--gpus must be at least 1"),
@@ -59,6 +61,11 @@ def _bad_inputs(workdir: Path) -> dict[str, tuple[list[str], str]]:
         "bad memory": (["--mem", "lots", str(good)], "bad memory size 'lots'"),
         "bad env": (["--env", "NOEQUALS", str(good)], "--env needs KEY=VALUE"),
         "no script": ([], "no job script given"),
+        "a FIFO": ([str(fifo)], "not a regular file"),
+        "a device": (["/dev/zero"], "not a regular file"),
+        "memory past int64": (["--mem", "99999999999999999999T", str(good)], "--mem"),
+        "cpus past int32": (["--cpus", "99999999999999999999", str(good)], "--cpus"),
+        "a century": (["--time", "36500d", str(good)], "over the limit"),
     }
 
 
@@ -135,8 +142,11 @@ def test_gshare_errors_are_clear(cluster: Cluster) -> None:
         (["cancel", "999"], "no job 999"),
         (["release", "999"], "no job 999"),
         (["queue", "--state", "sleeping"], "unknown state 'sleeping'"),
-        (["show", "abc"], "invalid int value"),
+        (["show", "abc"], "a job id is a whole number, not 'abc'"),
         (["frobnicate"], "invalid choice"),
+        (["cancel", "99999999999999999999"], "no job can have the id"),
+        (["show", "9223372036854775808"], "no job can have the id"),
+        (["why", "0"], "no job can have the id"),
     ):
         res = cluster.gshare(*argv)
         assert res.code != 0 and message in res.err, (argv, res.err)
