@@ -140,6 +140,11 @@ async def test_cancel_reaches_slurm(client_for: Callable[..., SlurmClient], work
     async with client_for() as client:
         job_id = await client.submit(spec(workdir, "touch started\nsleep 60"))
         await wait_job(client, job_id, lambda j: j.state is JobState.RUNNING)
+        # RUNNING in Slurm comes before the batch script's first line: wait for the job
+        for _ in range(300):
+            if (workdir / "started").exists():
+                break
+            await asyncio.sleep(0.1)
         await client.cancel(job_id)
         job = await wait_job(client, job_id)
         assert job.state is JobState.CANCELLED and job.slurm_state == "CANCELLED"
