@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from gshare.config import SYSTEM_SOCKET, default_state_dir
+from gshare.paths import SYSTEM_SOCKET, default_state_dir
 
 
 class AddressError(ValueError):

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from gshare.paths import SYSTEM_CONFIG, SYSTEM_SOCKET, default_state_dir
 from gshare.timefmt import TimeFormatError, parse_duration
 
-SYSTEM_CONFIG = Path("/etc/gshare/gshare.toml")
-SYSTEM_SOCKET = Path("/run/gshare/gshare.sock")
+__all__ = ["SYSTEM_CONFIG", "SYSTEM_SOCKET", "Config", "ConfigError", "default_state_dir"]
 
 
 class ConfigError(ValueError):
@@ -110,14 +109,6 @@ class Config:
     agent_scheduler: str = ""  # where agents find the scheduler (unix:PATH or HOST:PORT)
     agent_token_file: str = ""  # the agent token, for a scheduler reached over TCP
     source: str = "(built-in defaults)"
-
-
-def default_state_dir() -> Path:
-    """Where a user's own `gshare up` keeps its state (XDG), or /var/lib/gshare for root."""
-    if os.geteuid() == 0 and not os.environ.get("XDG_STATE_HOME"):
-        return Path("/var/lib/gshare")
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "gshare"
 
 
 def _section(data: dict[str, Any], name: str, where: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from gshare.config import Config
+from gshare.limits import MAX_PRIORITY
 from policies import FairTree, fair_tree
 from schedulerd.agents import AgentHub
 from schedulerd.changes import preempt_change
@@ -22,7 +23,6 @@ from schedulerd.jobstate import JobState
 from schedulerd.ledger import Ledger
 from schedulerd.model import EventRecord, JobRecord
 from schedulerd.peercred import Caller
-from schedulerd.requests import MAX_PRIORITY
 from schedulerd.state import ClusterState
 from schedulerd.store import Change, NewJob, Store
 

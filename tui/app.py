@@ -15,13 +15,14 @@ from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 
 from gshare.api import gshare_pb2 as pb
 from gshare.client import Client, ClientError
+from gshare.jobs import state_name
 from tui.cluster import ClusterView
 from tui.confirm import Confirm
 from tui.detail import JobDetail
 from tui.fairshare import FairShareView
 from tui.feed import Feed
 from tui.jobs import JobsView
-from tui.model import ClusterModel, shown, state_name
+from tui.model import ClusterModel, shown
 from tui.prompt import PriorityPrompt
 
 HELP = """\

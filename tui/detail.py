@@ -15,8 +15,8 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Log, Static
 
 from gshare.api import gshare_pb2 as pb
+from gshare.jobs import state_name
 from gshare.render import printable
-from tui.model import state_name
 
 LOG_TAIL = 64 * 1024
 

@@ -14,9 +14,10 @@ from textual.message import Message
 from textual.widgets import DataTable, Input, Static
 
 from gshare.api import gshare_pb2 as pb
+from gshare.jobs import FINAL, state_name, where
 from gshare.render import printable
 from gshare.timefmt import format_duration
-from tui.model import FINAL, ClusterModel, shown, state_name, user_colour, where
+from tui.model import ClusterModel, shown, user_colour
 
 COLUMNS = ("id", "name", "user", "queue", "state", "GPUs", "node", "runtime", "reason")
 STATE_FILTERS = ("live", "pending", "running", "ended", "all")

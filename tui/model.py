@@ -11,7 +11,6 @@ from rich.markup import escape
 from gshare.api import gshare_pb2 as pb
 from gshare.render import printable
 
-FINAL = {pb.COMPLETED, pb.FAILED, pb.CANCELLED, pb.TIMEOUT}
 HISTORY = 24  # utilization samples kept per GPU for its sparkline
 # colours that read on dark and light terminals; a user keeps theirs across runs
 PALETTE = [
@@ -38,19 +37,6 @@ def shown(text: str) -> str:
 
 def user_colour(user: str) -> str:
     return PALETTE[hashlib.blake2s(user.encode()).digest()[0] % len(PALETTE)]
-
-
-def where(job: pb.Job) -> str:
-    """Where a job runs: its node, or for a job handed off, its Slurm job id."""
-    if job.slurm_job_id and not job.node:
-        return f"slurm#{job.slurm_job_id}"
-    if job.slurm_job_id:
-        return f"{job.node}#{job.slurm_job_id}"
-    return job.node or "-"
-
-
-def state_name(job: pb.Job) -> str:
-    return pb.JobState.Name(job.state)
 
 
 def node_state(node: pb.Node) -> str:

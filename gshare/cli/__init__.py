@@ -1,0 +1,34 @@
+"""The command lines: `gsub` submits a job, `gshare` does the rest.
+
+- gsub.py:     gsub's entry point
+- options.py:  gsub's options and #GSUB directives, the script, the JobSpec
+- main.py:     gshare's parser and entry point
+- commands.py: one function per gshare command
+- render.py:   tables for people, JSON for programs
+- common.py:   what they share (usage errors, one-line failures)
+
+Each entry point imports only what it runs: nothing here imports the scheduler, the
+policies or the TUI at module level (`gshare up`, `gshare top` and `gshare sim` import
+what they need when they run), and `gsub` loads none of gshare's commands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gshare.cli.common import UsageError
+from gshare.cli.options import build_spec, gsub_parser
+
+__all__ = ["UsageError", "build_spec", "gshare_main", "gsub_main", "gsub_parser"]
+
+
+def gsub_main(argv: Sequence[str] | None = None) -> int:
+    from gshare.cli.gsub import main
+
+    return main(argv)
+
+
+def gshare_main(argv: Sequence[str] | None = None) -> int:
+    from gshare.cli.main import main
+
+    return main(argv)

@@ -1,0 +1,430 @@
+"""The gshare commands: one function each, over the client library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gshare.api import gshare_pb2 as pb
+from gshare.cli.common import UsageError, fail
+from gshare.cli.render import (
+    _first_clause,
+    _gpu_table,
+    _gpu_use,
+    _metrics_json,
+    _runtime,
+    _short,
+    _signal_label,
+    _slurm_line,
+    _state,
+    _when,
+    job_json,
+    table,
+)
+from gshare.client import Client, ClientError
+from gshare.jobs import LIVE, STATE_NAMES, where
+from gshare.render import printable
+from gshare.timefmt import format_duration
+
+
+def cmd_why(client: Client, args: argparse.Namespace) -> int:
+    job = client.job(args.job)
+    state = _state(job)
+    if job.state == pb.PENDING:
+        place = f", {job.position} in line" if job.position else ""
+        print(f"job {job.job_id} is PENDING{place}:")
+        for clause in (job.reason or "waiting for the next scheduling cycle").split("; "):
+            print(f"  {printable(clause)}")
+    elif job.state == pb.HELD:
+        reason = printable(job.reason)
+        print(f"job {job.job_id} is HELD ({reason}); `gshare release {job.job_id}` lets it run")
+    else:
+        print(f"job {job.job_id} is {state}" + (f": {printable(job.reason)}" if job.reason else ""))
+    return 0
+
+
+def cmd_usage(client: Client, args: argparse.Namespace) -> int:
+    report = client.usage()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "half_life_s": report.half_life_s,
+                    "cluster_gpus": report.cluster_gpus,
+                    "accounts": [
+                        {
+                            "path": list(a.path),
+                            "kind": "user" if a.is_user else "account",
+                            "shares": a.shares,
+                            "share": a.share,
+                            "usage_gpu_s": a.usage,
+                            "usage_share": a.usage_share,
+                            "level_fairshare": None if a.level_fairshare < 0 else a.level_fairshare,
+                            "fairshare_factor": a.fairshare_factor if a.is_user else None,
+                            "running_gpus": a.running_gpus,
+                            "pending_gpus": a.pending_gpus,
+                            "idle_gpu_s": a.idle_gpu_s,
+                        }
+                        for a in report.accounts
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return 0
+    rows = []
+    for a in report.accounts:
+        name = "  " * (len(a.path) - 1) + a.path[-1]
+        lf = "inf" if a.level_fairshare < 0 else f"{a.level_fairshare:.2f}"
+        rows.append(
+            [
+                name,
+                f"{a.shares:g}",
+                f"{a.share:.3f}",
+                f"{a.usage / 3600:.1f}",
+                f"{a.usage_share:.3f}",
+                lf,
+                f"{a.fairshare_factor:.3f}" if a.is_user else "",
+                str(a.running_gpus),
+                str(a.pending_gpus),
+                f"{a.idle_gpu_s / 3600:.1f}",
+            ]
+        )
+    days = report.half_life_s / 86400
+    gpus = report.cluster_gpus
+    print(f"usage: decayed GPU-hours, half-life {days:g} days; {gpus} GPUs in the cluster")
+    print(
+        table(
+            rows,
+            [
+                "ACCOUNT/USER",
+                "SHARES",
+                "SHARE",
+                "USAGE(GPU-h)",
+                "USAGE-SHARE",
+                "LEVEL-FS",
+                "FS-FACTOR",
+                "RUNNING",
+                "PENDING",
+                "IDLE(GPU-h)",
+            ],
+        )
+    )
+    return 0
+
+
+def cmd_queue(client: Client, args: argparse.Namespace) -> int:
+    users = list(args.user or [])
+    if args.me:
+        users.append(os.environ.get("USER") or str(os.getuid()))
+    states = []
+    for s in args.state or []:
+        name = s.upper()
+        if name not in STATE_NAMES:
+            raise UsageError(f"unknown state {s!r} (states: {', '.join(STATE_NAMES)})")
+        states.append(pb.JobState.Value(name))
+    jobs = client.jobs(users, states, args.queue or [], include_finished=args.all)
+    if args.json:
+        print(json.dumps([job_json(j) for j in jobs], indent=2))
+        return 0
+    now = time.time()
+    rows = [
+        [
+            str(j.job_id),
+            _short(printable(j.spec.name), 20),
+            printable(j.user),
+            printable(j.spec.queue),
+            _state(j),
+            str(j.spec.gpus),
+            printable(where(j)),
+            _runtime(j, now),
+            _short(
+                printable(_first_clause(j.reason))
+                or ("" if j.state != pb.PENDING else "waiting for a cycle")
+            ),
+        ]
+        for j in jobs
+    ]
+    print(
+        table(rows, ["JOBID", "NAME", "USER", "QUEUE", "STATE", "GPUS", "NODE", "TIME", "REASON"])
+    )
+    return 0
+
+
+def cmd_show(client: Client, args: argparse.Namespace) -> int:
+    job = client.job(args.job)
+    if args.json:
+        print(json.dumps(job_json(job), indent=2))
+        return 0
+    d = job_json(job)
+    gpus = ", ".join(f"{g['node']}:{g['index']}" for g in d["gpus"]) or "-"
+    fields = [
+        ("Job", f"{job.job_id} ({job.spec.name})"),
+        ("State", d["state"] + (f" - {job.reason}" if job.reason else "")),
+        ("User", f"{job.user} (uid {job.uid})"),
+        ("Queue", job.spec.queue),
+        ("Priority", str(job.spec.priority)),
+        ("GPUs", f"{job.spec.gpus} requested; assigned {gpus}"),
+        ("Time limit", format_duration(job.spec.time_limit_s) if job.spec.time_limit_s else "none"),
+        ("Submitted", _when(job.submit_time)),
+        ("Started", _when(job.start_time)),
+        ("Ended", _when(job.end_time)),
+        ("Run time", _runtime(job, time.time())),
+        (
+            "Exit",
+            (f"code {job.exit_code}" + (f", signal {job.exit_signal}" if job.exit_signal else ""))
+            if job.has_exit
+            else "-",
+        ),
+        ("Restarts", str(job.restarts)),
+        (
+            "Preemption",
+            "never (--no-preempt)"
+            if job.spec.no_preempt
+            else f"{_signal_label(job.spec.preempt_signal)}, {job.spec.grace_s:g}s grace, "
+            f"max restarts {'unlimited' if job.spec.max_restarts < 0 else job.spec.max_restarts}; "
+            f"preempted {job.preemptions} times",
+        ),
+        ("Checkpoints", f"{job.checkpoint_dir}; last {_when(job.last_checkpoint)}"),
+        ("GPU use", _gpu_use(job)),
+        ("Slurm", _slurm_line(job)),
+        ("Script", f"{job.spec.script_name} {' '.join(job.spec.args)}".strip()),
+        ("Workdir", job.spec.workdir),
+        ("Output", job.output_path),
+    ]
+    width = max(len(k) for k, _ in fields)
+    for key, value in fields:
+        # GPU use is ours, with its (escaped) warnings on lines of their own
+        print(f"{key.rjust(width)}: {value if key == 'GPU use' else printable(value)}")
+    print("\nEvents:")
+    for e in job.events:
+        move = printable(f"{e.from_state or '-'} -> {e.to_state}")
+        why = f": {printable(e.reason)}" if e.reason else ""
+        print(f"  {_when(e.time)}  {printable(e.kind):<16} {move:<24} {printable(e.actor)}{why}")
+    return 0
+
+
+def _each(client: Client, ids: list[int], action: Callable[[int], pb.Job], verb: str) -> int:
+    status = 0
+    for job_id in ids:
+        try:
+            job = action(job_id)
+            print(f"job {job_id}: {verb} ({_state(job)})")
+        except ClientError as exc:
+            print(f"gshare: job {job_id}: {printable(str(exc))}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
+    return _each(client, args.jobs, client.cancel, "cancel requested")
+
+
+def cmd_hold(client: Client, args: argparse.Namespace) -> int:
+    return _each(client, args.jobs, client.hold, "held")
+
+
+def cmd_preempt(client: Client, args: argparse.Namespace) -> int:
+    return _each(client, args.jobs, client.preempt, "asked to checkpoint and yield")
+
+
+def cmd_priority(client: Client, args: argparse.Namespace) -> int:
+    return _each(
+        client,
+        args.jobs,
+        lambda j: client.set_priority(j, args.priority),
+        f"priority set to {args.priority}",
+    )
+
+
+def cmd_release(client: Client, args: argparse.Namespace) -> int:
+    return _each(client, args.jobs, client.release, "released")
+
+
+def cmd_nodes(client: Client, args: argparse.Namespace) -> int:
+    nodes = client.nodes()
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": n.name,
+                        "state": pb.NodeState.Name(n.state).removeprefix("NODE_"),
+                        "reason": n.reason,
+                        "gpu_backend": n.gpu_backend,
+                        "telemetry": n.telemetry or None,
+                        "drained": n.drained,
+                        "gpus": [
+                            {
+                                "index": g.index,
+                                "uuid": g.uuid,
+                                "model": g.model,
+                                "memory_mb": g.memory_mb,
+                                "nvlink_peers": list(g.nvlink_peers),
+                                "busy": g.index in n.busy_gpus,
+                                "drained": g.drained or None,
+                                "warnings": list(g.warnings),
+                                "metrics": _metrics_json(g.metrics)
+                                if g.HasField("metrics")
+                                else None,
+                            }
+                            for g in n.gpus
+                        ],
+                        "cpus": n.cpus,
+                        "mem_mb": n.mem_mb,
+                    }
+                    for n in nodes
+                ],
+                indent=2,
+            )
+        )
+        return 0
+    rows = []
+    for n in nodes:
+        models = sorted({g.model for g in n.gpus})
+        rows.append(
+            [
+                printable(n.name),
+                pb.NodeState.Name(n.state).removeprefix("NODE_"),
+                f"{len(n.busy_gpus)}/{len(n.gpus)}",
+                printable(", ".join(models)) or "-",
+                printable(n.gpu_backend) or "-",
+                str(n.cpus),
+                f"{n.mem_mb // 1024}G",
+                _short(printable(n.reason), 40),
+            ]
+        )
+    print(
+        table(
+            rows, ["NODE", "STATE", "GPUS(USED/ALL)", "MODEL", "BACKEND", "CPUS", "MEM", "REASON"]
+        )
+    )
+    if args.gpus:
+        print()
+        print(_gpu_table(nodes))
+    notes = [
+        printable(f"  {n.name} GPU {g.index}: {text}")
+        for n in nodes
+        for g in n.gpus
+        for text in ([f"drained: {g.drained}"] if g.drained else []) + list(g.warnings)
+    ]
+    if notes:
+        print("\nGPUs out of scheduling or with stray processes:")
+        print("\n".join(notes))
+    return 0
+
+
+def cmd_drain(client: Client, args: argparse.Namespace) -> int:
+    node, gpu = _node_gpu(args.target)
+    resume = args.command == "resume"
+    n = client.drain(node, gpu, resume, args.reason or "")
+    what = f"{node} GPU {gpu}" if gpu >= 0 else node
+    print(f"{what}: {'back in scheduling' if resume else 'drained'}")
+    if not resume and gpu < 0 and n.busy_gpus:
+        print(f"  {len(n.busy_gpus)} GPUs still run jobs; they finish where they are")
+    return 0
+
+
+def _node_gpu(target: str) -> tuple[str, int]:
+    node, sep, gpu = target.partition(":")
+    if not node or (sep and not gpu.isdigit()):
+        raise UsageError(f"expected NODE or NODE:GPU, not {target!r}")
+    return node, int(gpu) if sep else -1
+
+
+def cmd_logs(client: Client, args: argparse.Namespace) -> int:
+    job = client.job(args.job)
+    path = Path(job.output_path)
+    deadline = time.monotonic() + 10
+    while not path.exists():
+        if (
+            not args.follow
+            or _state(job) not in LIVE
+            or (time.monotonic() > deadline and job.start_time)
+        ):
+            raise ClientError(f"no log yet at {path} (job {job.job_id} is {_state(job)})")
+        time.sleep(0.5)
+        job = client.job(args.job)
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(65536)
+            if chunk:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+                continue
+            if not args.follow:
+                return 0
+            if _state(client.job(args.job)) not in LIVE:
+                rest = f.read()
+                sys.stdout.buffer.write(rest)
+                sys.stdout.flush()
+                return 0
+            time.sleep(0.5)
+
+
+def _param(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise UsageError(f"--policy-param needs KEY=VALUE, not {text!r}")
+    lowered = value.lower()
+    if lowered in ("true", "false"):
+        return key, lowered == "true"
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    # the simulator drives the scheduler's own decision code, so it lives beside it
+    from policies import PolicyError, make_policy
+    from schedulerd.sim import TraceError, plot, read_trace, report, simulate
+
+    if args.nodes < 1 or args.gpus_per_node < 1:
+        raise UsageError("--nodes and --gpus-per-node must be at least 1")
+    if args.checkpoint_every < 0 or args.restart_cost < 0:
+        raise UsageError("--checkpoint-every and --restart-cost must not be negative")
+    if args.half_life <= 0:
+        raise UsageError("--half-life must be positive")
+    params: dict[str, Any] = {"explain": False}
+    params.update(_param(p) for p in args.policy_param)
+    try:
+        policy = make_policy(args.policy, params)
+        jobs = read_trace(args.trace)
+        if args.running_at_start:
+            jobs += read_trace(args.running_at_start, measured=False)
+    except (PolicyError, TraceError) as exc:
+        return fail("gshare sim", str(exc), 2)
+    result = simulate(
+        jobs,
+        policy,
+        args.nodes,
+        args.gpus_per_node,
+        half_life_s=args.half_life,
+        checkpoint_every_s=args.checkpoint_every * 60,
+        restart_cost_s=args.restart_cost,
+        record_series=args.plot is not None,
+    )
+    if args.plot is not None:
+        try:
+            plot(result, args.plot)
+        except ImportError:
+            return fail("gshare sim", "--plot needs matplotlib: pip install 'gshare[sim]'")
+        except OSError as exc:
+            return fail("gshare sim", f"cannot write {args.plot}: {exc.strerror}")
+    print(json.dumps(result.as_json(), indent=2) if args.json else report(result, args.trace.name))
+    return 0
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from tui.app import run  # Textual is imported only by the terminal UI
+
+    return run(args.address)

@@ -1,0 +1,329 @@
+"""gsub's options and #GSUB directives: values parsed and checked, the script read, the
+JobSpec built."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gshare import __version__
+from gshare.api import gshare_pb2 as pb
+from gshare.cli.common import INT32_MAX, INT64_MAX, UsageError, _Parser
+from gshare.jobscript import MAX_SCRIPT_BYTES, JobScript, ScriptError, directives, wrap
+from gshare.limits import (
+    MAX_CPUS,
+    MAX_GPUS_PER_JOB,
+    MAX_GRACE_S,
+    MAX_MEM_MB,
+    MAX_TIME_LIMIT_S,
+    env_name_ok,
+)
+from gshare.timefmt import TimeFormatError, format_duration, parse_duration
+
+
+def _memory_mb(text: str) -> int:
+    match = re.fullmatch(r"(\d+)\s*([kKmMgGtT]?)[bB]?", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"bad memory size {text!r} (use e.g. 16G, 512M, 32000)")
+    value, unit = int(match.group(1)), match.group(2).upper()
+    kib = value * {"": 1024, "K": 1, "M": 1024, "G": 1024**2, "T": 1024**3}[unit]
+    mb = max(1, kib // 1024) if value else 0  # whole numbers: no float to overflow
+    if mb > MAX_MEM_MB:
+        raise argparse.ArgumentTypeError(
+            f"--mem {text.strip()} is more than the limit of {MAX_MEM_MB // 1024**2}T"
+        )
+    return mb
+
+
+def _duration(text: str) -> int:
+    return _bounded_duration("--time", MAX_TIME_LIMIT_S)(text)
+
+
+def _bounded_duration(name: str, limit: float) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            seconds = parse_duration(text)
+        except TimeFormatError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f"bad duration {text!r}") from None
+        if seconds > limit:
+            raise argparse.ArgumentTypeError(
+                f"{name} {text} is over the limit of {format_duration(int(limit))}"
+            )
+        return seconds
+
+    return parse
+
+
+def _job_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a job id is a whole number, not {text!r}") from None
+    if not 0 < value <= INT64_MAX:
+        raise argparse.ArgumentTypeError(f"no job can have the id {text} (ids are 1 to 2^63-1)")
+    return value
+
+
+def _gpus(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--gpus needs a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--gpus must be at least 1, not {value}")
+    if value > MAX_GPUS_PER_JOB:
+        raise argparse.ArgumentTypeError(f"--gpus {value} is more than any node can have")
+    return value
+
+
+def _int32(name: str, low: int = -INT32_MAX, high: int = INT32_MAX) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} needs a whole number, not {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{name} {text} is not between {low} and {high}")
+        return value
+
+    return parse
+
+
+def _env(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+        raise argparse.ArgumentTypeError(f"--env needs KEY=VALUE, not {text!r}")
+    return key, value
+
+
+def _job_options(p: argparse.ArgumentParser) -> None:
+    """Options valid both on the command line and on #GSUB lines. Defaults are None so the
+    command line can be told apart from what it did not say."""
+    p.add_argument("-g", "--gpus", type=_gpus, help="GPUs, all on one node (default 1)")
+    p.add_argument("-J", "--name", help="job name (default: the script's name)")
+    p.add_argument("-q", "--queue", help="queue (default: the scheduler's default queue)")
+    p.add_argument(
+        "--priority",
+        type=_int32("--priority"),
+        help="priority; users may lower their own jobs (negative), admins raise",
+    )
+    p.add_argument(
+        "-t",
+        "--time",
+        type=_duration,
+        help="time limit: 30m, 2h, 1d, 1:30:00 or minutes (default: the queue's)",
+    )
+    p.add_argument(
+        "-c", "--cpus", type=_int32("--cpus", 0, MAX_CPUS), help="CPU cores the job needs"
+    )
+    p.add_argument("--mem", type=_memory_mb, help="host memory the job needs, e.g. 32G")
+    p.add_argument("-D", "--workdir", help="working directory (default: the current one)")
+    p.add_argument(
+        "--env",
+        type=_env,
+        action="append",
+        metavar="KEY=VALUE",
+        help="set a variable in the job's environment (repeatable)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        help="log file for stdout and stderr, %%j is the job id "
+        "(default: gshare-%%j.out in the working directory)",
+    )
+    p.add_argument(
+        "--signal",
+        type=_signal,
+        dest="preempt_signal",
+        help="the signal that asks the job to checkpoint and yield (default USR1)",
+    )
+    p.add_argument(
+        "--grace",
+        type=_bounded_duration("--grace", MAX_GRACE_S),
+        help="time the job has to yield before SIGTERM "
+        "and SIGKILL, e.g. 90s (default: the queue's, 60s)",
+    )
+    p.add_argument(
+        "--no-preempt",
+        action="store_const",
+        const=True,
+        default=None,
+        help="never preempt this job",
+    )
+    p.add_argument(
+        "--max-restarts",
+        type=_int32("--max-restarts"),
+        help="fail the job instead of restarting it after this many preemptions (-1: no limit)",
+    )
+    p.add_argument(
+        "--slurm",
+        choices=["never", "auto", "always"],
+        help="hand the job to Slurm: never, auto (the queue's rule; default) or always",
+    )
+    p.add_argument(
+        "--checkpoint-dir",
+        help="GSHARE_CHECKPOINT_DIR, kept across restarts; "
+        "%%j is the job id (default: .gshare/checkpoints/job-%%j in the workdir)",
+    )
+
+
+def _signal(text: str) -> int:
+    name = text.strip().upper()
+    try:
+        number = (
+            int(name) if name.isdigit() else int(signal.Signals["SIG" + name.removeprefix("SIG")])
+        )
+    except KeyError:
+        raise argparse.ArgumentTypeError(
+            f"unknown signal {text!r} (e.g. USR1, USR2, INT, 12)"
+        ) from None
+    if number in (signal.SIGKILL, signal.SIGSTOP) or not 1 <= number < signal.NSIG:
+        raise argparse.ArgumentTypeError(f"--signal {text}: a job cannot catch that signal")
+    return number
+
+
+def read_job_script(path: Path, limit: int = MAX_SCRIPT_BYTES) -> JobScript:
+    """The script at `path`, read only from a regular file and never more than `limit` + 1
+    bytes: a FIFO, a device (/dev/zero) or a directory is refused, not read or waited on."""
+    try:
+        # O_NONBLOCK: opening a FIFO with no writer must not wait for one
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except IsADirectoryError:
+        raise ScriptError(f"{path} is a directory, not a job script") from None
+    except OSError as exc:
+        raise ScriptError(f"cannot read script {path}: {exc.strerror}") from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ScriptError(f"{path} is a directory, not a job script")
+        if not stat.S_ISREG(mode):
+            raise ScriptError(
+                f"{path} is not a regular file (a FIFO or a device?), not a job script"
+            )
+        chunks: list[bytes] = []
+        left = limit + 1
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
+            chunks.append(chunk)
+            left -= len(chunk)
+    except OSError as exc:
+        raise ScriptError(f"cannot read script {path}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+    content = b"".join(chunks)
+    if len(content) > limit:
+        raise ScriptError(f"{path} is over {limit} bytes; job scripts are limited to {limit} bytes")
+    if not content.strip():
+        raise ScriptError(f"{path} is empty")
+    try:
+        if b"\0" in content:
+            raise UnicodeDecodeError("utf-8", content, 0, 1, "NUL byte")
+        text = content.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ScriptError(f"{path} is a binary file, not a job script") from None
+    if not text.startswith("#!"):
+        raise ScriptError(f"{path}: the first line must be an interpreter line such as #!/bin/bash")
+    return JobScript(path, content, directives(text, str(path)))
+
+
+def gsub_parser() -> _Parser:
+    p = _Parser(
+        prog="gsub",
+        description="Submit a job to gshare. Options may also be given as '#GSUB --option' "
+        "lines at the top of the script; the command line wins.",
+        epilog="Arguments after the script go to it; put script arguments that start with '-' "
+        "after '--'.  Example: gsub train.sh --gpus 2 -- --lr 0.1",
+    )
+    p.add_argument("script", nargs="?", help="the job script (must start with #!)")
+    p.add_argument("args", nargs="*", help="arguments for the script")
+    p.add_argument(
+        "--wrap", metavar="COMMAND", help="submit COMMAND as a /bin/sh script instead of a file"
+    )
+    p.add_argument("--json", action="store_true", help='print {"job_id": N}')
+    p.add_argument("--address", help="scheduler: unix:PATH or HOST:PORT (default: $GSHARE_ADDRESS)")
+    p.add_argument("--version", action="version", version=f"gsub {__version__}")
+    _job_options(p)
+    return p
+
+
+def directive_options(script: JobScript) -> dict[str, Any]:
+    parser = _Parser(prog="#GSUB", add_help=False)
+    _job_options(parser)
+    merged: dict[str, Any] = {}
+    for number, words in script.directives:
+        try:
+            ns, extra = parser.parse_known_args(words)
+        except UsageError as exc:
+            raise UsageError(f"{script.path}:{number}: #GSUB {' '.join(words)}: {exc}") from None
+        if extra:
+            raise UsageError(f"{script.path}:{number}: #GSUB: unknown option {' '.join(extra)}")
+        for key, value in vars(ns).items():
+            if value is None:
+                continue
+            if key == "env":
+                merged.setdefault("env", []).extend(value)
+            else:
+                merged[key] = value
+    return merged
+
+
+def build_spec(args: argparse.Namespace, environ: dict[str, str]) -> pb.JobSpec:
+    if args.wrap and args.script:
+        raise UsageError("give either a script or --wrap, not both")
+    if args.wrap:
+        content, name, from_script = wrap(args.wrap), "wrap", {}
+    elif args.script:
+        script = read_job_script(Path(args.script))
+        content, name = script.content, Path(args.script).name
+        from_script = directive_options(script)
+    else:
+        raise UsageError("no job script given (gsub SCRIPT [ARGS...] --gpus N, or --wrap COMMAND)")
+    options = dict(from_script)
+    for key, value in vars(args).items():
+        if value is None:
+            continue
+        if key == "env":
+            options["env"] = options.get("env", []) + value
+        else:
+            options[key] = value
+    # what the scheduler would refuse (a name like a-b, bytes that are not UTF-8) stays here
+    env = {k: v for k, v in environ.items() if env_name_ok(k) and _sendable(k) and _sendable(v)}
+    if args.script:
+        env["GSHARE_SCRIPT_DIR"] = str(Path(args.script).resolve().parent)
+    env["GSHARE_SUBMIT_DIR"] = os.getcwd()
+    env.update(dict(options.get("env", [])))
+    workdir = os.path.abspath(options.get("workdir") or os.getcwd())
+    return pb.JobSpec(
+        name=options.get("name") or name,
+        queue=options.get("queue") or "",
+        gpus=options.get("gpus") or 1,
+        priority=options.get("priority") or 0,
+        time_limit_s=options.get("time") or 0,
+        cpus=options.get("cpus") or 0,
+        mem_mb=options.get("mem") or 0,
+        workdir=workdir,
+        env=env,
+        output=options.get("output") or "",
+        script=content,
+        args=list(args.args),
+        script_name=name,
+        preempt_signal=options.get("preempt_signal") or 0,
+        grace_s=float(options.get("grace") or 0),
+        no_preempt=bool(options.get("no_preempt")),
+        max_restarts=options.get("max_restarts"),
+        checkpoint_dir=options.get("checkpoint_dir") or "",
+        slurm=options.get("slurm") or "",
+    )
+
+
+def _sendable(text: str) -> bool:
+    """Whether a variable of our environment can travel: text the wire takes (UTF-8; an
+    undecodable byte is a surrogate here) and no NUL."""
+    return "\0" not in text and not any("\ud800" <= c <= "\udfff" for c in text)
