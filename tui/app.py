@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import collections
-import threading
 from typing import ClassVar
 
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
+from textual.reactive import reactive
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 
@@ -63,6 +62,8 @@ class GshareTop(App[None]):
         "prompt.tcss",
     ]
     TITLE = "gshare top"
+    connected: reactive[bool] = reactive(False)
+    status_text: reactive[str] = reactive("connecting…", init=False)
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("1", "tab('cluster')", "Cluster"),
         Binding("2", "tab('jobs')", "Jobs"),
@@ -82,10 +83,8 @@ class GshareTop(App[None]):
         self.address = address
         self.live = live
         self.model = ClusterModel()
-        self.connected = False
-        self._incoming: collections.deque[pb.ClusterChange] = collections.deque()
-        self._feed = Feed(address, self._incoming.append, self._status_from_thread)
-        self._lock = threading.Lock()
+        self._feed = Feed(address, self.post_message)
+        self._redraw_due = False
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -104,7 +103,6 @@ class GshareTop(App[None]):
             self.set_status("not connected: showing loaded data", False)
             return
         self.run_feed()
-        self.set_interval(0.2, self.drain)
         self.set_interval(1.0, self.tick)
         self.set_interval(5.0, self.poll_usage)
         self.poll_usage()
@@ -112,8 +110,9 @@ class GshareTop(App[None]):
     def load(
         self, changes: list[pb.ClusterChange], usage: pb.GetUsageResponse | None = None
     ) -> None:
-        self._incoming.extend(changes)
-        self.drain()
+        for change in changes:
+            self._apply(change)
+        self.redraw()
         if usage is not None:
             self.query_one(FairShareView).show(usage)
 
@@ -123,29 +122,29 @@ class GshareTop(App[None]):
     def run_feed(self) -> None:
         self._feed.run()
 
-    def _status_from_thread(self, text: str, ok: bool) -> None:
-        if ok:
-            self._incoming.append(pb.ClusterChange())  # marks a fresh stream: start over
-        self.call_from_thread(self.set_status, text, ok)
+    def on_feed_changed(self, message: Feed.Changed) -> None:
+        self._apply(message.change)
+        if not self._redraw_due:  # a burst of changes (the initial state) makes one redraw
+            self._redraw_due = True
+            self.set_timer(0.1, self.redraw)
+
+    def on_feed_status(self, message: Feed.Status) -> None:
+        self.set_status(message.text, message.ok)
+
+    def _apply(self, change: pb.ClusterChange) -> None:
+        if change.WhichOneof("change") is None:
+            self.model.reset()
+        else:
+            self.model.apply(change)
 
     def set_status(self, text: str, ok: bool) -> None:
         self.connected = ok
-        status = self.query_one("#status", Static)
-        status.update(("● " if ok else "○ ") + text)
-        status.set_class(not ok, "-disconnected")
+        self.status_text = ("● " if ok else "○ ") + text
 
-    def drain(self) -> None:
-        """Apply what the stream brought since the last look, then redraw what changed."""
-        kinds = set()
-        while self._incoming:
-            change = self._incoming.popleft()
-            if change.WhichOneof("change") is None:
-                self.model.reset()
-                kinds.add("reset")
-                continue
-            kinds.add(self.model.apply(change))
-        if kinds:
-            self.redraw()
+    def watch_status_text(self, text: str) -> None:
+        status = self.query_one("#status", Static)
+        status.update(text)
+        status.set_class(not self.connected, "-disconnected")
 
     def tick(self) -> None:
         if self.model.jobs:
@@ -155,8 +154,10 @@ class GshareTop(App[None]):
             self.load_detail(screen.job_id)
 
     def redraw(self) -> None:
-        self.query_one(ClusterView).refresh_view()
-        self.query_one(JobsView).refresh_view()
+        """Tell the views the model moved on; each redraws itself (attributes down)."""
+        self._redraw_due = False
+        self.query_one(ClusterView).revision += 1
+        self.query_one(JobsView).revision += 1
         screen = self.screen
         if (
             isinstance(screen, JobDetail)

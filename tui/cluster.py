@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
+from textual.reactive import reactive
 from textual.widgets import Static
 
 from gshare.api import gshare_pb2 as pb
@@ -37,10 +38,16 @@ def sparkline(values: Iterable[float], width: int) -> str:
 class ClusterView(Static):
     """Re-rendered in place from the model whenever a node or a job changes."""
 
+    # bumped by the app when the model has moved on: the view redraws itself
+    revision: reactive[int] = reactive(0, init=False)
+
     def __init__(self, model: ClusterModel, **kwargs: object) -> None:
         super().__init__("", **kwargs)  # type: ignore[arg-type]
         self.model = model
         self.now = time.time
+
+    def watch_revision(self) -> None:
+        self.refresh_view()
 
     def refresh_view(self) -> None:
         self.update(self.render_cluster())

@@ -6,24 +6,43 @@ import random
 import threading
 from collections.abc import Callable
 
+from textual.message import Message
+
 from gshare.api import gshare_pb2 as pb
 from gshare.client import Client, ClientError
 
 
 class Feed:
-    """Runs in a worker thread; hands each change and each status line to callbacks."""
+    """Runs in a worker thread and posts what the stream brings as messages (posting is
+    thread-safe in Textual): `Feed.Changed` for each change, `Feed.Status` for each turn
+    of the connection."""
 
-    def __init__(
-        self,
-        address: str | None,
-        on_change: Callable[[pb.ClusterChange], None],
-        on_status: Callable[[str, bool], None],
-    ) -> None:
+    class Changed(Message):
+        """One change from the stream; an empty one marks a fresh stream (start over)."""
+
+        def __init__(self, change: pb.ClusterChange) -> None:
+            super().__init__()
+            self.change = change
+
+    class Status(Message):
+        def __init__(self, text: str, ok: bool) -> None:
+            super().__init__()
+            self.text = text
+            self.ok = ok
+
+    def __init__(self, address: str | None, post: Callable[[Message], object]) -> None:
         self.address = address
-        self.on_change = on_change
-        self.on_status = on_status
+        self.post = post
         self.stopping = threading.Event()
         self.client: Client | None = None
+
+    def on_change(self, change: pb.ClusterChange) -> None:
+        self.post(Feed.Changed(change))
+
+    def on_status(self, text: str, ok: bool) -> None:
+        if ok:
+            self.post(Feed.Changed(pb.ClusterChange()))  # a fresh stream: start over
+        self.post(Feed.Status(text, ok))
 
     def run(self) -> None:
         delay = 0.5

@@ -11,6 +11,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.message import Message
+from textual.reactive import reactive
 from textual.widgets import DataTable, Input, Static
 
 from gshare.api import gshare_pb2 as pb
@@ -41,6 +42,8 @@ def runtime(job: pb.Job, now: float) -> str:
 
 
 class JobsView(Vertical):
+    # bumped by the app when the model has moved on: the view redraws itself
+    revision: reactive[int] = reactive(0, init=False)
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("slash", "search", "Search"),
         Binding("m", "mine", "Mine/all"),
@@ -143,6 +146,9 @@ class JobsView(Vertical):
             "reason": job.reason,
         }[column]
         return (value, job.job_id)
+
+    def watch_revision(self) -> None:
+        self.refresh_view()
 
     def refresh_view(self) -> None:
         """Update the table in place: rows change, appear and go; the cursor stays put."""
