@@ -236,7 +236,7 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
     agent_scheduler = _typed(agent, "scheduler", str, f"{source} [agent]", "")
     agent_token_file = _typed(agent, "token_file", str, f"{source} [agent]", "")
     for key, value in (("[server] metrics", metrics_listen), ("[agent] metrics", agent_metrics)):
-        if value and not _host_port(value):
+        if value and not _host_port(value, listen=True):
             raise ConfigError(f"{source} {key}: expected HOST:PORT, not {value!r}")
     return Config(
         policy=_typed(sched, "policy", str, where, "fairshare"),
@@ -311,9 +311,10 @@ def _known_keys(table: dict[str, Any], known: set[str], where: str) -> None:
             raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
 
 
-def _host_port(value: str) -> bool:
+def _host_port(value: str, listen: bool = False) -> bool:
+    """HOST:PORT; to listen on, port 0 too (any free port: the daemon writes which)."""
     host, sep, port = value.rpartition(":")
-    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
+    return bool(sep and host and port.isdigit() and (0 if listen else 1) <= int(port) < 65536)
 
 
 def _mqtt(table: dict[str, Any], where: str) -> MqttConfig:

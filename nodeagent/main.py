@@ -209,7 +209,7 @@ async def run(
             LoopCollector(loop, lambda: agent_metrics(args.node, launcher, publisher))
         )
         try:
-            metrics = MetricsServer(registry, listen)
+            metrics = MetricsServer(registry, listen, state_dir / "metrics.address")
         except (OSError, ValueError) as exc:
             log.error("cannot serve metrics on %s: %s", listen, exc)
             stop.set()

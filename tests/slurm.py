@@ -184,8 +184,24 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
     # ------------------------------------------------------------ processes
 
     def start(self) -> SlurmCluster:
+        """Slurm's daemons listen on ports named in slurm.conf (no port 0), so ports are
+        picked free; if one is taken before its daemon binds it, start again on others."""
+        for attempt in range(3):
+            try:
+                return self._start()
+            except AssertionError as exc:
+                if attempt == 2 or "Address already in use" not in str(exc) + self._logs():
+                    raise
+        raise AssertionError("unreachable")
+
+    def _logs(self) -> str:
+        return "".join(p.read_text(errors="replace")[-4000:] for p in (self.root / "log").glob("*"))
+
+    def _start(self) -> SlurmCluster:
         self.bins = find_binaries()
         self.write_config()
+        for old in (self.root / "log").glob("*"):  # a retry reads only its own logs
+            old.unlink()
         try:
             self._spawn(
                 "munged",

@@ -16,7 +16,7 @@ import aiomqtt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.cluster import Cluster, free_port, wait_until
+from tests.cluster import Cluster, wait_until
 from tests.mosquitto import Mosquitto
 
 BUSY = "#!/bin/bash\nexec python3 -c 'while True: pass'\n"
@@ -32,7 +32,9 @@ def broker(open_tmp: Path) -> Iterator[Mosquitto]:
     m.stop()
 
 
-def config(broker: Mosquitto, extra: str = "", metrics_port: int = 0, agent_port: int = 0) -> str:
+def config(
+    broker: Mosquitto, extra: str = "", metrics: bool = False, agent_metrics: bool = False
+) -> str:
     text = f"""
 [scheduler]
 kill_grace_s = 3
@@ -43,10 +45,10 @@ url = "{broker.url}"
 [telemetry]
 interval = "1s"
 """
-    if metrics_port:
-        text += f'\n[server]\nmetrics = "127.0.0.1:{metrics_port}"\n'
-    if agent_port:  # one agent per cluster where this is used
-        text += f'\n[agent]\nmetrics = "127.0.0.1:{agent_port}"\n'
+    if metrics:  # port 0: the scheduler writes the one it got to STATE/metrics.address
+        text += '\n[server]\nmetrics = "127.0.0.1:0"\n'
+    if agent_metrics:  # the same for the agent, in its state dir
+        text += '\n[agent]\nmetrics = "127.0.0.1:0"\n'
     return text + extra
 
 
@@ -67,6 +69,13 @@ def sampled_after(cluster: Cluster, node: str, index: int, t: float) -> dict[str
     return g if m is not None and m["time"] > t else None
 
 
+def bound_port(state_dir: Path) -> int:
+    """The port a daemon's /metrics got, from the address it wrote (it listens on port 0)."""
+    path = state_dir / "metrics.address"
+    wait_until("the metrics address", path.exists)
+    return int(path.read_text().strip().rpartition(":")[2])
+
+
 def script(root: Path, name: str, text: str) -> str:
     path = root / name
     path.write_text(text)
@@ -77,10 +86,9 @@ def script(root: Path, name: str, text: str) -> str:
 def test_telemetry_follows_busy_and_idle_jobs(
     cluster_factory: Callable[..., Cluster], broker: Mosquitto, open_tmp: Path
 ) -> None:
-    port, agent_port = free_port(), free_port()
-    cluster = cluster_factory(
-        config=config(broker, metrics_port=port, agent_port=agent_port), agents=1
-    )
+    cluster = cluster_factory(config=config(broker, metrics=True, agent_metrics=True), agents=1)
+    port = bound_port(cluster.root / "sched")
+    agent_port = bound_port(cluster.root / "agent-node0")
     busy = cluster.submit("--gpus", "2", script(open_tmp, "busy.sh", BUSY))
     idle = cluster.submit("--gpus", "1", script(open_tmp, "idle.sh", IDLE))
     busy_job = cluster.wait_state(busy, "RUNNING")
@@ -179,8 +187,8 @@ def test_broker_down_degrades_views_not_scheduling(
 def test_malformed_and_oversized_payloads_are_dropped(
     cluster_factory: Callable[..., Cluster], broker: Mosquitto
 ) -> None:
-    port = free_port()
-    cluster = cluster_factory(config=config(broker, metrics_port=port), agents=1)
+    cluster = cluster_factory(config=config(broker, metrics=True), agents=1)
+    port = bound_port(cluster.root / "sched")
     wait_until("telemetry", lambda: gpu(cluster, "node0", 0)["metrics"], timeout=30)
 
     async def publish_junk() -> None:
