@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shlex
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,19 +23,35 @@ class JobScript:
 
 
 def read_script(path: Path, limit: int = MAX_SCRIPT_BYTES) -> JobScript:
+    """The script at `path`, read only from a regular file and never more than `limit` + 1
+    bytes: a FIFO, a device (/dev/zero) or a directory is refused, not read or waited on."""
     try:
-        size = path.stat().st_size
-        if path.is_dir():
-            raise ScriptError(f"{path} is a directory, not a job script")
-        if size > limit:
-            raise ScriptError(f"{path} is {size} bytes; job scripts are limited to {limit} bytes")
-        content = path.read_bytes()
+        # O_NONBLOCK: opening a FIFO with no writer must not wait for one
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except IsADirectoryError:
+        raise ScriptError(f"{path} is a directory, not a job script") from None
     except OSError as exc:
         raise ScriptError(f"cannot read script {path}: {exc.strerror}") from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ScriptError(f"{path} is a directory, not a job script")
+        if not stat.S_ISREG(mode):
+            raise ScriptError(
+                f"{path} is not a regular file (a FIFO or a device?), not a job script"
+            )
+        chunks: list[bytes] = []
+        left = limit + 1
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
+            chunks.append(chunk)
+            left -= len(chunk)
+    except OSError as exc:
+        raise ScriptError(f"cannot read script {path}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+    content = b"".join(chunks)
     if len(content) > limit:
-        raise ScriptError(
-            f"{path} is {len(content)} bytes; job scripts are limited to {limit} bytes"
-        )
+        raise ScriptError(f"{path} is over {limit} bytes; job scripts are limited to {limit} bytes")
     if not content.strip():
         raise ScriptError(f"{path} is empty")
     try:

@@ -7,7 +7,6 @@ import argparse
 import os
 import re
 import signal
-import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 from gshare import __version__
 from gshare.api import gshare_pb2 as pb
 from gshare.cli.common import INT32_MAX, INT64_MAX, UsageError, _Parser
-from gshare.jobscript import MAX_SCRIPT_BYTES, JobScript, ScriptError, directives, wrap
+from gshare.jobscript import JobScript, read_script, wrap
 from gshare.limits import (
     MAX_CPUS,
     MAX_GPUS_PER_JOB,
@@ -190,49 +189,6 @@ def _signal(text: str) -> int:
     return number
 
 
-def read_job_script(path: Path, limit: int = MAX_SCRIPT_BYTES) -> JobScript:
-    """The script at `path`, read only from a regular file and never more than `limit` + 1
-    bytes: a FIFO, a device (/dev/zero) or a directory is refused, not read or waited on."""
-    try:
-        # O_NONBLOCK: opening a FIFO with no writer must not wait for one
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except IsADirectoryError:
-        raise ScriptError(f"{path} is a directory, not a job script") from None
-    except OSError as exc:
-        raise ScriptError(f"cannot read script {path}: {exc.strerror}") from exc
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise ScriptError(f"{path} is a directory, not a job script")
-        if not stat.S_ISREG(mode):
-            raise ScriptError(
-                f"{path} is not a regular file (a FIFO or a device?), not a job script"
-            )
-        chunks: list[bytes] = []
-        left = limit + 1
-        while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
-            chunks.append(chunk)
-            left -= len(chunk)
-    except OSError as exc:
-        raise ScriptError(f"cannot read script {path}: {exc.strerror}") from exc
-    finally:
-        os.close(fd)
-    content = b"".join(chunks)
-    if len(content) > limit:
-        raise ScriptError(f"{path} is over {limit} bytes; job scripts are limited to {limit} bytes")
-    if not content.strip():
-        raise ScriptError(f"{path} is empty")
-    try:
-        if b"\0" in content:
-            raise UnicodeDecodeError("utf-8", content, 0, 1, "NUL byte")
-        text = content.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ScriptError(f"{path} is a binary file, not a job script") from None
-    if not text.startswith("#!"):
-        raise ScriptError(f"{path}: the first line must be an interpreter line such as #!/bin/bash")
-    return JobScript(path, content, directives(text, str(path)))
-
-
 def gsub_parser() -> _Parser:
     p = _Parser(
         prog="gsub",
@@ -280,7 +236,7 @@ def build_spec(args: argparse.Namespace, environ: dict[str, str]) -> pb.JobSpec:
     if args.wrap:
         content, name, from_script = wrap(args.wrap), "wrap", {}
     elif args.script:
-        script = read_job_script(Path(args.script))
+        script = read_script(Path(args.script))
         content, name = script.content, Path(args.script).name
         from_script = directive_options(script)
     else:
