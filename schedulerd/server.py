@@ -248,13 +248,23 @@ class ClientService(pb_grpc.ClientServiceServicer):
         return msg
 
     async def ListJobs(self, request: pb.ListJobsRequest, context: Ctx) -> pb.ListJobsResponse:
-        states = [JobState(pb.JobState.Name(s)) for s in request.states]
-        jobs = await self.v.list_jobs(
-            request.users, states, request.queues, request.include_finished, request.limit
-        )
+        jobs = await _guard(context, self._list(request))
         place = self.s.cycle.positions
         return pb.ListJobsResponse(
             jobs=[job_pb(self.s, j, position=place.get(j.job_id, 0)) for j in jobs]
+        )
+
+    async def _list(self, request: pb.ListJobsRequest) -> list[JobRecord]:
+        states = []
+        for number in request.states:
+            name = pb.JobState.Name(number) if number in pb.JobState.values() else ""
+            if name not in JobState.__members__:
+                raise Refused(f"states: {number} is not a job state")
+            states.append(JobState(name))
+        if request.limit < 0:
+            raise Refused(f"limit: {request.limit} is negative")
+        return await self.v.list_jobs(
+            request.users, states, request.queues, request.include_finished, request.limit
         )
 
     async def _act(

@@ -328,14 +328,17 @@ def test_hostile_requests_from_an_ordinary_user(fuzzed: Fuzzed) -> None:
 
 
 @needs_root
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: ListJobs maps an unknown JobState to a ValueError (INTERNAL, one line); "
-    "its handler should refuse it as INVALID_ARGUMENT",
-)
-def test_list_jobs_with_an_unknown_state(fuzzed: Fuzzed) -> None:
-    try:
-        fuzzed.stub.ListJobs(pb.ListJobsRequest(states=[99]), timeout=30)  # type: ignore[list-item]
-    except grpc.RpcError as err:
-        assert_refusal(err)
+def test_list_jobs_with_an_unknown_state_or_a_negative_limit(fuzzed: Fuzzed) -> None:
+    for request in (
+        pb.ListJobsRequest(states=[99]),  # type: ignore[list-item]
+        pb.ListJobsRequest(states=[0]),  # type: ignore[list-item]
+        pb.ListJobsRequest(limit=-5),
+    ):
+        try:
+            fuzzed.stub.ListJobs(request, timeout=30)
+        except grpc.RpcError as err:
+            assert_refusal(err)
+            assert err.code() is grpc.StatusCode.INVALID_ARGUMENT, err.details()
+        else:
+            raise AssertionError(f"accepted {request}")
     fuzzed.still_fine()
