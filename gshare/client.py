@@ -97,8 +97,14 @@ class Client:
             try:
                 return self._stub.SubmitJob(request, timeout=self.timeout).job_id
             except grpc.RpcError as exc:
-                # the connectivity callback runs on gRPC's thread: give it a moment
-                if not (_unavailable(exc) and reached.wait(0.5)):
+                code = exc.code() if isinstance(exc, grpc.Call) else None
+                # lost after it was sent: UNAVAILABLE once the channel was up (the
+                # connectivity callback runs on gRPC's thread: give it a moment), or no
+                # answer in time from a busy scheduler; either may have stored the job
+                sent = code is grpc.StatusCode.DEADLINE_EXCEEDED or (
+                    _unavailable(exc) and reached.wait(0.5)
+                )
+                if not sent:
                     raise self._error(exc) from None
             while True:  # the request may have been stored: the same key again
                 self.resent += 1

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import pwd
 import shutil
@@ -58,6 +59,9 @@ class JobProcess:
     killed_after_grace: bool = False
     shim: subprocess.Popen[bytes] | None = None
     checkpoint_offset: int = 0  # how far checkpoints.jsonl has been read
+    checkpoint_pending: dict[str, float] | None = None  # the newest, not yet reported
+    checkpoint_told_at: float = -1e9  # monotonic time of the last report
+    bad_lines_told: bool = False  # one warning per job, however many bad lines
     gpu_indexes: tuple[int, ...] = ()
     owner_uid: int = -1  # who the checkpoint log must belong to
     start_ticks: int = 0  # with pid: which process the job is (shim.start_ticks)
@@ -144,6 +148,25 @@ def job_environment(req: LaunchRequest, ident: dict[str, object]) -> dict[str, s
     )
 
 
+INT64_MAX = 2**63 - 1
+
+
+def checkpoint_line(line: bytes) -> dict[str, float] | None:
+    """One line of a job's checkpoint log, `{"time", "size", "step"}`, or None when it is
+    not one: the values must be finite, not negative, and fit the wire (int64 for size and
+    step); what a job writes is never trusted further than that."""
+    try:
+        data = json.loads(line)
+        report = {k: float(data[k]) for k in ("time", "size", "step")}
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
+        return None
+    if not all(math.isfinite(v) and v >= 0 for v in report.values()):
+        return None
+    if report["size"] > INT64_MAX or report["step"] > INT64_MAX:
+        return None
+    return report
+
+
 class JobRunner(Protocol):
     """What the link to the scheduler needs of whatever runs jobs: `Launcher` on a node,
     `FakeLauncher` in tests."""
@@ -222,6 +245,7 @@ class Launcher:
         self.jobs: dict[int, JobProcess] = {}
         self.on_change = on_change
         self.on_checkpoint = on_checkpoint
+        self.report_every_s = 1.0  # a job's checkpoints are told at most this often
         self._kills: dict[int, asyncio.Task[None]] = {}
         self._yielding: set[int] = set()  # jobs whose _kills task is a preemption
 
@@ -394,14 +418,26 @@ class Launcher:
                 proc.checkpoint_offset += len(chunk)
             return
         proc.checkpoint_offset += end + 1
+        # Only the newest checkpoint matters to the scheduler (how much work a preemption
+        # would lose): one report per job and poll, and at most one a second, so a job that
+        # floods its log cannot flood the scheduler or delay the node's heartbeats.
         for line in chunk[: end + 1].splitlines():
-            try:
-                data = json.loads(line)
-                report = {k: float(data[k]) for k in ("time", "size", "step")}
-            except (ValueError, KeyError, TypeError):
-                log.warning("job %d: a bad line in its checkpoint log: %r", proc.job_id, line[:200])
+            report = checkpoint_line(line)
+            if report is None:
+                if not proc.bad_lines_told:
+                    log.warning(
+                        "job %d: a bad line in its checkpoint log: %r", proc.job_id, line[:200]
+                    )
+                    proc.bad_lines_told = True
                 continue
-            self.on_checkpoint(proc.job_id, report)
+            proc.checkpoint_pending = report
+        now = time.monotonic()
+        if (
+            proc.checkpoint_pending is not None
+            and now - proc.checkpoint_told_at >= self.report_every_s
+        ):
+            self.on_checkpoint(proc.job_id, proc.checkpoint_pending)
+            proc.checkpoint_pending, proc.checkpoint_told_at = None, now
 
     def _checkpoint_chunk(self, proc: JobProcess) -> bytes:
         """The next chunk of the job's checkpoint log, opened as root without trusting it:
@@ -434,7 +470,10 @@ class Launcher:
     def poll(self) -> None:
         """Notice jobs that got their pid, saved a checkpoint or ended (a few times a second)."""
         for proc in list(self.jobs.values()):
-            self._read_checkpoints(proc)
+            try:  # what a job writes must never stop the agent watching every job
+                self._read_checkpoints(proc)
+            except Exception:
+                log.exception("job %d: reading its checkpoint log failed", proc.job_id)
             if proc.exited:
                 continue
             if not proc.pid:

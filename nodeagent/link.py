@@ -31,6 +31,7 @@ from nodeagent.lease import Lease
 log = logging.getLogger(__name__)
 
 AGENT_TOKEN_HEADER = "x-gshare-agent-token"
+AGENT_NODE_HEADER = "x-gshare-node"  # the node it registers as, checked before it is read
 
 
 def agent_job(proc: JobProcess) -> pb.AgentJob:
@@ -187,7 +188,11 @@ class SchedulerLink:
             log.warning("scheduler drained this node: %s", msg.drain.reason)
 
     async def run_once(self) -> None:
-        metadata = ((AGENT_TOKEN_HEADER, self.token),) if self.token else None
+        metadata = (
+            ((AGENT_TOKEN_HEADER, self.token), (AGENT_NODE_HEADER, self.node))
+            if self.token
+            else None
+        )
         async with grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS) as channel:
             stub = pb_grpc.AgentServiceStub(channel)
             outbox: asyncio.Queue[pb.AgentMessage] = asyncio.Queue()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -104,12 +105,17 @@ class AgentHub:
         state: ClusterState,
         script_of: Callable[[int], Awaitable[bytes]],
         kick: Callable[[], None],
+        lease_clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.state = state
         self.script_of = script_of
         self.kick = kick
         self.sessions: dict[str, AgentSession] = {}
+        # Leases are kept on a clock that no one can step (a jump of the wall clock must not
+        # make every node look silent): node -> when it was last heard, by `lease_clock`.
+        self.lease_clock = lease_clock
+        self.heard: dict[str, float] = {}
 
     def schedulable(self) -> list[str]:
         return [
@@ -150,8 +156,12 @@ class AgentHub:
             old = self.sessions.get(reg.node)
             node = state.nodes.get(reg.node)
             if old is not None and old is not session:
-                heard = state.clock() - node.last_seen if node is not None else float("inf")
-                if heard < self.config.node_lease_s:
+                # Refused while the node's agent is heard as it should be (a heartbeat every
+                # heartbeat_s); one silent for two of them is likely gone (its connection
+                # died on its side only): the newcomer, holding that node's credential, takes
+                # over before the node's own lease runs out and stops its jobs.
+                heard = self.lease_clock() - self.heard.get(reg.node, float("-inf"))
+                if heard < 2 * self.config.heartbeat_s + 1:
                     log.warning(
                         "refused a second registration of node %s (%s): its agent is "
                         "connected and was heard from %.1fs ago",
@@ -166,31 +176,43 @@ class AgentHub:
                     )
                 old.send(Hangup())
             self.sessions[reg.node] = session
-            gpus = list(reg.gpus)
-            if node is None:
-                node = NodeRecord(reg.node, gpus, reg.cpus, reg.mem_mb)
-                state.nodes[reg.node] = node
-            node.gpus, node.cpus, node.mem_mb = gpus, reg.cpus, reg.mem_mb
-            node.state = NodeState.DRAINING if node.drained else NodeState.UP
-            if not node.drained:
-                node.reason = ""
-            node.last_seen = state.clock()
-            node.gpu_backend, node.agent_version = reg.gpu_backend, reg.agent_version
-            await state.save_node(node)
-            session.send(Registered(self.config.node_lease_s, self.config.heartbeat_s))
-            plan = reconcile(reg.node, state.on_node(reg.node), reg.jobs, state.clock())
-            for _, report in plan.updates:
-                await self._report(reg.node, report)
-            for job_id in plan.still_to_end:
-                session.send(Kill(job_id, self.config.kill_grace_s))
-            await state.change(list(plan.changes))
-            for job_id in plan.forget:
-                session.send(Forget(job_id))
-            for job_id in plan.kill:
-                log.warning("node %s runs job %d that is not its own; killing it", reg.node, job_id)
-                session.send(Kill(job_id, self.config.kill_grace_s))
-            state.publish_node(node)
+            self.heard[reg.node] = self.lease_clock()
+            try:
+                await self._register(session, reg, node)
+            except BaseException:
+                if self.sessions.get(reg.node) is session:  # no half-made session stays
+                    del self.sessions[reg.node]
+                raise
         self.kick()
+
+    async def _register(
+        self, session: AgentSession, reg: Registration, node: NodeRecord | None
+    ) -> None:
+        state = self.state
+        gpus = list(reg.gpus)
+        if node is None:
+            node = NodeRecord(reg.node, gpus, reg.cpus, reg.mem_mb)
+            state.nodes[reg.node] = node
+        node.gpus, node.cpus, node.mem_mb = gpus, reg.cpus, reg.mem_mb
+        node.state = NodeState.DRAINING if node.drained else NodeState.UP
+        if not node.drained:
+            node.reason = ""
+        node.last_seen = state.clock()
+        node.gpu_backend, node.agent_version = reg.gpu_backend, reg.agent_version
+        await state.save_node(node)
+        session.send(Registered(self.config.node_lease_s, self.config.heartbeat_s))
+        plan = reconcile(reg.node, state.on_node(reg.node), reg.jobs, state.clock())
+        for _, report in plan.updates:
+            await self._report(reg.node, report)
+        for job_id in plan.still_to_end:
+            session.send(Kill(job_id, self.config.kill_grace_s))
+        await state.change(list(plan.changes))
+        for job_id in plan.forget:
+            session.send(Forget(job_id))
+        for job_id in plan.kill:
+            log.warning("node %s runs job %d that is not its own; killing it", reg.node, job_id)
+            session.send(Kill(job_id, self.config.kill_grace_s))
+        state.publish_node(node)
 
     async def disconnected(self, session: AgentSession) -> None:
         async with self.state.lock:
@@ -207,9 +229,10 @@ class AgentHub:
         is no longer the node's (expired or replaced): it renews nothing."""
         if self.sessions.get(session.node) is not session:
             return False
+        self.heard[session.node] = self.lease_clock()
         node = self.state.nodes.get(session.node)
         if node is not None:
-            node.last_seen = self.state.clock()
+            node.last_seen = self.state.clock()  # shown to people: the wall clock
         return True
 
     def ack(self, session: AgentSession) -> None:

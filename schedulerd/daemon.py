@@ -51,6 +51,7 @@ class Scheduler:
         store: Store,
         policy: Policy,
         clock: Callable[[], float] = time.time,
+        lease_clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.store = store
@@ -60,7 +61,7 @@ class Scheduler:
         self.state = ClusterState(store, clock, self.db)
         self.ledger = Ledger(config.half_life_s)
         self.telemetry = Telemetry(config.telemetry_interval_s, clock)
-        self.agents = AgentHub(config, self.state, self._script, self.kick)
+        self.agents = AgentHub(config, self.state, self._script, self.kick, lease_clock)
         self.cycle = Cycle(config, self.state, self.ledger, policy, self.agents, self.accrue)
         self.verbs = ClientVerbs(
             config,

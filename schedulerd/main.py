@@ -10,6 +10,7 @@ import logging
 import os
 import secrets
 import signal
+import stat
 import sys
 from pathlib import Path
 
@@ -195,7 +196,13 @@ def load_agent_key(state_dir: Path) -> bytes:
     node's token is derived. An old cluster-wide agent.token is no longer accepted."""
     key_file = state_dir / "agent.key"
     if not key_file.exists():
-        write_private(key_file, secrets.token_hex(32) + "\n")
+        # made beside it, then linked into place: if two make one at once, both read the
+        # one that won (os.link does not replace), so every token comes from the same key
+        tmp = state_dir / f"agent.key.{os.getpid()}"
+        write_private(tmp, secrets.token_hex(32) + "\n")
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, key_file)
+        tmp.unlink()
         if (state_dir / "agent.token").exists():
             log.warning(
                 "%s is no longer accepted: each node now has its own token; print one with "
@@ -216,6 +223,15 @@ def lock_state(paths: list[Path]) -> list[int]:
     fds: list[int] = []
     for path in dict.fromkeys(paths):
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or st.st_nlink != 1 or not stat.S_ISREG(st.st_mode):
+            os.close(fd)  # another user's file, or a link to one: neither ours to write
+            for held in fds:
+                os.close(held)
+            raise AlreadyRunning(
+                f"{path} is not the scheduler's own lock file (uid {st.st_uid}, "
+                f"{st.st_nlink} links); remove it"
+            )
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -15,7 +15,8 @@ import grpc
 
 from gshare.api import gshare_pb2 as pb
 from gshare.api import gshare_pb2_grpc as pb_grpc
-from gshare.client import CHANNEL_OPTIONS
+from gshare.client import MAX_MESSAGE_BYTES
+from gshare.limits import MAX_SPEC_BYTES, SCRIPT_CEILING
 from schedulerd import agents as ag
 from schedulerd.changes import JobReport
 from schedulerd.convert import job_to_pb, node_to_pb, set_gpu_stats, spec_of
@@ -33,6 +34,7 @@ T = TypeVar("T")
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 AGENT_TOKEN_HEADER = "x-gshare-agent-token"
+AGENT_NODE_HEADER = "x-gshare-node"  # the node an agent over TCP registers as, shown up front
 
 
 def node_token(key: bytes, node: str) -> str:
@@ -88,9 +90,14 @@ INTERNAL_ERROR = "the scheduler failed to serve this request (its log has the de
 
 # One limit for every gRPC message, on the scheduler, its clients and its agents
 # (gshare.client.MAX_MESSAGE_BYTES); schedulerd.requests sizes jobs to fit it.
+# What the scheduler takes in is smaller: the largest request is a submit (a script of at
+# most SCRIPT_CEILING and a spec of at most MAX_SPEC_BYTES), so no caller, anonymous ones
+# over TCP included, makes it decode more than this.
+RECEIVE_BYTES = SCRIPT_CEILING + 4 * MAX_SPEC_BYTES
 SERVER_OPTIONS = [
     ("grpc.so_reuseport", 0),
-    *CHANNEL_OPTIONS,
+    ("grpc.max_receive_message_length", RECEIVE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 ]
 
 
@@ -385,6 +392,16 @@ class AgentService(pb_grpc.AgentServiceServicer):
     async def Connect(
         self, request_iterator: AsyncIterator[pb.AgentMessage], context: Ctx
     ) -> AsyncIterator[pb.SchedulerMessage]:
+        if self.ids.caller(context).anonymous:
+            # over TCP: the credential is checked before anything is read from the stream
+            claimed = dict(context.invocation_metadata() or ()).get(AGENT_NODE_HEADER, "")
+            if not isinstance(claimed, str) or not self.ids.may_be_agent(context, claimed):
+                log.warning("refused an agent claiming node %r from %s", claimed, context.peer())
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"only a holder of node {claimed!r}'s agent token may connect as that "
+                    "node's agent (and it must name its node in x-gshare-node)",
+                )
         first = await anext(aiter(request_iterator), None)
         if first is None or not first.HasField("register"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an agent must register first")

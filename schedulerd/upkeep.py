@@ -67,9 +67,12 @@ class Upkeep:
     async def expire_leases(self) -> None:
         state = self.state
         async with state.lock:
-            now = state.clock()
+            now = self.agents.lease_clock()
             for node in list(state.nodes.values()):
-                if node.state == NodeState.DOWN or now - node.last_seen < self.config.node_lease_s:
+                heard = self.agents.heard.get(node.name)
+                if node.state == NodeState.DOWN or heard is None:
+                    continue  # down already, or not heard since the scheduler started
+                if now - heard < self.config.node_lease_s:
                     continue
                 # Connected or not: an agent that is frozen, or whose stream stays open while
                 # nothing flows, is as gone as one that hung up. Its own node stops its jobs

@@ -94,6 +94,13 @@ class ClientVerbs:
         async def commit(batch: Batch) -> None:
             now = self.state.clock()
             ids = await self.db(self.store.submit_many, [n for n, _ in batch], now)
+            # stored: from here on nothing may send the batch to be written again
+            try:
+                admit(batch, ids, now)
+            except Exception:
+                log.exception("a stored batch of %d submissions could not be admitted", len(batch))
+
+        def admit(batch: Batch, ids: list[tuple[int, bool]], now: float) -> None:
             for (new, future), (job_id, created) in zip(batch, ids, strict=True):
                 if created:  # else a retried submit: its job is already queued
                     record = new.record  # made by validate() for this submission alone

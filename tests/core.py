@@ -59,10 +59,19 @@ class Core:
         self.preempted: list[tuple[float, int]] = []
 
     @classmethod
-    async def make(cls, config: Config, policy: str = "fairshare", start: float = 0.0) -> Core:
+    async def make(
+        cls,
+        config: Config,
+        policy: str = "fairshare",
+        start: float = 0.0,
+        lease_clock: FakeClock | None = None,
+    ) -> Core:
+        """`lease_clock`: the monotonic clock leases are kept on (default: the same fake
+        clock as the wall clock)."""
         clock = FakeClock(start)
         store = Store("sqlite://")
-        s = Scheduler(config, store, make_policy(policy, {"explain": False}), clock)
+        policy_ = make_policy(policy, {"explain": False})
+        s = Scheduler(config, store, policy_, clock, lease_clock or clock)
         s.cluster_id = await s.db(store.cluster_id)
         return cls(s, clock)
 

@@ -16,7 +16,7 @@ from schedulerd.changes import JobReport, lost_changes, reconcile, report_change
 from schedulerd.jobstate import JobState
 from schedulerd.model import JobRecord
 from schedulerd.sim import TraceJob, simulate
-from tests.core import Core, config_for
+from tests.core import Core, FakeClock, config_for
 
 
 def record(state: JobState, **kw: object) -> JobRecord:
@@ -217,6 +217,42 @@ async def test_a_silent_node_is_down_after_its_lease_and_its_job_requeued() -> N
         assert core.job(job_id).state is JobState.PENDING and core.job(job_id).restarts == 1
         await core.cycle()
         assert core.job(job_id).node == other
+    finally:
+        await core.close()
+
+
+async def test_a_step_of_the_wall_clock_expires_no_lease() -> None:
+    """Leases are kept on a monotonic clock: NTP stepping the wall clock an hour ahead
+    must not make every node look silent and kill every job."""
+    ticks = FakeClock(100.0)
+    core = await Core.make(config_for({"g": ["ann"]}, node_lease_s=30.0), lease_clock=ticks)
+    try:
+        await core.add_node("n1", 4)
+        job_id = await core.submit("ann", 4, 0)
+        await core.cycle()
+        core.clock.now += 3600
+        await core.s.upkeep.expire_leases()
+        assert core.s.state.nodes["n1"].state == "UP"
+        assert core.job(job_id).state is JobState.RUNNING
+        ticks.now += 31  # but a node really silent for the lease is down
+        await core.s.upkeep.expire_leases()
+        assert core.s.state.nodes["n1"].state == "DOWN"
+    finally:
+        await core.close()
+
+
+async def test_a_registration_that_fails_half_way_leaves_no_session() -> None:
+    core = await Core.make(config_for({"g": ["ann"]}))
+    try:
+
+        async def broken(node: object) -> None:
+            raise OSError("disk gone")
+
+        core.s.state.save_node = broken  # type: ignore[method-assign]
+        session = ag.AgentSession("n1")
+        with pytest.raises(OSError):
+            await core.s.agents.connected(session, ag.Registration("n1", (), 1, 1, ()))
+        assert "n1" not in core.s.agents.sessions  # the node's next agent is not refused
     finally:
         await core.close()
 

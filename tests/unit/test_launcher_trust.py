@@ -19,6 +19,7 @@ LINE = json.dumps({"time": 1.0, "size": 10, "step": 3}) + "\n"
 def launcher_with_job(tmp_path: Path) -> tuple[Launcher, JobProcess, list[float], Path]:
     steps: list[float] = []
     launcher = Launcher(tmp_path / "state", lambda p: None, lambda j, d: steps.append(d["step"]))
+    launcher.report_every_s = 0.0
     proc = JobProcess(1, launcher.jobs_dir / "1", exited=True, owner_uid=os.geteuid())
     (proc.dir / OWNER_DIR).mkdir(parents=True)
     launcher.jobs[1] = proc
@@ -56,6 +57,41 @@ def test_a_checkpoint_log_that_is_no_plain_file_of_its_own_gives_no_checkpoints(
     assert steps == []
     refusals = [r for r in caplog.records if "checkpoint log is not read" in r.getMessage()]
     assert len(refusals) == 1  # said once, not at every poll
+
+
+def test_a_flood_of_checkpoints_is_told_as_the_newest_one_at_most_once_a_second(
+    tmp_path: Path,
+) -> None:
+    launcher, _, steps, log = launcher_with_job(tmp_path)
+    launcher.report_every_s = 3600.0
+    log.write_text(
+        "".join(json.dumps({"time": 1, "size": 1, "step": i}) + "\n" for i in range(5000))
+    )
+    launcher.poll()
+    with log.open("a") as f:
+        f.write(LINE)
+    launcher.poll()
+    assert steps == [4999.0]  # the newest of the first poll; the next waits its turn
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"time": 1, "size": 1e999, "step": 0}',  # inf
+        '{"time": NaN, "size": 1, "step": 0}',
+        '{"time": 1, "size": 1e30, "step": 0}',  # over int64
+        '{"time": 1, "size": 1, "step": -5}',
+        '{"time": 1, "size": 1, "step": "many"}',
+        "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
+    ],
+)
+def test_a_checkpoint_line_out_of_range_is_passed_over_and_the_agent_carries_on(
+    tmp_path: Path, line: str
+) -> None:
+    launcher, _, steps, log = launcher_with_job(tmp_path)
+    log.write_text(line + "\n" + LINE)
+    launcher.poll()
+    assert steps == [3.0]
 
 
 def test_an_overlong_line_is_passed_over(tmp_path: Path) -> None:
