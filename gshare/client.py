@@ -50,6 +50,7 @@ class Client:
         self.target = resolve(address)
         self.timeout = timeout
         self.resent = 0  # submits sent again with their key after a lost answer
+        self.truncated = False  # whether the last job listing was cut short
         self._channel = grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.ClientServiceStub(self._channel)
 
@@ -143,7 +144,9 @@ class Client:
             include_finished=include_finished,
             limit=limit,
         )
-        return list(self._call(self._stub.ListJobs, request).jobs)
+        reply = self._call(self._stub.ListJobs, request)
+        self.truncated = reply.truncated  # the scheduler cut the listing (the newest kept)
+        return list(reply.jobs)
 
     def cancel(self, job_id: int) -> pb.Job:
         return self._call(self._stub.CancelJob, pb.JobIdRequest(job_id=job_id)).job

@@ -160,6 +160,24 @@ class ErrorBoundary(_Interceptor):
         )
 
 
+# However many jobs there are and however large each one's listed part, a listing stays
+# well inside what every client takes (MAX_MESSAGE_BYTES): past this, it is cut.
+LIST_BUDGET = MAX_MESSAGE_BYTES // 2
+
+
+def fit_listing(jobs: list[pb.Job], budget: int) -> tuple[list[pb.Job], bool]:
+    """The newest of `jobs` (in id order) whose wire size fits `budget`, and whether any
+    were left out: one user's many large jobs cannot make `gshare queue` fail for all."""
+    kept: list[pb.Job] = []
+    size = 0
+    for job in reversed(jobs):
+        size += job.ByteSize() + 8  # the field's tag and length
+        if size > budget:
+            return kept[::-1], True
+        kept.append(job)
+    return kept[::-1], False
+
+
 class Watchers:
     """The WatchCluster streams: each is told of every job and node change."""
 
@@ -257,9 +275,10 @@ class ClientService(pb_grpc.ClientServiceServicer):
     async def ListJobs(self, request: pb.ListJobsRequest, context: Ctx) -> pb.ListJobsResponse:
         jobs = await _guard(context, self._list(request))
         place = self.s.cycle.positions
-        return pb.ListJobsResponse(
-            jobs=[job_pb(self.s, j, position=place.get(j.job_id, 0)) for j in jobs]
+        listed, truncated = fit_listing(
+            [job_pb(self.s, j, position=place.get(j.job_id, 0)) for j in jobs], LIST_BUDGET
         )
+        return pb.ListJobsResponse(jobs=listed, truncated=truncated)
 
     async def _list(self, request: pb.ListJobsRequest) -> list[JobRecord]:
         states = []

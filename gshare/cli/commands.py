@@ -154,6 +154,12 @@ def cmd_queue(client: Client, args: argparse.Namespace) -> int:
     print(
         table(rows, ["JOBID", "NAME", "USER", "QUEUE", "STATE", "GPUS", "NODE", "TIME", "REASON"])
     )
+    if client.truncated:
+        print(
+            f"gshare: the scheduler cut this listing at the newest {len(jobs)} jobs; "
+            "narrow it with --user, --state or --queue",
+            file=sys.stderr,
+        )
     return 0
 
 

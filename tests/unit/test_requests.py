@@ -249,3 +249,18 @@ async def test_the_guard_maps_errors_to_one_line_statuses(
     assert context.status[0] == grpc.StatusCode[code]
     assert context.status[1].startswith(details) and "\n" not in context.status[1]
     assert "ZeroDivisionError" not in context.status[1]
+
+
+def test_a_listing_is_cut_to_the_newest_jobs_that_fit() -> None:
+    """However many large jobs one user submits, ListJobs answers inside the wire's limit
+    (it used to fail for everyone once the jobs together passed it)."""
+    from schedulerd.server import LIST_BUDGET, fit_listing
+
+    big = pb.Job(job_id=1, spec=pb.JobSpec(name="n" * 256, workdir="/" + "w" * 4000))
+    jobs = [pb.Job(job_id=i, spec=big.spec) for i in range(1, 101)]
+    each = jobs[0].ByteSize() + 8
+    kept, cut = fit_listing(jobs, 10 * each)
+    assert cut and [j.job_id for j in kept] == list(range(91, 101))
+    kept, cut = fit_listing(jobs, 1000 * each)
+    assert not cut and len(kept) == 100
+    assert LIST_BUDGET < MAX_MESSAGE_BYTES
