@@ -107,6 +107,14 @@ def preempt_change(job: JobRecord, actor: str, why: str, for_job: int = 0) -> Ch
     )
 
 
+def end_request_change(job: JobRecord, to: JobState, kind: str, actor: str, why: str) -> Change:
+    """The end asked for (a cancel, a time limit) while the job's processes are stopped:
+    its state stays until they are gone, and then it ends as asked."""
+    return Change(
+        job.job_id, job.state, kind, actor, why, (("end_request", to.value), ("reason", why))
+    )
+
+
 def claim_change(claimant: JobRecord, node: str, why: str) -> Change:
     """A waiting job for which GPUs on `node` are being freed: they are its to take."""
     return Change(

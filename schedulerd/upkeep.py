@@ -14,7 +14,7 @@ from gshare.config import Config
 from gshare.timefmt import format_duration
 from policies import idle_claimant
 from schedulerd.agents import AgentHub, DrainNotice
-from schedulerd.changes import claim_change, lost_changes, preempt_change
+from schedulerd.changes import claim_change, end_request_change, lost_changes, preempt_change
 from schedulerd.cycle import Cycle
 from schedulerd.errors import Refused
 from schedulerd.jobstate import JobState
@@ -100,14 +100,8 @@ class Upkeep:
             ]
             for job in over:
                 why = f"time limit of {job.time_limit_s}s reached"
-                job = await state.annotate(
-                    job,
-                    "timeout",
-                    "scheduler",
-                    why,
-                    ("end_request", JobState.TIMEOUT.value),
-                    ("reason", why),
-                )
+                change = end_request_change(job, JobState.TIMEOUT, "timeout", "scheduler", why)
+                [job] = await state.change([change])
                 self.agents.kill(job)
 
     # ------------------------------------------------------------ idle reclaim

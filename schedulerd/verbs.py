@@ -16,7 +16,7 @@ from gshare.config import Config
 from gshare.limits import MAX_PRIORITY
 from policies import FairTree, fair_tree
 from schedulerd.agents import AgentHub
-from schedulerd.changes import preempt_change
+from schedulerd.changes import end_request_change, preempt_change
 from schedulerd.cycle import Cycle
 from schedulerd.errors import Refused
 from schedulerd.jobstate import JobState
@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 
 MAX_SUBMIT_KEY = 128
 MAX_BATCH = 1024
+
+
+def cancel_requested(job: JobRecord, actor: str, why: str) -> Change:
+    return end_request_change(job, JobState.CANCELLED, "cancel_requested", actor, why)
 
 
 class ClientVerbs:
@@ -211,14 +215,7 @@ class ClientVerbs:
                 if job.end_request:
                     return job
                 why += "; cancelling it in Slurm"
-                job = await state.annotate(
-                    job,
-                    "cancel_requested",
-                    caller.user,
-                    why,
-                    ("end_request", JobState.CANCELLED.value),
-                    ("reason", why),
-                )
+                [job] = await state.change([cancel_requested(job, caller.user, why)])
                 slurm.kick()
                 return job
             if remote:  # and no [slurm] any more: it can only end here
@@ -231,14 +228,7 @@ class ClientVerbs:
                 self.kick()
                 return job
             if job.state.on_node:
-                job = await state.annotate(
-                    job,
-                    "cancel_requested",
-                    caller.user,
-                    why,
-                    ("end_request", JobState.CANCELLED.value),
-                    ("reason", why),
-                )
+                [job] = await state.change([cancel_requested(job, caller.user, why)])
                 self.agents.kill(job)
                 return job
             raise Refused(
