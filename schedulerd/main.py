@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--tcp",
         metavar="HOST:PORT",
         help="also listen on TCP, for remote agents "
-        "(they present the agent token) and read-only remote clients",
+        "(each presents its node's token: --node-token) and read-only remote clients",
     )
     p.add_argument("--store-url", help="SQLAlchemy database URL (default: SQLite in STATE_DIR)")
     p.add_argument("--policy", help="scheduling policy (overrides [scheduler] policy)")
