@@ -178,14 +178,31 @@ def fit_listing(jobs: list[pb.Job], budget: int) -> tuple[list[pb.Job], bool]:
     return kept[::-1], False
 
 
+MAX_WATCHERS = 512  # WatchCluster streams at once: each holds a queue of up to 10,000
+MAX_LIST_LIMIT = 100_000  # ListJobs' limit: how many ended jobs one listing may read
+
+
 class Watchers:
     """The WatchCluster streams: each is told of every job and node change."""
 
-    def __init__(self, scheduler: Scheduler) -> None:
+    def __init__(self, scheduler: Scheduler, most: int = MAX_WATCHERS) -> None:
         self.s = scheduler
+        self.most = most
         self.queues: set[asyncio.Queue[pb.ClusterChange | None]] = set()
         scheduler.state.job_listeners.append(self.job_changed)
         scheduler.state.node_listeners.append(self.node_changed)
+
+    def join(self) -> asyncio.Queue[pb.ClusterChange | None]:
+        """A new stream's queue; refused past `most` streams, so readers (anonymous ones
+        over TCP too) cannot hold the scheduler's memory without bound."""
+        if len(self.queues) >= self.most:
+            raise Refused(
+                f"the scheduler serves {self.most} watch streams already; try again later",
+                "RESOURCE_EXHAUSTED",
+            )
+        queue: asyncio.Queue[pb.ClusterChange | None] = asyncio.Queue(maxsize=10_000)
+        self.queues.add(queue)
+        return queue
 
     def job_changed(self, job: JobRecord) -> None:
         if self.queues:
@@ -287,8 +304,8 @@ class ClientService(pb_grpc.ClientServiceServicer):
             if name not in JobState.__members__:
                 raise Refused(f"states: {number} is not a job state")
             states.append(JobState(name))
-        if request.limit < 0:
-            raise Refused(f"limit: {request.limit} is negative")
+        if not 0 <= request.limit <= MAX_LIST_LIMIT:
+            raise Refused(f"limit: {request.limit} is not between 0 and {MAX_LIST_LIMIT}")
         return await self.v.list_jobs(
             request.users, states, request.queues, request.include_finished, request.limit
         )
@@ -384,8 +401,10 @@ class ClientService(pb_grpc.ClientServiceServicer):
     async def WatchCluster(
         self, request: pb.WatchClusterRequest, context: Ctx
     ) -> AsyncIterator[pb.ClusterChange]:
-        queue: asyncio.Queue[pb.ClusterChange | None] = asyncio.Queue(maxsize=10_000)
-        self.watchers.queues.add(queue)
+        try:
+            queue = self.watchers.join()
+        except Refused as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         try:
             if request.initial:
                 for node in list(self.s.state.nodes.values()):

@@ -333,6 +333,7 @@ def test_list_jobs_with_an_unknown_state_or_a_negative_limit(fuzzed: Fuzzed) -> 
         pb.ListJobsRequest(states=[99]),  # type: ignore[list-item]
         pb.ListJobsRequest(states=[0]),  # type: ignore[list-item]
         pb.ListJobsRequest(limit=-5),
+        pb.ListJobsRequest(limit=2**31 - 1),
     ):
         try:
             fuzzed.stub.ListJobs(request, timeout=30)

@@ -257,6 +257,24 @@ async def test_a_registration_that_fails_half_way_leaves_no_session() -> None:
         await core.close()
 
 
+async def test_watch_streams_are_bounded() -> None:
+    from schedulerd.errors import Refused
+    from schedulerd.server import Watchers
+
+    core = await Core.make(config_for({"g": ["ann"]}))
+    try:
+        watchers = Watchers(core.s, most=2)
+        first = watchers.join()
+        watchers.join()
+        with pytest.raises(Refused) as refused:
+            watchers.join()
+        assert refused.value.code == "RESOURCE_EXHAUSTED"
+        watchers.queues.discard(first)  # one ends: another may come
+        watchers.join()
+    finally:
+        await core.close()
+
+
 # ---------------------------------------------------------------- one cycle, two clocks
 
 TRACE = [
