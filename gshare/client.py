@@ -126,8 +126,12 @@ class Client:
         finally:
             self._channel.unsubscribe(watch)
 
-    def job(self, job_id: int) -> pb.Job:
-        return self._call(self._stub.GetJob, pb.GetJobRequest(job_id=job_id))
+    def job(self, job: int | str) -> pb.Job:
+        """A job by id, or by a task of an array: "12_7"."""
+        request = (
+            pb.GetJobRequest(job_id=job) if isinstance(job, int) else pb.GetJobRequest(target=job)
+        )
+        return self._call(self._stub.GetJob, request)
 
     def jobs(
         self,
@@ -148,6 +152,12 @@ class Client:
         self.truncated = reply.truncated  # the scheduler cut the listing (the newest kept)
         return list(reply.jobs)
 
+    def array(self, array_job_id: int) -> list[pb.Job]:
+        """Every task of an array, ended ones too, in task order."""
+        reply = self._call(self._stub.ListJobs, pb.ListJobsRequest(array_job_id=array_job_id))
+        self.truncated = reply.truncated
+        return list(reply.jobs)
+
     def cancel(self, job_id: int) -> pb.Job:
         return self._call(self._stub.CancelJob, pb.JobIdRequest(job_id=job_id)).job
 
@@ -163,6 +173,20 @@ class Client:
 
     def release(self, job_id: int) -> pb.Job:
         return self._call(self._stub.ReleaseJob, pb.JobIdRequest(job_id=job_id)).job
+
+    def act(self, verb: str, target: str, priority: int = 0) -> pb.JobActionResponse:
+        """cancel, hold, release, preempt or priority on "12" (a job or a whole array),
+        "12_7" (a task) or "12_[3-5]" (some tasks)."""
+        if verb == "priority":
+            request = pb.SetPriorityRequest(target=target, priority=priority)
+            return self._call(self._stub.SetPriority, request)
+        method = {
+            "cancel": self._stub.CancelJob,
+            "hold": self._stub.HoldJob,
+            "release": self._stub.ReleaseJob,
+            "preempt": self._stub.PreemptJob,
+        }[verb]
+        return self._call(method, pb.JobIdRequest(target=target))
 
     def usage(self) -> pb.GetUsageResponse:
         return self._call(self._stub.GetUsage, pb.GetUsageRequest())

@@ -88,6 +88,10 @@ class Config:
     kill_grace_s: float = 10.0
     max_restarts: int = 10  # for jobs that do not say (gsub --max-restarts)
     max_script_bytes: int = 1 << 20
+    max_array_size: int = 10_001  # tasks ids of an array run from 0 to this - 1
+    # a dependency that can never be met: end the job CANCELLED (true), or leave it pending
+    # with the reason (false), as Slurm's kill_invalid_depend
+    kill_invalid_depend: bool = True
     socket: str = ""
     tcp: str = ""
     store_url: str = ""
@@ -179,6 +183,10 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
     max_script = _typed(sched, "max_script_bytes", int, where, 1 << 20)
     if max_script <= 0:
         raise ConfigError(f"{where}: max_script_bytes must be positive")
+    max_array = _typed(sched, "max_array_size", int, where, 10_001)
+    if not 1 <= max_array <= 1_000_001:
+        raise ConfigError(f"{where}: max_array_size must be between 1 and 1000001")
+    kill_invalid = _typed(sched, "kill_invalid_depend", bool, where, True)
     sync = _typed(store, "sqlite_synchronous", str, f"{source} [store]", "FULL").upper()
     if sync not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ConfigError(f"{source} [store]: sqlite_synchronous must be NORMAL, FULL or EXTRA")
@@ -247,6 +255,8 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
         kill_grace_s=grace,
         max_restarts=max_restarts,
         max_script_bytes=max_script,
+        max_array_size=max_array,
+        kill_invalid_depend=kill_invalid,
         socket=_typed(server, "socket", str, f"{source} [server]", ""),
         tcp=_typed(server, "tcp", str, f"{source} [server]", ""),
         store_url=_typed(store, "url", str, f"{source} [store]", ""),

@@ -96,8 +96,12 @@ class Scheduler:
         for node in await self.db(self.store.nodes):
             node.state = NodeState.DOWN
             self.state.nodes[node.name] = node
+        gates = self.cycle.gates
         for job in await self.db(self.store.live_jobs):
             self.state.jobs[job.job_id] = job
+            gates.job_changed(job)
+        # the ends of the jobs live dependencies wait on, and of their arrays' tasks
+        gates.outcomes(await self.db(self.store.outcomes, set(gates.watched)))
         self.ledger.load(*await self.db(self.store.usage))
         # jobs that ran while the scheduler was down are charged for that time too
         self.accrue(self.clock())

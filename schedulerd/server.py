@@ -15,6 +15,7 @@ import grpc
 
 from gshare.api import gshare_pb2 as pb
 from gshare.api import gshare_pb2_grpc as pb_grpc
+from gshare.arrays import JobRef, parse_job_ref
 from gshare.client import MAX_MESSAGE_BYTES
 from gshare.limits import MAX_SPEC_BYTES, SCRIPT_CEILING
 from schedulerd import agents as ag
@@ -25,7 +26,7 @@ from schedulerd.errors import Refused
 from schedulerd.jobstate import IllegalTransition, JobState
 from schedulerd.model import EventRecord, GpuInfo, JobRecord, NodeRecord
 from schedulerd.peercred import ANONYMOUS, Caller, PeerCredFrontDoor
-from schedulerd.requests import validate
+from schedulerd.requests import array_of, dependency_of, tasks_of, validate
 from schedulerd.store import DatabaseFull
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,16 @@ class ErrorBoundary(_Interceptor):
 LIST_BUDGET = MAX_MESSAGE_BYTES // 2
 
 
+MAX_ACTED_LISTED = 1000  # jobs an action on an array lists back
+
+
+def _ref(target: str) -> JobRef:
+    try:
+        return parse_job_ref(target)
+    except ValueError as exc:
+        raise Refused(str(exc)) from None
+
+
 def fit_listing(jobs: list[pb.Job], budget: int) -> tuple[list[pb.Job], bool]:
     """The newest of `jobs` (in id order) whose wire size fits `budget`, and whether any
     were left out: one user's many large jobs cannot make `gshare queue` fail for all."""
@@ -258,29 +269,42 @@ class ClientService(pb_grpc.ClientServiceServicer):
         self.ids = ids
         self.watchers = watchers
 
-    async def _submit(self, caller: Caller, request: pb.SubmitJobRequest) -> int:
+    async def _submit(self, caller: Caller, request: pb.SubmitJobRequest) -> tuple[int, int]:
         if caller.anonymous:
             raise Refused(
                 "submitting needs a known user: use the scheduler's Unix socket",
                 "PERMISSION_DENIED",
             )
+        spec = request.spec
         record = validate(
             caller,
-            request.spec,
+            spec,
             self.s.config,
             self.s.state.nodes,
             self.v.is_admin,
             self.s.clock(),
         )
-        return await self.v.submit(record, request.spec.script, request.idempotency_key)
+        array = array_of(spec, self.s.config.max_array_size)
+        dependency = dependency_of(spec)
+        tasks = tasks_of(record, array, spec) if array is not None else None
+        job_id = await self.v.submit(
+            record, spec.script, request.idempotency_key, tasks, dependency
+        )
+        return job_id, len(tasks) if tasks else 0
 
     async def SubmitJob(self, request: pb.SubmitJobRequest, context: Ctx) -> pb.SubmitJobResponse:
         caller = self.ids.caller(context)
-        job_id = await _guard(context, self._submit(caller, request))
-        return pb.SubmitJobResponse(job_id=job_id)
+        job_id, count = await _guard(context, self._submit(caller, request))
+        return pb.SubmitJobResponse(job_id=job_id, task_count=count)
+
+    async def _job_id(self, job_id: int, target: str) -> int:
+        if not target:
+            return job_id
+        return await self.v.job_of(_ref(target))
 
     async def GetJob(self, request: pb.GetJobRequest, context: Ctx) -> pb.Job:
-        job, events = await _guard(context, self.v.get_job(request.job_id))
+        job_id = await _guard(context, self._job_id(request.job_id, request.target))
+        job, events = await _guard(context, self.v.get_job(job_id))
         msg = job_pb(self.s, job, events, self.s.cycle.positions.get(job.job_id, 0))
         if not msg.has_gpu_stats and job.start_time:
             stats = await self.s.db(self.s.store.gpu_stats, job.job_id)
@@ -306,15 +330,14 @@ class ClientService(pb_grpc.ClientServiceServicer):
             states.append(JobState(name))
         if not 0 <= request.limit <= MAX_LIST_LIMIT:
             raise Refused(f"limit: {request.limit} is not between 0 and {MAX_LIST_LIMIT}")
+        if request.array_job_id:
+            return await self.v.array_jobs(request.array_job_id)
         return await self.v.list_jobs(
             request.users, states, request.queues, request.include_finished, request.limit
         )
 
     async def _act(
-        self,
-        action: Callable[[Caller, int], Awaitable[object]],
-        request: pb.JobIdRequest,
-        context: Ctx,
+        self, verb: str, job_id: int, target: str, context: Ctx, priority: int = 0
     ) -> pb.JobActionResponse:
         caller = self.ids.caller(context)
         if caller.anonymous:
@@ -322,29 +345,37 @@ class ClientService(pb_grpc.ClientServiceServicer):
                 grpc.StatusCode.PERMISSION_DENIED,
                 "changing a job needs a known user: use the Unix socket",
             )
-        job = await _guard(context, action(caller, request.job_id))
-        assert isinstance(job, JobRecord)
-        return pb.JobActionResponse(job=job_to_pb(job))
+        ref = _ref(target) if target else JobRef(job_id)
+        jobs, skipped = await _guard(context, self.v.act(caller, ref, verb, priority))
+        if not jobs and skipped:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{ref}: none of its {skipped} tasks could be acted on (ended, or not in "
+                "the state it needs)",
+            )
+        listed = [job_to_pb(j) for j in jobs[:MAX_ACTED_LISTED]]
+        return pb.JobActionResponse(
+            job=listed[0] if listed else None, jobs=listed, skipped=skipped, count=len(jobs)
+        )
 
     async def CancelJob(self, request: pb.JobIdRequest, context: Ctx) -> pb.JobActionResponse:
-        return await self._act(self.v.cancel, request, context)
+        return await self._act("cancel", request.job_id, request.target, context)
 
     async def HoldJob(self, request: pb.JobIdRequest, context: Ctx) -> pb.JobActionResponse:
-        return await self._act(self.v.hold, request, context)
+        return await self._act("hold", request.job_id, request.target, context)
 
     async def PreemptJob(self, request: pb.JobIdRequest, context: Ctx) -> pb.JobActionResponse:
-        return await self._act(self.v.preempt, request, context)
+        return await self._act("preempt", request.job_id, request.target, context)
 
     async def SetPriority(
         self, request: pb.SetPriorityRequest, context: Ctx
     ) -> pb.JobActionResponse:
-        async def action(caller: Caller, job_id: int) -> object:
-            return await self.v.set_priority(caller, job_id, request.priority)
-
-        return await self._act(action, pb.JobIdRequest(job_id=request.job_id), context)
+        return await self._act(
+            "priority", request.job_id, request.target, context, request.priority
+        )
 
     async def ReleaseJob(self, request: pb.JobIdRequest, context: Ctx) -> pb.JobActionResponse:
-        return await self._act(self.v.release, request, context)
+        return await self._act("release", request.job_id, request.target, context)
 
     async def ListNodes(self, request: pb.ListNodesRequest, context: Ctx) -> pb.ListNodesResponse:
         return pb.ListNodesResponse(
@@ -545,7 +576,7 @@ def command_pb(command: ag.Command) -> pb.SchedulerMessage:
             return pb.SchedulerMessage(
                 launch=pb.Launch(
                     job_id=job.job_id,
-                    spec=spec_of(job, script),
+                    spec=spec_of(job, script, job.task_env),
                     gpu_indexes=job.gpu_indexes,
                     gpu_uuids=job.gpu_uuids,
                     user=job.user,

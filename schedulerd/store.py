@@ -26,6 +26,7 @@ from sqlalchemy import (
     event,
     insert,
     select,
+    update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
@@ -88,6 +89,13 @@ class JobRow(Base):
     slurm_charged_until: Mapped[float] = mapped_column(Float, default=0.0)
     # unique per uid (index ix_jobs_uid_submit_key); NULL when the client sent no key
     submit_key: Mapped[str | None] = mapped_column(String(128), nullable=True, default=None)
+    # arrays (migration 0007): a task's array is its first task's id; only that first
+    # task stores the script, which the others share
+    array_job_id: Mapped[int] = mapped_column(Integer, default=0, index=True)
+    array_task_id: Mapped[int] = mapped_column(Integer, default=0)
+    array_spec: Mapped[str] = mapped_column(Text, default="")
+    dependency: Mapped[str] = mapped_column(Text, default="")
+    params: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True, default=None)
 
 
 class ClusterRow(Base):
@@ -155,15 +163,45 @@ _JOB_FIELDS = [f.name for f in fields(JobRecord) if f.name not in ("job_id", "st
 def _record(row: JobRow) -> JobRecord:
     values = {f: getattr(row, f) for f in _JOB_FIELDS}
     values["submit_key"] = values["submit_key"] or ""
+    values["params"] = values["params"] or {}
     return JobRecord(job_id=row.id, state=JobState(row.state), **values)
+
+
+def _row(record: JobRecord, script: bytes) -> dict[str, Any]:
+    return {
+        **{f: getattr(record, f) for f in _JOB_FIELDS},
+        "submit_key": record.submit_key or None,
+        "params": record.params or None,
+        "script": script,
+        "state": record.state.value,
+    }
+
+
+def _submit_event(job_id: int, record: JobRecord, now: float) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "time": now,
+        "kind": "submit",
+        "from_state": "",
+        "to_state": record.state.value,
+        "actor": record.user,
+        "reason": record.reason,
+    }
 
 
 @dataclass(frozen=True, slots=True)
 class NewJob:
-    """A validated submission, before it has an id."""
+    """A validated submission, before it has an id. An array: `record` is its first task
+    and `tasks` the others, all stored in the same transaction; the array's id is the
+    first task's, which alone stores the script."""
 
     record: JobRecord  # job_id is ignored
     script: bytes
+    tasks: tuple[JobRecord, ...] = ()
+
+    @property
+    def records(self) -> tuple[JobRecord, ...]:
+        return (self.record, *self.tasks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,36 +331,42 @@ class Store:
                     batch_keys.add(key)
                 fresh.append(n)
                 slot.append(None)
-            rows = [
-                {
-                    **{f: getattr(n.record, f) for f in _JOB_FIELDS},
-                    "submit_key": n.record.submit_key or None,
-                    "script": n.script,
-                    "state": n.record.state.value,
-                }
-                for n in fresh
-            ]
+            rows = [_row(n.record, n.script) for n in fresh]
             ids: list[int] = []
             if rows:
                 result = session.execute(
                     insert(JobRow).returning(JobRow.id, sort_by_parameter_order=True), rows
                 )
                 ids = [row[0] for row in result]
-                session.execute(
-                    insert(EventRow),
-                    [
-                        {
-                            "job_id": job_id,
-                            "time": now,
-                            "kind": "submit",
-                            "from_state": "",
-                            "to_state": n.record.state.value,
-                            "actor": n.record.user,
-                            "reason": n.record.reason,
-                        }
-                        for job_id, n in zip(ids, fresh, strict=True)
-                    ],
-                )
+                events = [
+                    _submit_event(job_id, n.record, now)
+                    for job_id, n in zip(ids, fresh, strict=True)
+                ]
+                # arrays: the first task's id is the array's; the other tasks follow it
+                tasks = [
+                    (job_id, n) for job_id, n in zip(ids, fresh, strict=True) if n.record.array_spec
+                ]
+                if tasks:
+                    for array_id, n in tasks:
+                        n.record.array_job_id = array_id
+                        for task in n.tasks:
+                            task.array_job_id = array_id
+                    session.execute(
+                        update(JobRow), [{"id": a, "array_job_id": a} for a, _ in tasks]
+                    )
+                    task_rows = [_row(t, b"") for _, n in tasks for t in n.tasks]
+                    task_ids: list[int] = []
+                    if task_rows:
+                        found = session.execute(
+                            insert(JobRow).returning(JobRow.id, sort_by_parameter_order=True),
+                            task_rows,
+                        )
+                        task_ids = [row[0] for row in found]
+                    records = [t for _, n in tasks for t in n.tasks]
+                    for job_id, task in zip(task_ids, records, strict=True):
+                        task.job_id = job_id
+                        events.append(_submit_event(job_id, task, now))
+                session.execute(insert(EventRow), events)
         for n, job_id in zip(fresh, ids, strict=True):
             if n.record.submit_key:
                 known[(n.record.uid, n.record.submit_key)] = job_id
@@ -384,11 +428,59 @@ class Store:
             return _record(row) if row is not None else None
 
     def script(self, job_id: int) -> bytes:
+        """The job's script; an array task's is its array's (stored once, with the first)."""
         with self._session() as session:
             row = session.get(JobRow, job_id)
             if row is None:
                 raise StoreError(f"no job {job_id}")
+            if row.array_job_id and row.array_job_id != row.id:
+                head = session.get(JobRow, row.array_job_id)
+                if head is None:
+                    raise StoreError(f"no array {row.array_job_id} for job {job_id}")
+                return head.script
             return row.script
+
+    def outcomes(self, ids: Iterable[int]) -> list[JobRecord]:
+        """The ended jobs among `ids`, and the ended tasks of the arrays among them: what
+        the live jobs' dependencies are about, at start-up."""
+        wanted = sorted(set(ids))
+        if not wanted:
+            return []
+        finals = [s.value for s in JobState if s.final]
+        out: list[JobRecord] = []
+        with self._session() as session:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                query = select(JobRow).where(
+                    JobRow.state.in_(finals),
+                    JobRow.id.in_(chunk) | JobRow.array_job_id.in_(chunk),
+                )
+                out += [_record(r) for r in session.scalars(query)]
+        return out
+
+    def exists(self, ids: Iterable[int]) -> set[int]:
+        """Which of `ids` are jobs (ended or not)."""
+        wanted = sorted(set(ids))
+        found: set[int] = set()
+        with self._session() as session:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                found.update(session.scalars(select(JobRow.id).where(JobRow.id.in_(chunk))))
+        return found
+
+    def task_job_id(self, array_job_id: int, task: int) -> int | None:
+        """The job id of task `task` of array `array_job_id`, if there is one."""
+        query = select(JobRow.id).where(
+            JobRow.array_job_id == array_job_id, JobRow.array_task_id == task
+        )
+        with self._session() as session:
+            return session.scalars(query).first()
+
+    def array_tasks(self, array_job_id: int) -> list[JobRecord]:
+        """Every task of an array, ended or not."""
+        query = select(JobRow).where(JobRow.array_job_id == array_job_id).order_by(JobRow.id)
+        with self._session() as session:
+            return [_record(r) for r in session.scalars(query)]
 
     def live_jobs(self) -> list[JobRecord]:
         finals = [s.value for s in JobState if s.final]
