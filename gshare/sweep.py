@@ -171,9 +171,10 @@ def load_sweep(path: Path, max_trials: int = 1_000_001) -> Sweep:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         raise ValueError(f"sweep {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError(f"sweep {path}: not a regular file")
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise ValueError(f"sweep {path}: not a regular file")
         data = f.read(MAX_SWEEP_FILE + 1)
     if len(data) > MAX_SWEEP_FILE:
         raise ValueError(f"sweep {path}: over {MAX_SWEEP_FILE // 1024} KiB")
@@ -211,9 +212,10 @@ def read_result(path: str) -> dict[str, float] | str:
         return "no result"
     except OSError as exc:
         return f"unreadable ({exc.strerror})"
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return "not a regular file"
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            return "not a regular file"
         data = f.read(MAX_RESULT_BYTES + 1)
     if len(data) > MAX_RESULT_BYTES:
         return "over 1 MiB"

@@ -148,3 +148,14 @@ class NodeRecord:
     drained: bool = False  # an admin took it out of scheduling
     # GPUs out of scheduling (a health event or an admin), index -> why
     gpu_health: dict[int, str] = field(default_factory=dict)
+
+
+_JOB_SLOTS: tuple[str, ...] = JobRecord.__slots__
+
+
+def clone_job(job: JobRecord) -> JobRecord:
+    """A shallow copy, made faster than dataclasses.replace (an array makes thousands)."""
+    copy = object.__new__(JobRecord)
+    for name in _JOB_SLOTS:
+        setattr(copy, name, getattr(job, name))
+    return copy

@@ -16,7 +16,6 @@ one-line message that starts with the field it is about.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import signal
 from collections.abc import Callable, Mapping
@@ -47,7 +46,7 @@ from gshare.limits import (
 )
 from schedulerd.errors import Refused
 from schedulerd.jobstate import JobState
-from schedulerd.model import JobRecord, NodeRecord
+from schedulerd.model import JobRecord, NodeRecord, clone_job
 from schedulerd.peercred import Caller
 
 
@@ -255,21 +254,15 @@ def dependency_of(spec: pb.JobSpec) -> Dependency | None:
 
 
 def tasks_of(record: JobRecord, array: ArraySpec, spec: pb.JobSpec) -> list[JobRecord]:
-    """The array's tasks as job records, in task order; the first is `record` itself."""
-    text = str(array)
-    params = [dict(t.params) for t in spec.task_params] or [{} for _ in array.tasks]
+    """The array's tasks as job records, in task order; the first is `record` itself. They
+    share its environment and arguments (never changed in place)."""
+    record.array_spec = str(array)
+    params = [dict(t.params) for t in spec.task_params]
     out = []
-    for task_id, values in zip(array.tasks, params, strict=True):
-        out.append(
-            dataclasses.replace(
-                record,
-                array_task_id=task_id,
-                array_spec=text,
-                params=values,
-                env=dict(record.env),
-                args=list(record.args),
-                gpu_indexes=[],
-                gpu_uuids=[],
-            )
-        )
+    for number, task_id in enumerate(array.tasks):
+        task = record if number == 0 else clone_job(record)
+        task.array_task_id = task_id
+        task.params = params[number] if params else {}
+        task.gpu_indexes, task.gpu_uuids = [], []
+        out.append(task)
     return out

@@ -7,11 +7,12 @@ synchronous; the daemon runs it on one dedicated thread, so writes are serialise
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -21,9 +22,11 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Table,
     Text,
     create_engine,
     event,
+    func,
     insert,
     select,
     update,
@@ -189,6 +192,75 @@ def _submit_event(job_id: int, record: JobRecord, now: float) -> dict[str, Any]:
     }
 
 
+def _insert_tasks(session: Session, arrays: list[tuple[int, NewJob]], now: float) -> None:
+    """The tasks of arrays whose first tasks were just inserted, with their submit events.
+
+    The hot path of a large array (10,000 tasks in one call): ids are given here, following
+    the largest id in the table (this store is the only writer and holds the write
+    transaction, so they are free), and the rows go to the driver's executemany as
+    tuples, not through the ORM. A task row keeps neither the script nor the environment:
+    both are its array's, read from the first task's row.
+    """
+    connection = session.connection()
+    for array_id, n in arrays:
+        n.record.array_job_id = array_id
+    session.execute(update(JobRow), [{"id": a, "array_job_id": a} for a, _ in arrays])
+    tasks = [(array_id, t) for array_id, n in arrays for t in n.tasks]
+    if not tasks:
+        return
+    top = session.execute(select(func.max(JobRow.id))).scalar_one()
+    table = cast(Table, JobRow.__table__)
+    columns = [c.name for c in table.columns]
+    events_table = cast(Table, EventRow.__table__)
+    event_columns = ["job_id", "time", "kind", "from_state", "to_state", "actor", "reason"]
+    rows: list[tuple[Any, ...]] = []
+    events: list[tuple[Any, ...]] = []
+    templates: dict[int, list[Any]] = {}
+    where = {name: i for i, name in enumerate(columns)}
+    for number, (array_id, task) in enumerate(tasks, start=1):
+        job_id = top + number
+        task.array_job_id, task.job_id = array_id, job_id
+        template = templates.get(array_id)
+        if template is None:  # the columns every task of this array shares
+            values = _row(task, b"")
+            values["env"] = {}
+            template = [values.get(c) for c in columns]
+            for c in columns:
+                kind = table.columns[c].type
+                if isinstance(kind, JSON) and template[where[c]] is not None:
+                    template[where[c]] = json.dumps(template[where[c]])
+            templates[array_id] = template
+        row = template.copy()
+        row[where["id"]] = job_id
+        row[where["array_task_id"]] = task.array_task_id
+        row[where["params"]] = json.dumps(task.params) if task.params else None
+        row[where["submit_key"]] = None
+        rows.append(tuple(row))
+        events.append((job_id, now, "submit", "", task.state.value, task.user, task.reason))
+    style = connection.dialect.paramstyle
+    if style in ("qmark", "format", "pyformat"):
+        mark = "?" if style == "qmark" else "%s"
+        connection.exec_driver_sql(
+            f"INSERT INTO {table.name} ({', '.join(columns)}) "
+            f"VALUES ({', '.join([mark] * len(columns))})",
+            rows,
+        )
+        connection.exec_driver_sql(
+            f"INSERT INTO {events_table.name} ({', '.join(event_columns)}) "
+            f"VALUES ({', '.join([mark] * len(event_columns))})",
+            events,
+        )
+    else:  # a driver with another parameter style: the generic (slower) path
+        connection.execute(insert(table), [dict(zip(columns, r, strict=True)) for r in rows])
+        connection.execute(
+            insert(events_table), [dict(zip(event_columns, e, strict=True)) for e in events]
+        )
+    if connection.dialect.name == "postgresql":  # ids given by hand: move the sequence on
+        connection.exec_driver_sql(
+            "SELECT setval(pg_get_serial_sequence('jobs', 'id'), (SELECT max(id) FROM jobs))"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class NewJob:
     """A validated submission, before it has an id. An array: `record` is its first task
@@ -342,31 +414,12 @@ class Store:
                     _submit_event(job_id, n.record, now)
                     for job_id, n in zip(ids, fresh, strict=True)
                 ]
-                # arrays: the first task's id is the array's; the other tasks follow it
-                tasks = [
+                session.execute(insert(EventRow), events)
+                arrays = [
                     (job_id, n) for job_id, n in zip(ids, fresh, strict=True) if n.record.array_spec
                 ]
-                if tasks:
-                    for array_id, n in tasks:
-                        n.record.array_job_id = array_id
-                        for task in n.tasks:
-                            task.array_job_id = array_id
-                    session.execute(
-                        update(JobRow), [{"id": a, "array_job_id": a} for a, _ in tasks]
-                    )
-                    task_rows = [_row(t, b"") for _, n in tasks for t in n.tasks]
-                    task_ids: list[int] = []
-                    if task_rows:
-                        found = session.execute(
-                            insert(JobRow).returning(JobRow.id, sort_by_parameter_order=True),
-                            task_rows,
-                        )
-                        task_ids = [row[0] for row in found]
-                    records = [t for _, n in tasks for t in n.tasks]
-                    for job_id, task in zip(task_ids, records, strict=True):
-                        task.job_id = job_id
-                        events.append(_submit_event(job_id, task, now))
-                session.execute(insert(EventRow), events)
+                if arrays:
+                    _insert_tasks(session, arrays, now)
         for n, job_id in zip(fresh, ids, strict=True):
             if n.record.submit_key:
                 known[(n.record.uid, n.record.submit_key)] = job_id
@@ -483,10 +536,23 @@ class Store:
             return [_record(r) for r in session.scalars(query)]
 
     def live_jobs(self) -> list[JobRecord]:
+        """The jobs not ended; an array's tasks get its environment (kept once, with the
+        first task) back, one shared dict per array."""
         finals = [s.value for s in JobState if s.final]
         with self._session() as session:
             rows = session.scalars(select(JobRow).where(JobRow.state.not_in(finals)))
-            return [_record(r) for r in rows]
+            jobs = [_record(r) for r in rows]
+            heads = sorted({j.array_job_id for j in jobs if j.array_job_id})
+            envs: dict[int, dict[str, str]] = {}
+            for start in range(0, len(heads), 500):
+                query = select(JobRow.id, JobRow.env).where(
+                    JobRow.id.in_(heads[start : start + 500])
+                )
+                envs.update({job_id: env for job_id, env in session.execute(query)})
+        for job in jobs:
+            if job.array_job_id and job.array_job_id != job.job_id:
+                job.env = envs.get(job.array_job_id, job.env)
+        return jobs
 
     def finished_jobs(self, limit: int = 1000, users: Sequence[str] = ()) -> list[JobRecord]:
         finals = [s.value for s in JobState if s.final]
