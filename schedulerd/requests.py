@@ -203,8 +203,8 @@ def validate(
     )
 
 
-# An array stores each task as a job row (its script once, with the first): all of its
-# tasks' rows together stay under this.
+# An array stores each task as a job row (its script and environment once, with the
+# first): all of its tasks' rows together stay under this.
 MAX_ARRAY_BYTES = 256 * MIB
 MAX_PARAMS = 64  # a sweep trial's parameters
 MAX_PARAM_NAME_CHARS = 64
@@ -234,12 +234,13 @@ def array_of(spec: pb.JobSpec, max_size: int) -> ArraySpec | None:
             if len(name) > MAX_PARAM_NAME_CHARS or not env_name_ok(name) or "%" in name:
                 raise Refused(f"task_params: {name[:40]!r} is not a valid parameter name")
             _check_text(f"task_params: {name}", value, MAX_PARAM_VALUE_CHARS)
-    each = _without(spec, "script", "task_params").ByteSize()
+    # every task keeps its own copy of the listed part; the environment is kept once
+    each = _without(spec, "script", "task_params", "env").ByteSize()
     whole = each * array.count + sum(t.ByteSize() for t in spec.task_params)
     if whole > MAX_ARRAY_BYTES:
         raise Refused(
             f"--array: {array.count} tasks of {each} bytes each are over the limit of "
-            f"{MAX_ARRAY_BYTES // MIB} MiB for an array (a large environment?)"
+            f"{MAX_ARRAY_BYTES // MIB} MiB for an array (long arguments or paths?)"
         )
     return array
 
