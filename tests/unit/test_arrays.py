@@ -389,3 +389,31 @@ def test_an_array_is_stored_whole_in_one_transaction(tmp_path: Path) -> None:
     with pytest.raises(Exception):  # noqa: B017 - whatever the database says
         store.submit_many([NewJob(bad, b"#!/bin/sh\n", broken)], 7.0)
     assert len(store.live_jobs()) == 3
+
+
+def test_an_array_is_bounded_in_bytes_and_its_parameters_checked() -> None:
+    from gshare.api import gshare_pb2 as pb
+    from schedulerd.errors import Refused
+    from schedulerd.requests import array_of
+
+    fat = pb.JobSpec(gpus=1, args=["x" * 30_000, "y" * 30_000], env={"BIG": "z" * 100_000})
+    assert array_of(pb.JobSpec(gpus=1, array="0-99", args=fat.args), 10_001) is not None
+    fat.array = "0-9999"
+    with pytest.raises(Refused, match="over the limit of 256 MiB"):
+        array_of(fat, 10_001)
+    # the environment is kept once, so a large one does not multiply
+    assert array_of(pb.JobSpec(gpus=1, array="0-9999", env=fat.env), 10_001) is not None
+    sweep = pb.JobSpec(gpus=1, array="0-1", task_params=[pb.TaskParams(params={"lr": "1"})])
+    with pytest.raises(Refused, match="1 parameter sets for 2 tasks"):
+        array_of(sweep, 100)
+    for params, message in (
+        ({"bad-name": "1"}, "not a valid parameter name"),
+        ({"lr": "1", "LR": "2"}, "differ in case"),
+        ({"lr": "a\0b"}, "NUL"),
+        ({"lr": "v" * 5000}, "over the limit"),
+    ):
+        spec = pb.JobSpec(gpus=1, array="0", task_params=[pb.TaskParams(params=params)])
+        with pytest.raises(Refused, match=message):
+            array_of(spec, 100)
+    with pytest.raises(Refused, match="only an array"):
+        array_of(pb.JobSpec(gpus=1, task_params=[pb.TaskParams()]), 100)
