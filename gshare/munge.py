@@ -30,7 +30,8 @@ __all__ = [
 HEADER = "x-gshare-munge"  # the gRPC metadata key a client's credential travels in
 DEFAULT_SOCKET = "/run/munge/munge.socket.2"  # Debian's munged
 
-_OPT_SOCKET = 8  # MUNGE_OPT_SOCKET in munge.h
+_OPT_TTL = 4  # MUNGE_OPT_TTL in munge.h
+_OPT_SOCKET = 8  # MUNGE_OPT_SOCKET
 
 # munge_err_t values (munge.h) that say something about the credential itself
 CRED_EXPIRED = 15
@@ -101,8 +102,9 @@ class Munge:
     """One `munged`, by its socket. Each call makes its own context: calls are blocking
     (a round trip to munged), so async code runs them in a thread."""
 
-    def __init__(self, socket: str = "") -> None:
+    def __init__(self, socket: str = "", ttl: int = 0) -> None:
         self.socket = socket or DEFAULT_SOCKET
+        self.ttl = ttl  # seconds a credential made here stays good; 0: munged's default
         self._lib = _load()
 
     def _context(self) -> int:
@@ -112,6 +114,10 @@ class Munge:
         err = self._lib.munge_ctx_set(
             ctypes.c_void_p(ctx), ctypes.c_int(_OPT_SOCKET), ctypes.c_char_p(self.socket.encode())
         )
+        if not err and self.ttl:
+            err = self._lib.munge_ctx_set(
+                ctypes.c_void_p(ctx), ctypes.c_int(_OPT_TTL), ctypes.c_int(self.ttl)
+            )
         if err:
             self._lib.munge_ctx_destroy(ctx)
             raise MungeError(err, self._message(err, None))
