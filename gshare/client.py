@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 
 from gshare.address import resolve
 from gshare.api import gshare_pb2 as pb
-from gshare.config import ClientConfig, ConfigError, client_config
+from gshare.clientconfig import ClientConfig, ClientConfigError, client_config
 from gshare.munge import HEADER, Munge, MungeError, request_payload
 
 # The largest gRPC message, both ways, on every channel and server of gshare: the scheduler,
@@ -86,7 +86,7 @@ class Client:
     ) -> None:
         try:
             settings = settings if settings is not None else client_config(None)
-        except ConfigError as exc:
+        except ClientConfigError as exc:
             raise ClientError(str(exc)) from None
         self.target = resolve(address or os.environ.get("GSHARE_ADDRESS") or settings.scheduler)
         self.timeout = timeout

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from gshare.clientconfig import (
+    ClientConfig,
+    ClientConfigError,
+    client_config,
+    host_port,
+    parse_client_table,
+)
 from gshare.paths import SYSTEM_CONFIG, SYSTEM_SOCKET, default_state_dir
 from gshare.timefmt import TimeFormatError, parse_duration
 
@@ -93,17 +99,6 @@ class TlsConfig:
     @property
     def enabled(self) -> bool:
         return bool(self.cert_file)
-
-
-@dataclass(frozen=True)
-class ClientConfig:
-    """How gsub, gshare and gshare top reach a scheduler on another host ([client])."""
-
-    scheduler: str = ""  # HOST:PORT (or unix:PATH); GSHARE_ADDRESS and --address win
-    ca_file: str = ""  # the CA of the scheduler's certificate: TLS to a TCP scheduler
-    munge_socket: str = ""  # the local munged (default /run/munge/munge.socket.2)
-    cert_file: str = ""  # a client certificate: reading from a scheduler without MUNGE
-    key_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -298,7 +293,7 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
         ("[server] tcp", tcp),
         ("[server] agent_tcp", agent_tcp),
     ):
-        if value and not _host_port(value, listen=True):
+        if value and not host_port(value, listen=True):
             raise ConfigError(f"{source} {key}: expected HOST:PORT, not {value!r}")
     tls = _tls(_section(server, "tls", swhere), f"{source} [server.tls]")
     if agent_tcp and not (tls.enabled and tls.ca_file):
@@ -362,37 +357,10 @@ def _tls(table: dict[str, Any], where: str) -> TlsConfig:
 
 
 def _client(table: dict[str, Any], where: str) -> ClientConfig:
-    _known_keys(table, {"scheduler", "ca_file", "munge_socket", "cert_file", "key_file"}, where)
-    files = _files(table, ("ca_file", "cert_file", "key_file"), where)
-    if bool(files["cert_file"]) != bool(files["key_file"]):
-        raise ConfigError(f"{where}: cert_file and key_file go together")
-    scheduler = _typed(table, "scheduler", str, where, "")
-    if scheduler and not scheduler.startswith(("unix:", "/")) and not _host_port(scheduler):
-        raise ConfigError(f"{where}: scheduler: expected HOST:PORT or unix:PATH, not {scheduler!r}")
-    munge = _typed(table, "munge_socket", str, where, "")
-    if "\0" in munge:
-        raise ConfigError(f"{where}: munge_socket holds a NUL byte")
-    return ClientConfig(scheduler=scheduler, munge_socket=munge, **files)
-
-
-def client_config(path: Path | None) -> ClientConfig:
-    """The [client] table of `path` (else $GSHARE_CONFIG, else /etc/gshare/gshare.toml when
-    there and readable): what a client needs, without the daemons' sections checked."""
-    if path is None:
-        env = os.environ.get("GSHARE_CONFIG", "")
-        if env:
-            path = Path(env)
-        elif SYSTEM_CONFIG.exists() and os.access(SYSTEM_CONFIG, os.R_OK):
-            path = SYSTEM_CONFIG
-        else:
-            return ClientConfig()
     try:
-        data = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    return _client(_section(data, "client", str(path)), f"{path} [client]")
+        return parse_client_table(table, where)
+    except ClientConfigError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 SLURM_MODES = ("never", "when_idle_capacity_lacks", "always")
@@ -438,12 +406,6 @@ def _known_keys(table: dict[str, Any], known: set[str], where: str) -> None:
     for key in table:
         if key not in known:
             raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
-
-
-def _host_port(value: str, listen: bool = False) -> bool:
-    """HOST:PORT; to listen on, port 0 too (any free port: the daemon writes which)."""
-    host, sep, port = value.rpartition(":")
-    return bool(sep and host and port.isdigit() and (0 if listen else 1) <= int(port) < 65536)
 
 
 def _mqtt(table: dict[str, Any], where: str) -> MqttConfig:
