@@ -387,3 +387,37 @@ def test_client_settings_with_bad_values_stop_with_one_line(open_tmp: Path) -> N
         )
         assert res.returncode == 1, text
         assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+async def test_gshare_top_from_another_host_watches_and_cancels(
+    site: Site,
+    cluster_factory: Callable[..., Cluster],
+    workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The TUI's client reads [client] like gsub: here root's own credential (an admin),
+    from the login host's munged, over TCP+TLS."""
+    from tests.integration.test_top import settle
+    from tui.app import GshareTop
+    from tui.jobs import JobsView
+
+    cluster = cluster_factory(config=server_config(site), agents=1)
+    config = client_toml(site, cluster)
+    res = remote([str(BIN / "gsub"), "--json", "--wrap", "sleep 300"], config, cwd=workdir)
+    assert res.returncode == 0, res.stderr
+    job_id = int(json.loads(res.stdout)["job_id"])
+    cluster.wait_state(job_id, "RUNNING")
+    monkeypatch.delenv("GSHARE_ADDRESS", raising=False)
+    monkeypatch.setenv("GSHARE_CONFIG", str(config))
+    app = GshareTop(None)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, lambda: app.model.synced and job_id in app.model.jobs)
+        assert app.model.jobs[job_id].user == "nobody"
+        await pilot.press("2")
+        view = app.query_one(JobsView)
+        await settle(pilot, lambda: view.selected_job() == job_id)
+        await pilot.press("c")
+        await pilot.pause(0.3)
+        await pilot.press("y")
+        await settle(pilot, lambda: app.model.jobs[job_id].state == pb.CANCELLED, timeout=30)
+    assert cluster.state(job_id) == "CANCELLED"
