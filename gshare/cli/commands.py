@@ -439,7 +439,7 @@ def cmd_top(args: argparse.Namespace) -> int:
 def cmd_ca(args: argparse.Namespace) -> int:
     from gshare.ca import CaError, init, issue
 
-    days = args.days or (3650 if args.what == "init" else 825)
+    days = args.days if args.days is not None else (3650 if args.what == "init" else 825)
     if not 0 < days <= 36500:
         return fail("gshare ca", f"--days must be between 1 and 36500, not {days}", 2)
     try:

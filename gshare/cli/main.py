@@ -204,7 +204,7 @@ def gshare_parser() -> argparse.ArgumentParser:
         "--dir", type=Path, default=Path("gshare-ca"), help="where the CA is (default ./gshare-ca)"
     )
     ca.add_argument(
-        "--days", type=int, default=0, help="validity (default: 3650 for the CA, else 825)"
+        "--days", type=int, default=None, help="validity (default: 3650 for the CA, else 825)"
     )
     ca.set_defaults(func=cmd_ca)
 
