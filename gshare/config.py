@@ -7,10 +7,26 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from gshare.clientconfig import (
+    ClientConfig,
+    ClientConfigError,
+    client_config,
+    host_port,
+    parse_client_table,
+)
 from gshare.paths import SYSTEM_CONFIG, SYSTEM_SOCKET, default_state_dir
 from gshare.timefmt import TimeFormatError, parse_duration
 
-__all__ = ["SYSTEM_CONFIG", "SYSTEM_SOCKET", "Config", "ConfigError", "default_state_dir"]
+__all__ = [
+    "SYSTEM_CONFIG",
+    "SYSTEM_SOCKET",
+    "ClientConfig",
+    "Config",
+    "ConfigError",
+    "TlsConfig",
+    "client_config",
+    "default_state_dir",
+]
 
 
 class ConfigError(ValueError):
@@ -72,6 +88,20 @@ class MqttConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """The TCP listeners' TLS ([server.tls]): the scheduler's certificate and key, and the
+    cluster CA that signed the agents' (and readers') client certificates."""
+
+    cert_file: str = ""
+    key_file: str = ""
+    ca_file: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file)
+
+
+@dataclass(frozen=True)
 class AccountConfig:
     name: str
     shares: float
@@ -94,6 +124,10 @@ class Config:
     kill_invalid_depend: bool = True
     socket: str = ""
     tcp: str = ""
+    munge_socket: str = ""  # the scheduler's munged: TCP clients' credentials ([server])
+    agent_tcp: str = ""  # HOST:PORT for agents with a node certificate (mutual TLS)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
     store_url: str = ""
     sqlite_synchronous: str = "FULL"
     queues: dict[str, QueueConfig] = field(
@@ -112,6 +146,9 @@ class Config:
     agent_metrics_listen: str = ""  # HOST:PORT for each agent's /metrics; empty: off
     agent_scheduler: str = ""  # where agents find the scheduler (unix:PATH or HOST:PORT)
     agent_token_file: str = ""  # the agent token, for a scheduler reached over TCP
+    agent_ca_file: str = ""  # TLS to the scheduler: the CA of its certificate
+    agent_cert_file: str = ""  # the node's certificate (gshare ca node NAME), for agent_tcp
+    agent_key_file: str = ""
     source: str = "(built-in defaults)"
 
 
@@ -157,6 +194,7 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
         "mqtt",
         "telemetry",
         "slurm",
+        "client",
     }
     for key in data:
         if key not in known:
@@ -239,13 +277,39 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
         raise ConfigError(f"{twhere}: fatal_xids must be a list of positive Xid numbers")
     metrics_listen = _typed(server, "metrics", str, f"{source} [server]", "")
     agent = _section(data, "agent", source)
-    _known_keys(agent, {"metrics", "scheduler", "token_file"}, f"{source} [agent]")
-    agent_metrics = _typed(agent, "metrics", str, f"{source} [agent]", "")
-    agent_scheduler = _typed(agent, "scheduler", str, f"{source} [agent]", "")
-    agent_token_file = _typed(agent, "token_file", str, f"{source} [agent]", "")
-    for key, value in (("[server] metrics", metrics_listen), ("[agent] metrics", agent_metrics)):
-        if value and not _host_port(value, listen=True):
+    awhere = f"{source} [agent]"
+    _known_keys(
+        agent,
+        {"metrics", "scheduler", "token_file", "ca_file", "cert_file", "key_file"},
+        awhere,
+    )
+    agent_metrics = _typed(agent, "metrics", str, awhere, "")
+    agent_scheduler = _typed(agent, "scheduler", str, awhere, "")
+    agent_token_file = _typed(agent, "token_file", str, awhere, "")
+    agent_files = _files(agent, ("ca_file", "cert_file", "key_file"), awhere)
+    if bool(agent_files["cert_file"]) != bool(agent_files["key_file"]):
+        raise ConfigError(f"{awhere}: cert_file and key_file go together")
+    if agent_files["cert_file"] and not agent_files["ca_file"]:
+        raise ConfigError(f"{awhere}: cert_file needs ca_file (the scheduler's CA)")
+    swhere = f"{source} [server]"
+    _known_keys(server, {"socket", "tcp", "metrics", "munge_socket", "agent_tcp", "tls"}, swhere)
+    tcp = _typed(server, "tcp", str, swhere, "")
+    agent_tcp = _typed(server, "agent_tcp", str, swhere, "")
+    for key, value in (
+        ("[server] metrics", metrics_listen),
+        ("[agent] metrics", agent_metrics),
+        ("[server] tcp", tcp),
+        ("[server] agent_tcp", agent_tcp),
+    ):
+        if value and not host_port(value, listen=True):
             raise ConfigError(f"{source} {key}: expected HOST:PORT, not {value!r}")
+    tls = _tls(_section(server, "tls", swhere), f"{source} [server.tls]")
+    if agent_tcp and not (tls.enabled and tls.ca_file):
+        raise ConfigError(
+            f"{swhere}: agent_tcp needs [server.tls] cert_file, key_file and ca_file "
+            "(agents prove their node with a certificate from that CA)"
+        )
+    client = _client(_section(data, "client", source), f"{source} [client]")
     return Config(
         policy=_typed(sched, "policy", str, where, "fairshare"),
         policy_params=params,
@@ -258,7 +322,11 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
         max_array_size=max_array,
         kill_invalid_depend=kill_invalid,
         socket=_typed(server, "socket", str, f"{source} [server]", ""),
-        tcp=_typed(server, "tcp", str, f"{source} [server]", ""),
+        tcp=tcp,
+        munge_socket=_typed(server, "munge_socket", str, swhere, ""),
+        agent_tcp=agent_tcp,
+        tls=tls,
+        client=client,
         store_url=_typed(store, "url", str, f"{source} [store]", ""),
         sqlite_synchronous=sync,
         queues=queues,
@@ -272,8 +340,37 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
         agent_metrics_listen=agent_metrics,
         agent_scheduler=agent_scheduler,
         agent_token_file=agent_token_file,
+        agent_ca_file=agent_files["ca_file"],
+        agent_cert_file=agent_files["cert_file"],
+        agent_key_file=agent_files["key_file"],
         **fair,
     )
+
+
+def _files(table: dict[str, Any], keys: tuple[str, ...], where: str) -> dict[str, str]:
+    """Paths of files that must exist (certificates, keys), named by their key if not."""
+    values = {k: _typed(table, k, str, where, "") for k in keys}
+    for key, value in values.items():
+        if value and ("\0" in value or not Path(value).is_file()):
+            raise ConfigError(f"{where}: {key} {value!r} is not a readable file")
+    return values
+
+
+def _tls(table: dict[str, Any], where: str) -> TlsConfig:
+    _known_keys(table, {"cert_file", "key_file", "ca_file"}, where)
+    values = _files(table, ("cert_file", "key_file", "ca_file"), where)
+    if bool(values["cert_file"]) != bool(values["key_file"]):
+        raise ConfigError(f"{where}: cert_file and key_file go together")
+    if values["ca_file"] and not values["cert_file"]:
+        raise ConfigError(f"{where}: ca_file needs cert_file and key_file")
+    return TlsConfig(**values)
+
+
+def _client(table: dict[str, Any], where: str) -> ClientConfig:
+    try:
+        return parse_client_table(table, where)
+    except ClientConfigError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 SLURM_MODES = ("never", "when_idle_capacity_lacks", "always")
@@ -319,12 +416,6 @@ def _known_keys(table: dict[str, Any], known: set[str], where: str) -> None:
     for key in table:
         if key not in known:
             raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
-
-
-def _host_port(value: str, listen: bool = False) -> bool:
-    """HOST:PORT; to listen on, port 0 too (any free port: the daemon writes which)."""
-    host, sep, port = value.rpartition(":")
-    return bool(sep and host and port.isdigit() and (0 if listen else 1) <= int(port) < 65536)
 
 
 def _mqtt(table: dict[str, Any], where: str) -> MqttConfig:

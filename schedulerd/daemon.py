@@ -8,6 +8,7 @@
 - cycle.py    the scheduling cycle: snapshot, decide, persist, send
 - upkeep.py   leases, time limits, idle reclaim, drains and telemetry
 - handoff.py  jobs handed to Slurm, behind a small Protocol
+- callers.py  who calls, on each listener (Unix socket, TCP with MUNGE, agents' TLS)
 """
 
 from __future__ import annotations

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import logging
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import grpc
 
@@ -19,13 +16,14 @@ from gshare.arrays import JobRef, parse_job_ref
 from gshare.client import MAX_MESSAGE_BYTES
 from gshare.limits import MAX_SPEC_BYTES, SCRIPT_CEILING
 from schedulerd import agents as ag
+from schedulerd.callers import AGENT_NODE_HEADER
 from schedulerd.changes import JobReport
 from schedulerd.convert import job_to_pb, node_to_pb, set_gpu_stats, spec_of
 from schedulerd.daemon import Scheduler
 from schedulerd.errors import Refused
 from schedulerd.jobstate import IllegalTransition, JobState
 from schedulerd.model import EventRecord, GpuInfo, JobRecord, NodeRecord
-from schedulerd.peercred import ANONYMOUS, Caller, PeerCredFrontDoor
+from schedulerd.peercred import Caller
 from schedulerd.requests import array_of, dependency_of, tasks_of, validate
 from schedulerd.store import DatabaseFull
 
@@ -34,39 +32,13 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
-AGENT_TOKEN_HEADER = "x-gshare-agent-token"
-AGENT_NODE_HEADER = "x-gshare-node"  # the node an agent over TCP registers as, shown up front
 
+class Identities(Protocol):
+    """Who calls on one listener (schedulerd.callers: Unix socket, TCP, agents' TLS)."""
 
-def node_token(key: bytes, node: str) -> str:
-    """The credential of one node's agent: an HMAC of its name under the cluster's agent
-    key. It proves that node's name and no other, so a leaked token lets its holder
-    register as that node alone."""
-    return hmac.new(key, b"gshare-node:" + node.encode(), hashlib.sha256).hexdigest()
+    def caller(self, context: Ctx) -> Caller: ...
 
-
-class Identities:
-    """Maps a gRPC context to the caller: Unix peers by SO_PEERCRED, TCP peers anonymous."""
-
-    def __init__(self, door: PeerCredFrontDoor, agent_key: bytes = b"") -> None:
-        self.door = door
-        self.agent_key = agent_key
-
-    def caller(self, context: Ctx) -> Caller:
-        return self.door.caller_for(context.peer()) or ANONYMOUS
-
-    def may_be_agent(self, context: Ctx, node: str) -> bool:
-        """Root and the scheduler's own user (on the Unix socket) may register any node;
-        over TCP, an agent shows the token of the node it registers as."""
-        caller = self.caller(context)
-        if not caller.anonymous:
-            return caller.uid in (0, os.geteuid())
-        if not self.agent_key:
-            return False
-        sent = dict(context.invocation_metadata() or ()).get(AGENT_TOKEN_HEADER, "")
-        return isinstance(sent, str) and hmac.compare_digest(
-            sent.encode(), node_token(self.agent_key, node).encode()
-        )
+    def may_be_agent(self, context: Ctx, node: str) -> bool: ...
 
 
 async def _guard(context: Ctx, call: Awaitable[T]) -> T:
@@ -272,7 +244,8 @@ class ClientService(pb_grpc.ClientServiceServicer):
     async def _submit(self, caller: Caller, request: pb.SubmitJobRequest) -> tuple[int, int]:
         if caller.anonymous:
             raise Refused(
-                "submitting needs a known user: use the scheduler's Unix socket",
+                "submitting needs a known user: the scheduler's Unix socket, or a MUNGE "
+                "credential over TCP",
                 "PERMISSION_DENIED",
             )
         spec = request.spec
@@ -343,7 +316,8 @@ class ClientService(pb_grpc.ClientServiceServicer):
         if caller.anonymous:
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
-                "changing a job needs a known user: use the Unix socket",
+                "changing a job needs a known user: the Unix socket, or a MUNGE credential "
+                "over TCP",
             )
         ref = _ref(target) if target else JobRef(job_id)
         jobs, skipped = await _guard(context, self.v.act(caller, ref, verb, priority))
@@ -387,7 +361,7 @@ class ClientService(pb_grpc.ClientServiceServicer):
         if caller.anonymous:
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
-                "draining needs a known user: use the Unix socket",
+                "draining needs a known user: the Unix socket, or a MUNGE credential over TCP",
             )
         node = await _guard(
             context,
@@ -468,8 +442,8 @@ class AgentService(pb_grpc.AgentServiceServicer):
                 log.warning("refused an agent claiming node %r from %s", claimed, context.peer())
                 await context.abort(
                     grpc.StatusCode.PERMISSION_DENIED,
-                    f"only a holder of node {claimed!r}'s agent token may connect as that "
-                    "node's agent (and it must name its node in x-gshare-node)",
+                    f"only a holder of node {claimed!r}'s agent token or certificate may "
+                    "connect as that node's agent (and it must name its node in x-gshare-node)",
                 )
         first = await anext(aiter(request_iterator), None)
         if first is None or not first.HasField("register"):
@@ -483,7 +457,7 @@ class AgentService(pb_grpc.AgentServiceServicer):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"only root, the scheduler's user or a holder of node {reg.node!r}'s agent "
-                "token may connect as that node's agent",
+                "token or certificate may connect as that node's agent",
             )
         session = ag.AgentSession(reg.node, connected_at=self.s.clock(), peer=context.peer())
         await _guard(context, self.hub.connected(session, registration_of(reg)))

@@ -550,3 +550,22 @@ def cmd_top(args: argparse.Namespace) -> int:
     from tui.app import run  # Textual is imported only by the terminal UI
 
     return run(args.address)
+
+
+def cmd_ca(args: argparse.Namespace) -> int:
+    from gshare.ca import CaError, init, issue
+
+    days = args.days if args.days is not None else (3650 if args.what == "init" else 825)
+    if not 0 < days <= 36500:
+        return fail("gshare ca", f"--days must be between 1 and 36500, not {days}", 2)
+    try:
+        if args.what == "init":
+            if args.names:
+                return fail("gshare ca", "init takes no names (use --dir)", 2)
+            made = init(args.dir, days)
+        else:
+            made = issue(args.dir, args.what, list(args.names), days)
+    except CaError as exc:
+        return fail("gshare ca", str(exc), 2 if "name" in str(exc) else 1)
+    print(made)
+    return 0

@@ -10,6 +10,7 @@ from pathlib import Path
 from gshare import __version__
 from gshare.address import AddressError
 from gshare.cli.commands import (
+    cmd_ca,
     cmd_cancel,
     cmd_drain,
     cmd_hold,
@@ -213,6 +214,25 @@ def gshare_parser() -> argparse.ArgumentParser:
     )
     top.set_defaults(func=cmd_top)
 
+    ca = sub.add_parser(
+        "ca",
+        help="make the cluster's CA and its TLS certificates",
+        description="The certificates of a cluster over TCP: `init` makes the CA "
+        "(DIR/ca.pem for everyone, DIR/ca.key for the admin alone); `scheduler HOST...` the "
+        "scheduler's certificate for the names clients use; `node NAME` a node agent's "
+        "certificate, which lets it register as NAME only; `reader NAME` a read-only "
+        "client certificate. Existing files are never replaced.",
+    )
+    ca.add_argument("what", choices=["init", "scheduler", "node", "reader"])
+    ca.add_argument("names", nargs="*", metavar="NAME")
+    ca.add_argument(
+        "--dir", type=Path, default=Path("gshare-ca"), help="where the CA is (default ./gshare-ca)"
+    )
+    ca.add_argument(
+        "--days", type=int, default=None, help="validity (default: 3650 for the CA, else 825)"
+    )
+    ca.set_defaults(func=cmd_ca)
+
     from gshare.up import add_up_parser
 
     add_up_parser(sub)
@@ -225,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    if args.command in ("up", "sim", "top"):
+    if args.command in ("up", "sim", "top", "ca"):
         try:
             return int(args.func(args))
         except UsageError as exc:
