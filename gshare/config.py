@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from gshare.limits import parse_mem_mb
 from gshare.paths import SYSTEM_CONFIG, SYSTEM_SOCKET, default_state_dir
 from gshare.timefmt import TimeFormatError, parse_duration
 
@@ -32,6 +34,7 @@ class QueueConfig:
     # while Slurm has free GPUs for the job) or "always"
     slurm: str = "never"
     slurm_after_s: int = 600
+    default_mem_mb: int = 0  # a job's memory when it asks for none (--mem); 0: unlimited
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,9 @@ class Config:
     agent_metrics_listen: str = ""  # HOST:PORT for each agent's /metrics; empty: off
     agent_scheduler: str = ""  # where agents find the scheduler (unix:PATH or HOST:PORT)
     agent_token_file: str = ""  # the agent token, for a scheduler reached over TCP
+    agent_confine: str = "auto"  # "auto": jobs in cgroups when the agent is root; "off"
+    agent_cgroup_root: str = "gshare"  # below the agent's own cgroup; "/..." from the top
+    agent_pids_max: int = 16384  # processes and threads per job; 0: no limit
     source: str = "(built-in defaults)"
 
 
@@ -198,6 +204,7 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
         if mode not in SLURM_MODES:
             raise ConfigError(f"{qwhere}: slurm must be one of {', '.join(SLURM_MODES)}")
         after = _duration(table, "slurm_after", qwhere) if "slurm_after" in table else 600
+        default_mem = _mem_mb(table, "default_mem", qwhere)
         queues[name] = QueueConfig(
             name,
             _duration(table, "default_time_limit", qwhere),
@@ -208,6 +215,7 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
             idle_time_s=idle_time,
             slurm=mode,
             slurm_after_s=after,
+            default_mem_mb=default_mem,
         )
     if not queues:
         queues = {"default": QueueConfig("default")}
@@ -231,7 +239,22 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
         raise ConfigError(f"{twhere}: fatal_xids must be a list of positive Xid numbers")
     metrics_listen = _typed(server, "metrics", str, f"{source} [server]", "")
     agent = _section(data, "agent", source)
-    _known_keys(agent, {"metrics", "scheduler", "token_file"}, f"{source} [agent]")
+    _known_keys(
+        agent,
+        {"metrics", "scheduler", "token_file", "confine", "cgroup_root", "pids_max"},
+        f"{source} [agent]",
+    )
+    confine = _typed(agent, "confine", str, f"{source} [agent]", "auto")
+    if confine not in ("auto", "off"):
+        raise ConfigError(f"{source} [agent]: confine must be auto or off, not {confine!r}")
+    cgroup_root = _typed(agent, "cgroup_root", str, f"{source} [agent]", "gshare")
+    try:
+        check_cgroup_root(cgroup_root)
+    except ValueError as exc:
+        raise ConfigError(f"{source} [agent]: cgroup_root: {exc}") from exc
+    pids_max = _typed(agent, "pids_max", int, f"{source} [agent]", 16384)
+    if not 0 <= pids_max <= MAX_PIDS:
+        raise ConfigError(f"{source} [agent]: pids_max must be between 0 and {MAX_PIDS}")
     agent_metrics = _typed(agent, "metrics", str, f"{source} [agent]", "")
     agent_scheduler = _typed(agent, "scheduler", str, f"{source} [agent]", "")
     agent_token_file = _typed(agent, "token_file", str, f"{source} [agent]", "")
@@ -262,6 +285,9 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
         agent_metrics_listen=agent_metrics,
         agent_scheduler=agent_scheduler,
         agent_token_file=agent_token_file,
+        agent_confine=confine,
+        agent_cgroup_root=cgroup_root,
+        agent_pids_max=pids_max,
         **fair,
     )
 
@@ -302,7 +328,33 @@ _QUEUE_KEYS = {
     "idle_time",
     "slurm",
     "slurm_after",
+    "default_mem",
 }
+
+
+MAX_PIDS = 1 << 22  # Linux's PID_MAX_LIMIT
+
+
+def check_cgroup_root(root: str) -> None:
+    """A cgroup path for the agent's jobs: names of letters, digits, ".", "_", "-" joined
+    by "/" (a leading "/": from the hierarchy's top); ValueError with the reason."""
+    parts = root.strip("/").split("/")
+    if not root.strip("/") or len(root) > 256:
+        raise ValueError(f"{root!r} must be a path of 1 to 256 characters")
+    for part in parts:
+        if part in (".", "..") or not re.fullmatch(r"[A-Za-z0-9._-]+", part):
+            raise ValueError(f"{root!r}: {part!r} is not a plain name (letters, digits, . _ -)")
+
+
+def _mem_mb(table: dict[str, Any], key: str, where: str) -> int:
+    """A memory size: "16G", "512M" (as gsub --mem takes it); 0 or absent: none."""
+    value = table.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ConfigError(f'{where}: {key} must be a size such as "16G", not {value!r}')
+    try:
+        return parse_mem_mb(str(value)) if value != 0 else 0
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {key}: {exc}") from exc
 
 
 def _known_keys(table: dict[str, Any], known: set[str], where: str) -> None:

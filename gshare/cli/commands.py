@@ -264,6 +264,7 @@ def cmd_nodes(client: Client, args: argparse.Namespace) -> int:
                         "state": pb.NodeState.Name(n.state).removeprefix("NODE_"),
                         "reason": n.reason,
                         "gpu_backend": n.gpu_backend,
+                        "confinement": n.confinement or None,
                         "telemetry": n.telemetry or None,
                         "drained": n.drained,
                         "gpus": [
@@ -303,12 +304,24 @@ def cmd_nodes(client: Client, args: argparse.Namespace) -> int:
                 printable(n.gpu_backend) or "-",
                 str(n.cpus),
                 f"{n.mem_mb // 1024}G",
+                _short(printable(n.confinement), 40) or "-",
                 _short(printable(n.reason), 40),
             ]
         )
     print(
         table(
-            rows, ["NODE", "STATE", "GPUS(USED/ALL)", "MODEL", "BACKEND", "CPUS", "MEM", "REASON"]
+            rows,
+            [
+                "NODE",
+                "STATE",
+                "GPUS(USED/ALL)",
+                "MODEL",
+                "BACKEND",
+                "CPUS",
+                "MEM",
+                "CONFINED",
+                "REASON",
+            ],
         )
     )
     if args.gpus:
