@@ -118,8 +118,9 @@ class NvmlProbe:
 
     def _minor(self, h: Any) -> int:
         """The device's minor number (/dev/nvidiaN), which the job's cgroup allows or not."""
+        get = getattr(self._nvml, "nvmlDeviceGetMinorNumber", None)
         try:
-            return int(self._nvml.nvmlDeviceGetMinorNumber(h))
+            return int(get(h)) if get is not None else -1
         except self._nvml.NVMLError:
             return -1
 

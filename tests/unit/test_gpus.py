@@ -35,6 +35,7 @@ def fake_pynvml(links: dict[int, dict[int, int]], fail_init: bool = False) -> ty
     nv.nvmlDeviceGetUUID = lambda h: f"GPU-{h:08d}-aaaa"
     nv.nvmlDeviceGetName = lambda h: b"NVIDIA H100 80GB HBM3"
     nv.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(total=80 * (1 << 30))
+    nv.nvmlDeviceGetMinorNumber = lambda h: 7 - h  # /dev/nvidiaN need not follow the index
 
     def link_state(h: int, link: int) -> int:
         if link not in links.get(h, {}):
@@ -56,6 +57,7 @@ def test_nvml_inventory_and_nvlink_peers(monkeypatch: pytest.MonkeyPatch) -> Non
     assert [(g.index, g.nvlink_peers) for g in gpus] == [(0, (1,)), (1, (0,)), (2, (3,)), (3, (2,))]
     assert gpus[2].uuid == "GPU-00000002-aaaa" and gpus[2].model == "NVIDIA H100 80GB HBM3"
     assert gpus[0].memory_mb == 80 * 1024 and gpus[3].pci_bus_id == "00000000:13:00.0"
+    assert [g.minor for g in gpus] == [7, 6, 5, 4]  # what each job's devices cgroup names
 
 
 def test_no_driver_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
