@@ -133,7 +133,7 @@ class CgroupV1(_Cgroups):
         if limits.mem_mb:
             limit = str(limits.mem_mb << 20)
             _write(mem / "memory.limit_in_bytes", limit)
-            if (mem / "memory.memsw.limit_in_bytes").exists():  # swap accounting is on
+            with contextlib.suppress(FileNotFoundError):  # absent: no swap accounting
                 _write(mem / "memory.memsw.limit_in_bytes", limit)
         if limits.cpus:
             cpu = self._dir("cpu", job_id)
@@ -156,7 +156,7 @@ class CgroupV2(_Cgroups):
         d = self._dir("memory", job_id)
         if limits.mem_mb:
             _write(d / "memory.max", str(limits.mem_mb << 20))
-            if (d / "memory.swap.max").exists():
+            with contextlib.suppress(FileNotFoundError):  # absent: no swap accounting
                 _write(d / "memory.swap.max", "0")
         if limits.cpus:
             _write(d / "cpu.max", f"{limits.cpus * CFS_PERIOD_US} {CFS_PERIOD_US}")
@@ -258,15 +258,16 @@ def _setup_v2(base: Path, own: str, root: str) -> Confinement:
     top = base / own_path
     job_root = _below(base, own_path, root)
     enable = " ".join(f"+{c}" for c in V2_CONTROLLERS)
+    start = top if job_root.is_relative_to(top) else base  # "/ROOT": from the top
     try:
-        if own_path:  # the hierarchy's top cgroup may have processes and controllers both
+        if own_path and start == top:  # the top cgroup may have processes and controllers
             leaf = top / AGENT_LEAF
             leaf.mkdir(mode=0o755, exist_ok=True)
             for pid in _procs(top):
                 with contextlib.suppress(ProcessLookupError):
                     _write(leaf / "cgroup.procs", str(pid))
-        chain = [top]
-        for part in job_root.relative_to(top).parts:
+        chain = [start]
+        for part in job_root.relative_to(start).parts:
             chain.append(chain[-1] / part)
         for d in chain:
             d.mkdir(mode=0o755, exist_ok=True)
