@@ -425,7 +425,7 @@ class Launcher:
         own = set(req.gpu_indexes)
         return JobLimits(
             mem_mb=req.mem_mb,
-            cpus=req.cpus,
+            cpus=min(req.cpus, os.cpu_count() or 1),  # a quota past the node's CPUs is none
             pids_max=self.pids_max,
             denied_gpu_minors=tuple(sorted(m for i, m in self.gpu_minors.items() if i not in own)),
         )

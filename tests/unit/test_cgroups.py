@@ -12,6 +12,7 @@ import pytest
 from gshare.limits import format_mem_mb, parse_mem_mb
 from nodeagent import cgroups
 from nodeagent.cgroups import CgroupV1, CgroupV2, JobLimits
+from nodeagent.main import main as agent_main
 
 SERVICE = "system.slice/gshare-nodeagent.service"
 LIMITS = JobLimits(mem_mb=32 * 1024, cpus=2, pids_max=100, denied_gpu_minors=(0, 2))
@@ -224,3 +225,13 @@ def test_memory_sizes_as_users_write_them() -> None:
     for bad in ("", "lots", "-1", "1.5G", "1\x00G", "9" * 5000):
         with pytest.raises(ValueError):
             parse_mem_mb(bad)
+
+
+@pytest.mark.parametrize("root", ["../escape", "a/../../b", "", "/", "x" * 300, "a b", "a\nb"])
+def test_the_agent_refuses_a_bad_cgroup_root_in_one_line(
+    root: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = agent_main(["--cgroup-root", root, "--fake-gpus", "1", "--address", "unix:/none"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("gshare-nodeagent: --cgroup-root: ")
+    assert err.count("\n") == 1, err
