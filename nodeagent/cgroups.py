@@ -121,7 +121,12 @@ class _Cgroups(Confinement):
         raise NotImplementedError
 
     def remove(self, job_id: int) -> bool:
-        return remove([str(d) for d in self.job_dirs(job_id)], wait_s=1.0)
+        """Kill what is left in the job's cgroup (its supervisor does, unless it died) and
+        remove it; True if it is gone."""
+        dirs = [str(d) for d in self.job_dirs(job_id) if d.exists()]
+        if dirs:
+            kill_all({"dirs": dirs})
+        return remove(dirs, wait_s=1.0)
 
 
 class CgroupV1(_Cgroups):

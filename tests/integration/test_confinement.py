@@ -197,7 +197,11 @@ def test_a_job_with_one_cpu_uses_at_most_about_one_cpu(confined: Cluster, workdi
     time.sleep(3.0)
     used1, t1 = usage()
     cpus = (used1 - used0) / (t1 - t0)
-    print(f"job {job_id}: {cpus:.3f} CPUs over {t1 - t0:.1f}s with --cpus 1 and two busy loops")
+    stat = dict(line.split() for line in (cpu / "cpu.stat").read_text().splitlines())
+    print(
+        f"job {job_id}: {cpus:.3f} CPUs over {t1 - t0:.1f}s with --cpus 1 and two busy loops;"
+        f" throttled in {stat.get('nr_throttled')} of {stat.get('nr_periods')} periods"
+    )
     assert 0 < cpus <= 1.2
     confined.gshare("cancel", str(job_id))
     confined.wait_state(job_id, "CANCELLED")
@@ -295,3 +299,64 @@ def test_an_agent_that_is_not_root_runs_jobs_unconfined_and_says_so(
         log.close()
     text = (open_tmp / "plain-agent.log").read_text()
     assert "jobs run unconfined: none (agent not root)" in text
+
+
+ESCAPE = f"""#!{SYSTEM_PYTHON}
+# try to leave the job's cgroup, and to raise its own memory limit
+import os, sys
+parent, own = sys.argv[1], sys.argv[2]
+for path, value in ((parent + "/cgroup.procs", str(os.getpid())),
+                    (own + "/memory.limit_in_bytes", str(1 << 40))):
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+        print(path, "written")
+    except OSError as exc:
+        print(path, exc.strerror)
+print(open("/proc/self/cgroup").read())
+"""
+
+
+def test_a_job_cannot_leave_its_cgroup_or_raise_its_limit(confined: Cluster, workdir: Path) -> None:
+    mem_root = job_cgroup(confined, 0, "memory").parent
+    job_id = confined.submit(
+        "--mem",
+        "128M",
+        script(workdir, "escape.py", ESCAPE),
+        str(mem_root),
+        str(mem_root / "job-1"),  # its own: the first job of this cluster
+        user="nobody",
+        cwd=workdir,
+    )
+    assert job_id == 1
+    job = confined.wait_state(job_id, {"COMPLETED", "FAILED"})
+    text = output(confined, job_id)
+    assert pb_state(job) == "COMPLETED", (job.reason, text)
+    assert f"{mem_root}/cgroup.procs Permission denied" in text, text
+    assert f"{mem_root}/job-1/memory.limit_in_bytes Permission denied" in text, text
+    assert "written" not in text
+    memory_line = next(line for line in text.splitlines() if ":memory:" in line)
+    assert memory_line.endswith(f"/{confined.cgroup_root}/node0/job-1"), memory_line
+
+
+def test_an_oom_kill_while_the_agent_is_down_is_reported_by_the_next_agent(
+    confined: Cluster, workdir: Path
+) -> None:
+    release = workdir / "release"
+    waiter = f"#!{SYSTEM_PYTHON}\nimport os, time\nwhile not os.path.exists({str(release)!r}):\n"
+    waiter += "    time.sleep(0.2)\n" + ALLOCATE.split("\n", 1)[1]
+    job_id = confined.submit(
+        "--mem", "64M", script(workdir, "late-hog.py", waiter), user="nobody", cwd=workdir
+    )
+    confined.wait_state(job_id, "RUNNING")
+    confined.kill_agent("node0")
+    release.touch()
+    exit_record = confined.root / "agent-node0" / "jobs" / str(job_id) / "exit.json"
+    wait_until("the job to end, its agent away", exit_record.exists)
+    assert json.loads(exit_record.read_text())["oom_kills"] >= 1
+    assert not any(
+        d.exists() for d in cgroups.detect("auto", f"{confined.cgroup_root}/node0").job_dirs(job_id)
+    )  # its supervisor removed its cgroup
+    confined.start_agent("node0")
+    job = confined.wait_state(job_id, {"FAILED", "COMPLETED"})
+    assert job.reason == "out of memory (limit 64M)", job.reason
