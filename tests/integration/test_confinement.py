@@ -94,10 +94,18 @@ def confined(cluster_factory: Callable[..., Cluster]) -> Iterator[Cluster]:
         '[queues.default]\ndefault_mem = "256M"\n',
     )
     yield cluster
-    for pid_file in cluster.root.glob("agent-*/jobs/*/pid.json"):  # nothing left running
-        cluster.gshare("cancel", pid_file.parent.name)
+    # every job ended: its supervisor has removed its cgroup before it wrote exit.json
+    running = [d for d in cluster.root.glob("agent-*/jobs/*") if not (d / "exit.json").exists()]
+    for job_dir in running:
+        cluster.gshare("cancel", job_dir.name)
+    for job_dir in running:
+        wait_until(f"job {job_dir.name} to end", lambda: ended(job_dir))  # noqa: B023
     cluster.stop()
     assert cluster.remove_cgroups() == [], "job cgroups left behind"
+
+
+def ended(job_dir: Path) -> bool:
+    return (job_dir / "exit.json").exists() or not job_dir.exists()
 
 
 def script(workdir: Path, name: str, text: str) -> str:
