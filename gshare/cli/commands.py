@@ -29,6 +29,7 @@ from gshare.cli.render import (
 )
 from gshare.client import Client, ClientError
 from gshare.jobs import LIVE, STATE_NAMES, where
+from gshare.limits import format_mem_mb
 from gshare.render import printable
 from gshare.timefmt import format_duration
 
@@ -178,6 +179,11 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
         ("Priority", str(job.spec.priority)),
         ("GPUs", f"{job.spec.gpus} requested; assigned {gpus}"),
         ("Time limit", format_duration(job.spec.time_limit_s) if job.spec.time_limit_s else "none"),
+        (
+            "CPUs, memory",
+            f"{job.spec.cpus or 'any'}, "
+            f"{format_mem_mb(job.spec.mem_mb) if job.spec.mem_mb else 'any'}",
+        ),
         ("Submitted", _when(job.submit_time)),
         ("Started", _when(job.start_time)),
         ("Ended", _when(job.end_time)),

@@ -164,6 +164,7 @@ def test_a_job_past_its_memory_is_killed_and_said_so_while_its_neighbour_runs_on
     assert confined.state(neighbour) == "RUNNING"  # its node and its neighbour ran on
     res = confined.gshare("show", str(hog))
     assert "out of memory (limit 64M)" in res.out, res.out
+    assert "CPUs, memory: any, 64M" in res.out, res.out
     release.touch()
     done = confined.wait_state(neighbour, {"COMPLETED", "FAILED"})
     assert done.reason == "" and "neighbour done" in output(confined, neighbour), done.reason

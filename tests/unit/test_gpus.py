@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 import types
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -80,3 +83,18 @@ def test_fake_gpus_are_stable_per_node() -> None:
     )
     with pytest.raises(ValueError):
         FakeProbe("n", 0)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")
+def test_fake_gpus_of_a_confining_agent_are_character_devices(tmp_path: Path) -> None:
+    """195:N, as /dev/nvidiaN, so a job's devices cgroup rules them as on a real node; the
+    regular files of an earlier unconfined run are replaced, and back again."""
+    FakeProbe("n1", 2, dev_dir=tmp_path)
+    assert stat.S_ISREG((tmp_path / "nvidia1").stat().st_mode)
+    FakeProbe("n1", 2, dev_dir=tmp_path, char_devices=True)
+    for i in range(2):
+        st = (tmp_path / f"nvidia{i}").stat()
+        assert stat.S_ISCHR(st.st_mode) and st.st_mode & 0o777 == 0o666
+        assert (os.major(st.st_rdev), os.minor(st.st_rdev)) == (195, i)
+    FakeProbe("n1", 2, dev_dir=tmp_path)
+    assert stat.S_ISREG((tmp_path / "nvidia0").stat().st_mode)
