@@ -88,13 +88,22 @@ class Confinement:
     def job_dirs(self, job_id: int) -> tuple[Path, ...]:
         return ()
 
+    def close(self) -> None:
+        """The agent stops: what it made for itself goes, if no job is left in it."""
+
 
 class _Cgroups(Confinement):
     enforced = True
 
-    def __init__(self, kind: str, roots: dict[str, Path]) -> None:
+    def __init__(self, kind: str, roots: dict[str, Path], made: Sequence[Path] = ()) -> None:
         super().__init__(kind)
         self.roots = roots  # controller -> the directory job cgroups are made in
+        self.made = list(made)  # the directories detect() made, parents first
+
+    def close(self) -> None:
+        for d in reversed(self.made):
+            with contextlib.suppress(OSError):  # a job still runs there: it stays
+                d.rmdir()
 
     def job_dirs(self, job_id: int) -> tuple[Path, ...]:
         seen: dict[Path, None] = {}
@@ -130,8 +139,8 @@ class _Cgroups(Confinement):
 
 
 class CgroupV1(_Cgroups):
-    def __init__(self, roots: dict[str, Path]) -> None:
-        super().__init__("cgroup v1", roots)
+    def __init__(self, roots: dict[str, Path], made: Sequence[Path] = ()) -> None:
+        super().__init__("cgroup v1", roots, made)
 
     def _limit(self, job_id: int, limits: JobLimits) -> None:
         mem = self._dir("memory", job_id)
@@ -152,9 +161,9 @@ class CgroupV1(_Cgroups):
 
 
 class CgroupV2(_Cgroups):
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, made: Sequence[Path] = ()) -> None:
         super().__init__(
-            "cgroup v2 (GPU devices not confined)", dict.fromkeys(V2_CONTROLLERS, root)
+            "cgroup v2 (GPU devices not confined)", dict.fromkeys(V2_CONTROLLERS, root), made
         )
 
     def _limit(self, job_id: int, limits: JobLimits) -> None:
@@ -246,12 +255,21 @@ def detect(
     missing = [c for c in V1_CONTROLLERS if c not in roots]
     if missing:
         return Confinement(f"none (no cgroup controller {', '.join(missing)})")
+    made: list[Path] = []
     try:
         for path in dict.fromkeys(roots.values()):
-            path.mkdir(mode=0o755, parents=True, exist_ok=True)
+            made += _make_dirs(path)
     except OSError as exc:
         return Confinement(f"none (cannot create {exc.filename}: {_why(exc)})")
-    return CgroupV1(roots)
+    return CgroupV1(roots, made)
+
+
+def _make_dirs(path: Path) -> list[Path]:
+    """mkdir -p; the directories it made, parents first."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for p in reversed(missing):
+        p.mkdir(mode=0o755, exist_ok=True)
+    return missing[::-1]
 
 
 def _setup_v2(base: Path, own: str, root: str) -> Confinement:
@@ -274,15 +292,14 @@ def _setup_v2(base: Path, own: str, root: str) -> Confinement:
         chain = [start]
         for part in job_root.relative_to(start).parts:
             chain.append(chain[-1] / part)
-        for d in chain:
-            d.mkdir(mode=0o755, exist_ok=True)
+        made = _make_dirs(job_root)
         for d in chain:
             _write(d / "cgroup.subtree_control", enable)
     except OSError as exc:
         return Confinement(
             f"none (cgroup v2 not delegated to the agent: {exc.filename}: {_why(exc)})"
         )
-    return CgroupV2(job_root)
+    return CgroupV2(job_root, made)
 
 
 # ---------------------------------------------------------------- the shim's side

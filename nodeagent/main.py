@@ -263,6 +263,7 @@ async def run(
         with contextlib.suppress(asyncio.CancelledError):
             await task
     probe.close()
+    confinement.close()
     return 0 if metrics is not None or not listen else 1
 
 

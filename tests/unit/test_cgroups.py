@@ -235,3 +235,19 @@ def test_the_agent_refuses_a_bad_cgroup_root_in_one_line(
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("gshare-nodeagent: --cgroup-root: ")
     assert err.count("\n") == 1, err
+
+
+def test_a_stopping_agent_removes_what_it_made_unless_a_job_is_left_there(
+    tmp_path: Path, writes: dict[str, list[str]]
+) -> None:
+    mounts, own = v1_tree(tmp_path)
+    found = cgroups.detect("auto", "gshare/node7", mounts=mounts, own=own, euid=0)
+    assert (tmp_path / "pids/agent.slice/gshare/node7").is_dir()
+    found.create(5, JobLimits())  # a job that outlives its agent (as they do)
+    found.close()
+    assert (tmp_path / "pids/agent.slice/gshare/node7/job-5").is_dir()
+    for d in found.job_dirs(5):
+        d.rmdir()
+    found.close()
+    assert not (tmp_path / "pids/agent.slice/gshare").exists()
+    assert (tmp_path / "pids/agent.slice").is_dir()  # the agent's own: not ours to remove
