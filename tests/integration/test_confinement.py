@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from nodeagent import cgroups
@@ -369,3 +370,22 @@ def test_an_oom_kill_while_the_agent_is_down_is_reported_by_the_next_agent(
     confined.start_agent("node0")
     job = confined.wait_state(job_id, {"FAILED", "COMPLETED"})
     assert job.reason == "out of memory (limit 64M)", job.reason
+
+
+def test_what_a_job_leaves_running_outside_its_process_group_ends_with_it(
+    confined: Cluster, workdir: Path
+) -> None:
+    pid_file = workdir / "stray.pid"
+    body = f"#!/bin/sh\nsetsid sleep 600 &\necho $! > {pid_file}\nexit 0\n"
+    job_id = confined.submit(script(workdir, "stray.sh", body), user="nobody", cwd=workdir)
+    job = confined.wait_state(job_id, {"COMPLETED", "FAILED"})
+    assert pb_state(job) == "COMPLETED", job.reason
+    stray = int(pid_file.read_text())
+    # its supervisor killed it (it was in the job's cgroup, not in its process group)
+    # before it wrote the end the agent reported
+    try:
+        proc = psutil.Process(stray)
+        alive = proc.cmdline() == ["sleep", "600"] and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:  # gone (or its pid reused since by something else)
+        alive = False
+    assert not alive

@@ -5,6 +5,10 @@ tests/integration/test_confinement.py; cgroup v2 only here."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -251,3 +255,41 @@ def test_a_stopping_agent_removes_what_it_made_unless_a_job_is_left_there(
     found.close()
     assert not (tmp_path / "pids/agent.slice/gshare").exists()
     assert (tmp_path / "pids/agent.slice").is_dir()  # the agent's own: not ours to remove
+
+
+def real_v2_top() -> Path | None:
+    """This machine's cgroup2 mount with our own cgroup in it, if root may write there."""
+    if os.geteuid() != 0:
+        return None
+    own = cgroups.parse_own(Path("/proc/self/cgroup").read_text()).get("")
+    for m in cgroups.parse_mounts(Path("/proc/self/mounts").read_text()):
+        if m.fstype == "cgroup2" and own is not None:
+            top = m.path / own.strip("/")
+            return top if os.access(top, os.W_OK) else None
+    return None
+
+
+@pytest.mark.skipif(real_v2_top() is None, reason="needs root and a cgroup2 mount")
+def test_on_the_real_v2_hierarchy_a_job_joins_its_cgroup_and_nothing_outlives_it() -> None:
+    """The supervisor's side on a real cgroup2 (without controllers here: the mechanics, not
+    the limits): the job's process joins, a process that left its session is killed at the
+    end with it, and the cgroup is removed."""
+    top = real_v2_top()
+    assert top is not None
+    root = top / f"gshare-test-{uuid.uuid4().hex[:12]}"
+    root.mkdir()
+    try:
+        confinement = CgroupV2(root)
+        made = confinement.create(1, JobLimits())
+        job = subprocess.Popen(["sleep", "600"], start_new_session=True)
+        try:
+            cgroups.join(made.as_spec(), job.pid)
+            assert (root / "job-1" / "cgroup.procs").read_text().split() == [str(job.pid)]
+            cgroups.kill_all(made.as_spec())
+            assert job.wait(10) == -signal.SIGKILL
+        finally:
+            job.kill()
+        assert cgroups.remove(made.dirs) and not (root / "job-1").exists()
+    finally:
+        cgroups.remove([str(root / "job-1"), str(root)])
+    assert not root.exists()
