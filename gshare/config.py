@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -14,6 +15,7 @@ from gshare.clientconfig import (
     host_port,
     parse_client_table,
 )
+from gshare.limits import parse_mem_mb
 from gshare.paths import SYSTEM_CONFIG, SYSTEM_SOCKET, default_state_dir
 from gshare.timefmt import TimeFormatError, parse_duration
 
@@ -48,6 +50,7 @@ class QueueConfig:
     # while Slurm has free GPUs for the job) or "always"
     slurm: str = "never"
     slurm_after_s: int = 600
+    default_mem_mb: int = 0  # a job's memory when it asks for none (--mem); 0: unlimited
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,9 @@ class Config:
     agent_ca_file: str = ""  # TLS to the scheduler: the CA of its certificate
     agent_cert_file: str = ""  # the node's certificate (gshare ca node NAME), for agent_tcp
     agent_key_file: str = ""
+    agent_confine: str = "auto"  # "auto": jobs in cgroups when the agent is root; "off"
+    agent_cgroup_root: str = "gshare"  # below the agent's own cgroup; "/..." from the top
+    agent_pids_max: int = 16384  # processes and threads per job; 0: no limit
     source: str = "(built-in defaults)"
 
 
@@ -244,6 +250,7 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
         if mode not in SLURM_MODES:
             raise ConfigError(f"{qwhere}: slurm must be one of {', '.join(SLURM_MODES)}")
         after = _duration(table, "slurm_after", qwhere) if "slurm_after" in table else 600
+        default_mem = _mem_mb(table, "default_mem", qwhere)
         queues[name] = QueueConfig(
             name,
             _duration(table, "default_time_limit", qwhere),
@@ -254,6 +261,7 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
             idle_time_s=idle_time,
             slurm=mode,
             slurm_after_s=after,
+            default_mem_mb=default_mem,
         )
     if not queues:
         queues = {"default": QueueConfig("default")}
@@ -280,9 +288,30 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
     awhere = f"{source} [agent]"
     _known_keys(
         agent,
-        {"metrics", "scheduler", "token_file", "ca_file", "cert_file", "key_file"},
+        {
+            "metrics",
+            "scheduler",
+            "token_file",
+            "ca_file",
+            "cert_file",
+            "key_file",
+            "confine",
+            "cgroup_root",
+            "pids_max",
+        },
         awhere,
     )
+    confine = _typed(agent, "confine", str, awhere, "auto")
+    if confine not in ("auto", "off"):
+        raise ConfigError(f"{awhere}: confine must be auto or off, not {confine!r}")
+    cgroup_root = _typed(agent, "cgroup_root", str, awhere, "gshare")
+    try:
+        check_cgroup_root(cgroup_root)
+    except ValueError as exc:
+        raise ConfigError(f"{awhere}: cgroup_root: {exc}") from exc
+    pids_max = _typed(agent, "pids_max", int, awhere, 16384)
+    if not 0 <= pids_max <= MAX_PIDS:
+        raise ConfigError(f"{awhere}: pids_max must be between 0 and {MAX_PIDS}")
     agent_metrics = _typed(agent, "metrics", str, awhere, "")
     agent_scheduler = _typed(agent, "scheduler", str, awhere, "")
     agent_token_file = _typed(agent, "token_file", str, awhere, "")
@@ -343,6 +372,9 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
         agent_ca_file=agent_files["ca_file"],
         agent_cert_file=agent_files["cert_file"],
         agent_key_file=agent_files["key_file"],
+        agent_confine=confine,
+        agent_cgroup_root=cgroup_root,
+        agent_pids_max=pids_max,
         **fair,
     )
 
@@ -409,7 +441,33 @@ _QUEUE_KEYS = {
     "idle_time",
     "slurm",
     "slurm_after",
+    "default_mem",
 }
+
+
+MAX_PIDS = 1 << 22  # Linux's PID_MAX_LIMIT
+
+
+def check_cgroup_root(root: str) -> None:
+    """A cgroup path for the agent's jobs: names of letters, digits, ".", "_", "-" joined
+    by "/" (a leading "/": from the hierarchy's top); ValueError with the reason."""
+    parts = root.strip("/").split("/")
+    if not root.strip("/") or len(root) > 256:
+        raise ValueError(f"{root!r} must be a path of 1 to 256 characters")
+    for part in parts:
+        if part in (".", "..") or not re.fullmatch(r"[A-Za-z0-9._-]+", part):
+            raise ValueError(f"{root!r}: {part!r} is not a plain name (letters, digits, . _ -)")
+
+
+def _mem_mb(table: dict[str, Any], key: str, where: str) -> int:
+    """A memory size: "16G", "512M" (as gsub --mem takes it); 0 or absent: none."""
+    value = table.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ConfigError(f'{where}: {key} must be a size such as "16G", not {value!r}')
+    try:
+        return parse_mem_mb(str(value)) if value != 0 else 0
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {key}: {exc}") from exc
 
 
 def _known_keys(table: dict[str, Any], known: set[str], where: str) -> None:

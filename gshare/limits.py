@@ -45,3 +45,25 @@ _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|BASH_FUNC_[A-Za-z0-9_.:+-]+%%")
 
 def env_name_ok(name: str) -> bool:
     return _ENV_KEY.fullmatch(name) is not None
+
+
+def parse_mem_mb(text: str) -> int:
+    """A memory size as --mem takes it (16G, 512M, 32000: MB without a unit) in MB;
+    ValueError with the reason when it is not one, or more than MAX_MEM_MB."""
+    match = re.fullmatch(r"(\d+)\s*([kKmMgGtT]?)[bB]?", text.strip())
+    if not match:
+        raise ValueError(f"bad memory size {text!r} (use e.g. 16G, 512M, 32000)")
+    value, unit = int(match.group(1)), match.group(2).upper()
+    kib = value * {"": 1024, "K": 1, "M": 1024, "G": 1024**2, "T": 1024**3}[unit]
+    mb = max(1, kib // 1024) if value else 0  # whole numbers: no float to overflow
+    if mb > MAX_MEM_MB:
+        raise ValueError(f"{text.strip()} is more than the limit of {MAX_MEM_MB // 1024**2}T")
+    return mb
+
+
+def format_mem_mb(mem_mb: int) -> str:
+    """A memory size in MB as a user writes it for --mem: 32G, 512M, 2T."""
+    for unit, size in (("T", 1 << 20), ("G", 1 << 10)):
+        if mem_mb >= size and mem_mb % size == 0:
+            return f"{mem_mb // size}{unit}"
+    return f"{mem_mb}M"

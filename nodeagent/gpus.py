@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import stat
 import time
 import uuid
 from collections.abc import Sequence
@@ -19,6 +20,8 @@ from gshare.telemetry import GpuProcess, GpuSample, XidEvent
 
 log = logging.getLogger(__name__)
 
+NVIDIA_MAJOR = 195  # /dev/nvidiaN: char 195:N
+
 
 @dataclass(frozen=True, slots=True)
 class GpuDevice:
@@ -28,6 +31,7 @@ class GpuDevice:
     memory_mb: int
     pci_bus_id: str = ""
     nvlink_peers: tuple[int, ...] = field(default=())
+    minor: int = -1  # its /dev/nvidiaN is char 195:minor (-1: not known; the index is used)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +111,18 @@ class NvmlProbe:
                     memory_mb=int(nv.nvmlDeviceGetMemoryInfo(h).total) // (1 << 20),
                     pci_bus_id=bus_ids[i],
                     nvlink_peers=tuple(sorted(peers)),
+                    minor=self._minor(h),
                 )
             )
         return devices
+
+    def _minor(self, h: Any) -> int:
+        """The device's minor number (/dev/nvidiaN), which the job's cgroup allows or not."""
+        get = getattr(self._nvml, "nvmlDeviceGetMinorNumber", None)
+        try:
+            return int(get(h)) if get is not None else -1
+        except self._nvml.NVMLError:
+            return -1
 
     def _handles(self) -> list[Any]:
         if not hasattr(self, "_handle_list"):
@@ -246,6 +259,24 @@ class CpuMeter:
             del self._procs[pid]
 
 
+def _fake_device(path: Path, minor: int, char: bool) -> None:
+    """A fake GPU's device file: char 195:minor when `char`, else an empty regular file;
+    one of the other kind (from an agent run the other way) is replaced."""
+    with contextlib.suppress(FileNotFoundError):
+        st = path.lstat()
+        wanted = os.makedev(NVIDIA_MAJOR, minor) if char else None
+        if (char and (not stat.S_ISCHR(st.st_mode) or st.st_rdev != wanted)) or (
+            not char and not stat.S_ISREG(st.st_mode)
+        ):
+            path.unlink()
+    if char:
+        if not path.exists():
+            os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(NVIDIA_MAJOR, minor))
+    else:
+        path.touch()
+    path.chmod(0o666)
+
+
 class FakeProbe:
     """N identical fake GPUs with stable UUIDs per node; all NVLink-connected when `nvlink`.
 
@@ -256,6 +287,11 @@ class FakeProbe:
     process with a CUDA context, whichever job it belongs to. Lines appended to
     `dev_dir/faults` inject hardware faults: {"gpu": 1, "ecc_dbe": 1} adds double-bit
     ECC errors, {"gpu": 0, "xid": 79} raises an Xid.
+
+    With `char_devices` (an agent that confines jobs) the device files are character
+    devices 195:N, as /dev/nvidiaN, so a job's devices cgroup decides whether it may open
+    them as on a real node: a job's own opens up to the (missing) driver, ENXIO; another's
+    is refused with EPERM. Nothing can hold those open, so they show no processes.
     """
 
     backend = "fake"
@@ -268,6 +304,7 @@ class FakeProbe:
         memory_mb: int = 81920,
         nvlink: bool = True,
         dev_dir: Path | None = None,
+        char_devices: bool = False,
     ) -> None:
         if count < 1:
             raise ValueError("--fake-gpus must be at least 1")
@@ -285,9 +322,7 @@ class FakeProbe:
             dev_dir.mkdir(parents=True, exist_ok=True)
             dev_dir.chmod(0o755)
             for i in range(count):
-                dev = dev_dir / f"nvidia{i}"
-                dev.touch()
-                dev.chmod(0o666)
+                _fake_device(dev_dir / f"nvidia{i}", i, char_devices)
 
     def inventory(self) -> list[GpuDevice]:
         return [

@@ -28,7 +28,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -36,6 +36,7 @@ from typing import Protocol
 import psutil
 
 from gshare import jobenv
+from nodeagent.cgroups import CgroupError, Confinement, JobLimits
 from nodeagent.shim import start_ticks, write_atomic
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class JobProcess:
     start_ticks: int = 0  # with pid: which process the job is (shim.start_ticks)
     lease_lost: bool = False  # its shim stopped it: the scheduler was not heard from in time
     log_refused: bool = False  # its checkpoint log was not a file we read (said once)
+    oom_kills: int = 0  # processes of it the OOM killer ended in its cgroup
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ class LaunchRequest:
     checkpoint_dir: str = ""
     preempt_signal: int = signal.SIGUSR1
     grace_s: float = 0.0  # after preempt_signal, when the node stops it (0: the shim's default)
+    mem_mb: int = 0  # its memory limit where jobs are confined (0: none)
+    cpus: int = 0  # its CPU limit where jobs are confined (0: none)
 
 
 class LaunchError(Exception):
@@ -235,6 +239,9 @@ class Launcher:
         state_dir: Path,
         on_change: Callable[[JobProcess], None],
         on_checkpoint: Callable[[int, dict[str, float]], None] | None = None,
+        confinement: Confinement | None = None,
+        pids_max: int = 0,
+        gpu_minors: Mapping[int, int] | None = None,
     ) -> None:
         # users may pass through (to their job's checkpoint log), never write, never list jobs
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -248,6 +255,9 @@ class Launcher:
         self.report_every_s = 1.0  # a job's checkpoints are told at most this often
         self._kills: dict[int, asyncio.Task[None]] = {}
         self._yielding: set[int] = set()  # jobs whose _kills task is a preemption
+        self.confinement = confinement or Confinement("none (confine = off)")
+        self.pids_max = pids_max
+        self.gpu_minors = dict(gpu_minors or {})  # GPU index -> its /dev/nvidiaN minor
 
     # ------------------------------------------------------------ adoption
 
@@ -293,6 +303,7 @@ class Launcher:
         proc.error = str(data.get("error", ""))
         proc.killed_after_grace = (proc.dir / "killed-after-grace").exists()
         proc.lease_lost = bool(data.get("lease_lost", False))
+        proc.oom_kills = int(data.get("oom_kills", 0))
         if proc.lease_lost:
             log.warning("job %d was stopped by its node: the lease ran out", proc.job_id)
         return True
@@ -368,6 +379,9 @@ class Launcher:
                 "grace_s": req.grace_s,
                 "lease_file": str(self.lease_file),
             }
+            cgroup = self.confinement.create(req.job_id, self._limits(req))
+            if cgroup is not None:
+                spec["cgroup"] = cgroup.as_spec()
             write_atomic(job_dir / "launch.json", spec)
             shim_log = os.open(
                 job_dir / "shim.log",
@@ -388,7 +402,8 @@ class Launcher:
                 os.close(shim_log)
             shim = {"pid": proc.shim.pid, "start_ticks": start_ticks(proc.shim.pid)}
             write_atomic(job_dir / "shim.json", shim)
-        except (LaunchError, OSError) as exc:
+        except (LaunchError, CgroupError, OSError) as exc:
+            self.confinement.remove(req.job_id)
             proc.exited, proc.error, proc.exit_code = True, str(exc), 127
             proc.end_time = time.time()
             with contextlib.suppress(OSError):
@@ -404,6 +419,16 @@ class Launcher:
             log.warning("job %d failed to launch: %s", req.job_id, exc)
             self.on_change(proc)
         return proc
+
+    def _limits(self, req: LaunchRequest) -> JobLimits:
+        """What the job asked for, and the node's GPUs that are not its own."""
+        own = set(req.gpu_indexes)
+        return JobLimits(
+            mem_mb=req.mem_mb,
+            cpus=min(req.cpus, os.cpu_count() or 1),  # a quota past the node's CPUs is none
+            pids_max=self.pids_max,
+            denied_gpu_minors=tuple(sorted(m for i, m in self.gpu_minors.items() if i not in own)),
+        )
 
     # ------------------------------------------------------------ watching
 
@@ -605,6 +630,8 @@ class Launcher:
             return
         del self.jobs[job_id]
         shutil.rmtree(proc.dir, ignore_errors=True)
+        if not self.confinement.remove(job_id):  # the shim removes it; unless it died
+            log.warning("job %d: its cgroup is not empty; left in place", job_id)
 
 
 def _create(path: Path, content: bytes, uid: int, gid: int, mode: int) -> None:

@@ -24,6 +24,7 @@ from gshare import __version__
 from gshare.api import gshare_pb2 as pb
 from gshare.api import gshare_pb2_grpc as pb_grpc
 from gshare.client import CHANNEL_OPTIONS
+from gshare.limits import MAX_CPUS, MAX_MEM_MB
 from nodeagent.gpus import GpuDevice
 from nodeagent.launcher import JobProcess, JobRunner, LaunchRequest
 from nodeagent.lease import Lease
@@ -46,6 +47,7 @@ def agent_job(proc: JobProcess) -> pb.AgentJob:
         error=proc.error,
         killed_after_grace=proc.killed_after_grace,
         lease_lost=proc.lease_lost,
+        oom_killed=proc.oom_kills > 0,
     )
 
 
@@ -66,6 +68,7 @@ class SchedulerLink:
         launcher: JobRunner,
         lease: Lease,
         token: str = "",
+        confinement: str = "",
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.target = target
@@ -76,6 +79,7 @@ class SchedulerLink:
         self.mem_mb = mem_mb
         self.launcher = launcher
         self.token = token
+        self.confinement = confinement
         self.credentials = credentials  # TLS: the scheduler's CA, and this node's certificate
         self.lease = lease
         self.heartbeat_s = 5.0
@@ -117,6 +121,7 @@ class SchedulerLink:
                 jobs=[agent_job(p) for p in self.launcher.jobs.values()],
                 gpu_backend=self.backend,
                 agent_version=__version__,
+                confinement=self.confinement,
             )
         )
 
@@ -171,6 +176,8 @@ class SchedulerLink:
                     if 0 < spec.preempt_signal < signal.NSIG
                     else signal.SIGUSR1,
                     grace_s=_seconds(spec.grace_s, 0.0),
+                    mem_mb=spec.mem_mb if 0 < spec.mem_mb <= MAX_MEM_MB else 0,
+                    cpus=spec.cpus if 0 < spec.cpus <= MAX_CPUS else 0,
                 )
             )
             if not proc.exited:

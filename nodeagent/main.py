@@ -19,9 +19,18 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from gshare import __version__, sdnotify
 from gshare.address import AddressError, resolve
-from gshare.config import Config, ConfigError, default_state_dir, load_config, with_mqtt_url
+from gshare.config import (
+    Config,
+    ConfigError,
+    check_cgroup_root,
+    default_state_dir,
+    load_config,
+    with_mqtt_url,
+)
 from gshare.logs import setup_logging
 from gshare.metrics import LoopCollector, MetricsServer, gpu_families
+from nodeagent import cgroups
+from nodeagent.cgroups import Confinement
 from nodeagent.gpus import FakeProbe, GpuProbe, JobGpus, NvmlProbe, NvmlUnavailable
 from nodeagent.launcher import Launcher, StateDirError
 from nodeagent.lease import Lease
@@ -61,6 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="memory of each fake GPU in MB (default 81920)",
     )
     p.add_argument("--no-fake-nvlink", action="store_true", help="fake GPUs without NVLink")
+    p.add_argument(
+        "--confine",
+        choices=("auto", "off"),
+        help="run each job in a cgroup limited to what it asked for: auto (when the agent is "
+        "root and cgroups are there) or off (overrides [agent] confine)",
+    )
+    p.add_argument(
+        "--cgroup-root",
+        metavar="PATH",
+        help="where job cgroups are made: below the agent's own cgroup, or from the "
+        "hierarchy's top if it starts with / (overrides [agent] cgroup_root; default gshare)",
+    )
     p.add_argument("--token-file", type=Path, help="agent token, for a scheduler reached over TCP")
     p.add_argument(
         "--config",
@@ -88,7 +109,7 @@ def state_dir_of(args: argparse.Namespace) -> Path:
     return Path(args.state_dir or default_state_dir() / f"agent-{args.node}")
 
 
-def make_probe(args: argparse.Namespace) -> GpuProbe:
+def make_probe(args: argparse.Namespace, char_devices: bool = False) -> GpuProbe:
     if args.fake_gpus is not None:
         return FakeProbe(
             args.node,
@@ -97,6 +118,7 @@ def make_probe(args: argparse.Namespace) -> GpuProbe:
             args.fake_gpu_memory,
             nvlink=not args.no_fake_nvlink,
             dev_dir=state_dir_of(args) / "fake-gpus",
+            char_devices=char_devices,
         )
     return NvmlProbe()
 
@@ -150,21 +172,29 @@ async def run(
     probe: GpuProbe,
     target: str,
     token: str,
+    confinement: Confinement,
     credentials: grpc.ChannelCredentials | None = None,
 ) -> int:
     state_dir = state_dir_of(args)
     link: SchedulerLink | None = None
+    gpus = probe.inventory()
     try:
         launcher = Launcher(
             state_dir,
             lambda proc: link.report(proc) if link else None,
             lambda job_id, data: link.report_checkpoint(job_id, data) if link else None,
+            confinement=confinement,
+            pids_max=config.agent_pids_max,
+            gpu_minors={g.index: g.minor if g.minor >= 0 else g.index for g in gpus},
         )
     except (StateDirError, OSError) as exc:
         log.error("cannot use the state dir %s: %s", state_dir, exc)
         return 2
     launcher.adopt()
-    gpus = probe.inventory()
+    if confinement.enforced:
+        log.info("jobs are confined: %s", confinement.kind)
+    else:
+        log.warning("jobs run unconfined: %s", confinement.kind)
     log.info(
         "node %s: %d GPUs via %s; %d jobs re-adopted",
         args.node,
@@ -182,6 +212,7 @@ async def run(
         launcher,
         Lease(launcher.lease_file),
         token,
+        confinement.kind,
         credentials,
     )
     stop = asyncio.Event()
@@ -250,6 +281,7 @@ async def run(
         with contextlib.suppress(asyncio.CancelledError):
             await task
     probe.close()
+    confinement.close()
     return 0 if metrics is not None or not listen else 1
 
 
@@ -275,8 +307,18 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+    root = args.cgroup_root if args.cgroup_root is not None else config.agent_cgroup_root
     try:
-        probe = make_probe(args)
+        check_cgroup_root(root)
+    except ValueError as exc:
+        print(f"gshare-nodeagent: --cgroup-root: {exc}", file=sys.stderr)
+        return 2
+    confinement = cgroups.detect(args.confine or config.agent_confine, root)
+    try:
+        probe = make_probe(args, char_devices=confinement.enforced)
+    except OSError as exc:
+        print(f"gshare-nodeagent: cannot make the fake GPUs' device files: {exc}", file=sys.stderr)
+        return 2
     except (ValueError, NvmlUnavailable) as exc:
         print(
             f"gshare-nodeagent: {exc} (use --fake-gpus N on a machine without GPUs)",
@@ -284,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(run(args, config, probe, target, token, credentials))
+        return asyncio.run(run(args, config, probe, target, token, confinement, credentials))
     return 0
 
 

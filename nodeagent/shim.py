@@ -3,7 +3,9 @@
 The agent starts one shim per job, in a session of its own, so jobs outlive the agent. The
 shim starts the job in a new session (its process group is the job), as the job's owner,
 with its output going to the job's log file; waits for it; kills what is left of its
-process group; and writes JOBDIR/exit.json atomically. An agent that restarts finds the
+process group; and writes JOBDIR/exit.json atomically. A confined job's process joins
+its cgroup (nodeagent.cgroups) before it execs; at its end the shim kills what is left
+there, counts the OOM killer's kills, and removes the cgroup. An agent that restarts finds the
 job through JOBDIR and learns how it ended from exit.json. JOBDIR is root's alone: the job
 can neither forge these records nor point them elsewhere.
 
@@ -25,7 +27,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from nodeagent import lease
+from nodeagent import cgroups, lease
 
 DEFAULT_GRACE_S = 60.0  # as the scheduler's default queue
 SHIELDED = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
@@ -61,6 +63,12 @@ def start_ticks(pid: int) -> int:
 def _child(spec: dict[str, object], err_w: int) -> None:
     """In the forked child: become the job. Never returns."""
     try:
+        cgroup = spec.get("cgroup")
+        if isinstance(cgroup, dict):  # confined from before its first instruction
+            try:
+                cgroups.join(cgroup, os.getpid())
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot join the job's cgroup: {exc.strerror}") from exc
         for sig in SHIELDED:  # the shim ignores these; the job must not inherit that
             signal.signal(sig, signal.SIG_DFL)
         os.setsid()
@@ -188,12 +196,22 @@ def run(job_dir: Path) -> int:
     os.close(err_r)
     with contextlib.suppress(OSError):  # what the job left in its process group goes with it
         os.killpg(pid, signal.SIGKILL)
+    oom_kills = 0
+    cgroup = spec.get("cgroup")
+    if isinstance(cgroup, dict):  # and what it left anywhere else
+        cgroups.kill_all(cgroup)
+        oom_kills = cgroups.oom_kills(cgroup)
+        if oom_kills:
+            _say(f"the OOM killer ended {oom_kills} of the job's processes")
+        if not cgroups.remove(cgroups.dirs_of(cgroup)):
+            _say("the job's cgroup could not be removed (the agent tries again)")
     result: dict[str, object] = {
         "end_time": time.time(),
         "exit_code": 0,
         "exit_signal": 0,
         "error": "",
         "lease_lost": lease_lost,
+        "oom_kills": oom_kills,
     }
     if error:
         result["error"] = error.decode(errors="replace")

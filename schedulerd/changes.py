@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gshare.checkpoint import YIELD_EXIT_CODE
+from gshare.limits import format_mem_mb
 from policies import Plan
 from schedulerd.jobstate import JobState
 from schedulerd.model import JobRecord, NodeRecord
@@ -35,6 +36,7 @@ class JobReport:
     error: str = ""  # the launch failed
     killed_after_grace: bool = False  # asked to yield, it outlived its grace
     lease_lost: bool = False  # its node stopped it, having lost the scheduler for the lease
+    oom_killed: bool = False  # the OOM killer ended a process of it (its --mem was enforced)
 
 
 def signal_name(number: int) -> str:
@@ -149,6 +151,9 @@ def end_of(job: JobRecord, report: JobReport) -> tuple[JobState, str]:
         return JobState.FAILED, f"launch failed: {report.error}"
     if job.end_request:
         return JobState(job.end_request), job.reason
+    if report.oom_killed and (report.exit_signal or report.exit_code):
+        limit = f" (limit {format_mem_mb(job.mem_mb)})" if job.mem_mb else ""
+        return JobState.FAILED, f"out of memory{limit}"
     if report.exit_signal:
         return JobState.FAILED, f"killed by {signal_name(report.exit_signal)}"
     if report.exit_code == 0:

@@ -169,4 +169,5 @@ def _node_to_pb(node: NodeRecord, busy: list[int]) -> pb.Node:
         reason=node.reason,
         gpu_backend=node.gpu_backend,
         agent_version=node.agent_version,
+        confinement=node.confinement,
     )

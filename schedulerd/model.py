@@ -145,6 +145,7 @@ class NodeRecord:
     last_seen: float = 0.0
     gpu_backend: str = ""
     agent_version: str = ""
+    confinement: str = ""  # how its agent confines jobs, as it said at registration
     drained: bool = False  # an admin took it out of scheduling
     # GPUs out of scheduling (a health event or an admin), index -> why
     gpu_health: dict[int, str] = field(default_factory=dict)

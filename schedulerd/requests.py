@@ -186,7 +186,7 @@ def validate(
         priority=spec.priority,
         time_limit_s=int(limit),
         cpus=spec.cpus,
-        mem_mb=int(spec.mem_mb),
+        mem_mb=int(spec.mem_mb or queue.default_mem_mb),
         workdir=spec.workdir,
         env=dict(spec.env),
         output=spec.output,

@@ -509,6 +509,9 @@ class AgentService(pb_grpc.AgentServiceServicer):
 # ---------------------------------------------------------------- agent messages
 
 
+MAX_CONFINEMENT_CHARS = 200  # Register.confinement: a short phrase, shown in listings
+
+
 def report_of(msg: pb.AgentJob) -> JobReport:
     return JobReport(
         job_id=msg.job_id,
@@ -521,6 +524,7 @@ def report_of(msg: pb.AgentJob) -> JobReport:
         error=msg.error,
         killed_after_grace=msg.killed_after_grace,
         lease_lost=msg.lease_lost,
+        oom_killed=msg.oom_killed,
     )
 
 
@@ -535,6 +539,7 @@ def registration_of(reg: pb.Register) -> ag.Registration:
         jobs=tuple(report_of(j) for j in reg.jobs),
         gpu_backend=reg.gpu_backend,
         agent_version=reg.agent_version,
+        confinement=reg.confinement[:MAX_CONFINEMENT_CHARS],
     )
 
 

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 from gshare.api import gshare_pb2 as pb
 from gshare.client import Client, ClientError
+from nodeagent import cgroups
 
 PY = sys.executable
 BIN = Path(PY).parent  # the console scripts installed beside this Python
@@ -57,6 +59,10 @@ class Cluster:
     gpus_per_node: int = 4
     agents: int = 2
     config: str = ""
+    # confine: agents put jobs in cgroups (below a subtree of this test's own, removed at
+    # stop); else --confine off, as on a machine without cgroups
+    confine: bool = False
+    cgroup_root: str = field(default_factory=lambda: f"gshare-test-{uuid.uuid4().hex[:12]}")
     scheduler: subprocess.Popen[bytes] | None = None
     agent_procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -144,11 +150,36 @@ class Cluster:
                 str(self.root / "gshare.toml"),
                 "--log-level",
                 "DEBUG",
+                *(
+                    ["--cgroup-root", f"{self.cgroup_root}/{name}"]
+                    if self.confine
+                    else ["--confine", "off"]
+                ),
             ],
             stdout=log,
             stderr=log,
             env=self.env(),
         )
+
+    def cgroup_dirs(self) -> list[Path]:
+        """This cluster's cgroup subtree in each hierarchy (what the agents confine jobs in)."""
+        found = cgroups.detect("auto", self.cgroup_root)
+        roots = getattr(found, "roots", {})
+        return sorted(set(roots.values()))
+
+    def remove_cgroups(self) -> list[str]:
+        """Kill what is left in this cluster's cgroups and remove them; the paths that
+        were still there (an agent that did not clean up after its jobs)."""
+        left: list[str] = []
+        for top in self.cgroup_dirs():
+            for d in sorted(top.rglob("*"), key=lambda p: -len(p.parts)):
+                if d.is_dir():
+                    if d.name.startswith("job-"):
+                        left.append(str(d))
+                    cgroups.kill_all({"dirs": [str(d)]})
+                    cgroups.remove([str(d)])
+            cgroups.remove([str(top)])
+        return left
 
     def kill_scheduler(self, sig: int = signal.SIGKILL) -> None:
         assert self.scheduler is not None
@@ -176,6 +207,8 @@ class Cluster:
             for pid_file in agent_dir.glob("jobs/*/pid.json"):
                 with contextlib.suppress(OSError, ValueError, KeyError):
                     os.killpg(json.loads(pid_file.read_text())["pid"], signal.SIGKILL)
+        if self.confine:
+            self.remove_cgroups()
 
     def logs(self, which: str) -> str:
         path = self.root / f"{which}.log"

@@ -76,6 +76,7 @@ class ClusterView(Static):
                 (" · telemetry offline" if node.telemetry == "offline" else "", "yellow"),
                 (f"  {printable(node.gpus[0].model)}" if node.gpus else "", "dim"),
                 (f"  ({printable(node.gpu_backend)})" if node.gpu_backend else "", "dim"),
+                (" · unconfined" if node.confinement.startswith("none") else "", "yellow"),
                 (f"  {printable(node.reason)}" if node.reason else "", "italic yellow"),
             )
             grid = Table.grid(padding=(0, 1))

@@ -846,6 +846,7 @@ class Node(_message.Message):
     HOST_LOAD1_FIELD_NUMBER: _builtins.int
     HOST_MEM_USED_MB_FIELD_NUMBER: _builtins.int
     DRAINED_FIELD_NUMBER: _builtins.int
+    CONFINEMENT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     state: Global___NodeState.ValueType
     cpus: _builtins.int
@@ -862,6 +863,8 @@ class Node(_message.Message):
     host_mem_used_mb: _builtins.int
     drained: _builtins.bool
     """taken out of scheduling by an admin"""
+    confinement: _builtins.str
+    """how its jobs are confined: "cgroup v1", "cgroup v2 (...)","""
     @_builtins.property
     def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___Gpu]: ...
     @_builtins.property
@@ -886,10 +889,11 @@ class Node(_message.Message):
         host_load1: _builtins.float = ...,
         host_mem_used_mb: _builtins.int = ...,
         drained: _builtins.bool = ...,
+        confinement: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "busy_gpus", b"busy_gpus", "cpus", b"cpus", "drained", b"drained", "gpu_backend", b"gpu_backend", "gpus", b"gpus", "host_cpu_pct", b"host_cpu_pct", "host_load1", b"host_load1", "host_mem_used_mb", b"host_mem_used_mb", "last_seen", b"last_seen", "mem_mb", b"mem_mb", "name", b"name", "reason", b"reason", "state", b"state", "telemetry", b"telemetry"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "busy_gpus", b"busy_gpus", "confinement", b"confinement", "cpus", b"cpus", "drained", b"drained", "gpu_backend", b"gpu_backend", "gpus", b"gpus", "host_cpu_pct", b"host_cpu_pct", "host_load1", b"host_load1", "host_mem_used_mb", b"host_mem_used_mb", "last_seen", b"last_seen", "mem_mb", b"mem_mb", "name", b"name", "reason", b"reason", "state", b"state", "telemetry", b"telemetry"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1127,6 +1131,7 @@ class AgentJob(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     KILLED_AFTER_GRACE_FIELD_NUMBER: _builtins.int
     LEASE_LOST_FIELD_NUMBER: _builtins.int
+    OOM_KILLED_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     pid: _builtins.int
     """the job's process (and process group)"""
@@ -1141,6 +1146,10 @@ class AgentJob(_message.Message):
     """asked to yield, it outlived its grace and was killed"""
     lease_lost: _builtins.bool
     """stopped by its node because the scheduler was not heard"""
+    oom_killed: _builtins.bool
+    """from for longer than the lease
+    the OOM killer ended a process of it in its cgroup
+    """
     def __init__(
         self,
         *,
@@ -1154,10 +1163,11 @@ class AgentJob(_message.Message):
         error: _builtins.str = ...,
         killed_after_grace: _builtins.bool = ...,
         lease_lost: _builtins.bool = ...,
+        oom_killed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "exit_code", b"exit_code", "exit_signal", b"exit_signal", "exited", b"exited", "job_id", b"job_id", "killed_after_grace", b"killed_after_grace", "lease_lost", b"lease_lost", "pid", b"pid", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "exit_code", b"exit_code", "exit_signal", b"exit_signal", "exited", b"exited", "job_id", b"job_id", "killed_after_grace", b"killed_after_grace", "lease_lost", b"lease_lost", "oom_killed", b"oom_killed", "pid", b"pid", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1202,11 +1212,14 @@ class Register(_message.Message):
     JOBS_FIELD_NUMBER: _builtins.int
     GPU_BACKEND_FIELD_NUMBER: _builtins.int
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
+    CONFINEMENT_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     cpus: _builtins.int
     mem_mb: _builtins.int
     gpu_backend: _builtins.str
     agent_version: _builtins.str
+    confinement: _builtins.str
+    """as Node.confinement"""
     @_builtins.property
     def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___Gpu]: ...
     @_builtins.property
@@ -1223,10 +1236,11 @@ class Register(_message.Message):
         jobs: _abc.Iterable[Global___AgentJob] | None = ...,
         gpu_backend: _builtins.str = ...,
         agent_version: _builtins.str = ...,
+        confinement: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "cpus", b"cpus", "gpu_backend", b"gpu_backend", "gpus", b"gpus", "jobs", b"jobs", "mem_mb", b"mem_mb", "node", b"node"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "confinement", b"confinement", "cpus", b"cpus", "gpu_backend", b"gpu_backend", "gpus", b"gpus", "jobs", b"jobs", "mem_mb", b"mem_mb", "node", b"node"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

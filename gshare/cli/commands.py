@@ -30,6 +30,7 @@ from gshare.cli.render import (
 )
 from gshare.client import Client, ClientError
 from gshare.jobs import LIVE, STATE_NAMES, where
+from gshare.limits import format_mem_mb
 from gshare.render import printable
 from gshare.timefmt import format_duration
 
@@ -284,6 +285,11 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
         ("Priority", str(job.spec.priority)),
         ("GPUs", f"{job.spec.gpus} requested; assigned {gpus}"),
         ("Time limit", format_duration(job.spec.time_limit_s) if job.spec.time_limit_s else "none"),
+        (
+            "CPUs, memory",
+            f"{job.spec.cpus or 'any'}, "
+            f"{format_mem_mb(job.spec.mem_mb) if job.spec.mem_mb else 'any'}",
+        ),
         ("Submitted", _when(job.submit_time)),
         ("Started", _when(job.start_time)),
         ("Ended", _when(job.end_time)),
@@ -380,6 +386,7 @@ def cmd_nodes(client: Client, args: argparse.Namespace) -> int:
                         "state": pb.NodeState.Name(n.state).removeprefix("NODE_"),
                         "reason": n.reason,
                         "gpu_backend": n.gpu_backend,
+                        "confinement": n.confinement or None,
                         "telemetry": n.telemetry or None,
                         "drained": n.drained,
                         "gpus": [
@@ -419,12 +426,24 @@ def cmd_nodes(client: Client, args: argparse.Namespace) -> int:
                 printable(n.gpu_backend) or "-",
                 str(n.cpus),
                 f"{n.mem_mb // 1024}G",
+                _short(printable(n.confinement), 40) or "-",
                 _short(printable(n.reason), 40),
             ]
         )
     print(
         table(
-            rows, ["NODE", "STATE", "GPUS(USED/ALL)", "MODEL", "BACKEND", "CPUS", "MEM", "REASON"]
+            rows,
+            [
+                "NODE",
+                "STATE",
+                "GPUS(USED/ALL)",
+                "MODEL",
+                "BACKEND",
+                "CPUS",
+                "MEM",
+                "CONFINED",
+                "REASON",
+            ],
         )
     )
     if args.gpus:

@@ -20,9 +20,9 @@ from gshare.limits import (
     MAX_CPUS,
     MAX_GPUS_PER_JOB,
     MAX_GRACE_S,
-    MAX_MEM_MB,
     MAX_TIME_LIMIT_S,
     env_name_ok,
+    parse_mem_mb,
 )
 from gshare.sweep import load_sweep
 from gshare.timefmt import TimeFormatError, format_duration, parse_duration
@@ -32,17 +32,12 @@ MAX_ARRAY_TASK_ID = 1_000_000
 
 
 def _memory_mb(text: str) -> int:
-    match = re.fullmatch(r"(\d+)\s*([kKmMgGtT]?)[bB]?", text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"bad memory size {text!r} (use e.g. 16G, 512M, 32000)")
-    value, unit = int(match.group(1)), match.group(2).upper()
-    kib = value * {"": 1024, "K": 1, "M": 1024, "G": 1024**2, "T": 1024**3}[unit]
-    mb = max(1, kib // 1024) if value else 0  # whole numbers: no float to overflow
-    if mb > MAX_MEM_MB:
-        raise argparse.ArgumentTypeError(
-            f"--mem {text.strip()} is more than the limit of {MAX_MEM_MB // 1024**2}T"
-        )
-    return mb
+    try:
+        return parse_mem_mb(text)
+    except ValueError as exc:
+        if str(exc).startswith("bad"):
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        raise argparse.ArgumentTypeError(f"--mem {exc}") from None
 
 
 def _duration(text: str) -> int:

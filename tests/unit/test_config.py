@@ -38,11 +38,40 @@ def test_defaults_and_queues(tmp_path: Path) -> None:
         ("[queues.a]\ndefault_time_limit = 'soon'\n", "bad duration 'soon'"),
         ("[scheduler]\ndefault_queue = 'x'\n", "default_queue 'x' is not a configured queue"),
         ("[store]\nsqlite_synchronous = 'maybe'\n", "sqlite_synchronous"),
+        ("[queues.a]\ndefault_mem = 'lots'\n", "[queues.a]: default_mem: bad memory size"),
+        ("[queues.a]\ndefault_mem = -1\n", "default_mem: bad memory size '-1'"),
+        ("[queues.a]\ndefault_mem = 1.5\n", "default_mem must be a size"),
+        ("[queues.a]\ndefault_mem = '99999999999T'\n", "default_mem: 99999999999T is more"),
+        ("[agent]\nconfine = 'maybe'\n", "[agent]: confine must be auto or off"),
+        ("[agent]\npids_max = -1\n", "[agent]: pids_max must be between 0 and"),
+        ("[agent]\npids_max = nan\n", "pids_max must be a int"),
+        ("[agent]\ncgroup_root = '../escape'\n", "cgroup_root: '../escape': '..' is not"),
+        ("[agent]\ncgroup_root = ''\n", "cgroup_root: '' must be a path"),
+        ('[agent]\ncgroup_root = "a\\u0000b"\n', "b' is not a plain name"),
     ],
 )
 def test_bad_config(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_config(write(tmp_path, text))
+
+
+def test_confinement_settings(tmp_path: Path) -> None:
+    cfg = load_config(
+        write(
+            tmp_path,
+            '[agent]\nconfine = "off"\ncgroup_root = "/gshare/jobs"\npids_max = 512\n'
+            '[queues.gpu]\ndefault_mem = "32G"\n[queues.small]\ndefault_mem = 2048\n',
+        )
+    )
+    assert (cfg.agent_confine, cfg.agent_cgroup_root, cfg.agent_pids_max) == (
+        "off",
+        "/gshare/jobs",
+        512,
+    )
+    assert cfg.queues["gpu"].default_mem_mb == 32 * 1024
+    assert cfg.queues["small"].default_mem_mb == 2048  # a number: MB, as gsub --mem 2048
+    defaults = load_config(write(tmp_path, "[queues.gpu]\n"))
+    assert defaults.agent_confine == "auto" and defaults.queues["gpu"].default_mem_mb == 0
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -111,6 +111,30 @@ REPORTS = [
         JobReport(7, exited=True, exit_signal=10, lease_lost=True),
         [(JobState.PENDING, "requeue", "losing the scheduler for the lease", 3)],
     ),
+    (
+        "killed by its memory limit",
+        record(R, mem_mb=32 * 1024),
+        JobReport(7, exited=True, exit_signal=9, oom_killed=True),
+        [(JobState.FAILED, "end", "out of memory (limit 32G)", 2)],
+    ),
+    (
+        "failed after the OOM killer ended one of its processes",
+        record(R, mem_mb=1536),
+        JobReport(7, exited=True, exit_code=137, oom_killed=True),
+        [(JobState.FAILED, "end", "out of memory (limit 1536M)", 2)],
+    ),
+    (
+        "completed though the OOM killer ended one of its processes",
+        record(R, mem_mb=512),
+        JobReport(7, exited=True, oom_killed=True),
+        [(JobState.COMPLETED, "end", "", 2)],
+    ),
+    (
+        "cancelled, then out of memory",
+        record(R, mem_mb=512, end_request="CANCELLED", reason="cancelled by ann"),
+        JobReport(7, exited=True, exit_signal=9, oom_killed=True),
+        [(JobState.CANCELLED, "end", "cancelled by ann", 2)],
+    ),
 ]
 
 

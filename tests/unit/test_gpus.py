@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 import types
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,6 +38,7 @@ def fake_pynvml(links: dict[int, dict[int, int]], fail_init: bool = False) -> ty
     nv.nvmlDeviceGetUUID = lambda h: f"GPU-{h:08d}-aaaa"
     nv.nvmlDeviceGetName = lambda h: b"NVIDIA H100 80GB HBM3"
     nv.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(total=80 * (1 << 30))
+    nv.nvmlDeviceGetMinorNumber = lambda h: 7 - h  # /dev/nvidiaN need not follow the index
 
     def link_state(h: int, link: int) -> int:
         if link not in links.get(h, {}):
@@ -56,6 +60,7 @@ def test_nvml_inventory_and_nvlink_peers(monkeypatch: pytest.MonkeyPatch) -> Non
     assert [(g.index, g.nvlink_peers) for g in gpus] == [(0, (1,)), (1, (0,)), (2, (3,)), (3, (2,))]
     assert gpus[2].uuid == "GPU-00000002-aaaa" and gpus[2].model == "NVIDIA H100 80GB HBM3"
     assert gpus[0].memory_mb == 80 * 1024 and gpus[3].pci_bus_id == "00000000:13:00.0"
+    assert [g.minor for g in gpus] == [7, 6, 5, 4]  # what each job's devices cgroup names
 
 
 def test_no_driver_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -78,3 +83,18 @@ def test_fake_gpus_are_stable_per_node() -> None:
     )
     with pytest.raises(ValueError):
         FakeProbe("n", 0)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")
+def test_fake_gpus_of_a_confining_agent_are_character_devices(tmp_path: Path) -> None:
+    """195:N, as /dev/nvidiaN, so a job's devices cgroup rules them as on a real node; the
+    regular files of an earlier unconfined run are replaced, and back again."""
+    FakeProbe("n1", 2, dev_dir=tmp_path)
+    assert stat.S_ISREG((tmp_path / "nvidia1").stat().st_mode)
+    FakeProbe("n1", 2, dev_dir=tmp_path, char_devices=True)
+    for i in range(2):
+        st = (tmp_path / f"nvidia{i}").stat()
+        assert stat.S_ISCHR(st.st_mode) and st.st_mode & 0o777 == 0o666
+        assert (os.major(st.st_rdev), os.minor(st.st_rdev)) == (195, i)
+    FakeProbe("n1", 2, dev_dir=tmp_path)
+    assert stat.S_ISREG((tmp_path / "nvidia0").stat().st_mode)
