@@ -421,3 +421,56 @@ async def test_gshare_top_from_another_host_watches_and_cancels(
         await pilot.press("y")
         await settle(pilot, lambda: app.model.jobs[job_id].state == pb.CANCELLED, timeout=30)
     assert cluster.state(job_id) == "CANCELLED"
+
+
+def test_an_agent_with_its_token_speaks_tls_on_the_client_port(
+    site: Site, cluster_factory: Callable[..., Cluster]
+) -> None:
+    """The per-node token still works on [server] tcp, now inside TLS ([agent] ca_file)."""
+    cluster = cluster_factory(config=server_config(site), agents=1)
+    token = subprocess.run(
+        [
+            PY,
+            "-m",
+            "schedulerd.main",
+            "--state-dir",
+            str(cluster.root / "sched"),
+            "--node-token",
+            "gpu-t",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert token.returncode == 0, token.stderr
+    (site.root / "gpu-t.token").write_text(token.stdout)
+    conf = site.root / "agent-token.toml"
+    conf.write_text(
+        f'[agent]\nca_file = "{site.ca / "ca.pem"}"\ntoken_file = "{site.root / "gpu-t.token"}"\n'
+    )
+    agent = subprocess.Popen(
+        [
+            PY,
+            "-m",
+            "nodeagent.main",
+            "--address",
+            tcp_address(cluster),
+            "--node",
+            "gpu-t",
+            "--state-dir",
+            str(site.root / "agent-gpu-t"),
+            "--fake-gpus",
+            "1",
+            "--config",
+            str(conf),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        cluster.wait_nodes_up(2)
+        with cluster.client() as c:
+            assert {n.name for n in c.nodes()} == {"node0", "gpu-t"}
+    finally:
+        agent.terminate()
+        agent.wait(10)
