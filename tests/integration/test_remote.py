@@ -474,3 +474,40 @@ def test_an_agent_with_its_token_speaks_tls_on_the_client_port(
     finally:
         agent.terminate()
         agent.wait(10)
+
+
+def test_bad_tls_files_stop_the_scheduler_with_the_key_named(site: Site) -> None:
+    assert site.gshare_ca("node", "gpu-k").returncode == 0
+    junk = site.root / "junk.pem"
+    junk.write_bytes(b"\x00not a certificate\n")
+    ca = site.ca
+    cases = {
+        (junk, junk): "[server.tls] cert_file is not a PEM certificate",
+        (ca / "scheduler.pem", junk): "[server.tls] key_file is not an unencrypted PEM",
+        (ca / "scheduler.pem", ca / "node-gpu-k.key"): "key_file is not the key of cert_file",
+    }
+    for i, ((cert, key), message) in enumerate(cases.items()):
+        conf = site.root / f"bad-tls-{i}.toml"
+        conf.write_text(
+            f'[server]\ntcp = "127.0.0.1:0"\n[server.tls]\ncert_file = "{cert}"\n'
+            f'key_file = "{key}"\n'
+        )
+        res = subprocess.run(
+            [
+                PY,
+                "-m",
+                "schedulerd.main",
+                "--config",
+                str(conf),
+                "--state-dir",
+                str(site.root / f"st{i}"),
+                "--socket",
+                str(site.root / f"s{i}.sock"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.returncode == 1
+        last = res.stderr.strip().splitlines()[-1]  # after the start-up log lines
+        assert last.startswith("gshare-schedulerd: ") and message in last, res.stderr
