@@ -54,11 +54,19 @@ class ClientError(Exception):
         self.code = code
 
 
-def _read(path: str, key: str) -> bytes:
+_CERT = b"-----BEGIN CERTIFICATE-----"
+_KEY = b"PRIVATE KEY-----"
+
+
+def _read(path: str, key: str, marker: bytes) -> bytes:
+    """A PEM file of [client]; checked here, since gRPC would only say it cannot connect."""
     try:
-        return Path(path).read_bytes()
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise ClientError(f"[client] {key} {path}: {exc.strerror}") from None
+    if marker not in data or b"\0" in data:
+        raise ClientError(f"[client] {key} {path}: not a PEM file ({marker.decode()}...)")
+    return data
 
 
 def channel_to(target: str, settings: ClientConfig) -> grpc.Channel:
@@ -67,9 +75,11 @@ def channel_to(target: str, settings: ClientConfig) -> grpc.Channel:
     if target.startswith("unix:") or not settings.ca_file:
         return grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
     creds = grpc.ssl_channel_credentials(
-        root_certificates=_read(settings.ca_file, "ca_file"),
-        private_key=_read(settings.key_file, "key_file") if settings.key_file else None,
-        certificate_chain=_read(settings.cert_file, "cert_file") if settings.cert_file else None,
+        root_certificates=_read(settings.ca_file, "ca_file", _CERT),
+        private_key=_read(settings.key_file, "key_file", _KEY) if settings.key_file else None,
+        certificate_chain=_read(settings.cert_file, "cert_file", _CERT)
+        if settings.cert_file
+        else None,
     )
     return grpc.secure_channel(target, creds, options=CHANNEL_OPTIONS)
 

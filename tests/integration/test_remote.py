@@ -370,12 +370,15 @@ def test_an_agent_proves_its_node_with_its_certificate_and_no_other_node(
 
 
 def test_client_settings_with_bad_values_stop_with_one_line(open_tmp: Path) -> None:
+    junk = open_tmp / "junk.pem"
+    junk.write_bytes(b"not PEM\x00")
     cases = {
         "[client]\nca_file = 3\n": "ca_file must be a str",
         '[client]\nca_file = "/nonexistent/ca.pem"\n': "ca_file '/nonexistent/ca.pem'",
         '[client]\nscheduler = "no-port"\n': "expected HOST:PORT",
         '[client]\ncolour = "red"\n': "unknown key 'colour'",
         '[client]\nmunge_socket = "a\\u0000b"\n': "NUL",
+        f'[client]\nscheduler = "127.0.0.1:1"\nca_file = "{junk}"\n': "not a PEM file",
     }
     for text, message in cases.items():
         path = open_tmp / "client.toml"
