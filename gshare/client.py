@@ -17,6 +17,7 @@ from gshare.address import resolve
 from gshare.api import gshare_pb2 as pb
 from gshare.clientconfig import ClientConfig, ClientConfigError, client_config
 from gshare.munge import HEADER, Munge, MungeError, request_payload
+from gshare.paths import SYSTEM_SOCKET
 
 # The largest gRPC message, both ways, on every channel and server of gshare: the scheduler,
 # its clients (gsub, gshare, the TUI) and its node agents. gRPC's default is 4 MiB for what
@@ -98,7 +99,13 @@ class Client:
             settings = settings if settings is not None else client_config(None)
         except ClientConfigError as exc:
             raise ClientError(str(exc)) from None
-        self.target = resolve(address or os.environ.get("GSHARE_ADDRESS") or settings.scheduler)
+        # --address, GSHARE_ADDRESS, then the scheduler's own socket on its host (one
+        # gshare.toml may serve every machine), then [client] scheduler
+        local = SYSTEM_SOCKET.exists()
+        chosen = (
+            address or os.environ.get("GSHARE_ADDRESS") or ("" if local else settings.scheduler)
+        )
+        self.target = resolve(chosen or None)
         self.timeout = timeout
         self.resent = 0  # submits sent again with their key after a lost answer
         self.truncated = False  # whether the last job listing was cut short
