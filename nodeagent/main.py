@@ -163,6 +163,9 @@ def tls_credentials(config: Config) -> grpc.ChannelCredentials | None:
             files[key] = Path(path).read_bytes() if path else None
         except OSError as exc:
             raise ConfigError(f"[agent] {key} {path}: {exc.strerror}") from None
+        marker = b"PRIVATE KEY-----" if key == "key_file" else b"-----BEGIN CERTIFICATE-----"
+        if path and marker not in (files[key] or b""):
+            raise ConfigError(f"[agent] {key} {path}: not a PEM file")
     return grpc.ssl_channel_credentials(files["ca_file"], files["key_file"], files["cert_file"])
 
 
