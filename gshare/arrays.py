@@ -25,8 +25,9 @@ _MAX_ID = (1 << 63) - 1
 
 DEPENDENCY_KINDS = ("after", "afterany", "afterok", "afternotok", "singleton")
 
-_RANGE = re.compile(r"(\d+)(?:-(\d+)(?::(\d+))?)?")
-_REF = re.compile(r"(\d+)(?:_(\d+|\[[0-9,:\-]+\]))?")
+_RANGE = re.compile(r"([0-9]+)(?:-([0-9]+)(?::([0-9]+))?)?")
+_REF = re.compile(r"([0-9]+)(?:_([0-9]+|\[[0-9,:%\-]+\]))?")
+_DIGITS = re.compile(r"[0-9]{1,12}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +46,8 @@ class ArraySpec:
 
 def parse_array(text: str, max_size: int = DEFAULT_MAX_ARRAY_SIZE) -> ArraySpec:
     """`--array SPEC`: the task ids and the limit, or ValueError. Task ids run from 0 to
-    max_size - 1, as Slurm's MaxArraySize says."""
+    max_size - 1, as Slurm's MaxArraySize says, and no range is expanded before its size
+    is known to fit."""
     where = f"--array {text[:40]!r}"
     if not text or not text.strip():
         raise ValueError("--array: empty (e.g. --array 0-99 or --array 1,3,7-9%4)")
@@ -54,9 +56,9 @@ def parse_array(text: str, max_size: int = DEFAULT_MAX_ARRAY_SIZE) -> ArraySpec:
     body, percent, limit_text = text.strip().partition("%")
     limit = 0
     if percent:
-        if not limit_text.isdigit():
+        if not _DIGITS.fullmatch(limit_text):
             raise ValueError(f"{where}: %K needs a number of tasks, e.g. %16")
-        limit = int(limit_text[:12])
+        limit = int(limit_text)
         if limit < 1:
             raise ValueError(f"{where}: %{limit_text} would never run a task; use %1 or more")
     tasks: set[int] = set()
@@ -64,7 +66,9 @@ def parse_array(text: str, max_size: int = DEFAULT_MAX_ARRAY_SIZE) -> ArraySpec:
         match = _RANGE.fullmatch(part.strip())
         if match is None:
             raise ValueError(f"{where}: {part.strip()!r} is not N, N-M or N-M:S")
-        first, last, step = (int(g[:12]) if g else None for g in match.groups())
+        if any(g is not None and len(g) > 12 for g in match.groups()):
+            raise ValueError(f"{where}: {part.strip()!r} has a number over 12 digits")
+        first, last, step = (int(g) if g else None for g in match.groups())
         assert first is not None
         last = first if last is None else last
         step = 1 if step is None else step
@@ -77,9 +81,9 @@ def parse_array(text: str, max_size: int = DEFAULT_MAX_ARRAY_SIZE) -> ArraySpec:
                 f"{where}: task id {last} is over the largest allowed, {max_size - 1} "
                 f"(max_array_size {max_size})"
             )
-        tasks.update(range(first, last + 1, step))
-        if len(tasks) > max_size:
+        if len(tasks) + (last - first) // step + 1 > max_size:
             raise ValueError(f"{where}: more than max_array_size ({max_size}) tasks")
+        tasks.update(range(first, last + 1, step))
     if not tasks:
         raise ValueError(f"{where}: no tasks")
     return ArraySpec(tuple(sorted(tasks)), min(limit, len(tasks)) if limit else 0)
@@ -162,10 +166,11 @@ def parse_dependency(text: str) -> Dependency:
             raise ValueError(f"--dependency: {kind} needs job ids, e.g. {kind}:12")
         targets = []
         for ref in ids:
-            match = re.fullmatch(r"(\d{1,19})(?:_(\d{1,9}))?", ref)
+            match = re.fullmatch(r"([0-9]{1,19})(?:_([0-9]{1,9}))?", ref)
             if match is None or int(match[1]) > _MAX_ID or int(match[1]) == 0:
                 raise ValueError(f"--dependency: {ref!r} is not a job id (N or N_TASK)")
             targets.append(Target(int(match[1]), int(match[2]) if match[2] else None))
+        targets = list(dict.fromkeys(targets))  # a job named twice counts once
         count += len(targets)
         if count > MAX_DEPENDENCY_IDS:
             raise ValueError(f"--dependency: more than {MAX_DEPENDENCY_IDS} job ids")
@@ -192,9 +197,10 @@ class JobRef:
         return f"{self.job_id}_[{fold(self.tasks)}]"
 
 
-def parse_job_ref(text: str, max_size: int = 1 << 20) -> JobRef:
+def parse_job_ref(text: str, max_size: int = 1_000_001) -> JobRef:
+    """`12`, `12_7` or `12_[3-5]`; task ids bounded as an array's are (`max_size`)."""
     match = _REF.fullmatch(text.strip()) if len(text) <= MAX_SPEC_CHARS else None
-    if match is None or len(match[1]) > 19 or int(match[1]) > _MAX_ID:
+    if match is None or len(match[1]) > 19 or not 0 < int(match[1]) <= _MAX_ID:
         raise ValueError(f"{text[:40]!r} is not a job id (N, N_TASK or N_[TASKS])")
     job_id = int(match[1])
     if match[2] is None:
@@ -202,7 +208,9 @@ def parse_job_ref(text: str, max_size: int = 1 << 20) -> JobRef:
     if match[2].startswith("["):
         spec = parse_array(match[2][1:-1], max_size)
         return JobRef(job_id, spec.tasks)
-    return JobRef(job_id, (int(match[2][:12]),))
+    if len(match[2]) > 12 or int(match[2]) >= max_size:
+        raise ValueError(f"{text[:40]!r}: no array has task {match[2][:20]}")
+    return JobRef(job_id, (int(match[2]),))
 
 
 def display_id(job_id: int, array_job_id: int, task: int) -> str:

@@ -15,6 +15,7 @@ MAX_PRIORITY = 1_000_000
 SCRIPT_CEILING = 16 * MIB  # whatever max_script_bytes says, a Launch must fit the wire
 MAX_SPEC_BYTES = 1 * MIB  # the serialized JobSpec without its script
 MAX_LISTED_BYTES = 64 * KIB  # the same without its environment: what listings carry
+MAX_TASK_PARAMS_BYTES = 2 * MIB  # a sweep's parameters, all its trials together
 
 # characters, per string field (paths: Linux's PATH_MAX)
 MAX_CHARS: Mapping[str, int] = {

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 MAX_SWEEP_FILE = 1 << 20
-MAX_PARAM_CHARS = 4096  # one value, as text
-MAX_PARAMS = 64
+MAX_PARAM_CHARS = 1024  # one value, as text
+MAX_PARAMS = 32
 MAX_RESULT_BYTES = 1 << 20
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 

@@ -8,7 +8,9 @@ on the scheduler, its clients and its agents):
   MAX_SPEC_BYTES) plus paths derived from the spec's: under 20 MiB;
 - a listing (ListJobs, WatchCluster, GetJob) leaves out the script and the environment,
   so each job in it is the listed part of the spec (at most MAX_LISTED_BYTES) plus its
-  output and checkpoint paths with %j expanded (each under 50 KiB): under 160 KiB.
+  output and checkpoint paths with %j expanded (each under 50 KiB), and for an array's
+  task its array (4 KiB), dependency (4 KiB) and sweep parameters (32 of at most 1 KiB
+  each): under 210 KiB.
 
 Every refusal is a Refused (INVALID_ARGUMENT unless it is about who may do it) with a
 one-line message that starts with the field it is about.
@@ -39,6 +41,7 @@ from gshare.limits import (
     MAX_PRIORITY,
     MAX_RESTARTS,
     MAX_SPEC_BYTES,
+    MAX_TASK_PARAMS_BYTES,
     MAX_TIME_LIMIT_S,
     MIB,
     SCRIPT_CEILING,
@@ -65,13 +68,13 @@ def check_bounds(spec: pb.JobSpec, max_script_bytes: int) -> None:
         raise Refused("the job script must start with a #! line (e.g. #!/bin/bash)")
     if b"\0" in spec.script:
         raise Refused("the job script is a binary file")
-    whole = _without(spec, "script").ByteSize()
+    whole = _without(spec, "script", "task_params").ByteSize()
     if whole > MAX_SPEC_BYTES:
         raise Refused(
             f"the job's request is {whole} bytes without its script, over the limit of "
             f"{MAX_SPEC_BYTES} (a large environment or arguments?)"
         )
-    listed = _without(spec, "script", "env").ByteSize()
+    listed = _without(spec, "script", "env", "task_params").ByteSize()
     if listed > MAX_LISTED_BYTES:
         raise Refused(
             f"the job's name, paths and arguments are {listed} bytes together, over the "
@@ -206,9 +209,9 @@ def validate(
 # An array stores each task as a job row (its script and environment once, with the
 # first): all of its tasks' rows together stay under this.
 MAX_ARRAY_BYTES = 256 * MIB
-MAX_PARAMS = 64  # a sweep trial's parameters
+MAX_PARAMS = 32  # a sweep trial's parameters
 MAX_PARAM_NAME_CHARS = 64
-MAX_PARAM_VALUE_CHARS = 4 * KIB
+MAX_PARAM_VALUE_CHARS = 1 * KIB
 
 
 def array_of(spec: pb.JobSpec, max_size: int) -> ArraySpec | None:
@@ -221,6 +224,12 @@ def array_of(spec: pb.JobSpec, max_size: int) -> ArraySpec | None:
         array = parse_array(spec.array, max_size)
     except ValueError as exc:
         raise Refused(str(exc)) from None
+    params_bytes = sum(t.ByteSize() for t in spec.task_params)
+    if params_bytes > MAX_TASK_PARAMS_BYTES:
+        raise Refused(
+            f"task_params: {params_bytes} bytes, over the limit of "
+            f"{MAX_TASK_PARAMS_BYTES // MIB} MiB (a sweep of fewer or shorter values)"
+        )
     if spec.task_params and len(spec.task_params) != array.count:
         raise Refused(
             f"task_params: {len(spec.task_params)} parameter sets for {array.count} tasks"
@@ -256,8 +265,9 @@ def dependency_of(spec: pb.JobSpec) -> Dependency | None:
 
 def tasks_of(record: JobRecord, array: ArraySpec, spec: pb.JobSpec) -> list[JobRecord]:
     """The array's tasks as job records, in task order; the first is `record` itself. They
-    share its environment and arguments (never changed in place)."""
-    record.array_spec = str(array)
+    share its environment and arguments (never changed in place). Each keeps the array as
+    it was typed (`0-9999:3%16`: short, whatever the number of tasks)."""
+    record.array_spec = spec.array.strip()
     params = [dict(t.params) for t in spec.task_params]
     out = []
     for number, task_id in enumerate(array.tasks):

@@ -141,9 +141,9 @@ LIST_BUDGET = MAX_MESSAGE_BYTES // 2
 MAX_ACTED_LISTED = 1000  # jobs an action on an array lists back
 
 
-def _ref(target: str) -> JobRef:
+def _ref(target: str, max_size: int) -> JobRef:
     try:
-        return parse_job_ref(target)
+        return parse_job_ref(target, max_size)
     except ValueError as exc:
         raise Refused(str(exc)) from None
 
@@ -273,7 +273,7 @@ class ClientService(pb_grpc.ClientServiceServicer):
     async def _job_id(self, job_id: int, target: str) -> int:
         if not target:
             return job_id
-        return await self.v.job_of(_ref(target))
+        return await self.v.job_of(_ref(target, self.s.config.max_array_size))
 
     async def GetJob(self, request: pb.GetJobRequest, context: Ctx) -> pb.Job:
         job_id = await _guard(context, self._job_id(request.job_id, request.target))
@@ -319,13 +319,19 @@ class ClientService(pb_grpc.ClientServiceServicer):
                 "changing a job needs a known user: the Unix socket, or a MUNGE credential "
                 "over TCP",
             )
-        ref = _ref(target) if target else JobRef(job_id)
-        jobs, skipped = await _guard(context, self.v.act(caller, ref, verb, priority))
+        # job_id names one job; only a target names a whole array or some of its tasks
+        max_size = self.s.config.max_array_size
+
+        async def act() -> tuple[list[JobRecord], int]:
+            ref = _ref(target, max_size) if target else JobRef(job_id)
+            return await self.v.act(caller, ref, verb, priority, whole=bool(target))
+
+        jobs, skipped = await _guard(context, act())
         if not jobs and skipped:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"{ref}: none of its {skipped} tasks could be acted on (ended, or not in "
-                "the state it needs)",
+                f"{target or job_id}: none of its {skipped} tasks could be acted on (ended, "
+                "or not in the state it needs)",
             )
         listed = [job_to_pb(j) for j in jobs[:MAX_ACTED_LISTED]]
         return pb.JobActionResponse(

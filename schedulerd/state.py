@@ -9,6 +9,7 @@ view follows and the listeners hear of it. The caller holds `lock`.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -16,6 +17,8 @@ from schedulerd.model import JobRecord, NodeRecord
 from schedulerd.store import Change, NewJob
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 class Journal(Protocol):
@@ -73,6 +76,8 @@ class ClusterState:
         left: list[int] = []
         for record in records:
             old = self.jobs.get(record.job_id)
+            if old is not None and record.array_job_id not in (0, record.job_id):
+                record.env = old.env  # an array's tasks share its environment, stored once
             if old is not None and old.state.on_node and not record.state.on_node:
                 left.append(record.job_id)
             if record.state.final:
@@ -109,7 +114,10 @@ class ClusterState:
 
     def publish_job(self, job: JobRecord) -> None:
         for listener in self.job_listeners:
-            listener(job)
+            try:
+                listener(job)
+            except Exception:  # one listener's fault must not stop a change or the others
+                log.exception("job %d: a listener failed", job.job_id)
 
     def publish_node(self, node: NodeRecord) -> None:
         for listener in self.node_listeners:

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from gshare.arrays import Dependency, JobRef, Target, Term, parse_array
+from gshare.arrays import Dependency, JobRef, parse_array
 from gshare.config import Config
 from gshare.limits import MAX_PRIORITY
 from policies import FairTree, fair_tree
@@ -106,9 +106,9 @@ class ClientVerbs:
         return await future
 
     async def _resolve(self, dependency: Dependency) -> str:
-        """The dependency with every id checked to be a job that exists (so no cycle can
-        form: a job only waits on jobs submitted before it) and each task (`12_7`) turned
-        into its job id; the gates keep the outcomes of those jobs from now on."""
+        """The dependency, as written, once every id in it is checked to be a job (or a
+        task of an array) that exists: a job can only wait on jobs submitted before it, so
+        no cycle can form. The gates keep the outcomes of those jobs from now on."""
         plain = {t.job_id for t in dependency.targets if t.task is None}
         found = {i for i in plain if i in self.state.jobs}
         if plain - found:
@@ -118,26 +118,19 @@ class ClientVerbs:
                 f"--dependency: job {job_id} does not exist (a job can only wait on jobs "
                 "submitted before it, so no cycle can form)"
             )
-        terms = []
-        for term in dependency.terms:
-            targets = []
-            for t in term.targets:
-                if t.task is None:
-                    targets.append(t)
-                    continue
-                job_id = await self.db(self.store.task_job_id, t.job_id, t.task)
-                if job_id is None:
-                    raise Refused(
-                        f"--dependency: {t} does not exist (array {t.job_id} has no task {t.task})"
-                    )
-                targets.append(Target(job_id))
-            terms.append(Term(term.kind, tuple(targets)))
-        resolved = Dependency(tuple(terms), dependency.any_of)
-        ids = {t.job_id for t in resolved.targets}
+        for t in dependency.targets:
+            if (
+                t.task is not None
+                and await self.db(self.store.task_job_id, t.job_id, t.task) is None
+            ):
+                raise Refused(
+                    f"--dependency: {t} does not exist (no array {t.job_id} with a task {t.task})"
+                )
+        ids = {t.job_id for t in dependency.targets}
         gates = self.cycle.gates
         gates.watch(ids)  # ends from now on are heard; the ones before are read back
         gates.outcomes(await self.db(self.store.outcomes, ids))
-        return str(resolved)
+        return str(dependency)
 
     async def submit_loop(self) -> None:
         """Group commit: every submission that arrived while the last batch was being written
@@ -390,13 +383,15 @@ class ClientVerbs:
         return members, max(0, named - len(members))
 
     async def act(
-        self, caller: Caller, ref: JobRef, verb: str, priority: int = 0
+        self, caller: Caller, ref: JobRef, verb: str, priority: int = 0, whole: bool = True
     ) -> tuple[list[JobRecord], int]:
         """cancel, hold, release, priority or preempt on what `ref` names: one job, a whole
         array, or some of its tasks. The jobs acted on (in task order) and how many named
         tasks were skipped (ended, or not in the state the verb needs). An array's tasks
-        change together, in one transaction per kind of change."""
-        members = await self._array_members(ref)
+        change together, in one transaction per kind of change. `whole` False: `ref` is
+        one job id and means that job alone, even an array's first task (the API's job_id,
+        as the TUI sends it)."""
+        members = await self._array_members(ref) if whole else None
         single = {
             "cancel": self.cancel,
             "hold": self.hold,

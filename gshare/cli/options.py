@@ -20,6 +20,7 @@ from gshare.limits import (
     MAX_CPUS,
     MAX_GPUS_PER_JOB,
     MAX_GRACE_S,
+    MAX_TASK_PARAMS_BYTES,
     MAX_TIME_LIMIT_S,
     env_name_ok,
     parse_mem_mb,
@@ -73,8 +74,11 @@ def _job_id(text: str) -> int:
 
 def _job_ref(text: str) -> str:
     """`12` (a job, or a whole array), `12_7` (one task), `12_[3-5]` (some tasks)."""
+    if "_" not in text:
+        return str(_job_id(text))  # a plain id: its own checks and messages
     try:
-        return str(parse_job_ref(text))
+        parse_job_ref(text)
+        return text.strip()  # as typed: `12_[0-2999:3]` stays short on the wire
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -323,6 +327,12 @@ def build_spec(args: argparse.Namespace, environ: dict[str, str]) -> pb.JobSpec:
             f"%{sweep.max_concurrent}" if sweep.max_concurrent else ""
         )
         task_params = [pb.TaskParams(params=p) for p in points]
+        size = sum(t.ByteSize() for t in task_params)
+        if size > MAX_TASK_PARAMS_BYTES:
+            raise UsageError(
+                f"{args.sweep}: {len(points)} trials take {size} bytes of parameters, over "
+                f"the limit of {MAX_TASK_PARAMS_BYTES // (1 << 20)} MiB"
+            )
     return pb.JobSpec(
         name=options.get("name") or name,
         queue=options.get("queue") or "",

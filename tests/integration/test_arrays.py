@@ -18,7 +18,7 @@ from tests.conftest import needs_root
 
 TASK = """#!/bin/bash
 echo "start $(date +%s.%N) $GSHARE_ARRAY_JOB_ID $GSHARE_ARRAY_TASK_ID $GSHARE_JOB_ID \
-$GSHARE_ARRAY_TASK_COUNT $GSHARE_ARRAY_TASK_MIN $GSHARE_ARRAY_TASK_MAX" >> {log}
+$GSHARE_ARRAY_TASK_COUNT $GSHARE_ARRAY_TASK_MIN $GSHARE_ARRAY_TASK_MAX $FOO" >> {log}
 sleep {secs}
 echo "end $(date +%s.%N) $GSHARE_ARRAY_JOB_ID $GSHARE_ARRAY_TASK_ID $GSHARE_JOB_ID" >> {log}
 """
@@ -74,7 +74,15 @@ def test_array_limit_holds_and_each_task_sees_its_own_id(cluster: Cluster, workd
     log = workdir / "tasks.log"
     job = write(workdir / "task.sh", TASK.format(log=log, secs=0.6))
     res = cluster.gsub(
-        "--json", str(job), "--array", "1-9:2,10%2", "-o", "out-%A_%a.log", cwd=workdir
+        "--json",
+        str(job),
+        "--array",
+        "1-9:2,10%2",
+        "-o",
+        "out-%A_%a.log",
+        "--env",
+        "FOO=bar",
+        cwd=workdir,
     )
     assert res.code == 0, res.err
     reply = json.loads(res.out)
@@ -89,8 +97,9 @@ def test_array_limit_holds_and_each_task_sees_its_own_id(cluster: Cluster, workd
         if words[0] == "start":
             seen[int(words[3])] = words[2:]
     assert sorted(seen) == [1, 3, 5, 7, 9, 10]
-    for task, (array, task_id, job_id, total, low, high) in seen.items():
+    for task, (array, task_id, job_id, total, low, high, foo) in seen.items():
         assert (int(array), int(task_id), total, low, high) == (array_id, task, "6", "1", "10")
+        assert foo == "bar"  # every task has the array's environment, not only the first
         assert (workdir / f"out-{array_id}_{task}.log").exists()
         assert task != 1 or int(job_id) == array_id  # the array's id is its first task's
     times = spans(log, key=3)
@@ -133,6 +142,11 @@ def test_queue_folds_pending_tasks_and_cancel_takes_task_ranges(
     bad = cluster.gshare("cancel", f"{array_id}_[x]")
     assert bad.code == 2 and len(bad.err.strip().splitlines()) == 1, bad
 
+    # the API's job_id (what gshare top sends for a row) is one job, even the first task
+    with cluster.client() as c:
+        c.cancel(array_id)
+    states = wait_array(cluster, array_id, lambda s: s[0] == "CANCELLED")
+    assert states[9] != "CANCELLED", states
     assert cluster.gshare("cancel", str(array_id)).code == 0
     states = wait_array(cluster, array_id, lambda s: set(s.values()) <= FINAL)
     assert set(states.values()) == {"CANCELLED"}
@@ -215,7 +229,8 @@ def test_dependency_on_a_whole_array_and_singleton(cluster: Cluster, workdir: Pa
 
     single = workdir / "single.log"
     one = write(workdir / "one.sh", STAMP.format(log=single, secs=0.8, code=0))
-    ids = [cluster.submit(str(one), "-J", "nightly", "-d", "singleton") for _ in range(3)]
+    ids = [cluster.submit(str(one), "-J", "nightly")]  # not a singleton, but of the name
+    ids += [cluster.submit(str(one), "-J", "nightly", "-d", "singleton") for _ in range(3)]
     for job_id in ids:
         assert cluster.wait_state(job_id, "COMPLETED").exit_code == 0
     runs = spans(single, key=2)
@@ -321,3 +336,24 @@ def test_a_two_by_three_sweep_runs_six_trials_ranked_by_their_metric(
     assert text.code == 0 and "best first by loss (highest)" in text.out, text
     best = text.out.splitlines()[2].split()  # after the title and the header
     assert best[0].startswith(f"{array_id}_") and "0.1" in best, text.out
+
+
+def test_a_long_stepped_array_runs_and_survives_a_restart(cluster: Cluster, workdir: Path) -> None:
+    """Its 1,000 task ids written out would be 4,000+ characters: it is kept as typed."""
+    job = write(workdir / "short.sh", "#!/bin/bash\nsleep 30\n")
+    res = cluster.gsub("--json", str(job), "--array", "0-2999:3%2", cwd=workdir, timeout=60)
+    assert res.code == 0, res.err
+    array_id = json.loads(res.out)["job_id"]
+    running = wait_until(
+        "two tasks running",
+        lambda: [t for t, s in end_states(cluster, array_id).items() if s == "RUNNING"],
+    )
+    assert len(running) <= 2
+    cluster.kill_scheduler(signal.SIGKILL)
+    cluster.start_scheduler()
+    cluster.wait_nodes_up(2)
+    states = end_states(cluster, array_id)
+    assert len(states) == 1000 and sum(s == "RUNNING" for s in states.values()) <= 2
+    assert cluster.gshare("cancel", f"{array_id}_[0-2999:3]").code == 0
+    states = wait_array(cluster, array_id, lambda s: set(s.values()) <= FINAL)
+    assert set(states.values()) == {"CANCELLED"}

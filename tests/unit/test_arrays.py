@@ -3,6 +3,7 @@ an array stored in one transaction."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from dataclasses import replace
@@ -27,7 +28,7 @@ from gshare.sweep import load_sweep, parse_sweep, read_result, report
 from schedulerd.gates import Gates
 from schedulerd.jobstate import JobState
 from schedulerd.model import JobRecord
-from schedulerd.store import NewJob, Store
+from schedulerd.store import Change, NewJob, Store
 from tests.unit.test_store import record
 
 # ---------------------------------------------------------------- --array
@@ -64,7 +65,10 @@ def test_array_syntax(text: str, tasks: tuple[int, ...], limit: int) -> None:
         ("0-10001", "over the largest allowed"),
         ("0-9\x00", "printable"),
         ("1," * 3000, "at most 4096"),
-        ("99999999999999999999999", "over the largest allowed"),
+        ("99999999999999999999999", "over 12 digits"),
+        ("0000000000005", "over 12 digits"),
+        ("0-3%²", "%K needs a number"),
+        ("0-9999,0-9999:2", "more than max_array_size"),
     ],
 )
 def test_bad_arrays_say_why_in_one_line(text: str, message: str) -> None:
@@ -118,7 +122,7 @@ def test_dependency_syntax() -> None:
         ("afterok:1,afterany:2?after:3", "not both"),
         ("before:3", "is not one of"),
         ("singleton:3", "takes no job ids"),
-        ("afterok:" + ":".join(["1"] * 1100), "more than 1024"),
+        ("afterok:" + ":".join(str(i) for i in range(1, 1026)), "more than 1024"),
         ("afterok:99999999999999999999", "not a job id"),
     ],
 )
@@ -132,9 +136,16 @@ def test_job_references() -> None:
     assert parse_job_ref("12_7").tasks == (7,)
     assert parse_job_ref("12_[3-5]").tasks == (3, 4, 5)
     assert parse_job_ref("12_[1,3,7-9]").tasks == (1, 3, 7, 8, 9)
-    for bad in ("", "x", "12_", "12_[]", "12_[5-3]", "12__3", "-1", "1" * 30):
+    for bad in ("", "x", "12_", "12_[]", "12_[5-3]", "12__3", "-1", "1" * 30, "0", "0_0", "12_²"):
         with pytest.raises(ValueError):
             parse_job_ref(bad)
+    with pytest.raises(ValueError, match="no array has task"):
+        parse_job_ref("2_1234567890123456")
+    # ranges are sized before they are made: a reference of many large ranges is refused
+    with pytest.raises(ValueError, match="max_array_size"):
+        parse_job_ref("1_[" + ",".join(["0-999999"] * 400) + "]")
+    with pytest.raises(ValueError, match="max_array_size"):
+        parse_job_ref("1_[0-99,100-199]", max_size=150)
 
 
 # ---------------------------------------------------------------- sweeps
@@ -364,6 +375,73 @@ def test_singleton_lets_one_of_a_name_run_at_a_time() -> None:
     assert not live.gates.check().held
 
 
+def test_a_singleton_waits_for_an_older_job_of_its_name_that_is_not_one() -> None:
+    live = Live()
+    live.put(record(job_id=1, name="nightly"))  # pending, no dependency of its own
+    live.put(record(job_id=2, name="nightly", dependency="singleton"))
+    assert "job 1 of alice named 'nightly' was submitted first" in live.gates.check().held[2]
+    live.move(1, JobState.CANCELLED)
+    assert not live.gates.check().held
+
+
+def test_a_dependency_on_one_task_is_that_task_alone() -> None:
+    """`afterok:5_0` is task 0, although its job id is the array's."""
+    live = Live()
+    for task in range(2):
+        live.put(record(job_id=5 + task, array_job_id=5, array_task_id=task, array_spec="0-1"))
+    live.put(record(job_id=9, dependency="afterok:5_0"))
+    live.put(record(job_id=10, dependency="afterok:5_1"))
+    live.gates.watch([5])
+    live.move(6, JobState.FAILED)
+    verdict = live.gates.check()
+    assert 9 in verdict.held and verdict.doomed[10].endswith("job 6 ended FAILED")
+    live.move(5, JobState.COMPLETED)
+    assert 9 not in live.gates.check().held
+
+
+def test_each_target_is_counted_once_a_cycle_and_outcomes_are_forgotten() -> None:
+    live = Live()
+    for task in range(50):
+        live.put(record(job_id=100 + task, array_job_id=100, array_task_id=task, array_spec="0-49"))
+    for job_id in range(1, 41):
+        live.put(record(job_id=job_id, dependency="afterany:100"))
+    live.gates.watch([100])
+    counted: list[object] = []
+    real = live.gates._counts
+    live.gates._counts = lambda t: counted.append(t) or real(t)  # type: ignore[method-assign]
+    assert len(live.gates.check().held) == 40 and len(counted) == 1
+    for task in range(50):
+        live.move(100 + task, JobState.COMPLETED)
+    assert not live.gates.check().held
+    for job_id in range(1, 41):
+        live.move(job_id, JobState.COMPLETED)
+    for _ in range(100):
+        live.gates.check()
+    assert not live.gates.ended and not live.gates.array_ended and not live.gates.arrays
+    assert not live.gates.array_live and not live.gates.watched
+
+
+def test_a_stepped_array_is_kept_short_and_read_back() -> None:
+    from gshare.api import gshare_pb2 as pb
+    from schedulerd.requests import array_of, tasks_of
+
+    spec = pb.JobSpec(gpus=1, array="0-9999:3%2")
+    tasks = tasks_of(record(), array_of(spec, 10_001), spec)  # type: ignore[arg-type]
+    assert len(tasks) == 3334 and {t.array_spec for t in tasks} == {"0-9999:3%2"}
+    env = task_environment(1, 9999, tasks[0].array_spec, {}, "/c")
+    assert (env["GSHARE_ARRAY_TASK_COUNT"], env["GSHARE_ARRAY_TASK_MAX"]) == ("3334", "9999")
+    live = Live()
+    for number, task in enumerate(tasks[:5]):
+        live.put(replace(task, job_id=1 + number, array_job_id=1))
+    assert len(live.gates.check().held) == 3
+
+
+def test_a_gate_that_cannot_read_a_job_leaves_it_ungated() -> None:
+    live = Live()
+    live.put(record(job_id=1, dependency="afterok:not-a-job"))  # a hand-edited database
+    assert live.gates.check().held == {}
+
+
 # ---------------------------------------------------------------- the store
 
 
@@ -378,6 +456,16 @@ def test_an_array_is_stored_whole_in_one_transaction(tmp_path: Path) -> None:
     assert all(store.script(j.job_id) == b"#!/bin/sh\n" for j in stored)
     # kept once, with the first task; every task gets it back when the scheduler starts
     assert [j.env for j in store.live_jobs()] == [{"A": "1"}] * 3
+    # and keeps it through every change (the store's row of a task has none of its own)
+    from schedulerd.state import ClusterState
+
+    state = ClusterState(store, lambda: 9.0)
+    for job in store.live_jobs():
+        state.jobs[job.job_id] = job
+    [moved] = asyncio.run(
+        state.change([Change(stored[2].job_id, JobState.HELD, "hold", "alice", "held", ())])
+    )
+    assert moved.env == {"A": "1"}
     assert store.task_job_id(array_id, 2) == stored[2].job_id
     assert store.task_job_id(array_id, 5) is None
     # a retried submit (same key) makes nothing more
