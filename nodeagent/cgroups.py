@@ -278,6 +278,12 @@ def _setup_v2(base: Path, own: str, root: str) -> Confinement:
     own_path = own.strip("/")
     if own_path.endswith("/" + AGENT_LEAF) or own_path == AGENT_LEAF:
         own_path = own_path[: -len(AGENT_LEAF)].rstrip("/")  # an earlier start moved us
+    if own_path.endswith(".slice"):
+        # not a cgroup of the agent's own (systemd puts a process it could not place in
+        # its unit's cgroup into the slice above): never touch what systemd manages
+        return Confinement(
+            f"none (cgroup v2: the agent runs in /{own_path}, not a cgroup of its own)"
+        )
     top = base / own_path
     job_root = _below(base, own_path, root)
     enable = " ".join(f"+{c}" for c in V2_CONTROLLERS)
@@ -286,9 +292,7 @@ def _setup_v2(base: Path, own: str, root: str) -> Confinement:
         if own_path and start == top:  # the top cgroup may have processes and controllers
             leaf = top / AGENT_LEAF
             leaf.mkdir(mode=0o755, exist_ok=True)
-            for pid in _procs(top):
-                with contextlib.suppress(ProcessLookupError):
-                    _write(leaf / "cgroup.procs", str(pid))
+            _write(leaf / "cgroup.procs", str(os.getpid()))  # ourselves, nothing else
         chain = [start]
         for part in job_root.relative_to(start).parts:
             chain.append(chain[-1] / part)

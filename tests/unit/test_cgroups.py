@@ -41,7 +41,7 @@ def v2_tree(tmp_path: Path, controllers: str = "cpuset cpu io memory hugetlb pid
     top = tmp_path / "cg"
     (top / SERVICE).mkdir(parents=True)
     (top / "cgroup.controllers").write_text(controllers + "\n")
-    (top / SERVICE / "cgroup.procs").write_text("4242\n")  # the agent
+    (top / SERVICE / "cgroup.procs").write_text("4242\n")  # the unit's
     return top
 
 
@@ -60,7 +60,7 @@ def test_v2_delegated_the_agent_moves_to_a_leaf_and_jobs_get_their_limits(
     assert found.kind == "cgroup v2 (GPU devices not confined)"
     unit = top / SERVICE
     # a cgroup with processes cannot enable controllers for its children: the agent left it
-    assert writes[str(unit / cgroups.AGENT_LEAF / "cgroup.procs")] == ["4242"]
+    assert writes[str(unit / cgroups.AGENT_LEAF / "cgroup.procs")] == [str(os.getpid())]
     assert writes[str(unit / "cgroup.subtree_control")] == ["+memory +cpu +pids"]
     assert writes[str(unit / "gshare" / "cgroup.subtree_control")] == ["+memory +cpu +pids"]
 
@@ -86,6 +86,15 @@ def test_v2_after_a_restart_the_agent_in_its_leaf_finds_the_same_job_root(
     found = v2_detect(top, own=f"{SERVICE}/{cgroups.AGENT_LEAF}")
     assert isinstance(found, CgroupV2)
     assert found.job_dirs(3) == (top / SERVICE / "gshare" / "job-3",)
+
+
+def test_v2_an_agent_in_a_slice_touches_nothing(
+    tmp_path: Path, writes: dict[str, list[str]]
+) -> None:
+    top = v2_tree(tmp_path)
+    found = v2_detect(top, own="system.slice")  # as systemd's fallback might place it
+    assert not found.enforced and "not a cgroup of its own" in found.kind
+    assert not writes
 
 
 def test_v2_an_absolute_root_is_from_the_top(tmp_path: Path, writes: dict[str, list[str]]) -> None:
