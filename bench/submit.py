@@ -54,9 +54,10 @@ def report(name: str, latencies: list[float], wall: float) -> dict[str, float]:
 
 
 async def api_round(
-    target: str, n: int, concurrency: int, submit: bool
+    target: str, n: int, concurrency: int, submit: bool, queue: str = ""
 ) -> tuple[list[float], float]:
     spec = pb.JobSpec(
+        queue=queue,
         gpus=1,
         workdir="/tmp",
         script=b"#!/bin/sh\ntrue\n",
@@ -94,6 +95,36 @@ def process_round(argv: list[str], m: int, env: dict[str, str]) -> tuple[list[fl
     return latencies, time.perf_counter() - t0
 
 
+def start_scheduler(tmp: Path, config: str) -> tuple[subprocess.Popen[bytes], str]:
+    """A scheduler with its state in `tmp` and this config, serving on its socket there."""
+    (tmp / "gshare.toml").write_text(config)
+    address = f"unix:{tmp / 'gshare.sock'}"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "schedulerd.main",
+            "--state-dir",
+            str(tmp),
+            "--config",
+            str(tmp / "gshare.toml"),
+            "--log-level",
+            "WARNING",
+        ],
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with Client(address, timeout=1) as c:
+                c.nodes()
+            return proc, address
+        except ClientError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.1)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -110,33 +141,8 @@ def main() -> int:
     proc = None
     address = args.address
     if address is None:
-        (tmp / "gshare.toml").write_text(
-            f'[store]\nsqlite_synchronous = "{args.sqlite_synchronous}"\n'
-        )
-        address = f"unix:{tmp / 'gshare.sock'}"
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "schedulerd.main",
-                "--state-dir",
-                str(tmp),
-                "--config",
-                str(tmp / "gshare.toml"),
-                "--log-level",
-                "WARNING",
-            ],
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with Client(address, timeout=1) as c:
-                    c.nodes()
-                break
-            except ClientError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        config = f'[store]\nsqlite_synchronous = "{args.sqlite_synchronous}"\n'
+        proc, address = start_scheduler(tmp, config)
     try:
         print(
             f"scheduler at {address}; SQLite synchronous={args.sqlite_synchronous}; "

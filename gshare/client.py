@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from gshare.address import resolve
 from gshare.api import gshare_pb2 as pb
-from gshare.api import gshare_pb2_grpc as pb_grpc
-
-Req = TypeVar("Req")
-T = TypeVar("T")
+from gshare.clientconfig import ClientConfig, ClientConfigError, client_config
+from gshare.munge import HEADER, Munge, MungeError, request_payload
 
 # The largest gRPC message, both ways, on every channel and server of gshare: the scheduler,
 # its clients (gsub, gshare, the TUI) and its node agents. gRPC's default is 4 MiB for what
@@ -33,6 +34,14 @@ def new_key() -> str:
     return uuid.uuid4().hex
 
 
+SERVICE = "/gshare.v1.ClientService/"
+M = TypeVar("M", bound=Message)
+
+
+def _as_is(data: bytes) -> bytes:
+    return data
+
+
 def _unavailable(exc: grpc.RpcError) -> bool:
     return isinstance(exc, grpc.Call) and exc.code() is grpc.StatusCode.UNAVAILABLE
 
@@ -45,14 +54,53 @@ class ClientError(Exception):
         self.code = code
 
 
+def _read(path: str, key: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ClientError(f"[client] {key} {path}: {exc.strerror}") from None
+
+
+def channel_to(target: str, settings: ClientConfig) -> grpc.Channel:
+    """A channel to `target`: over TCP with TLS when [client] ca_file names the CA of the
+    scheduler's certificate (with the client's own certificate when it has one)."""
+    if target.startswith("unix:") or not settings.ca_file:
+        return grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=_read(settings.ca_file, "ca_file"),
+        private_key=_read(settings.key_file, "key_file") if settings.key_file else None,
+        certificate_chain=_read(settings.cert_file, "cert_file") if settings.cert_file else None,
+    )
+    return grpc.secure_channel(target, creds, options=CHANNEL_OPTIONS)
+
+
 class Client:
-    def __init__(self, address: str | None = None, timeout: float = 30.0) -> None:
-        self.target = resolve(address)
+    """Over the Unix socket the kernel says who calls; over TCP each request carries a
+    MUNGE credential from the local munged, made for that request alone."""
+
+    def __init__(
+        self,
+        address: str | None = None,
+        timeout: float = 30.0,
+        settings: ClientConfig | None = None,
+    ) -> None:
+        try:
+            settings = settings if settings is not None else client_config(None)
+        except ClientConfigError as exc:
+            raise ClientError(str(exc)) from None
+        self.target = resolve(address or os.environ.get("GSHARE_ADDRESS") or settings.scheduler)
         self.timeout = timeout
         self.resent = 0  # submits sent again with their key after a lost answer
         self.truncated = False  # whether the last job listing was cut short
-        self._channel = grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS)
-        self._stub = pb_grpc.ClientServiceStub(self._channel)
+        self.remote = not self.target.startswith("unix:")
+        self._munge: Munge | None = None
+        self._munge_error = ""  # why this client sends no credential, when it cannot
+        if self.remote:
+            try:
+                self._munge = Munge(settings.munge_socket)
+            except MungeError as exc:
+                self._munge_error = str(exc)
+        self._channel = channel_to(self.target, settings)
 
     def close(self) -> None:
         self._channel.close()
@@ -63,9 +111,29 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: grpc.UnaryUnaryMultiCallable[Req, T], request: Req) -> T:
+    def _metadata(self, method: str, data: bytes) -> tuple[tuple[str, str | bytes], ...] | None:
+        """A fresh MUNGE credential for this request (over TCP): made for its method and
+        bytes, so it is good for this request once and for nothing else."""
+        if self._munge is None:
+            return None
         try:
-            return method(request, timeout=self.timeout)
+            return ((HEADER, self._munge.encode(request_payload(method, data))),)
+        except MungeError as exc:
+            self._munge_error = str(exc)
+            return None
+
+    def _send(self, name: str, request: Message, reply: type[M], **kw: Any) -> M:
+        method = SERVICE + name
+        data = request.SerializeToString()
+        call = self._channel.unary_unary(
+            method, request_serializer=_as_is, response_deserializer=reply.FromString
+        )
+        result: M = call(data, metadata=self._metadata(method, data), **kw)
+        return result
+
+    def _call(self, name: str, request: Message, reply: type[M]) -> M:
+        try:
+            return self._send(name, request, reply, timeout=self.timeout)
         except grpc.RpcError as exc:
             raise self._error(exc) from None
 
@@ -78,6 +146,8 @@ class Client:
                 "is it running? (start one with `gshare up`, or set GSHARE_ADDRESS)",
                 code,
             )
+        if code is grpc.StatusCode.UNAUTHENTICATED and self._munge_error:
+            details = f"{details} (no credential was made here: {self._munge_error})"
         return ClientError(details or str(code), code)
 
     def submit(self, spec: pb.JobSpec, idempotency_key: str = "", retry_s: float = 30.0) -> int:
@@ -96,7 +166,9 @@ class Client:
         deadline = time.monotonic() + retry_s
         try:
             try:
-                return self._stub.SubmitJob(request, timeout=self.timeout).job_id
+                return self._send(
+                    "SubmitJob", request, pb.SubmitJobResponse, timeout=self.timeout
+                ).job_id
             except grpc.RpcError as exc:
                 code = exc.code() if isinstance(exc, grpc.Call) else None
                 # lost after it was sent: UNAVAILABLE once the channel was up (the
@@ -111,8 +183,12 @@ class Client:
                 self.resent += 1
                 left = deadline - time.monotonic()
                 try:
-                    return self._stub.SubmitJob(
-                        request, timeout=max(left, 0.1), wait_for_ready=True
+                    return self._send(
+                        "SubmitJob",
+                        request,
+                        pb.SubmitJobResponse,
+                        timeout=max(left, 0.1),
+                        wait_for_ready=True,
                     ).job_id
                 except grpc.RpcError as exc:
                     code = exc.code() if isinstance(exc, grpc.Call) else None
@@ -126,8 +202,12 @@ class Client:
         finally:
             self._channel.unsubscribe(watch)
 
-    def job(self, job_id: int) -> pb.Job:
-        return self._call(self._stub.GetJob, pb.GetJobRequest(job_id=job_id))
+    def job(self, job: int | str) -> pb.Job:
+        """A job by id, or by a task of an array: "12_7"."""
+        request = (
+            pb.GetJobRequest(job_id=job) if isinstance(job, int) else pb.GetJobRequest(target=job)
+        )
+        return self._call("GetJob", request, pb.Job)
 
     def jobs(
         self,
@@ -144,38 +224,66 @@ class Client:
             include_finished=include_finished,
             limit=limit,
         )
-        reply = self._call(self._stub.ListJobs, request)
+        reply = self._call("ListJobs", request, pb.ListJobsResponse)
         self.truncated = reply.truncated  # the scheduler cut the listing (the newest kept)
         return list(reply.jobs)
 
+    def array(self, array_job_id: int) -> list[pb.Job]:
+        """Every task of an array, ended ones too, in task order."""
+        request = pb.ListJobsRequest(array_job_id=array_job_id)
+        reply = self._call("ListJobs", request, pb.ListJobsResponse)
+        self.truncated = reply.truncated
+        return list(reply.jobs)
+
     def cancel(self, job_id: int) -> pb.Job:
-        return self._call(self._stub.CancelJob, pb.JobIdRequest(job_id=job_id)).job
+        return self._call("CancelJob", pb.JobIdRequest(job_id=job_id), pb.JobActionResponse).job
 
     def hold(self, job_id: int) -> pb.Job:
-        return self._call(self._stub.HoldJob, pb.JobIdRequest(job_id=job_id)).job
+        return self._call("HoldJob", pb.JobIdRequest(job_id=job_id), pb.JobActionResponse).job
 
     def preempt(self, job_id: int) -> pb.Job:
-        return self._call(self._stub.PreemptJob, pb.JobIdRequest(job_id=job_id)).job
+        return self._call("PreemptJob", pb.JobIdRequest(job_id=job_id), pb.JobActionResponse).job
 
     def set_priority(self, job_id: int, priority: int) -> pb.Job:
         request = pb.SetPriorityRequest(job_id=job_id, priority=priority)
-        return self._call(self._stub.SetPriority, request).job
+        return self._call("SetPriority", request, pb.JobActionResponse).job
 
     def release(self, job_id: int) -> pb.Job:
-        return self._call(self._stub.ReleaseJob, pb.JobIdRequest(job_id=job_id)).job
+        return self._call("ReleaseJob", pb.JobIdRequest(job_id=job_id), pb.JobActionResponse).job
+
+    def act(self, verb: str, target: str, priority: int = 0) -> pb.JobActionResponse:
+        """cancel, hold, release, preempt or priority on "12" (a job or a whole array),
+        "12_7" (a task) or "12_[3-5]" (some tasks)."""
+        if verb == "priority":
+            request = pb.SetPriorityRequest(target=target, priority=priority)
+            return self._call("SetPriority", request, pb.JobActionResponse)
+        method = {
+            "cancel": "CancelJob",
+            "hold": "HoldJob",
+            "release": "ReleaseJob",
+            "preempt": "PreemptJob",
+        }[verb]
+        return self._call(method, pb.JobIdRequest(target=target), pb.JobActionResponse)
 
     def usage(self) -> pb.GetUsageResponse:
-        return self._call(self._stub.GetUsage, pb.GetUsageRequest())
+        return self._call("GetUsage", pb.GetUsageRequest(), pb.GetUsageResponse)
 
     def drain(self, node: str, gpu: int, resume: bool, reason: str) -> pb.Node:
         request = pb.DrainRequest(node=node, gpu=gpu, resume=resume, reason=reason)
-        return self._call(self._stub.DrainNode, request)
+        return self._call("DrainNode", request, pb.Node)
 
     def nodes(self) -> list[pb.Node]:
-        return list(self._call(self._stub.ListNodes, pb.ListNodesRequest()).nodes)
+        return list(self._call("ListNodes", pb.ListNodesRequest(), pb.ListNodesResponse).nodes)
 
     def watch(self, initial: bool = True) -> Iterator[pb.ClusterChange]:
         try:
-            yield from self._stub.WatchCluster(pb.WatchClusterRequest(initial=initial))
+            method = SERVICE + "WatchCluster"
+            data = pb.WatchClusterRequest(initial=initial).SerializeToString()
+            call = self._channel.unary_stream(
+                method,
+                request_serializer=_as_is,
+                response_deserializer=pb.ClusterChange.FromString,
+            )
+            yield from call(data, metadata=self._metadata(method, data))
         except grpc.RpcError as exc:
             raise self._error(exc) from None

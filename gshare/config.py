@@ -8,11 +8,27 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from gshare.clientconfig import (
+    ClientConfig,
+    ClientConfigError,
+    client_config,
+    host_port,
+    parse_client_table,
+)
 from gshare.limits import parse_mem_mb
 from gshare.paths import SYSTEM_CONFIG, SYSTEM_SOCKET, default_state_dir
 from gshare.timefmt import TimeFormatError, parse_duration
 
-__all__ = ["SYSTEM_CONFIG", "SYSTEM_SOCKET", "Config", "ConfigError", "default_state_dir"]
+__all__ = [
+    "SYSTEM_CONFIG",
+    "SYSTEM_SOCKET",
+    "ClientConfig",
+    "Config",
+    "ConfigError",
+    "TlsConfig",
+    "client_config",
+    "default_state_dir",
+]
 
 
 class ConfigError(ValueError):
@@ -75,6 +91,20 @@ class MqttConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """The TCP listeners' TLS ([server.tls]): the scheduler's certificate and key, and the
+    cluster CA that signed the agents' (and readers') client certificates."""
+
+    cert_file: str = ""
+    key_file: str = ""
+    ca_file: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file)
+
+
+@dataclass(frozen=True)
 class AccountConfig:
     name: str
     shares: float
@@ -91,8 +121,16 @@ class Config:
     kill_grace_s: float = 10.0
     max_restarts: int = 10  # for jobs that do not say (gsub --max-restarts)
     max_script_bytes: int = 1 << 20
+    max_array_size: int = 10_001  # tasks ids of an array run from 0 to this - 1
+    # a dependency that can never be met: end the job CANCELLED (true), or leave it pending
+    # with the reason (false), as Slurm's kill_invalid_depend
+    kill_invalid_depend: bool = True
     socket: str = ""
     tcp: str = ""
+    munge_socket: str = ""  # the scheduler's munged: TCP clients' credentials ([server])
+    agent_tcp: str = ""  # HOST:PORT for agents with a node certificate (mutual TLS)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
     store_url: str = ""
     sqlite_synchronous: str = "FULL"
     queues: dict[str, QueueConfig] = field(
@@ -111,6 +149,9 @@ class Config:
     agent_metrics_listen: str = ""  # HOST:PORT for each agent's /metrics; empty: off
     agent_scheduler: str = ""  # where agents find the scheduler (unix:PATH or HOST:PORT)
     agent_token_file: str = ""  # the agent token, for a scheduler reached over TCP
+    agent_ca_file: str = ""  # TLS to the scheduler: the CA of its certificate
+    agent_cert_file: str = ""  # the node's certificate (gshare ca node NAME), for agent_tcp
+    agent_key_file: str = ""
     agent_confine: str = "auto"  # "auto": jobs in cgroups when the agent is root; "off"
     agent_cgroup_root: str = "gshare"  # below the agent's own cgroup; "/..." from the top
     agent_pids_max: int = 16384  # processes and threads per job; 0: no limit
@@ -159,6 +200,7 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
         "mqtt",
         "telemetry",
         "slurm",
+        "client",
     }
     for key in data:
         if key not in known:
@@ -185,6 +227,10 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
     max_script = _typed(sched, "max_script_bytes", int, where, 1 << 20)
     if max_script <= 0:
         raise ConfigError(f"{where}: max_script_bytes must be positive")
+    max_array = _typed(sched, "max_array_size", int, where, 10_001)
+    if not 1 <= max_array <= 1_000_001:
+        raise ConfigError(f"{where}: max_array_size must be between 1 and 1000001")
+    kill_invalid = _typed(sched, "kill_invalid_depend", bool, where, True)
     sync = _typed(store, "sqlite_synchronous", str, f"{source} [store]", "FULL").upper()
     if sync not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ConfigError(f"{source} [store]: sqlite_synchronous must be NORMAL, FULL or EXTRA")
@@ -239,28 +285,60 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
         raise ConfigError(f"{twhere}: fatal_xids must be a list of positive Xid numbers")
     metrics_listen = _typed(server, "metrics", str, f"{source} [server]", "")
     agent = _section(data, "agent", source)
+    awhere = f"{source} [agent]"
     _known_keys(
         agent,
-        {"metrics", "scheduler", "token_file", "confine", "cgroup_root", "pids_max"},
-        f"{source} [agent]",
+        {
+            "metrics",
+            "scheduler",
+            "token_file",
+            "ca_file",
+            "cert_file",
+            "key_file",
+            "confine",
+            "cgroup_root",
+            "pids_max",
+        },
+        awhere,
     )
-    confine = _typed(agent, "confine", str, f"{source} [agent]", "auto")
+    confine = _typed(agent, "confine", str, awhere, "auto")
     if confine not in ("auto", "off"):
-        raise ConfigError(f"{source} [agent]: confine must be auto or off, not {confine!r}")
-    cgroup_root = _typed(agent, "cgroup_root", str, f"{source} [agent]", "gshare")
+        raise ConfigError(f"{awhere}: confine must be auto or off, not {confine!r}")
+    cgroup_root = _typed(agent, "cgroup_root", str, awhere, "gshare")
     try:
         check_cgroup_root(cgroup_root)
     except ValueError as exc:
-        raise ConfigError(f"{source} [agent]: cgroup_root: {exc}") from exc
-    pids_max = _typed(agent, "pids_max", int, f"{source} [agent]", 16384)
+        raise ConfigError(f"{awhere}: cgroup_root: {exc}") from exc
+    pids_max = _typed(agent, "pids_max", int, awhere, 16384)
     if not 0 <= pids_max <= MAX_PIDS:
-        raise ConfigError(f"{source} [agent]: pids_max must be between 0 and {MAX_PIDS}")
-    agent_metrics = _typed(agent, "metrics", str, f"{source} [agent]", "")
-    agent_scheduler = _typed(agent, "scheduler", str, f"{source} [agent]", "")
-    agent_token_file = _typed(agent, "token_file", str, f"{source} [agent]", "")
-    for key, value in (("[server] metrics", metrics_listen), ("[agent] metrics", agent_metrics)):
-        if value and not _host_port(value, listen=True):
+        raise ConfigError(f"{awhere}: pids_max must be between 0 and {MAX_PIDS}")
+    agent_metrics = _typed(agent, "metrics", str, awhere, "")
+    agent_scheduler = _typed(agent, "scheduler", str, awhere, "")
+    agent_token_file = _typed(agent, "token_file", str, awhere, "")
+    agent_files = _files(agent, ("ca_file", "cert_file", "key_file"), awhere)
+    if bool(agent_files["cert_file"]) != bool(agent_files["key_file"]):
+        raise ConfigError(f"{awhere}: cert_file and key_file go together")
+    if agent_files["cert_file"] and not agent_files["ca_file"]:
+        raise ConfigError(f"{awhere}: cert_file needs ca_file (the scheduler's CA)")
+    swhere = f"{source} [server]"
+    _known_keys(server, {"socket", "tcp", "metrics", "munge_socket", "agent_tcp", "tls"}, swhere)
+    tcp = _typed(server, "tcp", str, swhere, "")
+    agent_tcp = _typed(server, "agent_tcp", str, swhere, "")
+    for key, value in (
+        ("[server] metrics", metrics_listen),
+        ("[agent] metrics", agent_metrics),
+        ("[server] tcp", tcp),
+        ("[server] agent_tcp", agent_tcp),
+    ):
+        if value and not host_port(value, listen=True):
             raise ConfigError(f"{source} {key}: expected HOST:PORT, not {value!r}")
+    tls = _tls(_section(server, "tls", swhere), f"{source} [server.tls]")
+    if agent_tcp and not (tls.enabled and tls.ca_file):
+        raise ConfigError(
+            f"{swhere}: agent_tcp needs [server.tls] cert_file, key_file and ca_file "
+            "(agents prove their node with a certificate from that CA)"
+        )
+    client = _client(_section(data, "client", source), f"{source} [client]")
     return Config(
         policy=_typed(sched, "policy", str, where, "fairshare"),
         policy_params=params,
@@ -270,8 +348,14 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
         kill_grace_s=grace,
         max_restarts=max_restarts,
         max_script_bytes=max_script,
+        max_array_size=max_array,
+        kill_invalid_depend=kill_invalid,
         socket=_typed(server, "socket", str, f"{source} [server]", ""),
-        tcp=_typed(server, "tcp", str, f"{source} [server]", ""),
+        tcp=tcp,
+        munge_socket=_typed(server, "munge_socket", str, swhere, ""),
+        agent_tcp=agent_tcp,
+        tls=tls,
+        client=client,
         store_url=_typed(store, "url", str, f"{source} [store]", ""),
         sqlite_synchronous=sync,
         queues=queues,
@@ -285,11 +369,40 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
         agent_metrics_listen=agent_metrics,
         agent_scheduler=agent_scheduler,
         agent_token_file=agent_token_file,
+        agent_ca_file=agent_files["ca_file"],
+        agent_cert_file=agent_files["cert_file"],
+        agent_key_file=agent_files["key_file"],
         agent_confine=confine,
         agent_cgroup_root=cgroup_root,
         agent_pids_max=pids_max,
         **fair,
     )
+
+
+def _files(table: dict[str, Any], keys: tuple[str, ...], where: str) -> dict[str, str]:
+    """Paths of files that must exist (certificates, keys), named by their key if not."""
+    values = {k: _typed(table, k, str, where, "") for k in keys}
+    for key, value in values.items():
+        if value and ("\0" in value or not Path(value).is_file()):
+            raise ConfigError(f"{where}: {key} {value!r} is not a readable file")
+    return values
+
+
+def _tls(table: dict[str, Any], where: str) -> TlsConfig:
+    _known_keys(table, {"cert_file", "key_file", "ca_file"}, where)
+    values = _files(table, ("cert_file", "key_file", "ca_file"), where)
+    if bool(values["cert_file"]) != bool(values["key_file"]):
+        raise ConfigError(f"{where}: cert_file and key_file go together")
+    if values["ca_file"] and not values["cert_file"]:
+        raise ConfigError(f"{where}: ca_file needs cert_file and key_file")
+    return TlsConfig(**values)
+
+
+def _client(table: dict[str, Any], where: str) -> ClientConfig:
+    try:
+        return parse_client_table(table, where)
+    except ClientConfigError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 SLURM_MODES = ("never", "when_idle_capacity_lacks", "always")
@@ -361,12 +474,6 @@ def _known_keys(table: dict[str, Any], known: set[str], where: str) -> None:
     for key in table:
         if key not in known:
             raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
-
-
-def _host_port(value: str, listen: bool = False) -> bool:
-    """HOST:PORT; to listen on, port 0 too (any free port: the daemon writes which)."""
-    host, sep, port = value.rpartition(":")
-    return bool(sep and host and port.isdigit() and (0 if listen else 1) <= int(port) < 65536)
 
 
 def _mqtt(table: dict[str, Any], where: str) -> MqttConfig:

@@ -5,8 +5,12 @@ on the Slurm node when the job starts: see `slurm_wrapper`)."""
 from __future__ import annotations
 
 import base64
+import functools
+import json
 import signal
 from collections.abc import Mapping
+
+from gshare.arrays import parse_array
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
@@ -46,6 +50,43 @@ def job_environment(
             GSHARE_GPUS=visible,
             GSHARE_GPU_UUIDS=",".join(gpu_uuids),
         )
+    return out
+
+
+RESULT_FILE = "result.json"  # in the job's checkpoint directory
+
+
+@functools.lru_cache(maxsize=256)
+def _array_figures(array_spec: str) -> tuple[int, int, int]:
+    tasks = parse_array(array_spec, 1 << 30).tasks
+    return len(tasks), tasks[0], tasks[-1]
+
+
+def task_environment(
+    array_job_id: int,
+    array_task_id: int,
+    array_spec: str,
+    params: Mapping[str, str],
+    checkpoint_dir: str,
+) -> dict[str, str]:
+    """What an array task (or a sweep's trial) finds besides the rest: its array's id, its
+    own task id, the array's size and bounds, its parameters, and where it may write its
+    results (GSHARE_RESULT_FILE, read by `gshare sweep`)."""
+    if not array_job_id:
+        return {}
+    count, low, high = _array_figures(array_spec)
+    out = {
+        "GSHARE_ARRAY_JOB_ID": str(array_job_id),
+        "GSHARE_ARRAY_TASK_ID": str(array_task_id),
+        "GSHARE_ARRAY_TASK_COUNT": str(count),
+        "GSHARE_ARRAY_TASK_MIN": str(low),
+        "GSHARE_ARRAY_TASK_MAX": str(high),
+        "GSHARE_RESULT_FILE": f"{checkpoint_dir.rstrip('/')}/{RESULT_FILE}",
+    }
+    if params:
+        out["GSHARE_PARAMS"] = json.dumps(dict(params), sort_keys=True)
+        for name, value in params.items():
+            out[f"GSHARE_PARAM_{name.upper()}"] = value
     return out
 
 

@@ -68,6 +68,7 @@ class SchedulerLink:
         launcher: JobRunner,
         lease: Lease,
         token: str = "",
+        credentials: grpc.ChannelCredentials | None = None,
         confinement: str = "",
     ) -> None:
         self.target = target
@@ -78,6 +79,7 @@ class SchedulerLink:
         self.mem_mb = mem_mb
         self.launcher = launcher
         self.token = token
+        self.credentials = credentials  # TLS: the scheduler's CA, and this node's certificate
         self.confinement = confinement
         self.lease = lease
         self.heartbeat_s = 5.0
@@ -195,12 +197,17 @@ class SchedulerLink:
             log.warning("scheduler drained this node: %s", msg.drain.reason)
 
     async def run_once(self) -> None:
-        metadata = (
-            ((AGENT_TOKEN_HEADER, self.token), (AGENT_NODE_HEADER, self.node))
-            if self.token
-            else None
+        # the node it registers as goes up front, so a listener that cannot take it (a
+        # token or a certificate for another node) refuses before reading the stream
+        metadata: tuple[tuple[str, str], ...] = ((AGENT_NODE_HEADER, self.node),)
+        if self.token:
+            metadata += ((AGENT_TOKEN_HEADER, self.token),)
+        channel = (
+            grpc.aio.secure_channel(self.target, self.credentials, options=CHANNEL_OPTIONS)
+            if self.credentials is not None
+            else grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
         )
-        async with grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS) as channel:
+        async with channel:
             stub = pb_grpc.AgentServiceStub(channel)
             outbox: asyncio.Queue[pb.AgentMessage] = asyncio.Queue()
             self._beats_sent.clear()

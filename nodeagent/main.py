@@ -12,6 +12,7 @@ import socket
 import sys
 from pathlib import Path
 
+import grpc
 import psutil
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -150,16 +151,33 @@ def agent_metrics(
     return fams
 
 
+def tls_credentials(config: Config) -> grpc.ChannelCredentials | None:
+    """TLS to the scheduler when [agent] ca_file is set: its certificate is checked against
+    that CA, and this node shows its own certificate (gshare ca node NAME) when it has one."""
+    if not config.agent_ca_file:
+        return None
+    files = {}
+    for key in ("ca_file", "cert_file", "key_file"):
+        path = getattr(config, f"agent_{key}")
+        try:
+            files[key] = Path(path).read_bytes() if path else None
+        except OSError as exc:
+            raise ConfigError(f"[agent] {key} {path}: {exc.strerror}") from None
+    return grpc.ssl_channel_credentials(files["ca_file"], files["key_file"], files["cert_file"])
+
+
 async def run(
     args: argparse.Namespace,
     config: Config,
     probe: GpuProbe,
     target: str,
     token: str,
-    confinement: Confinement,
+    credentials: grpc.ChannelCredentials | None = None,
+    confinement: Confinement | None = None,
 ) -> int:
     state_dir = state_dir_of(args)
     link: SchedulerLink | None = None
+    confinement = confinement or Confinement("none (confine = off)")
     gpus = probe.inventory()
     try:
         launcher = Launcher(
@@ -195,6 +213,7 @@ async def run(
         launcher,
         Lease(launcher.lease_file),
         token,
+        credentials,
         confinement.kind,
     )
     stop = asyncio.Event()
@@ -273,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(args.log_level)
         config = with_mqtt_url(load_config(args.config), args.mqtt)
         target = resolve(args.address or os.environ.get("GSHARE_ADDRESS") or config.agent_scheduler)
+        credentials = tls_credentials(config)
     except (ValueError, AddressError, ConfigError) as exc:
         print(f"gshare-nodeagent: {exc}", file=sys.stderr)
         return 2
@@ -298,16 +318,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         probe = make_probe(args, char_devices=confinement.enforced)
     except OSError as exc:
+        confinement.close()
         print(f"gshare-nodeagent: cannot make the fake GPUs' device files: {exc}", file=sys.stderr)
         return 2
     except (ValueError, NvmlUnavailable) as exc:
+        confinement.close()
         print(
             f"gshare-nodeagent: {exc} (use --fake-gpus N on a machine without GPUs)",
             file=sys.stderr,
         )
         return 2
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(run(args, config, probe, target, token, confinement))
+        return asyncio.run(run(args, config, probe, target, token, credentials, confinement))
     return 0
 
 

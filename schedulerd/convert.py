@@ -13,7 +13,9 @@ _NODE_STATE = {
 }
 
 
-def spec_of(job: JobRecord, script: bytes = b"") -> pb.JobSpec:
+def spec_of(
+    job: JobRecord, script: bytes = b"", extra_env: dict[str, str] | None = None
+) -> pb.JobSpec:
     return pb.JobSpec(
         name=job.name,
         queue=job.queue,
@@ -23,7 +25,7 @@ def spec_of(job: JobRecord, script: bytes = b"") -> pb.JobSpec:
         cpus=job.cpus,
         mem_mb=job.mem_mb,
         workdir=job.workdir,
-        env=job.env,
+        env={**job.env, **extra_env} if extra_env else job.env,
         output=job.output,
         script=script,
         args=job.args,
@@ -67,6 +69,11 @@ def job_to_pb(job: JobRecord, events: list[EventRecord] | None = None, position:
         preemptions=job.preemptions,
         slurm_job_id=job.slurm_job_id,
         slurm_state=job.slurm_state,
+        array_job_id=job.array_job_id,
+        array_task_id=job.array_task_id,
+        array_spec=job.array_spec,
+        dependency=job.dependency,
+        params=job.params,
         events=[
             pb.JobEvent(
                 seq=e.seq,

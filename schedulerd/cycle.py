@@ -1,7 +1,9 @@
 """One scheduling cycle, the same in the daemon and in the simulator (`gshare sim`):
 
-1. snapshot: bring the ledger up to now; freeze the live jobs, the schedulable nodes and
-             the usage into a ClusterSnapshot.
+1. snapshot: bring the ledger up to now; ask the gates which pending jobs are held back
+             (dependencies, an array's running limit, singleton) and end those whose
+             dependency can never be met; freeze the other live jobs, the schedulable
+             nodes and the usage into a ClusterSnapshot.
 2. decide:   the configured policy (pure, in policies/) turns it into a Plan.
 3. persist:  the starts, the preemptions (with the claims of the jobs they are for), the
              hand-offs, each through ClusterState.change: one transaction each, with
@@ -13,7 +15,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Protocol
@@ -33,6 +35,7 @@ from policies import (
     handoff_after,
 )
 from schedulerd.changes import claim_change, preempt_change, start_changes
+from schedulerd.gates import Gates
 from schedulerd.jobstate import ON_NODE, JobState
 from schedulerd.ledger import Ledger
 from schedulerd.model import GpuInfo, JobRecord, NodeRecord
@@ -87,6 +90,9 @@ class Cycle:
         self.slurm = slurm
         self.last_checkpoint = last_checkpoint  # the simulator's; else the agents' reports
         self.accounts = account_tree(config)
+        self.gates = Gates()
+        self.gates.bind(state.jobs)
+        state.job_listeners.append(self.gates.job_changed)
         self.views = SnapshotCache()
         self._order: tuple[int, ...] = ()
         self._positions: dict[int, int] | None = {}
@@ -110,7 +116,7 @@ class Cycle:
             self.slurm is not None,
         )
 
-    def snapshot(self, now: float) -> ClusterSnapshot:
+    def snapshot(self, now: float, held: Collection[int] = ()) -> ClusterSnapshot:
         return take_snapshot(
             now,
             self.state.jobs.values(),
@@ -123,6 +129,7 @@ class Cycle:
             self.handoff_after,
             multi_node=False,  # the agents launch single-node jobs only
             last_checkpoint=self.last_checkpoint,
+            held=held,
         )
 
     async def run(self) -> Plan:
@@ -132,7 +139,8 @@ class Cycle:
             now = state.clock()
             # 1. snapshot
             self.accrue(now)
-            snapshot = self.snapshot(now)
+            held = await self._gate(now)
+            snapshot = self.snapshot(now, held)
             # 2. decide
             plan = self.policy.decide(snapshot)
             if self.hooks.decided is not None:
@@ -142,7 +150,8 @@ class Cycle:
             started = await state.change(start_changes(plan, state.nodes, now))
             victims = await self._persist_preemptions(plan)
             await self._persist_handoffs(plan)
-            self._explain(plan)
+            self._explain(plan.reasons)
+            self._explain(held)
             # 4. send
             for victim in victims:
                 self.agents.preempt(victim)
@@ -155,6 +164,32 @@ class Cycle:
             self.count += 1
             self.last_s = time.perf_counter() - t0
             return plan
+
+    async def _gate(self, now: float) -> dict[int, str]:
+        """The pending jobs held back, with why. A job whose dependency can never be met
+        ends CANCELLED with the reason, or (kill_invalid_depend = false) waits with it."""
+        verdict = self.gates.check()
+        held = verdict.held
+        if not verdict.doomed:
+            return held
+        if not self.config.kill_invalid_depend:
+            for job_id, why in verdict.doomed.items():
+                held[job_id] = f"{why} (it stays pending: kill_invalid_depend is off)"
+            return held
+        await self.state.change(
+            [
+                Change(
+                    job_id,
+                    JobState.CANCELLED,
+                    "dependency",
+                    "scheduler",
+                    why,
+                    (("end_time", now), ("reason", why)),
+                )
+                for job_id, why in verdict.doomed.items()
+            ]
+        )
+        return held
 
     async def _persist_preemptions(self, plan: Plan) -> list[JobRecord]:
         """Victims go PREEMPTING; each preemptor claims the node being freed for it."""
@@ -199,11 +234,11 @@ class Cycle:
         if self.slurm is not None:
             self.slurm.kick()
 
-    def _explain(self, plan: Plan) -> None:
+    def _explain(self, reasons: Mapping[int, str]) -> None:
         # Why a job waits is recomputed every cycle, so it lives in memory only; the store
         # keeps the reasons that end or requeue a job, written with their change.
         jobs = self.state.jobs
-        for job_id, reason in plan.reasons.items():
+        for job_id, reason in reasons.items():
             job = jobs.get(job_id)
             if job is not None and job.reason != reason:
                 job.reason = reason
@@ -231,9 +266,11 @@ def take_snapshot(
     handoff_after: Callable[[JobRecord], float] | None = None,
     multi_node: bool = False,
     last_checkpoint: Callable[[JobRecord, float], float] | None = None,
+    held: Collection[int] = (),
 ) -> ClusterSnapshot:
     """`cache` keeps each job's frozen view while its record is the same object (records
-    are replaced on every change), so a long queue costs little to snapshot."""
+    are replaced on every change), so a long queue costs little to snapshot. Pending jobs
+    in `held` (held back by the gates) are left out."""
     kept = SnapshotCache() if cache is None else cache
     running_cache = kept.running
     pending_cache = kept.pending
@@ -279,6 +316,8 @@ def take_snapshot(
             running_cache[job.job_id] = (job, tuple(sick), view)
             running.append(view)
         elif state is pending_state:
+            if held and job.job_id in held:
+                continue
             cached = pending_cache.get(job.job_id)
             if cached is not None and cached[0] is job:
                 pending.append(cached[1])

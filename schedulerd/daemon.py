@@ -8,6 +8,7 @@
 - cycle.py    the scheduling cycle: snapshot, decide, persist, send
 - upkeep.py   leases, time limits, idle reclaim, drains and telemetry
 - handoff.py  jobs handed to Slurm, behind a small Protocol
+- callers.py  who calls, on each listener (Unix socket, TCP with MUNGE, agents' TLS)
 """
 
 from __future__ import annotations
@@ -96,8 +97,12 @@ class Scheduler:
         for node in await self.db(self.store.nodes):
             node.state = NodeState.DOWN
             self.state.nodes[node.name] = node
+        gates = self.cycle.gates
         for job in await self.db(self.store.live_jobs):
             self.state.jobs[job.job_id] = job
+            gates.job_changed(job)
+        # the ends of the jobs live dependencies wait on, and of their arrays' tasks
+        gates.outcomes(await self.db(self.store.outcomes, set(gates.watched)))
         self.ledger.load(*await self.db(self.store.usage))
         # jobs that ran while the scheduler was down are charged for that time too
         self.accrue(self.clock())

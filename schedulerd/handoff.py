@@ -250,7 +250,7 @@ class SlurmLink:
         # GPUs, so the wrapper fills those in where it runs
         script = slurm_wrapper(await self.s.script(job.job_id))
         env = job_environment(
-            job.env,
+            {**job.env, **job.task_env},
             job_id=job.job_id,
             restart_count=job.restarts,
             output=job.output_path,

@@ -12,7 +12,9 @@ import secrets
 import signal
 import stat
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -23,18 +25,12 @@ from gshare.api import gshare_pb2_grpc as pb_grpc
 from gshare.config import Config, ConfigError, default_state_dir, load_config, with_mqtt_url
 from gshare.logs import setup_logging
 from gshare.metrics import MetricsServer
+from gshare.munge import Munge, MungeError
 from policies import PolicyError, make_policy
+from schedulerd.callers import ClientGate, LocalCallers, NodeCertCallers, TcpCallers, node_token
 from schedulerd.daemon import Scheduler
 from schedulerd.peercred import PeerCredFrontDoor
-from schedulerd.server import (
-    SERVER_OPTIONS,
-    AgentService,
-    ClientService,
-    ErrorBoundary,
-    Identities,
-    Watchers,
-    node_token,
-)
+from schedulerd.server import SERVER_OPTIONS, AgentService, ClientService, ErrorBoundary, Watchers
 from schedulerd.store import Store, default_url
 
 log = logging.getLogger("schedulerd")
@@ -64,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tcp",
         metavar="HOST:PORT",
-        help="also listen on TCP, for remote agents "
-        "(each presents its node's token: --node-token) and read-only remote clients",
+        help="also listen on TCP (overrides [server] tcp): for clients on other hosts (each "
+        "request with a MUNGE credential, see [server] munge_socket) and for agents that "
+        "show their node's token (--node-token)",
     )
     p.add_argument("--store-url", help="SQLAlchemy database URL (default: SQLite in STATE_DIR)")
     p.add_argument("--policy", help="scheduling policy (overrides [scheduler] policy)")
@@ -106,34 +103,23 @@ async def serve(config: Config, args: argparse.Namespace, state_dir: Path) -> in
     scheduler = Scheduler(config, store, policy)
     await scheduler.start()
 
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[ErrorBoundary()])
-    backend_port = server.add_insecure_port("127.0.0.1:0")
-    socket_path = args.socket or (
-        Path(config.socket) if config.socket else state_dir / "gshare.sock"
-    )
-    door = PeerCredFrontDoor(socket_path, backend_port)
-    agent_key = b""
-    tcp = args.tcp or config.tcp
-    if tcp:
-        agent_key = load_agent_key(state_dir)
-        try:
-            tcp_port = server.add_insecure_port(tcp)
-        except RuntimeError as exc:
-            print(f"gshare-schedulerd: cannot listen on {tcp}: {exc}", file=sys.stderr)
-            return 1
-        # port 0 asks for any free port: say which one it got (tests and `gshare up` read it)
-        tcp = f"{tcp.rpartition(':')[0]}:{tcp_port}"
-        write_private(state_dir / "tcp.address", tcp + "\n")
-    ids = Identities(door, agent_key)
-    watchers = Watchers(scheduler)
-    pb_grpc.add_ClientServiceServicer_to_server(ClientService(scheduler, ids, watchers), server)
-    pb_grpc.add_AgentServiceServicer_to_server(AgentService(scheduler, ids), server)
-    health = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    await server.start()
+    try:
+        listeners = await open_listeners(config, args, state_dir, scheduler)
+    except ListenError as exc:
+        print(f"gshare-schedulerd: {exc}", file=sys.stderr)
+        await scheduler.stop()
+        store.close()
+        return 1
+    servers, door, watchers, health = listeners.servers, listeners.door, listeners.watchers, []
+    for server in servers:
+        await server.start()
     await door.start()
-    await health.set("", health_pb2.HealthCheckResponse.SERVING)
-    await health.set("gshare.v1.ClientService", health_pb2.HealthCheckResponse.SERVING)
+    for servicer in listeners.health:
+        await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        await servicer.set("gshare.v1.ClientService", health_pb2.HealthCheckResponse.SERVING)
+        health.append(servicer)
+    socket_path = door.path
+    tcp = listeners.tcp
     log.info(
         "gshare-schedulerd %s: policy %s, store %s",
         __version__,
@@ -141,6 +127,8 @@ async def serve(config: Config, args: argparse.Namespace, state_dir: Path) -> in
         store.engine.url.render_as_string(hide_password=True),
     )
     log.info("listening on unix:%s%s", socket_path, f" and tcp {tcp}" if tcp else "")
+    if listeners.agent_tcp:
+        log.info("agents with a node certificate: tls %s", listeners.agent_tcp)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -158,7 +146,8 @@ async def serve(config: Config, args: argparse.Namespace, state_dir: Path) -> in
         except (OSError, ValueError) as exc:
             print(f"gshare-schedulerd: cannot serve metrics on {listen}: {exc}", file=sys.stderr)
             await door.stop()
-            await server.stop(grace=None)
+            for server in servers:
+                await server.stop(grace=None)
             await scheduler.stop()
             store.close()
             return 1
@@ -171,13 +160,131 @@ async def serve(config: Config, args: argparse.Namespace, state_dir: Path) -> in
     await sdnotify.stop_task(dog)
     if metrics is not None:
         metrics.close()
-    await health.enter_graceful_shutdown()
+    for servicer in health:
+        await servicer.enter_graceful_shutdown()
     await door.stop()
     watchers.close()
-    await server.stop(grace=1.0)
+    for server in servers:
+        await server.stop(grace=1.0)
     await scheduler.stop()
     store.close()
     return 0
+
+
+class ListenError(Exception):
+    """A listener cannot be opened as configured (the message names the key)."""
+
+
+@dataclass
+class Listeners:
+    door: PeerCredFrontDoor
+    watchers: Watchers
+    servers: list[grpc.aio.Server] = field(default_factory=list)
+    health: list[Any] = field(default_factory=list)
+    tcp: str = ""
+    agent_tcp: str = ""
+
+
+def _read(path: str, key: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ListenError(f"{key} {path}: {exc.strerror}") from None
+
+
+def tls_credentials(config: Config, require_client_cert: bool) -> grpc.ServerCredentials:
+    """The TCP listeners' TLS: the scheduler's certificate, and when client certificates
+    are asked for, the cluster CA ([server.tls] ca_file) that must have signed them."""
+    tls = config.tls
+    pair = (
+        _read(tls.key_file, "[server.tls] key_file"),
+        _read(tls.cert_file, "[server.tls] cert_file"),
+    )
+    ca = _read(tls.ca_file, "[server.tls] ca_file") if tls.ca_file else None
+    return grpc.ssl_server_credentials(
+        [pair],
+        root_certificates=ca if require_client_cert else None,
+        require_client_auth=require_client_cert,
+    )
+
+
+def _listen(server: grpc.aio.Server, where: str, key: str, creds: Any) -> int:
+    try:
+        if creds is None:
+            return server.add_insecure_port(where)
+        return server.add_secure_port(where, creds)
+    except RuntimeError as exc:
+        raise ListenError(f"cannot listen on {where} ({key}): {exc}") from None
+
+
+def _health(server: grpc.aio.Server) -> Any:
+    servicer = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    return servicer
+
+
+async def open_listeners(
+    config: Config, args: argparse.Namespace, state_dir: Path, scheduler: Scheduler
+) -> Listeners:
+    """One gRPC server per way in, each with its own way of knowing the caller: the Unix
+    socket (through the peer-credential door), `[server] tcp` (MUNGE, TLS) and
+    `[server] agent_tcp` (agents with a node certificate)."""
+    watchers = Watchers(scheduler)
+    local = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[ErrorBoundary()])
+    backend_port = local.add_insecure_port("127.0.0.1:0")
+    socket_path = args.socket or (
+        Path(config.socket) if config.socket else state_dir / "gshare.sock"
+    )
+    door = PeerCredFrontDoor(socket_path, backend_port)
+    out = Listeners(door, watchers, [local], [_health(local)])
+    tcp = args.tcp or config.tcp
+    agent_key = load_agent_key(state_dir) if tcp else b""
+    local_ids = LocalCallers(door, agent_key)
+    pb_grpc.add_ClientServiceServicer_to_server(
+        ClientService(scheduler, local_ids, watchers), local
+    )
+    pb_grpc.add_AgentServiceServicer_to_server(AgentService(scheduler, local_ids), local)
+    if tcp:
+        munge = None
+        if config.munge_socket:
+            try:
+                munge = Munge(config.munge_socket)
+            except MungeError as exc:
+                raise ListenError(f"[server] munge_socket: {exc}") from None
+            if not Path(config.munge_socket).exists():
+                log.warning("[server] munge_socket %s is not there (yet)", config.munge_socket)
+        # without MUNGE, readers over TCP show a client certificate of the cluster's CA
+        creds = (
+            tls_credentials(config, munge is None and bool(config.tls.ca_file))
+            if config.tls.enabled
+            else None
+        )
+        remote = grpc.aio.server(
+            options=SERVER_OPTIONS, interceptors=[ErrorBoundary(), ClientGate(munge)]
+        )
+        port = _listen(remote, tcp, "[server] tcp", creds)
+        tcp_ids = TcpCallers(agent_key)
+        pb_grpc.add_ClientServiceServicer_to_server(
+            ClientService(scheduler, tcp_ids, watchers), remote
+        )
+        pb_grpc.add_AgentServiceServicer_to_server(AgentService(scheduler, tcp_ids), remote)
+        out.health.append(_health(remote))
+        out.servers.append(remote)
+        # port 0 asks for any free port: say which one it got (tests and `gshare up` read it)
+        out.tcp = f"{tcp.rpartition(':')[0]}:{port}"
+        write_private(state_dir / "tcp.address", out.tcp + "\n")
+    if config.agent_tcp:
+        agents = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[ErrorBoundary()])
+        port = _listen(
+            agents, config.agent_tcp, "[server] agent_tcp", tls_credentials(config, True)
+        )
+        pb_grpc.add_AgentServiceServicer_to_server(
+            AgentService(scheduler, NodeCertCallers()), agents
+        )
+        out.servers.append(agents)
+        out.agent_tcp = f"{config.agent_tcp.rpartition(':')[0]}:{port}"
+        write_private(state_dir / "agent_tcp.address", out.agent_tcp + "\n")
+    return out
 
 
 def write_private(path: Path, text: str) -> None:

@@ -21,8 +21,9 @@ import signal
 from collections.abc import Callable, Mapping
 
 from gshare.api import gshare_pb2 as pb
+from gshare.arrays import ArraySpec, Dependency, parse_array, parse_dependency
 from gshare.config import Config
-from gshare.limits import (  # noqa: F401 - the limits, importable from here too
+from gshare.limits import (
     KIB,
     MAX_ARG_CHARS,
     MAX_ARGS,
@@ -45,7 +46,7 @@ from gshare.limits import (  # noqa: F401 - the limits, importable from here too
 )
 from schedulerd.errors import Refused
 from schedulerd.jobstate import JobState
-from schedulerd.model import JobRecord, NodeRecord
+from schedulerd.model import JobRecord, NodeRecord, clone_job
 from schedulerd.peercred import Caller
 
 
@@ -200,3 +201,69 @@ def validate(
         checkpoint_dir=spec.checkpoint_dir,
         slurm="" if spec.slurm == "auto" else spec.slurm,
     )
+
+
+# An array stores each task as a job row (its script and environment once, with the
+# first): all of its tasks' rows together stay under this.
+MAX_ARRAY_BYTES = 256 * MIB
+MAX_PARAMS = 64  # a sweep trial's parameters
+MAX_PARAM_NAME_CHARS = 64
+MAX_PARAM_VALUE_CHARS = 4 * KIB
+
+
+def array_of(spec: pb.JobSpec, max_size: int) -> ArraySpec | None:
+    """The array a submission asks for (None: a single job), its sweep parameters checked."""
+    if not spec.array:
+        if spec.task_params:
+            raise Refused("task_params: only an array's tasks have parameters (--array)")
+        return None
+    try:
+        array = parse_array(spec.array, max_size)
+    except ValueError as exc:
+        raise Refused(str(exc)) from None
+    if spec.task_params and len(spec.task_params) != array.count:
+        raise Refused(
+            f"task_params: {len(spec.task_params)} parameter sets for {array.count} tasks"
+        )
+    for number, task in enumerate(spec.task_params):
+        if len(task.params) > MAX_PARAMS:
+            raise Refused(f"task_params: task {number} has more than {MAX_PARAMS} parameters")
+        if len({name.upper() for name in task.params}) < len(task.params):
+            raise Refused(f"task_params: task {number} has two parameters that differ in case only")
+        for name, value in task.params.items():
+            if len(name) > MAX_PARAM_NAME_CHARS or not env_name_ok(name) or "%" in name:
+                raise Refused(f"task_params: {name[:40]!r} is not a valid parameter name")
+            _check_text(f"task_params: {name}", value, MAX_PARAM_VALUE_CHARS)
+    # every task keeps its own copy of the listed part; the environment is kept once
+    each = _without(spec, "script", "task_params", "env").ByteSize()
+    whole = each * array.count + sum(t.ByteSize() for t in spec.task_params)
+    if whole > MAX_ARRAY_BYTES:
+        raise Refused(
+            f"--array: {array.count} tasks of {each} bytes each are over the limit of "
+            f"{MAX_ARRAY_BYTES // MIB} MiB for an array (long arguments or paths?)"
+        )
+    return array
+
+
+def dependency_of(spec: pb.JobSpec) -> Dependency | None:
+    if not spec.dependency:
+        return None
+    try:
+        return parse_dependency(spec.dependency)
+    except ValueError as exc:
+        raise Refused(str(exc)) from None
+
+
+def tasks_of(record: JobRecord, array: ArraySpec, spec: pb.JobSpec) -> list[JobRecord]:
+    """The array's tasks as job records, in task order; the first is `record` itself. They
+    share its environment and arguments (never changed in place)."""
+    record.array_spec = str(array)
+    params = [dict(t.params) for t in spec.task_params]
+    out = []
+    for number, task_id in enumerate(array.tasks):
+        task = record if number == 0 else clone_job(record)
+        task.array_task_id = task_id
+        task.params = params[number] if params else {}
+        task.gpu_indexes, task.gpu_uuids = [], []
+        out.append(task)
+    return out

@@ -4,28 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import logging
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import grpc
 
 from gshare.api import gshare_pb2 as pb
 from gshare.api import gshare_pb2_grpc as pb_grpc
+from gshare.arrays import JobRef, parse_job_ref
 from gshare.client import MAX_MESSAGE_BYTES
 from gshare.limits import MAX_SPEC_BYTES, SCRIPT_CEILING
 from schedulerd import agents as ag
+from schedulerd.callers import AGENT_NODE_HEADER
 from schedulerd.changes import JobReport
 from schedulerd.convert import job_to_pb, node_to_pb, set_gpu_stats, spec_of
 from schedulerd.daemon import Scheduler
 from schedulerd.errors import Refused
 from schedulerd.jobstate import IllegalTransition, JobState
 from schedulerd.model import EventRecord, GpuInfo, JobRecord, NodeRecord
-from schedulerd.peercred import ANONYMOUS, Caller, PeerCredFrontDoor
-from schedulerd.requests import validate
+from schedulerd.peercred import Caller
+from schedulerd.requests import array_of, dependency_of, tasks_of, validate
 from schedulerd.store import DatabaseFull
 
 log = logging.getLogger(__name__)
@@ -33,39 +32,13 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
-AGENT_TOKEN_HEADER = "x-gshare-agent-token"
-AGENT_NODE_HEADER = "x-gshare-node"  # the node an agent over TCP registers as, shown up front
 
+class Identities(Protocol):
+    """Who calls on one listener (schedulerd.callers: Unix socket, TCP, agents' TLS)."""
 
-def node_token(key: bytes, node: str) -> str:
-    """The credential of one node's agent: an HMAC of its name under the cluster's agent
-    key. It proves that node's name and no other, so a leaked token lets its holder
-    register as that node alone."""
-    return hmac.new(key, b"gshare-node:" + node.encode(), hashlib.sha256).hexdigest()
+    def caller(self, context: Ctx) -> Caller: ...
 
-
-class Identities:
-    """Maps a gRPC context to the caller: Unix peers by SO_PEERCRED, TCP peers anonymous."""
-
-    def __init__(self, door: PeerCredFrontDoor, agent_key: bytes = b"") -> None:
-        self.door = door
-        self.agent_key = agent_key
-
-    def caller(self, context: Ctx) -> Caller:
-        return self.door.caller_for(context.peer()) or ANONYMOUS
-
-    def may_be_agent(self, context: Ctx, node: str) -> bool:
-        """Root and the scheduler's own user (on the Unix socket) may register any node;
-        over TCP, an agent shows the token of the node it registers as."""
-        caller = self.caller(context)
-        if not caller.anonymous:
-            return caller.uid in (0, os.geteuid())
-        if not self.agent_key:
-            return False
-        sent = dict(context.invocation_metadata() or ()).get(AGENT_TOKEN_HEADER, "")
-        return isinstance(sent, str) and hmac.compare_digest(
-            sent.encode(), node_token(self.agent_key, node).encode()
-        )
+    def may_be_agent(self, context: Ctx, node: str) -> bool: ...
 
 
 async def _guard(context: Ctx, call: Awaitable[T]) -> T:
@@ -165,6 +138,16 @@ class ErrorBoundary(_Interceptor):
 LIST_BUDGET = MAX_MESSAGE_BYTES // 2
 
 
+MAX_ACTED_LISTED = 1000  # jobs an action on an array lists back
+
+
+def _ref(target: str) -> JobRef:
+    try:
+        return parse_job_ref(target)
+    except ValueError as exc:
+        raise Refused(str(exc)) from None
+
+
 def fit_listing(jobs: list[pb.Job], budget: int) -> tuple[list[pb.Job], bool]:
     """The newest of `jobs` (in id order) whose wire size fits `budget`, and whether any
     were left out: one user's many large jobs cannot make `gshare queue` fail for all."""
@@ -258,29 +241,43 @@ class ClientService(pb_grpc.ClientServiceServicer):
         self.ids = ids
         self.watchers = watchers
 
-    async def _submit(self, caller: Caller, request: pb.SubmitJobRequest) -> int:
+    async def _submit(self, caller: Caller, request: pb.SubmitJobRequest) -> tuple[int, int]:
         if caller.anonymous:
             raise Refused(
-                "submitting needs a known user: use the scheduler's Unix socket",
+                "submitting needs a known user: the scheduler's Unix socket, or a MUNGE "
+                "credential over TCP",
                 "PERMISSION_DENIED",
             )
+        spec = request.spec
         record = validate(
             caller,
-            request.spec,
+            spec,
             self.s.config,
             self.s.state.nodes,
             self.v.is_admin,
             self.s.clock(),
         )
-        return await self.v.submit(record, request.spec.script, request.idempotency_key)
+        array = array_of(spec, self.s.config.max_array_size)
+        dependency = dependency_of(spec)
+        tasks = tasks_of(record, array, spec) if array is not None else None
+        job_id = await self.v.submit(
+            record, spec.script, request.idempotency_key, tasks, dependency
+        )
+        return job_id, len(tasks) if tasks else 0
 
     async def SubmitJob(self, request: pb.SubmitJobRequest, context: Ctx) -> pb.SubmitJobResponse:
         caller = self.ids.caller(context)
-        job_id = await _guard(context, self._submit(caller, request))
-        return pb.SubmitJobResponse(job_id=job_id)
+        job_id, count = await _guard(context, self._submit(caller, request))
+        return pb.SubmitJobResponse(job_id=job_id, task_count=count)
+
+    async def _job_id(self, job_id: int, target: str) -> int:
+        if not target:
+            return job_id
+        return await self.v.job_of(_ref(target))
 
     async def GetJob(self, request: pb.GetJobRequest, context: Ctx) -> pb.Job:
-        job, events = await _guard(context, self.v.get_job(request.job_id))
+        job_id = await _guard(context, self._job_id(request.job_id, request.target))
+        job, events = await _guard(context, self.v.get_job(job_id))
         msg = job_pb(self.s, job, events, self.s.cycle.positions.get(job.job_id, 0))
         if not msg.has_gpu_stats and job.start_time:
             stats = await self.s.db(self.s.store.gpu_stats, job.job_id)
@@ -306,45 +303,53 @@ class ClientService(pb_grpc.ClientServiceServicer):
             states.append(JobState(name))
         if not 0 <= request.limit <= MAX_LIST_LIMIT:
             raise Refused(f"limit: {request.limit} is not between 0 and {MAX_LIST_LIMIT}")
+        if request.array_job_id:
+            return await self.v.array_jobs(request.array_job_id)
         return await self.v.list_jobs(
             request.users, states, request.queues, request.include_finished, request.limit
         )
 
     async def _act(
-        self,
-        action: Callable[[Caller, int], Awaitable[object]],
-        request: pb.JobIdRequest,
-        context: Ctx,
+        self, verb: str, job_id: int, target: str, context: Ctx, priority: int = 0
     ) -> pb.JobActionResponse:
         caller = self.ids.caller(context)
         if caller.anonymous:
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
-                "changing a job needs a known user: use the Unix socket",
+                "changing a job needs a known user: the Unix socket, or a MUNGE credential "
+                "over TCP",
             )
-        job = await _guard(context, action(caller, request.job_id))
-        assert isinstance(job, JobRecord)
-        return pb.JobActionResponse(job=job_to_pb(job))
+        ref = _ref(target) if target else JobRef(job_id)
+        jobs, skipped = await _guard(context, self.v.act(caller, ref, verb, priority))
+        if not jobs and skipped:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{ref}: none of its {skipped} tasks could be acted on (ended, or not in "
+                "the state it needs)",
+            )
+        listed = [job_to_pb(j) for j in jobs[:MAX_ACTED_LISTED]]
+        return pb.JobActionResponse(
+            job=listed[0] if listed else None, jobs=listed, skipped=skipped, count=len(jobs)
+        )
 
     async def CancelJob(self, request: pb.JobIdRequest, context: Ctx) -> pb.JobActionResponse:
-        return await self._act(self.v.cancel, request, context)
+        return await self._act("cancel", request.job_id, request.target, context)
 
     async def HoldJob(self, request: pb.JobIdRequest, context: Ctx) -> pb.JobActionResponse:
-        return await self._act(self.v.hold, request, context)
+        return await self._act("hold", request.job_id, request.target, context)
 
     async def PreemptJob(self, request: pb.JobIdRequest, context: Ctx) -> pb.JobActionResponse:
-        return await self._act(self.v.preempt, request, context)
+        return await self._act("preempt", request.job_id, request.target, context)
 
     async def SetPriority(
         self, request: pb.SetPriorityRequest, context: Ctx
     ) -> pb.JobActionResponse:
-        async def action(caller: Caller, job_id: int) -> object:
-            return await self.v.set_priority(caller, job_id, request.priority)
-
-        return await self._act(action, pb.JobIdRequest(job_id=request.job_id), context)
+        return await self._act(
+            "priority", request.job_id, request.target, context, request.priority
+        )
 
     async def ReleaseJob(self, request: pb.JobIdRequest, context: Ctx) -> pb.JobActionResponse:
-        return await self._act(self.v.release, request, context)
+        return await self._act("release", request.job_id, request.target, context)
 
     async def ListNodes(self, request: pb.ListNodesRequest, context: Ctx) -> pb.ListNodesResponse:
         return pb.ListNodesResponse(
@@ -356,7 +361,7 @@ class ClientService(pb_grpc.ClientServiceServicer):
         if caller.anonymous:
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
-                "draining needs a known user: use the Unix socket",
+                "draining needs a known user: the Unix socket, or a MUNGE credential over TCP",
             )
         node = await _guard(
             context,
@@ -437,8 +442,8 @@ class AgentService(pb_grpc.AgentServiceServicer):
                 log.warning("refused an agent claiming node %r from %s", claimed, context.peer())
                 await context.abort(
                     grpc.StatusCode.PERMISSION_DENIED,
-                    f"only a holder of node {claimed!r}'s agent token may connect as that "
-                    "node's agent (and it must name its node in x-gshare-node)",
+                    f"only a holder of node {claimed!r}'s agent token or certificate may "
+                    "connect as that node's agent (and it must name its node in x-gshare-node)",
                 )
         first = await anext(aiter(request_iterator), None)
         if first is None or not first.HasField("register"):
@@ -452,7 +457,7 @@ class AgentService(pb_grpc.AgentServiceServicer):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"only root, the scheduler's user or a holder of node {reg.node!r}'s agent "
-                "token may connect as that node's agent",
+                "token or certificate may connect as that node's agent",
             )
         session = ag.AgentSession(reg.node, connected_at=self.s.clock(), peer=context.peer())
         await _guard(context, self.hub.connected(session, registration_of(reg)))
@@ -550,7 +555,7 @@ def command_pb(command: ag.Command) -> pb.SchedulerMessage:
             return pb.SchedulerMessage(
                 launch=pb.Launch(
                     job_id=job.job_id,
-                    spec=spec_of(job, script),
+                    spec=spec_of(job, script, job.task_env),
                     gpu_indexes=job.gpu_indexes,
                     gpu_uuids=job.gpu_uuids,
                     user=job.user,

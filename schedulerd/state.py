@@ -141,14 +141,16 @@ class MemoryJournal:
     ) -> list[tuple[int, bool]]:
         out = []
         for new in jobs:
-            record = new.record
-            record.job_id = self.next_id
-            self.next_id += 1
-            if now is not None:
-                record.submit_time = now
-            self.rows[record.job_id] = _copy(record)
-            self.events += 1
-            out.append((record.job_id, True))
+            for record in new.records:
+                record.job_id = self.next_id
+                self.next_id += 1
+                if new.record.array_spec:
+                    record.array_job_id = new.record.job_id
+                if now is not None:
+                    record.submit_time = now
+                self.rows[record.job_id] = _copy(record)
+                self.events += 1
+            out.append((new.record.job_id, True))
         return out
 
     def apply(self, changes: Iterable[Change], now: float | None = None) -> list[JobRecord]:

@@ -7,11 +7,12 @@ synchronous; the daemon runs it on one dedicated thread, so writes are serialise
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -21,11 +22,14 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Table,
     Text,
     create_engine,
     event,
+    func,
     insert,
     select,
+    update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
@@ -88,6 +92,13 @@ class JobRow(Base):
     slurm_charged_until: Mapped[float] = mapped_column(Float, default=0.0)
     # unique per uid (index ix_jobs_uid_submit_key); NULL when the client sent no key
     submit_key: Mapped[str | None] = mapped_column(String(128), nullable=True, default=None)
+    # arrays (migration 0007): a task's array is its first task's id; only that first
+    # task stores the script, which the others share
+    array_job_id: Mapped[int] = mapped_column(Integer, default=0, index=True)
+    array_task_id: Mapped[int] = mapped_column(Integer, default=0)
+    array_spec: Mapped[str] = mapped_column(Text, default="")
+    dependency: Mapped[str] = mapped_column(Text, default="")
+    params: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True, default=None)
 
 
 class ClusterRow(Base):
@@ -155,15 +166,114 @@ _JOB_FIELDS = [f.name for f in fields(JobRecord) if f.name not in ("job_id", "st
 def _record(row: JobRow) -> JobRecord:
     values = {f: getattr(row, f) for f in _JOB_FIELDS}
     values["submit_key"] = values["submit_key"] or ""
+    values["params"] = values["params"] or {}
     return JobRecord(job_id=row.id, state=JobState(row.state), **values)
+
+
+def _row(record: JobRecord, script: bytes) -> dict[str, Any]:
+    return {
+        **{f: getattr(record, f) for f in _JOB_FIELDS},
+        "submit_key": record.submit_key or None,
+        "params": record.params or None,
+        "script": script,
+        "state": record.state.value,
+    }
+
+
+def _submit_event(job_id: int, record: JobRecord, now: float) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "time": now,
+        "kind": "submit",
+        "from_state": "",
+        "to_state": record.state.value,
+        "actor": record.user,
+        "reason": record.reason,
+    }
+
+
+def _insert_tasks(session: Session, arrays: list[tuple[int, NewJob]], now: float) -> None:
+    """The tasks of arrays whose first tasks were just inserted, with their submit events.
+
+    The hot path of a large array (10,000 tasks in one call): ids are given here, following
+    the largest id in the table (this store is the only writer and holds the write
+    transaction, so they are free), and the rows go to the driver's executemany as
+    tuples, not through the ORM. A task row keeps neither the script nor the environment:
+    both are its array's, read from the first task's row.
+    """
+    connection = session.connection()
+    for array_id, n in arrays:
+        n.record.array_job_id = array_id
+    session.execute(update(JobRow), [{"id": a, "array_job_id": a} for a, _ in arrays])
+    tasks = [(array_id, t) for array_id, n in arrays for t in n.tasks]
+    if not tasks:
+        return
+    top = session.execute(select(func.max(JobRow.id))).scalar_one()
+    table = cast(Table, JobRow.__table__)
+    columns = [c.name for c in table.columns]
+    events_table = cast(Table, EventRow.__table__)
+    event_columns = ["job_id", "time", "kind", "from_state", "to_state", "actor", "reason"]
+    rows: list[tuple[Any, ...]] = []
+    events: list[tuple[Any, ...]] = []
+    templates: dict[int, list[Any]] = {}
+    where = {name: i for i, name in enumerate(columns)}
+    for number, (array_id, task) in enumerate(tasks, start=1):
+        job_id = top + number
+        task.array_job_id, task.job_id = array_id, job_id
+        template = templates.get(array_id)
+        if template is None:  # the columns every task of this array shares
+            values = _row(task, b"")
+            values["env"] = {}
+            template = [values.get(c) for c in columns]
+            for c in columns:
+                kind = table.columns[c].type
+                if isinstance(kind, JSON) and template[where[c]] is not None:
+                    template[where[c]] = json.dumps(template[where[c]])
+            templates[array_id] = template
+        row = template.copy()
+        row[where["id"]] = job_id
+        row[where["array_task_id"]] = task.array_task_id
+        row[where["params"]] = json.dumps(task.params) if task.params else None
+        row[where["submit_key"]] = None
+        rows.append(tuple(row))
+        events.append((job_id, now, "submit", "", task.state.value, task.user, task.reason))
+    style = connection.dialect.paramstyle
+    if style in ("qmark", "format", "pyformat"):
+        mark = "?" if style == "qmark" else "%s"
+        connection.exec_driver_sql(
+            f"INSERT INTO {table.name} ({', '.join(columns)}) "
+            f"VALUES ({', '.join([mark] * len(columns))})",
+            rows,
+        )
+        connection.exec_driver_sql(
+            f"INSERT INTO {events_table.name} ({', '.join(event_columns)}) "
+            f"VALUES ({', '.join([mark] * len(event_columns))})",
+            events,
+        )
+    else:  # a driver with another parameter style: the generic (slower) path
+        connection.execute(insert(table), [dict(zip(columns, r, strict=True)) for r in rows])
+        connection.execute(
+            insert(events_table), [dict(zip(event_columns, e, strict=True)) for e in events]
+        )
+    if connection.dialect.name == "postgresql":  # ids given by hand: move the sequence on
+        connection.exec_driver_sql(
+            "SELECT setval(pg_get_serial_sequence('jobs', 'id'), (SELECT max(id) FROM jobs))"
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class NewJob:
-    """A validated submission, before it has an id."""
+    """A validated submission, before it has an id. An array: `record` is its first task
+    and `tasks` the others, all stored in the same transaction; the array's id is the
+    first task's, which alone stores the script."""
 
     record: JobRecord  # job_id is ignored
     script: bytes
+    tasks: tuple[JobRecord, ...] = ()
+
+    @property
+    def records(self) -> tuple[JobRecord, ...]:
+        return (self.record, *self.tasks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,36 +403,23 @@ class Store:
                     batch_keys.add(key)
                 fresh.append(n)
                 slot.append(None)
-            rows = [
-                {
-                    **{f: getattr(n.record, f) for f in _JOB_FIELDS},
-                    "submit_key": n.record.submit_key or None,
-                    "script": n.script,
-                    "state": n.record.state.value,
-                }
-                for n in fresh
-            ]
+            rows = [_row(n.record, n.script) for n in fresh]
             ids: list[int] = []
             if rows:
                 result = session.execute(
                     insert(JobRow).returning(JobRow.id, sort_by_parameter_order=True), rows
                 )
                 ids = [row[0] for row in result]
-                session.execute(
-                    insert(EventRow),
-                    [
-                        {
-                            "job_id": job_id,
-                            "time": now,
-                            "kind": "submit",
-                            "from_state": "",
-                            "to_state": n.record.state.value,
-                            "actor": n.record.user,
-                            "reason": n.record.reason,
-                        }
-                        for job_id, n in zip(ids, fresh, strict=True)
-                    ],
-                )
+                events = [
+                    _submit_event(job_id, n.record, now)
+                    for job_id, n in zip(ids, fresh, strict=True)
+                ]
+                session.execute(insert(EventRow), events)
+                arrays = [
+                    (job_id, n) for job_id, n in zip(ids, fresh, strict=True) if n.record.array_spec
+                ]
+                if arrays:
+                    _insert_tasks(session, arrays, now)
         for n, job_id in zip(fresh, ids, strict=True):
             if n.record.submit_key:
                 known[(n.record.uid, n.record.submit_key)] = job_id
@@ -384,17 +481,78 @@ class Store:
             return _record(row) if row is not None else None
 
     def script(self, job_id: int) -> bytes:
+        """The job's script; an array task's is its array's (stored once, with the first)."""
         with self._session() as session:
             row = session.get(JobRow, job_id)
             if row is None:
                 raise StoreError(f"no job {job_id}")
+            if row.array_job_id and row.array_job_id != row.id:
+                head = session.get(JobRow, row.array_job_id)
+                if head is None:
+                    raise StoreError(f"no array {row.array_job_id} for job {job_id}")
+                return head.script
             return row.script
 
+    def outcomes(self, ids: Iterable[int]) -> list[JobRecord]:
+        """The ended jobs among `ids`, and the ended tasks of the arrays among them: what
+        the live jobs' dependencies are about, at start-up."""
+        wanted = sorted(set(ids))
+        if not wanted:
+            return []
+        finals = [s.value for s in JobState if s.final]
+        out: list[JobRecord] = []
+        with self._session() as session:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                query = select(JobRow).where(
+                    JobRow.state.in_(finals),
+                    JobRow.id.in_(chunk) | JobRow.array_job_id.in_(chunk),
+                )
+                out += [_record(r) for r in session.scalars(query)]
+        return out
+
+    def exists(self, ids: Iterable[int]) -> set[int]:
+        """Which of `ids` are jobs (ended or not)."""
+        wanted = sorted(set(ids))
+        found: set[int] = set()
+        with self._session() as session:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                found.update(session.scalars(select(JobRow.id).where(JobRow.id.in_(chunk))))
+        return found
+
+    def task_job_id(self, array_job_id: int, task: int) -> int | None:
+        """The job id of task `task` of array `array_job_id`, if there is one."""
+        query = select(JobRow.id).where(
+            JobRow.array_job_id == array_job_id, JobRow.array_task_id == task
+        )
+        with self._session() as session:
+            return session.scalars(query).first()
+
+    def array_tasks(self, array_job_id: int) -> list[JobRecord]:
+        """Every task of an array, ended or not."""
+        query = select(JobRow).where(JobRow.array_job_id == array_job_id).order_by(JobRow.id)
+        with self._session() as session:
+            return [_record(r) for r in session.scalars(query)]
+
     def live_jobs(self) -> list[JobRecord]:
+        """The jobs not ended; an array's tasks get its environment (kept once, with the
+        first task) back, one shared dict per array."""
         finals = [s.value for s in JobState if s.final]
         with self._session() as session:
             rows = session.scalars(select(JobRow).where(JobRow.state.not_in(finals)))
-            return [_record(r) for r in rows]
+            jobs = [_record(r) for r in rows]
+            heads = sorted({j.array_job_id for j in jobs if j.array_job_id})
+            envs: dict[int, dict[str, str]] = {}
+            for start in range(0, len(heads), 500):
+                query = select(JobRow.id, JobRow.env).where(
+                    JobRow.id.in_(heads[start : start + 500])
+                )
+                envs.update({job_id: env for job_id, env in session.execute(query)})
+        for job in jobs:
+            if job.array_job_id and job.array_job_id != job.job_id:
+                job.env = envs.get(job.array_job_id, job.env)
+        return jobs
 
     def finished_jobs(self, limit: int = 1000, users: Sequence[str] = ()) -> list[JobRecord]:
         finals = [s.value for s in JobState if s.final]

@@ -8,10 +8,12 @@ root and admins may raise a priority above 0 or drain nodes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from gshare.arrays import Dependency, JobRef, Target, Term, parse_array
 from gshare.config import Config
 from gshare.limits import MAX_PRIORITY
 from policies import FairTree, fair_tree
@@ -70,21 +72,72 @@ class ClientVerbs:
 
     # ------------------------------------------------------------ submit
 
-    async def submit(self, record: JobRecord, script: bytes, submit_key: str = "") -> int:
-        """Queue a validated job; its id once committed. A `submit_key` its owner already
-        used (a retried submit) returns the job it made then, and makes no other."""
+    async def submit(
+        self,
+        record: JobRecord,
+        script: bytes,
+        submit_key: str = "",
+        tasks: list[JobRecord] | None = None,
+        dependency: Dependency | None = None,
+    ) -> int:
+        """Queue a validated job, or an array (`tasks`, the first being `record`), in one
+        transaction; its id once committed. A `submit_key` its owner already used (a
+        retried submit) returns the job it made then, and makes no other."""
         if len(submit_key) > MAX_SUBMIT_KEY or not submit_key.isprintable():
             raise Refused(f"idempotency_key: must be at most {MAX_SUBMIT_KEY} printable characters")
-        record.submit_key = submit_key
+        records = tasks or [record]
+        if dependency is not None:
+            text = await self._resolve(dependency)
+            for r in records:
+                r.dependency = text
         # default paths carry the cluster's id: a new cluster's job 1 is not an old one's
         cluster = self.cluster_id()
-        record.output = (record.output or JobRecord.DEFAULT_OUTPUT).replace("%C", cluster)
-        record.checkpoint_dir = (record.checkpoint_dir or JobRecord.DEFAULT_CHECKPOINT_DIR).replace(
+        output = (record.output or JobRecord.DEFAULT_OUTPUT).replace("%C", cluster)
+        checkpoint = (record.checkpoint_dir or JobRecord.DEFAULT_CHECKPOINT_DIR).replace(
             "%C", cluster
         )
+        for r in records:
+            r.submit_key = ""
+            r.output, r.checkpoint_dir = output, checkpoint
+        first = records[0]
+        first.submit_key = submit_key
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._submits.put_nowait((NewJob(record, script), future))
+        self._submits.put_nowait((NewJob(first, script, tuple(records[1:])), future))
         return await future
+
+    async def _resolve(self, dependency: Dependency) -> str:
+        """The dependency with every id checked to be a job that exists (so no cycle can
+        form: a job only waits on jobs submitted before it) and each task (`12_7`) turned
+        into its job id; the gates keep the outcomes of those jobs from now on."""
+        plain = {t.job_id for t in dependency.targets if t.task is None}
+        found = {i for i in plain if i in self.state.jobs}
+        if plain - found:
+            found |= await self.db(self.store.exists, plain - found)
+        for job_id in sorted(plain - found):
+            raise Refused(
+                f"--dependency: job {job_id} does not exist (a job can only wait on jobs "
+                "submitted before it, so no cycle can form)"
+            )
+        terms = []
+        for term in dependency.terms:
+            targets = []
+            for t in term.targets:
+                if t.task is None:
+                    targets.append(t)
+                    continue
+                job_id = await self.db(self.store.task_job_id, t.job_id, t.task)
+                if job_id is None:
+                    raise Refused(
+                        f"--dependency: {t} does not exist (array {t.job_id} has no task {t.task})"
+                    )
+                targets.append(Target(job_id))
+            terms.append(Term(term.kind, tuple(targets)))
+        resolved = Dependency(tuple(terms), dependency.any_of)
+        ids = {t.job_id for t in resolved.targets}
+        gates = self.cycle.gates
+        gates.watch(ids)  # ends from now on are heard; the ones before are read back
+        gates.outcomes(await self.db(self.store.outcomes, ids))
+        return str(resolved)
 
     async def submit_loop(self) -> None:
         """Group commit: every submission that arrived while the last batch was being written
@@ -110,6 +163,9 @@ class ClientVerbs:
                     record = new.record  # made by validate() for this submission alone
                     record.job_id, record.submit_time = job_id, now
                     self.state.admit(record)
+                    for task in new.tasks:  # the store gave each its id
+                        task.submit_time = now
+                        self.state.admit(task)
                 if not future.done():
                     future.set_result(job_id)
 
@@ -167,6 +223,14 @@ class ClientVerbs:
         out.sort(key=lambda j: j.job_id)
         return out[-limit:] if limit else out
 
+    async def array_jobs(self, array_job_id: int) -> list[JobRecord]:
+        """Every task of an array, ended or not, in task order (live ones as they are now)."""
+        tasks = await self.db(self.store.array_tasks, array_job_id)
+        live = self.state.jobs
+        out = [live.get(t.job_id, t) for t in tasks]
+        out.sort(key=lambda j: j.array_task_id)
+        return out
+
     def usage_report(self) -> tuple[FairTree, dict[tuple[str, ...], list[int]]]:
         """Fair Tree standings now, and the running and pending GPUs under each path."""
         self.accrue(self.state.clock())
@@ -205,35 +269,37 @@ class ClientVerbs:
         return job
 
     async def cancel(self, caller: Caller, job_id: int) -> JobRecord:
-        state = self.state
-        async with state.lock:
+        async with self.state.lock:
             job = await self._owned(caller, job_id)
-            why = f"cancelled by {caller.user}"
-            remote = job.state in (JobState.HANDED_OFF, JobState.RUNNING_REMOTE)
-            slurm = self.cycle.slurm
-            if remote and slurm is not None:
-                if job.end_request:
-                    return job
-                why += "; cancelling it in Slurm"
-                [job] = await state.change([cancel_requested(job, caller.user, why)])
-                slurm.kick()
+            return await self._cancel_locked(caller, job)
+
+    async def _cancel_locked(self, caller: Caller, job: JobRecord) -> JobRecord:
+        state = self.state
+        job_id = job.job_id
+        why = f"cancelled by {caller.user}"
+        remote = job.state in (JobState.HANDED_OFF, JobState.RUNNING_REMOTE)
+        slurm = self.cycle.slurm
+        if remote and slurm is not None:
+            if job.end_request:
                 return job
-            if remote:  # and no [slurm] any more: it can only end here
-                why += "; no Slurm is configured any more, so it may still run there"
-            if remote or job.state in (JobState.PENDING, JobState.HELD, JobState.LOST):
-                fields = (("end_time", state.clock()), ("reason", why))
-                [job] = await state.change(
-                    [Change(job_id, JobState.CANCELLED, "cancel", caller.user, why, fields)]
-                )
-                self.kick()
-                return job
-            if job.state.on_node:
-                [job] = await state.change([cancel_requested(job, caller.user, why)])
-                self.agents.kill(job)
-                return job
-            raise Refused(
-                f"job {job_id} is {job.state} and cannot be cancelled", "FAILED_PRECONDITION"
+            why += "; cancelling it in Slurm"
+            [job] = await state.change([cancel_requested(job, caller.user, why)])
+            slurm.kick()
+            return job
+        if remote:  # and no [slurm] any more: it can only end here
+            why += "; no Slurm is configured any more, so it may still run there"
+        if remote or job.state in (JobState.PENDING, JobState.HELD, JobState.LOST):
+            fields = (("end_time", state.clock()), ("reason", why))
+            [job] = await state.change(
+                [Change(job_id, JobState.CANCELLED, "cancel", caller.user, why, fields)]
             )
+            self.kick()
+            return job
+        if job.state.on_node:
+            [job] = await state.change([cancel_requested(job, caller.user, why)])
+            self.agents.kill(job)
+            return job
+        raise Refused(f"job {job_id} is {job.state} and cannot be cancelled", "FAILED_PRECONDITION")
 
     async def set_priority(self, caller: Caller, job_id: int, priority: int) -> JobRecord:
         """Admins may set any priority; owners may only lower their own jobs (<= 0)."""
@@ -279,3 +345,156 @@ class ClientVerbs:
             [job] = await self.state.change([preempt_change(job, caller.user, why)])
             self.agents.preempt(job)
             return job
+
+    # ------------------------------------------------------------ arrays and job references
+
+    async def job_of(self, ref: JobRef) -> int:
+        """The job id `12_7` names (task 7 of array 12); a plain id as it is."""
+        if ref.tasks is None:
+            return ref.job_id
+        if len(ref.tasks) != 1:
+            raise Refused(f"{ref} names several tasks; name one, e.g. {ref.job_id}_{ref.tasks[0]}")
+        job_id: int | None = await self.db(self.store.task_job_id, ref.job_id, ref.tasks[0])
+        if job_id is None:
+            raise Refused(
+                f"no job {ref} (array {ref.job_id} has no task {ref.tasks[0]})", "NOT_FOUND"
+            )
+        return job_id
+
+    async def _array_members(self, ref: JobRef) -> tuple[list[JobRecord], int] | None:
+        """The live tasks `ref` names and how many it names that have ended, when it names
+        an array (or tasks of one); None when it names a job that is not an array."""
+        head = self.state.jobs.get(ref.job_id) or await self.db(self.store.job, ref.job_id)
+        if head is None:
+            raise Refused(f"no job {ref.job_id}", "NOT_FOUND")
+        if head.array_job_id != ref.job_id:
+            if ref.tasks is not None:
+                raise Refused(f"job {ref.job_id} is not an array, so {ref} names nothing")
+            return None
+        wanted = set(ref.tasks) if ref.tasks is not None else None
+        if wanted is not None:
+            known = set(parse_array(head.array_spec, 1 << 30).tasks)
+            missing = sorted(wanted - known)
+            if missing:
+                raise Refused(
+                    f"array {ref.job_id} has no task {missing[0]} (its tasks: {head.array_spec})",
+                    "NOT_FOUND",
+                )
+        members = [
+            j
+            for j in self.state.jobs.values()
+            if j.array_job_id == ref.job_id and (wanted is None or j.array_task_id in wanted)
+        ]
+        members.sort(key=lambda j: j.array_task_id)
+        named = len(wanted) if wanted is not None else parse_array(head.array_spec, 1 << 30).count
+        return members, max(0, named - len(members))
+
+    async def act(
+        self, caller: Caller, ref: JobRef, verb: str, priority: int = 0
+    ) -> tuple[list[JobRecord], int]:
+        """cancel, hold, release, priority or preempt on what `ref` names: one job, a whole
+        array, or some of its tasks. The jobs acted on (in task order) and how many named
+        tasks were skipped (ended, or not in the state the verb needs). An array's tasks
+        change together, in one transaction per kind of change."""
+        members = await self._array_members(ref)
+        single = {
+            "cancel": self.cancel,
+            "hold": self.hold,
+            "release": self.release,
+            "preempt": self.preempt,
+        }
+        if members is None:
+            if verb == "priority":
+                return [await self.set_priority(caller, ref.job_id, priority)], 0
+            return [await single[verb](caller, ref.job_id)], 0
+        jobs, ended = members
+        for job in jobs[:1]:
+            if not self._can_manage(caller, job):
+                raise Refused(f"array {ref.job_id} belongs to {job.user}", "PERMISSION_DENIED")
+        if verb == "priority":
+            if abs(priority) > MAX_PRIORITY:
+                raise Refused(f"priority must be between {-MAX_PRIORITY} and {MAX_PRIORITY}")
+            if priority > 0 and not self.is_admin(caller):
+                raise Refused(
+                    "only an admin may give a job a positive priority", "PERMISSION_DENIED"
+                )
+        async with self.state.lock:
+            live = [self.state.jobs.get(j.job_id) for j in jobs]
+            mine = [j for j in live if j is not None and self._can_manage(caller, j)]
+            done = await self._act_many(caller, mine, verb, priority)
+        if verb != "hold":
+            self.kick()
+        return done, ended + len(jobs) - len(done)
+
+    async def _act_many(
+        self, caller: Caller, jobs: list[JobRecord], verb: str, priority: int
+    ) -> list[JobRecord]:
+        state = self.state
+        who = caller.user
+        if verb == "hold":
+            why = f"held by {who}"
+            return await state.change(
+                [
+                    Change(j.job_id, JobState.HELD, "hold", who, why, (("reason", why),))
+                    for j in jobs
+                    if j.state is JobState.PENDING
+                ]
+            )
+        if verb == "release":
+            why = f"released by {who}"
+            return await state.change(
+                [
+                    Change(j.job_id, JobState.PENDING, "release", who, why, (("reason", ""),))
+                    for j in jobs
+                    if j.state is JobState.HELD
+                ]
+            )
+        if verb == "priority":
+            return await state.change(
+                [
+                    Change(
+                        j.job_id,
+                        j.state,
+                        "priority",
+                        who,
+                        f"priority {j.priority} -> {priority} by {who}",
+                        (("priority", priority),),
+                    )
+                    for j in jobs
+                ]
+            )
+        if verb == "preempt":
+            running = [j for j in jobs if j.state is JobState.RUNNING]
+            done = await state.change(
+                [preempt_change(j, who, f"preempted by {who}") for j in running]
+            )
+            for job in done:
+                self.agents.preempt(job)
+            return done
+        if verb != "cancel":
+            raise Refused(f"unknown action {verb!r}")
+        # cancel: waiting tasks end here and now, together; the others one by one
+        why = f"cancelled by {who}"
+        waiting = (JobState.PENDING, JobState.HELD, JobState.LOST)
+        now = state.clock()
+        done = await state.change(
+            [
+                Change(
+                    j.job_id,
+                    JobState.CANCELLED,
+                    "cancel",
+                    who,
+                    why,
+                    (("end_time", now), ("reason", why)),
+                )
+                for j in jobs
+                if j.state in waiting
+            ]
+        )
+        for job in jobs:
+            if job.state not in waiting:
+                current = state.jobs.get(job.job_id)
+                if current is not None:
+                    with contextlib.suppress(Refused):  # it cannot be: counted as skipped
+                        done.append(await self._cancel_locked(caller, current))
+        return done

@@ -46,7 +46,8 @@ class JobDetail(Screen[None]):
 
     def show(self, job: pb.Job) -> None:
         self.job = job
-        self.title = f"job {job.job_id}: {printable(job.spec.name)}"
+        label = f"{job.array_job_id}_{job.array_task_id}" if job.array_job_id else job.job_id
+        self.title = f"job {label}: {printable(job.spec.name)}"
         facts = Table.grid(padding=(0, 2))
         facts.add_column(style="bold")
         facts.add_column()
@@ -58,6 +59,7 @@ class JobDetail(Screen[None]):
                 f"{state_name(job)}" + (f" ({job.position} in line)" if job.position else ""),
             ),
             ("why" if job.state == pb.PENDING else "reason", reason),
+            ("dependency", printable(job.dependency) or "-"),
             (
                 "user / queue",
                 printable(f"{job.user} / {job.spec.queue}  priority {job.spec.priority}"),

@@ -107,6 +107,7 @@ class JobsView(Vertical):
             text = " ".join(
                 (
                     str(job.job_id),
+                    job_label(job),
                     job.spec.name,
                     job.user,
                     job.spec.queue,
@@ -121,7 +122,7 @@ class JobsView(Vertical):
     def _row(self, job: pb.Job, now: float) -> list[Text | str]:
         state = state_name(job)
         return [
-            str(job.job_id),
+            job_label(job),
             shown(job.spec.name),
             Text(printable(job.user), style=user_colour(job.user)),
             shown(job.spec.queue),
@@ -217,3 +218,8 @@ class JobsView(Vertical):
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.row_key.value is not None:
             self.post_message(self.Selected(int(event.row_key.value)))
+
+
+def job_label(job: pb.Job) -> str:
+    """`12_7` for task 7 of array 12, else the job id."""
+    return f"{job.array_job_id}_{job.array_task_id}" if job.array_job_id else str(job.job_id)

@@ -119,6 +119,9 @@ class JobSpec(_message.Message):
     MAX_RESTARTS_FIELD_NUMBER: _builtins.int
     CHECKPOINT_DIR_FIELD_NUMBER: _builtins.int
     SLURM_FIELD_NUMBER: _builtins.int
+    ARRAY_FIELD_NUMBER: _builtins.int
+    DEPENDENCY_FIELD_NUMBER: _builtins.int
+    TASK_PARAMS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     queue: _builtins.str
     """empty: the default queue"""
@@ -146,10 +149,20 @@ class JobSpec(_message.Message):
     """empty: <workdir>/.gshare/checkpoints/job-<id>"""
     slurm: _builtins.str
     """hand-off to Slurm: "never", "always", or "" / "auto" (the queue's rule)"""
+    array: _builtins.str
+    """a job array: "0-99", "0-99:4", "1,3,7-9", "%K" at most K running"""
+    dependency: _builtins.str
+    """"afterok:12:13", "afterany:12,after:14", "afterok:12?afternotok:13", "singleton" """
     @_builtins.property
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def task_params(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskParams]:
+        """a sweep: one per task of `array`, in task order; task k gets its params as
+        GSHARE_PARAM_<NAME> and GSHARE_PARAMS
+        """
+
     def __init__(
         self,
         *,
@@ -172,16 +185,59 @@ class JobSpec(_message.Message):
         max_restarts: _builtins.int | None = ...,
         checkpoint_dir: _builtins.str = ...,
         slurm: _builtins.str = ...,
+        array: _builtins.str = ...,
+        dependency: _builtins.str = ...,
+        task_params: _abc.Iterable[Global___TaskParams] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts", "max_restarts", b"max_restarts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts", "args", b"args", "checkpoint_dir", b"checkpoint_dir", "cpus", b"cpus", "env", b"env", "gpus", b"gpus", "grace_s", b"grace_s", "max_restarts", b"max_restarts", "mem_mb", b"mem_mb", "name", b"name", "no_preempt", b"no_preempt", "output", b"output", "preempt_signal", b"preempt_signal", "priority", b"priority", "queue", b"queue", "script", b"script", "script_name", b"script_name", "slurm", b"slurm", "time_limit_s", b"time_limit_s", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts", "args", b"args", "array", b"array", "checkpoint_dir", b"checkpoint_dir", "cpus", b"cpus", "dependency", b"dependency", "env", b"env", "gpus", b"gpus", "grace_s", b"grace_s", "max_restarts", b"max_restarts", "mem_mb", b"mem_mb", "name", b"name", "no_preempt", b"no_preempt", "output", b"output", "preempt_signal", b"preempt_signal", "priority", b"priority", "queue", b"queue", "script", b"script", "script_name", b"script_name", "slurm", b"slurm", "task_params", b"task_params", "time_limit_s", b"time_limit_s", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_restarts: _TypeAlias = _typing.Literal["max_restarts"]  # noqa: Y015
     _WhichOneofArgType__max_restarts: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_restarts) -> _WhichOneofReturnType__max_restarts | None: ...
 
 Global___JobSpec: _TypeAlias = JobSpec  # noqa: Y015
+
+@_typing.final
+class TaskParams(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ParamsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    PARAMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        params: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskParams: _TypeAlias = TaskParams  # noqa: Y015
 
 @_typing.final
 class GpuRef(_message.Message):
@@ -249,6 +305,26 @@ Global___JobEvent: _TypeAlias = JobEvent  # noqa: Y015
 class Job(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class ParamsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     JOB_ID_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
@@ -280,6 +356,11 @@ class Job(_message.Message):
     WARNINGS_FIELD_NUMBER: _builtins.int
     SLURM_JOB_ID_FIELD_NUMBER: _builtins.int
     SLURM_STATE_FIELD_NUMBER: _builtins.int
+    ARRAY_JOB_ID_FIELD_NUMBER: _builtins.int
+    ARRAY_TASK_ID_FIELD_NUMBER: _builtins.int
+    ARRAY_SPEC_FIELD_NUMBER: _builtins.int
+    DEPENDENCY_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     state: Global___JobState.ValueType
     user: _builtins.str
@@ -320,6 +401,13 @@ class Job(_message.Message):
     """handed off: its job id in Slurm (0: not yet submitted)"""
     slurm_state: _builtins.str
     """handed off: its state as Slurm last reported it"""
+    array_job_id: _builtins.int
+    """a task of this array (0: not an array task)"""
+    array_task_id: _builtins.int
+    array_spec: _builtins.str
+    """the array's tasks and limit, e.g. "0-99:4%16" """
+    dependency: _builtins.str
+    """what it waits for, as submitted (job ids resolved)"""
     @_builtins.property
     def spec(self) -> Global___JobSpec:
         """script bytes left out of listings"""
@@ -333,6 +421,10 @@ class Job(_message.Message):
     @_builtins.property
     def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """e.g. a process on a GPU that was not given to it"""
+
+    @_builtins.property
+    def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """a sweep's trial: its parameters"""
 
     def __init__(
         self,
@@ -368,10 +460,15 @@ class Job(_message.Message):
         warnings: _abc.Iterable[_builtins.str] | None = ...,
         slurm_job_id: _builtins.int = ...,
         slurm_state: _builtins.str = ...,
+        array_job_id: _builtins.int = ...,
+        array_task_id: _builtins.int = ...,
+        array_spec: _builtins.str = ...,
+        dependency: _builtins.str = ...,
+        params: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_dir", b"checkpoint_dir", "end_time", b"end_time", "events", b"events", "exit_code", b"exit_code", "exit_signal", b"exit_signal", "gid", b"gid", "gpu_mem_peak_mb", b"gpu_mem_peak_mb", "gpu_util_avg", b"gpu_util_avg", "gpu_util_now", b"gpu_util_now", "gpus", b"gpus", "has_exit", b"has_exit", "has_gpu_stats", b"has_gpu_stats", "idle_gpu_s", b"idle_gpu_s", "idle_s", b"idle_s", "job_id", b"job_id", "last_checkpoint", b"last_checkpoint", "node", b"node", "output_path", b"output_path", "position", b"position", "preemptions", b"preemptions", "reason", b"reason", "restarts", b"restarts", "slurm_job_id", b"slurm_job_id", "slurm_state", b"slurm_state", "spec", b"spec", "start_time", b"start_time", "state", b"state", "submit_time", b"submit_time", "uid", b"uid", "user", b"user", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["array_job_id", b"array_job_id", "array_spec", b"array_spec", "array_task_id", b"array_task_id", "checkpoint_dir", b"checkpoint_dir", "dependency", b"dependency", "end_time", b"end_time", "events", b"events", "exit_code", b"exit_code", "exit_signal", b"exit_signal", "gid", b"gid", "gpu_mem_peak_mb", b"gpu_mem_peak_mb", "gpu_util_avg", b"gpu_util_avg", "gpu_util_now", b"gpu_util_now", "gpus", b"gpus", "has_exit", b"has_exit", "has_gpu_stats", b"has_gpu_stats", "idle_gpu_s", b"idle_gpu_s", "idle_s", b"idle_s", "job_id", b"job_id", "last_checkpoint", b"last_checkpoint", "node", b"node", "output_path", b"output_path", "params", b"params", "position", b"position", "preemptions", b"preemptions", "reason", b"reason", "restarts", b"restarts", "slurm_job_id", b"slurm_job_id", "slurm_state", b"slurm_state", "spec", b"spec", "start_time", b"start_time", "state", b"state", "submit_time", b"submit_time", "uid", b"uid", "user", b"user", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -408,15 +505,20 @@ class SubmitJobResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
+    TASK_COUNT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
+    """an array: its id (the job id of its first task)"""
+    task_count: _builtins.int
+    """an array: how many tasks it has"""
     def __init__(
         self,
         *,
         job_id: _builtins.int = ...,
+        task_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "task_count", b"task_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -427,15 +529,19 @@ class GetJobRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
+    target: _builtins.str
+    """instead of job_id: "12_7", task 7 of array 12"""
     def __init__(
         self,
         *,
         job_id: _builtins.int = ...,
+        target: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -450,9 +556,12 @@ class ListJobsRequest(_message.Message):
     QUEUES_FIELD_NUMBER: _builtins.int
     INCLUDE_FINISHED_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    ARRAY_JOB_ID_FIELD_NUMBER: _builtins.int
     include_finished: _builtins.bool
     """ended jobs too (the queue shows live ones)"""
     limit: _builtins.int
+    array_job_id: _builtins.int
+    """only this array's tasks, ended ones too"""
     @_builtins.property
     def users(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -467,10 +576,11 @@ class ListJobsRequest(_message.Message):
         queues: _abc.Iterable[_builtins.str] | None = ...,
         include_finished: _builtins.bool = ...,
         limit: _builtins.int = ...,
+        array_job_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_finished", b"include_finished", "limit", b"limit", "queues", b"queues", "states", b"states", "users", b"users"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["array_job_id", b"array_job_id", "include_finished", b"include_finished", "limit", b"limit", "queues", b"queues", "states", b"states", "users", b"users"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -502,18 +612,25 @@ Global___ListJobsResponse: _TypeAlias = ListJobsResponse  # noqa: Y015
 
 @_typing.final
 class JobIdRequest(_message.Message):
+    """`target`, when set, names the jobs instead of job_id: "12" (a job, or the whole array
+    12), "12_7" (one task), "12_[3-5]" (some tasks)
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
+    target: _builtins.str
     def __init__(
         self,
         *,
         job_id: _builtins.int = ...,
+        target: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -525,17 +642,20 @@ class SetPriorityRequest(_message.Message):
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     priority: _builtins.int
+    target: _builtins.str
     def __init__(
         self,
         *,
         job_id: _builtins.int = ...,
         priority: _builtins.int = ...,
+        target: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "priority", b"priority"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "priority", b"priority", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -546,16 +666,32 @@ class JobActionResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    skipped: _builtins.int
+    """tasks named that had already ended or were not in the state asked"""
+    count: _builtins.int
+    """how many jobs were acted on"""
     @_builtins.property
-    def job(self) -> Global___Job: ...
+    def job(self) -> Global___Job:
+        """the first job acted on"""
+
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
+        """a target naming several: the jobs acted on (the first 1000)"""
+
     def __init__(
         self,
         *,
         job: Global___Job | None = ...,
+        jobs: _abc.Iterable[Global___Job] | None = ...,
+        skipped: _builtins.int = ...,
+        count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "job", b"job", "jobs", b"jobs", "skipped", b"skipped"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -14,7 +14,12 @@ what they need when they run), and `gsub` loads none of gshare's commands.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+
+# gRPC's core logs a refused TLS handshake at INFO on stderr by default; a command line's
+# error is its own one line (set before grpc is first imported)
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from gshare.cli.common import UsageError
 from gshare.cli.options import build_spec, gsub_parser

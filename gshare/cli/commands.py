@@ -7,11 +7,11 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from gshare.api import gshare_pb2 as pb
+from gshare.arrays import fold
 from gshare.cli.common import UsageError, fail
 from gshare.cli.render import (
     _first_clause,
@@ -24,6 +24,7 @@ from gshare.cli.render import (
     _slurm_line,
     _state,
     _when,
+    display_id,
     job_json,
     table,
 )
@@ -37,16 +38,19 @@ from gshare.timefmt import format_duration
 def cmd_why(client: Client, args: argparse.Namespace) -> int:
     job = client.job(args.job)
     state = _state(job)
+    name = display_id(job)
     if job.state == pb.PENDING:
         place = f", {job.position} in line" if job.position else ""
-        print(f"job {job.job_id} is PENDING{place}:")
+        print(f"job {name} is PENDING{place}:")
         for clause in (job.reason or "waiting for the next scheduling cycle").split("; "):
             print(f"  {printable(clause)}")
     elif job.state == pb.HELD:
         reason = printable(job.reason)
-        print(f"job {job.job_id} is HELD ({reason}); `gshare release {job.job_id}` lets it run")
+        print(f"job {name} is HELD ({reason}); `gshare release {name}` lets it run")
     else:
-        print(f"job {job.job_id} is {state}" + (f": {printable(job.reason)}" if job.reason else ""))
+        print(f"job {name} is {state}" + (f": {printable(job.reason)}" if job.reason else ""))
+    if job.dependency:
+        print(f"  dependency: {printable(job.dependency)}")
     return 0
 
 
@@ -137,7 +141,7 @@ def cmd_queue(client: Client, args: argparse.Namespace) -> int:
     now = time.time()
     rows = [
         [
-            str(j.job_id),
+            label,
             _short(printable(j.spec.name), 20),
             printable(j.user),
             printable(j.spec.queue),
@@ -150,7 +154,7 @@ def cmd_queue(client: Client, args: argparse.Namespace) -> int:
                 or ("" if j.state != pb.PENDING else "waiting for a cycle")
             ),
         ]
-        for j in jobs
+        for label, j in (_each_row(jobs) if args.array else fold_tasks(jobs))
     ]
     print(
         table(rows, ["JOBID", "NAME", "USER", "QUEUE", "STATE", "GPUS", "NODE", "TIME", "REASON"])
@@ -164,6 +168,108 @@ def cmd_queue(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _each_row(jobs: list[pb.Job]) -> list[tuple[str, pb.Job]]:
+    return [(display_id(j), j) for j in jobs]
+
+
+def fold_tasks(jobs: list[pb.Job]) -> list[tuple[str, pb.Job]]:
+    """Pending tasks of an array on one line, as squeue folds them: `12_[40-99%16]` (the
+    limit, if the array has one); every other job on a line of its own. The folded line
+    shows its first task's name and reason."""
+    out: list[tuple[str, pb.Job]] = []
+    folded: dict[int, list[pb.Job]] = {}
+    for j in jobs:
+        if j.array_job_id and j.state == pb.PENDING:
+            group = folded.get(j.array_job_id)
+            if group is None:
+                folded[j.array_job_id] = group = []
+                out.append(("", j))  # its place: where its first pending task was
+            group.append(j)
+        else:
+            out.append((display_id(j), j))
+    rows = []
+    for label, j in out:
+        if label:
+            rows.append((label, j))
+            continue
+        group = folded[j.array_job_id]
+        if len(group) == 1:
+            rows.append((display_id(j), j))
+            continue
+        ids = sorted(t.array_task_id for t in group)
+        limit = j.array_spec.partition("%")[2]
+        rows.append((f"{j.array_job_id}_[{fold(ids)}{'%' + limit if limit else ''}]", j))
+    return rows
+
+
+def cmd_sweep(client: Client, args: argparse.Namespace) -> int:
+    """Every trial of a sweep (or task of an array): its parameters, state, run time,
+    restarts and the metrics it wrote to GSHARE_RESULT_FILE; best first by --sort."""
+    from gshare.sweep import read_result
+
+    tasks = client.array(args.job)
+    if not tasks:
+        raise ClientError(f"job {args.job} is not an array (or has no tasks)")
+    results = {t.job_id: read_result(f"{t.checkpoint_dir.rstrip('/')}/result.json") for t in tasks}
+    metrics = sorted({k for r in results.values() if isinstance(r, dict) for k in r})
+    params = sorted({k for t in tasks for k in t.params})
+    key = args.sort or (metrics[0] if metrics else "")
+    if args.sort and args.sort not in metrics:
+        raise UsageError(
+            f"no trial reported {args.sort!r} (metrics: {', '.join(metrics) or 'none yet'})"
+        )
+
+    def rank(t: pb.Job) -> tuple[int, float, int]:
+        r = results[t.job_id]
+        if isinstance(r, dict) and key in r:
+            return (0, -r[key] if args.max else r[key], t.array_task_id)
+        return (1, 0.0, t.array_task_id)
+
+    tasks.sort(key=rank)
+    now = time.time()
+    if args.json:
+        out = []
+        for t in tasks:
+            r = results[t.job_id]
+            out.append(
+                {
+                    "id": display_id(t),
+                    "job_id": t.job_id,
+                    "task": t.array_task_id,
+                    "params": dict(t.params),
+                    "state": _state(t),
+                    "run_time_s": round(_run_seconds(t, now), 3),
+                    "restarts": t.restarts,
+                    "result": r if isinstance(r, dict) else None,
+                    "result_missing": None if isinstance(r, dict) else r,
+                }
+            )
+        print(json.dumps({"sort": key or None, "max": args.max, "trials": out}, indent=2))
+        return 0
+    rows = []
+    for t in tasks:
+        r = results[t.job_id]
+        cells = [display_id(t), _state(t), _runtime(t, now), str(t.restarts)]
+        cells += [_short(printable(t.params.get(p, "")), 16) for p in params]
+        if isinstance(r, dict):
+            cells += [f"{r[m]:.6g}" if m in r else "-" for m in metrics]
+        else:
+            cells += [r] + ["" for _ in metrics[1:]] if metrics else [r]
+        rows.append(cells)
+    heads = ["TASK", "STATE", "TIME", "RESTARTS", *(p.upper() for p in params)]
+    heads += [m.upper() for m in metrics] if metrics else ["RESULT"]
+    order = f"; best first by {key} ({'highest' if args.max else 'lowest'})" if key else ""
+    print(f"sweep {args.job}: {len(tasks)} trials{order}")
+    print(table(rows, heads))
+    return 0
+
+
+def _run_seconds(job: pb.Job, now: float) -> float:
+    if not job.start_time:
+        return 0.0
+    return (job.end_time or now) - job.start_time
+
+
 def cmd_show(client: Client, args: argparse.Namespace) -> int:
     job = client.job(args.job)
     if args.json:
@@ -172,7 +278,7 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
     d = job_json(job)
     gpus = ", ".join(f"{g['node']}:{g['index']}" for g in d["gpus"]) or "-"
     fields = [
-        ("Job", f"{job.job_id} ({job.spec.name})"),
+        ("Job", f"{display_id(job)} ({job.spec.name})"),
         ("State", d["state"] + (f" - {job.reason}" if job.reason else "")),
         ("User", f"{job.user} (uid {job.uid})"),
         ("Queue", job.spec.queue),
@@ -195,6 +301,15 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
             else "-",
         ),
         ("Restarts", str(job.restarts)),
+        (
+            "Array",
+            f"task {job.array_task_id} of {job.array_job_id} (tasks {job.array_spec}; "
+            f"job id {job.job_id})"
+            if job.array_job_id
+            else "-",
+        ),
+        ("Dependency", job.dependency or "-"),
+        ("Parameters", json.dumps(dict(job.params), sort_keys=True) if job.params else "-"),
         (
             "Preemption",
             "never (--no-preempt)"
@@ -222,41 +337,42 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _each(client: Client, ids: list[int], action: Callable[[int], pb.Job], verb: str) -> int:
+def _each(client: Client, refs: list[str], verb: str, done: str, priority: int = 0) -> int:
+    """The action on each job named: a job, a whole array (`12`), tasks (`12_[3-5]`)."""
     status = 0
-    for job_id in ids:
+    for ref in refs:
         try:
-            job = action(job_id)
-            print(f"job {job_id}: {verb} ({_state(job)})")
+            reply = client.act(verb, ref, priority)
         except ClientError as exc:
-            print(f"gshare: job {job_id}: {printable(str(exc))}", file=sys.stderr)
+            print(f"gshare: job {ref}: {printable(str(exc))}", file=sys.stderr)
             status = 1
+            continue
+        if reply.count == 1 and not reply.skipped and not reply.job.array_job_id:
+            print(f"job {ref}: {done} ({_state(reply.job)})")
+            continue
+        skipped = f"; {reply.skipped} skipped (ended, or not in a state for it)"
+        print(f"job {ref}: {done}: {reply.count} jobs{skipped if reply.skipped else ''}")
     return status
 
 
 def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
-    return _each(client, args.jobs, client.cancel, "cancel requested")
+    return _each(client, args.jobs, "cancel", "cancel requested")
 
 
 def cmd_hold(client: Client, args: argparse.Namespace) -> int:
-    return _each(client, args.jobs, client.hold, "held")
+    return _each(client, args.jobs, "hold", "held")
 
 
 def cmd_preempt(client: Client, args: argparse.Namespace) -> int:
-    return _each(client, args.jobs, client.preempt, "asked to checkpoint and yield")
+    return _each(client, args.jobs, "preempt", "asked to checkpoint and yield")
 
 
 def cmd_priority(client: Client, args: argparse.Namespace) -> int:
-    return _each(
-        client,
-        args.jobs,
-        lambda j: client.set_priority(j, args.priority),
-        f"priority set to {args.priority}",
-    )
+    return _each(client, args.jobs, "priority", f"priority set to {args.priority}", args.priority)
 
 
 def cmd_release(client: Client, args: argparse.Namespace) -> int:
-    return _each(client, args.jobs, client.release, "released")
+    return _each(client, args.jobs, "release", "released")
 
 
 def cmd_nodes(client: Client, args: argparse.Namespace) -> int:
@@ -453,3 +569,22 @@ def cmd_top(args: argparse.Namespace) -> int:
     from tui.app import run  # Textual is imported only by the terminal UI
 
     return run(args.address)
+
+
+def cmd_ca(args: argparse.Namespace) -> int:
+    from gshare.ca import CaError, init, issue
+
+    days = args.days if args.days is not None else (3650 if args.what == "init" else 825)
+    if not 0 < days <= 36500:
+        return fail("gshare ca", f"--days must be between 1 and 36500, not {days}", 2)
+    try:
+        if args.what == "init":
+            if args.names:
+                return fail("gshare ca", "init takes no names (use --dir)", 2)
+            made = init(args.dir, days)
+        else:
+            made = issue(args.dir, args.what, list(args.names), days)
+    except CaError as exc:
+        return fail("gshare ca", str(exc), 2 if "name" in str(exc) else 1)
+    print(made)
+    return 0

@@ -7,7 +7,10 @@ import json
 import os
 from collections.abc import Sequence
 
+import grpc
+
 from gshare.address import AddressError
+from gshare.arrays import parse_array
 from gshare.cli.common import UsageError, fail
 from gshare.cli.options import build_spec, gsub_parser
 from gshare.client import Client, ClientError
@@ -24,7 +27,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with Client(args.address) as client:
             job_id = client.submit(spec)
-    except (ClientError, AddressError) as exc:
+    except ClientError as exc:
+        # the scheduler refused the request itself (bad input): the same exit as here
+        return fail("gsub", str(exc), 2 if exc.code is grpc.StatusCode.INVALID_ARGUMENT else 1)
+    except AddressError as exc:
         return fail("gsub", str(exc))
-    print(json.dumps({"job_id": job_id}) if args.json else job_id)
+    if args.json:
+        reply: dict[str, object] = {"job_id": job_id}
+        if spec.array:
+            reply["tasks"] = len(spec.task_params) or parse_array(spec.array, 1 << 30).count
+        print(json.dumps(reply))
+    else:
+        print(job_id)
     return 0

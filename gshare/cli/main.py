@@ -10,6 +10,7 @@ from pathlib import Path
 from gshare import __version__
 from gshare.address import AddressError
 from gshare.cli.commands import (
+    cmd_ca,
     cmd_cancel,
     cmd_drain,
     cmd_hold,
@@ -21,12 +22,13 @@ from gshare.cli.commands import (
     cmd_release,
     cmd_show,
     cmd_sim,
+    cmd_sweep,
     cmd_top,
     cmd_usage,
     cmd_why,
 )
 from gshare.cli.common import UsageError, _OneLineParser, fail
-from gshare.cli.options import _duration, _int32, _job_id
+from gshare.cli.options import _duration, _int32, _job_id, _job_ref, _one_job
 from gshare.client import Client, ClientError
 
 
@@ -52,11 +54,17 @@ def gshare_parser() -> argparse.ArgumentParser:
     q.add_argument("-s", "--state", action="append", help="only jobs in this state (repeatable)")
     q.add_argument("-q", "--queue", action="append", help="only jobs in this queue (repeatable)")
     q.add_argument("-a", "--all", action="store_true", help="include ended jobs")
+    q.add_argument(
+        "-r",
+        "--array",
+        action="store_true",
+        help="one line per array task (by default an array's pending tasks share one line)",
+    )
     q.add_argument("--json", action="store_true", help="JSON list")
     q.set_defaults(func=cmd_queue)
 
     s = sub.add_parser("show", help="one job in detail, with its events")
-    s.add_argument("job", type=_job_id)
+    s.add_argument("job", type=_one_job, help="a job id, or a task of an array (12_7)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_show)
 
@@ -67,8 +75,26 @@ def gshare_parser() -> argparse.ArgumentParser:
         ("preempt", cmd_preempt, "ask running jobs to checkpoint, yield their GPUs and requeue"),
     ):
         c = sub.add_parser(name, help=text, description=text)
-        c.add_argument("jobs", type=_job_id, nargs="+", metavar="JOB")
+        c.add_argument(
+            "jobs",
+            type=_job_ref,
+            nargs="+",
+            metavar="JOB",
+            help="a job id; an array's id (all its tasks), 12_7 (a task), 12_[3-5] (tasks)",
+        )
         c.set_defaults(func=func)
+
+    sw = sub.add_parser(
+        "sweep",
+        help="a sweep's trials with their parameters and results, best first",
+        description="Every task of a sweep (or any array): parameters, state, run time, "
+        "restarts and the metrics each wrote to GSHARE_RESULT_FILE, best first.",
+    )
+    sw.add_argument("job", type=_job_id, help="the sweep's (array's) job id")
+    sw.add_argument("--sort", metavar="METRIC", help="rank by this metric (default: the first)")
+    sw.add_argument("--max", action="store_true", help="higher is better (default: lower)")
+    sw.add_argument("--json", action="store_true")
+    sw.set_defaults(func=cmd_sweep)
 
     w = sub.add_parser(
         "why",
@@ -76,7 +102,7 @@ def gshare_parser() -> argparse.ArgumentParser:
         description="Why a job is not running: the reason from the last scheduling "
         "cycle, its place in line, and its team's standing.",
     )
-    w.add_argument("job", type=_job_id)
+    w.add_argument("job", type=_one_job)
     w.set_defaults(func=cmd_why)
 
     us = sub.add_parser(
@@ -95,7 +121,7 @@ def gshare_parser() -> argparse.ArgumentParser:
         "owner may only lower it (0 or less).",
     )
     pr.add_argument("priority", type=_int32("priority"), metavar="PRIORITY")
-    pr.add_argument("jobs", type=_job_id, nargs="+", metavar="JOB")
+    pr.add_argument("jobs", type=_job_ref, nargs="+", metavar="JOB")
     pr.set_defaults(func=cmd_priority)
 
     n = sub.add_parser("nodes", help="nodes and their GPUs")
@@ -120,7 +146,7 @@ def gshare_parser() -> argparse.ArgumentParser:
         description="Print a job's output "
         "file (read where the job writes it: on this machine or a shared file system).",
     )
-    lg.add_argument("job", type=_job_id)
+    lg.add_argument("job", type=_one_job)
     lg.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
     lg.set_defaults(func=cmd_logs)
 
@@ -188,6 +214,25 @@ def gshare_parser() -> argparse.ArgumentParser:
     )
     top.set_defaults(func=cmd_top)
 
+    ca = sub.add_parser(
+        "ca",
+        help="make the cluster's CA and its TLS certificates",
+        description="The certificates of a cluster over TCP: `init` makes the CA "
+        "(DIR/ca.pem for everyone, DIR/ca.key for the admin alone); `scheduler HOST...` the "
+        "scheduler's certificate for the names clients use; `node NAME` a node agent's "
+        "certificate, which lets it register as NAME only; `reader NAME` a read-only "
+        "client certificate. Existing files are never replaced.",
+    )
+    ca.add_argument("what", choices=["init", "scheduler", "node", "reader"])
+    ca.add_argument("names", nargs="*", metavar="NAME")
+    ca.add_argument(
+        "--dir", type=Path, default=Path("gshare-ca"), help="where the CA is (default ./gshare-ca)"
+    )
+    ca.add_argument(
+        "--days", type=int, default=None, help="validity (default: 3650 for the CA, else 825)"
+    )
+    ca.set_defaults(func=cmd_ca)
+
     from gshare.up import add_up_parser
 
     add_up_parser(sub)
@@ -200,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    if args.command in ("up", "sim", "top"):
+    if args.command in ("up", "sim", "top", "ca"):
         try:
             return int(args.func(args))
         except UsageError as exc:

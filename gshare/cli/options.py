@@ -13,6 +13,7 @@ from typing import Any
 
 from gshare import __version__
 from gshare.api import gshare_pb2 as pb
+from gshare.arrays import parse_array, parse_dependency, parse_job_ref
 from gshare.cli.common import INT32_MAX, INT64_MAX, UsageError, _Parser
 from gshare.jobscript import JobScript, read_script, wrap
 from gshare.limits import (
@@ -23,7 +24,11 @@ from gshare.limits import (
     env_name_ok,
     parse_mem_mb,
 )
+from gshare.sweep import load_sweep
 from gshare.timefmt import TimeFormatError, format_duration, parse_duration
+
+# gsub checks an array's syntax; the scheduler's max_array_size bounds it further
+MAX_ARRAY_TASK_ID = 1_000_000
 
 
 def _memory_mb(text: str) -> int:
@@ -64,6 +69,39 @@ def _job_id(text: str) -> int:
     if not 0 < value <= INT64_MAX:
         raise argparse.ArgumentTypeError(f"no job can have the id {text} (ids are 1 to 2^63-1)")
     return value
+
+
+def _job_ref(text: str) -> str:
+    """`12` (a job, or a whole array), `12_7` (one task), `12_[3-5]` (some tasks)."""
+    try:
+        return str(parse_job_ref(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _one_job(text: str) -> int | str:
+    """A job id, or one task of an array (`12_7`)."""
+    ref = _job_ref(text)
+    if ref.isdigit():
+        return _job_id(ref)
+    if "[" in ref:
+        raise argparse.ArgumentTypeError(f"{text!r} names several tasks; name one (e.g. 12_7)")
+    return ref
+
+
+def _array(text: str) -> str:
+    try:
+        parse_array(text, MAX_ARRAY_TASK_ID + 1)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--array: ")) from None
+    return text.strip()
+
+
+def _dependency(text: str) -> str:
+    try:
+        return str(parse_dependency(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--dependency: ")) from None
 
 
 def _gpus(text: str) -> int:
@@ -130,8 +168,8 @@ def _job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-o",
         "--output",
-        help="log file for stdout and stderr, %%j is the job id "
-        "(default: gshare-%%j.out in the working directory)",
+        help="log file for stdout and stderr, %%j is the job id, %%A the array's id and %%a "
+        "the task id (default: gshare-%%j.out in the working directory)",
     )
     p.add_argument(
         "--signal",
@@ -161,6 +199,20 @@ def _job_options(p: argparse.ArgumentParser) -> None:
         "--slurm",
         choices=["never", "auto", "always"],
         help="hand the job to Slurm: never, auto (the queue's rule; default) or always",
+    )
+    p.add_argument(
+        "-a",
+        "--array",
+        type=_array,
+        help="a job array: 0-99, 0-99:4 (every 4th), 1,3,7-9; %%K runs at most K tasks at "
+        "once (0-999%%16); each task gets GSHARE_ARRAY_TASK_ID",
+    )
+    p.add_argument(
+        "-d",
+        "--dependency",
+        type=_dependency,
+        help="wait for other jobs: afterok:ID[:ID...], afterany, afternotok, after (started), "
+        "singleton; ',' all of them, '?' any one (e.g. afterok:12,afterany:13_4)",
     )
     p.add_argument(
         "--checkpoint-dir",
@@ -198,6 +250,12 @@ def gsub_parser() -> _Parser:
         "--wrap", metavar="COMMAND", help="submit COMMAND as a /bin/sh script instead of a file"
     )
     p.add_argument("--json", action="store_true", help='print {"job_id": N}')
+    p.add_argument(
+        "--sweep",
+        metavar="SWEEP.toml",
+        help="a parameter sweep: run the script once per point of the file's axes, as an "
+        "array (see README: Sweeps)",
+    )
     p.add_argument("--address", help="scheduler: unix:PATH or HOST:PORT (default: $GSHARE_ADDRESS)")
     p.add_argument("--version", action="version", version=f"gsub {__version__}")
     _job_options(p)
@@ -251,6 +309,20 @@ def build_spec(args: argparse.Namespace, environ: dict[str, str]) -> pb.JobSpec:
     env["GSHARE_SUBMIT_DIR"] = os.getcwd()
     env.update(dict(options.get("env", [])))
     workdir = os.path.abspath(options.get("workdir") or os.getcwd())
+    array = options.get("array") or ""
+    task_params: list[pb.TaskParams] = []
+    if getattr(args, "sweep", None):
+        if array:
+            raise UsageError("give either --array or --sweep (a sweep makes its own array)")
+        try:
+            sweep = load_sweep(Path(args.sweep))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        points = sweep.trials
+        array = f"0-{len(points) - 1}" + (
+            f"%{sweep.max_concurrent}" if sweep.max_concurrent else ""
+        )
+        task_params = [pb.TaskParams(params=p) for p in points]
     return pb.JobSpec(
         name=options.get("name") or name,
         queue=options.get("queue") or "",
@@ -271,6 +343,9 @@ def build_spec(args: argparse.Namespace, environ: dict[str, str]) -> pb.JobSpec:
         max_restarts=options.get("max_restarts"),
         checkpoint_dir=options.get("checkpoint_dir") or "",
         slurm=options.get("slurm") or "",
+        array=array,
+        dependency=options.get("dependency") or "",
+        task_params=task_params,
     )
 
 

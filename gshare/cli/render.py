@@ -26,9 +26,19 @@ def _runtime(job: pb.Job, now: float) -> str:
     return format_duration((job.end_time or now) - job.start_time)
 
 
+def display_id(job: pb.Job) -> str:
+    """`12_7` for task 7 of array 12, else the job id."""
+    return f"{job.array_job_id}_{job.array_task_id}" if job.array_job_id else str(job.job_id)
+
+
 def job_json(job: pb.Job) -> dict[str, Any]:
     return {
         "job_id": job.job_id,
+        "id": display_id(job),
+        "array_job_id": job.array_job_id or None,
+        "array_task_id": job.array_task_id if job.array_job_id else None,
+        "dependency": job.dependency or None,
+        "params": dict(job.params) or None,
         "name": job.spec.name,
         "user": job.user,
         "queue": job.spec.queue,

@@ -77,3 +77,43 @@ def test_confinement_settings(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "none.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[server]\ntcp = "nowhere"\n', "[server] tcp: expected HOST:PORT"),
+        ('[server]\nagent_tcp = "0.0.0.0:7711"\n', "agent_tcp needs [server.tls]"),
+        ('[server]\nsockets = "x"\n', "unknown key 'sockets'"),
+        ('[server.tls]\ncert_file = "CERT"\n', "cert_file and key_file go together"),
+        ('[server.tls]\ncert_file = "/no/such.pem"\n', "cert_file '/no/such.pem'"),
+        ('[server.tls]\nca_file = "CERT"\n', "ca_file needs cert_file"),
+        ('[agent]\ncert_file = "CERT"\nkey_file = "CERT"\n', "cert_file needs ca_file"),
+        ('[agent]\nca_file = "a\\u0000b"\n', "[agent]: ca_file"),
+        ('[client]\nscheduler = "x"\n', "[client]: scheduler: expected HOST:PORT"),
+        ("[client]\nca_file = 1\n", "[client]: ca_file must be a str"),
+    ],
+)
+def test_remote_settings_are_checked_at_load(tmp_path: Path, text: str, message: str) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text.replace("CERT", str(cert))))
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_remote_settings_load(tmp_path: Path) -> None:
+    pem = tmp_path / "x.pem"
+    pem.write_text("x")
+    cfg = load_config(
+        write(
+            tmp_path,
+            f'[server]\ntcp = "0.0.0.0:7710"\nagent_tcp = "0.0.0.0:7711"\n'
+            f'munge_socket = "/run/munge/munge.socket.2"\n'
+            f'[server.tls]\ncert_file = "{pem}"\nkey_file = "{pem}"\nca_file = "{pem}"\n'
+            f'[client]\nscheduler = "sched:7710"\nca_file = "{pem}"\n',
+        )
+    )
+    assert cfg.tls.enabled and cfg.agent_tcp == "0.0.0.0:7711"
+    assert cfg.munge_socket == "/run/munge/munge.socket.2"
+    assert cfg.client.scheduler == "sched:7710" and cfg.client.ca_file == str(pem)
