@@ -17,6 +17,7 @@ from gshare.address import resolve
 from gshare.api import gshare_pb2 as pb
 from gshare.clientconfig import ClientConfig, ClientConfigError, client_config
 from gshare.munge import HEADER, Munge, MungeError, request_payload
+from gshare.paths import SYSTEM_SOCKET
 
 # The largest gRPC message, both ways, on every channel and server of gshare: the scheduler,
 # its clients (gsub, gshare, the TUI) and its node agents. gRPC's default is 4 MiB for what
@@ -54,11 +55,19 @@ class ClientError(Exception):
         self.code = code
 
 
-def _read(path: str, key: str) -> bytes:
+_CERT = b"-----BEGIN CERTIFICATE-----"
+_KEY = b"PRIVATE KEY-----"
+
+
+def _read(path: str, key: str, marker: bytes) -> bytes:
+    """A PEM file of [client]; checked here, since gRPC would only say it cannot connect."""
     try:
-        return Path(path).read_bytes()
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise ClientError(f"[client] {key} {path}: {exc.strerror}") from None
+    if marker not in data or b"\0" in data:
+        raise ClientError(f"[client] {key} {path}: not a PEM file ({marker.decode()}...)")
+    return data
 
 
 def channel_to(target: str, settings: ClientConfig) -> grpc.Channel:
@@ -67,9 +76,11 @@ def channel_to(target: str, settings: ClientConfig) -> grpc.Channel:
     if target.startswith("unix:") or not settings.ca_file:
         return grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
     creds = grpc.ssl_channel_credentials(
-        root_certificates=_read(settings.ca_file, "ca_file"),
-        private_key=_read(settings.key_file, "key_file") if settings.key_file else None,
-        certificate_chain=_read(settings.cert_file, "cert_file") if settings.cert_file else None,
+        root_certificates=_read(settings.ca_file, "ca_file", _CERT),
+        private_key=_read(settings.key_file, "key_file", _KEY) if settings.key_file else None,
+        certificate_chain=_read(settings.cert_file, "cert_file", _CERT)
+        if settings.cert_file
+        else None,
     )
     return grpc.secure_channel(target, creds, options=CHANNEL_OPTIONS)
 
@@ -88,7 +99,13 @@ class Client:
             settings = settings if settings is not None else client_config(None)
         except ClientConfigError as exc:
             raise ClientError(str(exc)) from None
-        self.target = resolve(address or os.environ.get("GSHARE_ADDRESS") or settings.scheduler)
+        # --address, GSHARE_ADDRESS, then the scheduler's own socket on its host (one
+        # gshare.toml may serve every machine), then [client] scheduler
+        local = SYSTEM_SOCKET.exists()
+        chosen = (
+            address or os.environ.get("GSHARE_ADDRESS") or ("" if local else settings.scheduler)
+        )
+        self.target = resolve(chosen or None)
         self.timeout = timeout
         self.resent = 0  # submits sent again with their key after a lost answer
         self.truncated = False  # whether the last job listing was cut short

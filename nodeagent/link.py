@@ -68,8 +68,8 @@ class SchedulerLink:
         launcher: JobRunner,
         lease: Lease,
         token: str = "",
-        credentials: grpc.ChannelCredentials | None = None,
         confinement: str = "",
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.target = target
         self.node = node
@@ -79,8 +79,8 @@ class SchedulerLink:
         self.mem_mb = mem_mb
         self.launcher = launcher
         self.token = token
-        self.credentials = credentials  # TLS: the scheduler's CA, and this node's certificate
         self.confinement = confinement
+        self.credentials = credentials  # TLS: the scheduler's CA, and this node's certificate
         self.lease = lease
         self.heartbeat_s = 5.0
         self.lease_s = 60.0

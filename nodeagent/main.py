@@ -163,6 +163,9 @@ def tls_credentials(config: Config) -> grpc.ChannelCredentials | None:
             files[key] = Path(path).read_bytes() if path else None
         except OSError as exc:
             raise ConfigError(f"[agent] {key} {path}: {exc.strerror}") from None
+        marker = b"PRIVATE KEY-----" if key == "key_file" else b"-----BEGIN CERTIFICATE-----"
+        if path and marker not in (files[key] or b""):
+            raise ConfigError(f"[agent] {key} {path}: not a PEM file")
     return grpc.ssl_channel_credentials(files["ca_file"], files["key_file"], files["cert_file"])
 
 
@@ -172,12 +175,11 @@ async def run(
     probe: GpuProbe,
     target: str,
     token: str,
+    confinement: Confinement,
     credentials: grpc.ChannelCredentials | None = None,
-    confinement: Confinement | None = None,
 ) -> int:
     state_dir = state_dir_of(args)
     link: SchedulerLink | None = None
-    confinement = confinement or Confinement("none (confine = off)")
     gpus = probe.inventory()
     try:
         launcher = Launcher(
@@ -213,8 +215,8 @@ async def run(
         launcher,
         Lease(launcher.lease_file),
         token,
-        credentials,
         confinement.kind,
+        credentials,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -329,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(run(args, config, probe, target, token, credentials, confinement))
+        return asyncio.run(run(args, config, probe, target, token, confinement, credentials))
     return 0
 
 

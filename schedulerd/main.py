@@ -192,17 +192,44 @@ def _read(path: str, key: str) -> bytes:
         raise ListenError(f"{key} {path}: {exc.strerror}") from None
 
 
+def _pem_checked(cert: bytes, key: bytes | None, where: str) -> None:
+    """A certificate (and its key) that TLS can use, or a ListenError naming the key:
+    gRPC itself would only say that it failed to bind."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        certs = x509.load_pem_x509_certificates(cert)
+    except ValueError:
+        raise ListenError(f"{where} cert_file is not a PEM certificate") from None
+    if key is None:
+        return
+    try:
+        private = serialization.load_pem_private_key(key, None)
+    except (ValueError, TypeError):
+        raise ListenError(f"{where} key_file is not an unencrypted PEM private key") from None
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    if private.public_key().public_bytes(serialization.Encoding.DER, public) != certs[
+        0
+    ].public_key().public_bytes(serialization.Encoding.DER, public):
+        raise ListenError(f"{where} key_file is not the key of cert_file")
+
+
 def tls_credentials(config: Config, require_client_cert: bool) -> grpc.ServerCredentials:
     """The TCP listeners' TLS: the scheduler's certificate, and when client certificates
     are asked for, the cluster CA ([server.tls] ca_file) that must have signed them."""
     tls = config.tls
-    pair = (
-        _read(tls.key_file, "[server.tls] key_file"),
-        _read(tls.cert_file, "[server.tls] cert_file"),
-    )
+    key = _read(tls.key_file, "[server.tls] key_file")
+    cert = _read(tls.cert_file, "[server.tls] cert_file")
+    _pem_checked(cert, key, "[server.tls]")
     ca = _read(tls.ca_file, "[server.tls] ca_file") if tls.ca_file else None
+    if ca is not None:
+        try:
+            _pem_checked(ca, None, "[server.tls]")
+        except ListenError:
+            raise ListenError("[server.tls] ca_file is not a PEM certificate") from None
     return grpc.ssl_server_credentials(
-        [pair],
+        [(key, cert)],
         root_certificates=ca if require_client_cert else None,
         require_client_auth=require_client_cert,
     )
@@ -253,6 +280,12 @@ async def open_listeners(
                 raise ListenError(f"[server] munge_socket: {exc}") from None
             if not Path(config.munge_socket).exists():
                 log.warning("[server] munge_socket %s is not there (yet)", config.munge_socket)
+        if not config.tls.enabled:
+            log.warning(
+                "[server] tcp %s has no TLS ([server.tls]): what travels can be read on the "
+                "network (credentials still cannot be reused)",
+                tcp,
+            )
         # without MUNGE, readers over TCP show a client certificate of the cluster's CA
         creds = (
             tls_credentials(config, munge is None and bool(config.tls.ca_file))

@@ -370,12 +370,15 @@ def test_an_agent_proves_its_node_with_its_certificate_and_no_other_node(
 
 
 def test_client_settings_with_bad_values_stop_with_one_line(open_tmp: Path) -> None:
+    junk = open_tmp / "junk.pem"
+    junk.write_bytes(b"not PEM\x00")
     cases = {
         "[client]\nca_file = 3\n": "ca_file must be a str",
         '[client]\nca_file = "/nonexistent/ca.pem"\n': "ca_file '/nonexistent/ca.pem'",
         '[client]\nscheduler = "no-port"\n': "expected HOST:PORT",
         '[client]\ncolour = "red"\n': "unknown key 'colour'",
         '[client]\nmunge_socket = "a\\u0000b"\n': "NUL",
+        f'[client]\nscheduler = "127.0.0.1:1"\nca_file = "{junk}"\n': "not a PEM file",
     }
     for text, message in cases.items():
         path = open_tmp / "client.toml"
@@ -421,3 +424,93 @@ async def test_gshare_top_from_another_host_watches_and_cancels(
         await pilot.press("y")
         await settle(pilot, lambda: app.model.jobs[job_id].state == pb.CANCELLED, timeout=30)
     assert cluster.state(job_id) == "CANCELLED"
+
+
+def test_an_agent_with_its_token_speaks_tls_on_the_client_port(
+    site: Site, cluster_factory: Callable[..., Cluster]
+) -> None:
+    """The per-node token still works on [server] tcp, now inside TLS ([agent] ca_file)."""
+    cluster = cluster_factory(config=server_config(site), agents=1)
+    token = subprocess.run(
+        [
+            PY,
+            "-m",
+            "schedulerd.main",
+            "--state-dir",
+            str(cluster.root / "sched"),
+            "--node-token",
+            "gpu-t",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert token.returncode == 0, token.stderr
+    (site.root / "gpu-t.token").write_text(token.stdout)
+    conf = site.root / "agent-token.toml"
+    conf.write_text(
+        f'[agent]\nca_file = "{site.ca / "ca.pem"}"\ntoken_file = "{site.root / "gpu-t.token"}"\n'
+    )
+    agent = subprocess.Popen(
+        [
+            PY,
+            "-m",
+            "nodeagent.main",
+            "--address",
+            tcp_address(cluster),
+            "--node",
+            "gpu-t",
+            "--state-dir",
+            str(site.root / "agent-gpu-t"),
+            "--fake-gpus",
+            "1",
+            "--config",
+            str(conf),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        cluster.wait_nodes_up(2)
+        with cluster.client() as c:
+            assert {n.name for n in c.nodes()} == {"node0", "gpu-t"}
+    finally:
+        agent.terminate()
+        agent.wait(10)
+
+
+def test_bad_tls_files_stop_the_scheduler_with_the_key_named(site: Site) -> None:
+    assert site.gshare_ca("node", "gpu-k").returncode == 0
+    junk = site.root / "junk.pem"
+    junk.write_bytes(b"\x00not a certificate\n")
+    ca = site.ca
+    cases = {
+        (junk, junk): "[server.tls] cert_file is not a PEM certificate",
+        (ca / "scheduler.pem", junk): "[server.tls] key_file is not an unencrypted PEM",
+        (ca / "scheduler.pem", ca / "node-gpu-k.key"): "key_file is not the key of cert_file",
+    }
+    for i, ((cert, key), message) in enumerate(cases.items()):
+        conf = site.root / f"bad-tls-{i}.toml"
+        conf.write_text(
+            f'[server]\ntcp = "127.0.0.1:0"\n[server.tls]\ncert_file = "{cert}"\n'
+            f'key_file = "{key}"\n'
+        )
+        res = subprocess.run(
+            [
+                PY,
+                "-m",
+                "schedulerd.main",
+                "--config",
+                str(conf),
+                "--state-dir",
+                str(site.root / f"st{i}"),
+                "--socket",
+                str(site.root / f"s{i}.sock"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.returncode == 1
+        last = res.stderr.strip().splitlines()[-1]  # after the start-up log lines
+        assert last.startswith("gshare-schedulerd: ") and message in last, res.stderr
