@@ -6,6 +6,7 @@ tests/integration/test_confinement.py; cgroup v2 only here."""
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import subprocess
 import uuid
@@ -16,6 +17,7 @@ import pytest
 from gshare.limits import format_mem_mb, parse_mem_mb
 from nodeagent import cgroups
 from nodeagent.cgroups import CgroupV1, CgroupV2, JobLimits
+from nodeagent.launcher import JobProcess, Launcher, LaunchRequest
 from nodeagent.main import main as agent_main
 
 SERVICE = "system.slice/gshare-nodeagent.service"
@@ -302,3 +304,54 @@ def test_on_the_real_v2_hierarchy_a_job_joins_its_cgroup_and_nothing_outlives_it
     finally:
         cgroups.remove([str(root / "job-1"), str(root)])
     assert not root.exists()
+
+
+class RefusingCgroups(cgroups.Confinement):
+    """Cgroups that cannot be made (a full hierarchy, a read-only mount)."""
+
+    enforced = True
+
+    def __init__(self) -> None:
+        super().__init__("cgroup v1")
+        self.asked: list[tuple[int, JobLimits]] = []
+
+    def create(self, job_id: int, limits: JobLimits) -> cgroups.JobCgroup:
+        self.asked.append((job_id, limits))
+        raise cgroups.CgroupError("cannot set up the job's cgroup: No space left on device")
+
+
+def test_a_job_whose_cgroup_cannot_be_made_fails_to_launch_and_never_runs(
+    tmp_path: Path,
+) -> None:
+    ended: list[JobProcess] = []
+    confinement = RefusingCgroups()
+    launcher = Launcher(
+        tmp_path / "agent",
+        ended.append,
+        confinement=confinement,
+        pids_max=64,
+        gpu_minors={0: 0, 1: 1, 2: 5},
+    )
+    proc = launcher.launch(
+        LaunchRequest(
+            job_id=3,
+            script=b"#!/bin/sh\ntouch " + str(tmp_path / "ran").encode() + b"\n",
+            args=[],
+            env={},
+            workdir=str(tmp_path),
+            output_path=str(tmp_path / "out"),
+            user=pwd.getpwuid(os.getuid()).pw_name,
+            uid=os.getuid(),
+            gid=os.getgid(),
+            gpu_indexes=[1],
+            gpu_uuids=["GPU-1"],
+            node="n1",
+            mem_mb=512,
+            cpus=1,
+        )
+    )
+    assert proc.exited and proc.exit_code == 127 and ended == [proc]
+    assert proc.error == "cannot set up the job's cgroup: No space left on device"
+    assert proc.shim is None and not (tmp_path / "ran").exists()
+    # what it asked for: its memory and CPU, the node's pids limit, the GPUs not its own
+    assert confinement.asked == [(3, JobLimits(512, 1, 64, (0, 5)))]
