@@ -1,14 +1,18 @@
 """nodeagent.cgroups on fake hierarchies (directories in tmp_path standing in for cgroupfs):
 which kind of confinement an agent finds, where job cgroups go, what limits are written,
-how an OOM kill is read back. The real v1 hierarchies of this machine are exercised by
-tests/integration/test_confinement.py; cgroup v2 only here."""
+how an OOM kill is read back; and, where this machine has a cgroup2 mount, cgroup v2's
+device program and a job's joining and removal on the real hierarchy. The real v1
+hierarchies are exercised by tests/integration/test_confinement.py."""
 
 from __future__ import annotations
 
 import os
 import pwd
 import signal
+import stat
+import struct
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -35,7 +39,11 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
         with open(path, "a") as f:
             f.write(value + "\n")
 
+    def attach(cgroup_dir: Path, minors: tuple[int, ...]) -> None:  # bpf(2): on a real one
+        seen.setdefault(str(cgroup_dir / "<device filter>"), []).append(repr(tuple(minors)))
+
     monkeypatch.setattr(cgroups, "_write", write)
+    monkeypatch.setattr(cgroups, "attach_device_filter", attach)
     return seen
 
 
@@ -59,7 +67,7 @@ def test_v2_delegated_the_agent_moves_to_a_leaf_and_jobs_get_their_limits(
     top = v2_tree(tmp_path)
     found = v2_detect(top)
     assert isinstance(found, CgroupV2) and found.enforced
-    assert found.kind == "cgroup v2 (GPU devices not confined)"
+    assert found.kind == "cgroup v2"
     unit = top / SERVICE
     # a cgroup with processes cannot enable controllers for its children: the agent left it
     assert writes[str(unit / cgroups.AGENT_LEAF / "cgroup.procs")] == [str(os.getpid())]
@@ -73,7 +81,7 @@ def test_v2_delegated_the_agent_moves_to_a_leaf_and_jobs_get_their_limits(
     assert writes[str(job / "memory.swap.max")] == ["0"]
     assert writes[str(job / "cpu.max")] == ["200000 100000"]
     assert writes[str(job / "pids.max")] == ["100"]
-    assert not any("devices" in path for path in writes)  # not enforced on v2: said in kind
+    assert writes[str(job / "<device filter>")] == ["(0, 2)"]  # a BPF program on v2
 
     for f in job.iterdir():  # cgroupfs removes a cgroup's files with it; a fake tree not
         f.unlink()
@@ -355,3 +363,71 @@ def test_a_job_whose_cgroup_cannot_be_made_fails_to_launch_and_never_runs(
     assert proc.shim is None and not (tmp_path / "ran").exists()
     # what it asked for: its memory and CPU, the node's pids limit, the GPUs not its own
     assert confinement.asked == [(3, JobLimits(512, 1, 64, (0, 5)))]
+
+
+def test_the_v2_device_filter_program() -> None:
+    """The program, instruction by instruction: what it reads, where each test jumps."""
+    prog = cgroups.device_filter([1, 3])
+    insns = [struct.unpack("<BBhi", prog[i : i + 8]) for i in range(0, len(prog), 8)]
+    assert insns == [
+        (0x61, 0x12, 0, 0),  # r2 = access_type
+        (0x57, 0x02, 0, 0xFFFF),  # r2 &= 0xffff (the type)
+        (0x61, 0x13, 4, 0),  # r3 = major
+        (0x61, 0x14, 8, 0),  # r4 = minor
+        (0x55, 0x02, 3, 2),  # type != char: to allow
+        (0x55, 0x03, 2, 195),  # major != 195: to allow
+        (0x15, 0x04, 3, 1),  # minor == 1: to deny
+        (0x15, 0x04, 2, 3),  # minor == 3: to deny
+        (0xB7, 0x00, 0, 1),  # allow: r0 = 1
+        (0x95, 0x00, 0, 0),
+        (0xB7, 0x00, 0, 0),  # deny: r0 = 0 (EPERM)
+        (0x95, 0x00, 0, 0),
+    ]
+
+
+@pytest.mark.skipif(real_v2_top() is None, reason="needs root and a cgroup2 mount")
+def test_on_the_real_v2_hierarchy_the_device_filter_refuses_the_other_gpus(
+    tmp_path: Path,
+) -> None:
+    """cgroup v2's device control, on this kernel: the BPF program attached to a job's
+    cgroup refuses the GPUs not given to it with EPERM, and lets the rest through (its own
+    GPUs reach the missing driver: ENXIO; /dev/null opens)."""
+    top = real_v2_top()
+    assert top is not None
+    for i in range(4):
+        os.mknod(tmp_path / f"nvidia{i}", stat.S_IFCHR | 0o666, os.makedev(195, i))
+    root = top / f"gshare-test-{uuid.uuid4().hex[:12]}"
+    root.mkdir()
+    probe = (
+        "import errno, os, sys\n"
+        "for i in range(4):\n"
+        "    try:\n"
+        "        os.close(os.open(f'{sys.argv[1]}/nvidia{i}', os.O_RDWR))\n"
+        "        print(i, 'opened')\n"
+        "    except OSError as exc:\n"
+        "        print(i, errno.errorcode[exc.errno])\n"
+        "os.close(os.open('/dev/null', os.O_RDWR))\n"
+        "print('null opened')\n"
+    )
+    try:
+        made = CgroupV2(root).create(1, JobLimits(denied_gpu_minors=(1, 3)))
+        job = subprocess.Popen(
+            ["sh", "-c", f'read _; exec {sys.executable} -c "$0" "$1"', probe, str(tmp_path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        cgroups.join(made.as_spec(), job.pid)  # as the shim does, before the job's exec
+        out, _ = job.communicate("go\n", timeout=60)
+        assert out.split("\n") == [
+            "0 ENXIO",
+            "1 EPERM",
+            "2 ENXIO",
+            "3 EPERM",
+            "null opened",
+            "",
+        ]
+        assert CgroupV2(root).remove(1)
+    finally:
+        cgroups.remove([str(root / "job-1"), str(root)])
+    assert not root.exists()
