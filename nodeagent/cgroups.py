@@ -17,8 +17,10 @@ agent's own cgroup in each hierarchy, or below the hierarchy's top when it start
   (0), cpu.max, pids.max. The agent's unit needs Delegate=yes, so that the agent may
   create cgroups and enable controllers below its own. A cgroup with processes cannot
   hand controllers to children, so the agent first moves itself into a leaf of its own
-  (AGENT_LEAF). GPU devices are NOT confined on v2: that needs a BPF program of type
-  BPF_PROG_TYPE_CGROUP_DEVICE, and nothing here loads one.
+  (AGENT_LEAF). v2 has no devices files: the kernel asks a BPF program attached to the
+  cgroup (BPF_PROG_TYPE_CGROUP_DEVICE); `device_filter` assembles one that refuses the
+  other GPUs and lets everything else through, loaded with the bpf(2) system call
+  (ctypes: no compiler, no new dependency; it needs CAP_BPF and CAP_NET_ADMIN).
 - cgroup v1 (a hierarchy per controller): memory.limit_in_bytes and
   memory.memsw.limit_in_bytes where swap accounting is on, cpu.cfs_quota_us, pids.max,
   and devices.deny for the other GPUs; a cgroup in cpuacct too, for the job's CPU usage.
@@ -29,10 +31,13 @@ Standard library only: the shim imports it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import logging
 import os
+import platform
 import signal
+import struct
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -162,9 +167,7 @@ class CgroupV1(_Cgroups):
 
 class CgroupV2(_Cgroups):
     def __init__(self, root: Path, made: Sequence[Path] = ()) -> None:
-        super().__init__(
-            "cgroup v2 (GPU devices not confined)", dict.fromkeys(V2_CONTROLLERS, root), made
-        )
+        super().__init__("cgroup v2", dict.fromkeys(V2_CONTROLLERS, root), made)
 
     def _limit(self, job_id: int, limits: JobLimits) -> None:
         d = self._dir("memory", job_id)
@@ -176,6 +179,79 @@ class CgroupV2(_Cgroups):
             _write(d / "cpu.max", f"{limits.cpus * CFS_PERIOD_US} {CFS_PERIOD_US}")
         if limits.pids_max:
             _write(d / "pids.max", str(limits.pids_max))
+        if limits.denied_gpu_minors:
+            attach_device_filter(d, limits.denied_gpu_minors)
+
+
+# ---------------------------------------------------------------- v2 devices: a BPF program
+
+BPF_PROG_LOAD, BPF_PROG_ATTACH = 5, 8
+BPF_PROG_TYPE_CGROUP_DEVICE, BPF_CGROUP_DEVICE = 15, 6
+BPF_F_ALLOW_MULTI = 2  # the programs of the cgroups above (systemd's) still have their say
+BPF_DEVCG_DEV_CHAR = 2
+SYS_BPF = {"x86_64": 321, "aarch64": 280, "ppc64le": 361, "s390x": 351}
+
+
+def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
+    return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
+
+
+def device_filter(denied_minors: Sequence[int]) -> bytes:
+    """A cgroup device program: 0 (EPERM) for char NVIDIA_MAJOR:m, m in `denied_minors`;
+    1 (allowed, as far as this program goes) for any other device. Its context is
+    struct bpf_cgroup_dev_ctx {u32 access_type (access << 16 | type); u32 major, minor}."""
+    n = len(denied_minors)
+    prog = [
+        _insn(0x61, 2, 1, 0),  # r2 = ctx->access_type
+        _insn(0x57, 2, imm=0xFFFF),  # r2 &= 0xffff: the device's type
+        _insn(0x61, 3, 1, 4),  # r3 = ctx->major
+        _insn(0x61, 4, 1, 8),  # r4 = ctx->minor
+        _insn(0x55, 2, off=n + 1, imm=BPF_DEVCG_DEV_CHAR),  # not a char device: allow
+        _insn(0x55, 3, off=n, imm=NVIDIA_MAJOR),  # not a GPU: allow
+    ]
+    for i, minor in enumerate(denied_minors):
+        prog.append(_insn(0x15, 4, off=n - i + 1, imm=minor))  # another job's GPU: deny
+    prog += [_insn(0xB7, 0, imm=1), _insn(0x95), _insn(0xB7, 0, imm=0), _insn(0x95)]
+    return b"".join(prog)
+
+
+def _bpf(cmd: int, attr: bytes) -> int:
+    number = SYS_BPF.get(platform.machine())
+    if number is None:
+        raise OSError(errno.ENOSYS, f"bpf(2) on {platform.machine()} is not known here")
+    buf = ctypes.create_string_buffer(attr, 128)
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = int(libc.syscall(number, cmd, buf, 128))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"bpf(2): {os.strerror(err)}")
+    return fd
+
+
+def attach_device_filter(cgroup_dir: Path, denied_minors: Sequence[int]) -> None:
+    """Load `device_filter(denied_minors)` and attach it to `cgroup_dir` (cgroup v2). The
+    cgroup keeps the program once attached, and drops it with the cgroup. Raises OSError."""
+    code = device_filter(denied_minors)
+    insns = ctypes.create_string_buffer(code, len(code))
+    license = ctypes.create_string_buffer(b"GPL")
+    attr = struct.pack(
+        "<IIQQ",
+        BPF_PROG_TYPE_CGROUP_DEVICE,
+        len(code) // 8,
+        *map(ctypes.addressof, (insns, license)),
+    )
+    prog = _bpf(BPF_PROG_LOAD, attr)
+    try:
+        cgroup = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            _bpf(
+                BPF_PROG_ATTACH,
+                struct.pack("<IIII", cgroup, prog, BPF_CGROUP_DEVICE, BPF_F_ALLOW_MULTI),
+            )
+        finally:
+            os.close(cgroup)
+    finally:
+        os.close(prog)
 
 
 # ---------------------------------------------------------------- finding the hierarchies
@@ -278,6 +354,12 @@ def _setup_v2(base: Path, own: str, root: str) -> Confinement:
     own_path = own.strip("/")
     if own_path.endswith("/" + AGENT_LEAF) or own_path == AGENT_LEAF:
         own_path = own_path[: -len(AGENT_LEAF)].rstrip("/")  # an earlier start moved us
+    if own_path.endswith(".slice"):
+        # not a cgroup of the agent's own (systemd puts a process it could not place in
+        # its unit's cgroup into the slice above): never touch what systemd manages
+        return Confinement(
+            f"none (cgroup v2: the agent runs in /{own_path}, not a cgroup of its own)"
+        )
     top = base / own_path
     job_root = _below(base, own_path, root)
     enable = " ".join(f"+{c}" for c in V2_CONTROLLERS)
@@ -286,9 +368,7 @@ def _setup_v2(base: Path, own: str, root: str) -> Confinement:
         if own_path and start == top:  # the top cgroup may have processes and controllers
             leaf = top / AGENT_LEAF
             leaf.mkdir(mode=0o755, exist_ok=True)
-            for pid in _procs(top):
-                with contextlib.suppress(ProcessLookupError):
-                    _write(leaf / "cgroup.procs", str(pid))
+            _write(leaf / "cgroup.procs", str(os.getpid()))  # ourselves, nothing else
         chain = [start]
         for part in job_root.relative_to(start).parts:
             chain.append(chain[-1] / part)

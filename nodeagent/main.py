@@ -320,9 +320,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         probe = make_probe(args, char_devices=confinement.enforced)
     except OSError as exc:
+        confinement.close()
         print(f"gshare-nodeagent: cannot make the fake GPUs' device files: {exc}", file=sys.stderr)
         return 2
     except (ValueError, NvmlUnavailable) as exc:
+        confinement.close()
         print(
             f"gshare-nodeagent: {exc} (use --fake-gpus N on a machine without GPUs)",
             file=sys.stderr,

@@ -1,7 +1,8 @@
 """Confined jobs: a root agent puts each job in a cgroup of its own, limited to its --mem,
 its --cpus, a pids limit and its own GPUs' device files. Real scheduler and agent
 processes; jobs submitted by `nobody` through gsub; the cgroups are this machine's
-(cgroup v1 here; v2 is covered by tests/unit/test_cgroups.py on a fake tree). Each test
+(cgroup v1 here; v2 is covered by tests/unit/test_cgroups.py: its set-up and limits on a
+fake tree, its GPU device program on this kernel's real cgroup2 hierarchy). Each test
 checks that no job cgroup is left behind."""
 
 from __future__ import annotations

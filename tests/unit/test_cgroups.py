@@ -1,13 +1,18 @@
 """nodeagent.cgroups on fake hierarchies (directories in tmp_path standing in for cgroupfs):
 which kind of confinement an agent finds, where job cgroups go, what limits are written,
-how an OOM kill is read back. The real v1 hierarchies of this machine are exercised by
-tests/integration/test_confinement.py; cgroup v2 only here."""
+how an OOM kill is read back; and, where this machine has a cgroup2 mount, cgroup v2's
+device program and a job's joining and removal on the real hierarchy. The real v1
+hierarchies are exercised by tests/integration/test_confinement.py."""
 
 from __future__ import annotations
 
 import os
+import pwd
 import signal
+import stat
+import struct
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -16,6 +21,7 @@ import pytest
 from gshare.limits import format_mem_mb, parse_mem_mb
 from nodeagent import cgroups
 from nodeagent.cgroups import CgroupV1, CgroupV2, JobLimits
+from nodeagent.launcher import JobProcess, Launcher, LaunchRequest
 from nodeagent.main import main as agent_main
 
 SERVICE = "system.slice/gshare-nodeagent.service"
@@ -33,7 +39,11 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
         with open(path, "a") as f:
             f.write(value + "\n")
 
+    def attach(cgroup_dir: Path, minors: tuple[int, ...]) -> None:  # bpf(2): on a real one
+        seen.setdefault(str(cgroup_dir / "<device filter>"), []).append(repr(tuple(minors)))
+
     monkeypatch.setattr(cgroups, "_write", write)
+    monkeypatch.setattr(cgroups, "attach_device_filter", attach)
     return seen
 
 
@@ -41,7 +51,7 @@ def v2_tree(tmp_path: Path, controllers: str = "cpuset cpu io memory hugetlb pid
     top = tmp_path / "cg"
     (top / SERVICE).mkdir(parents=True)
     (top / "cgroup.controllers").write_text(controllers + "\n")
-    (top / SERVICE / "cgroup.procs").write_text("4242\n")  # the agent
+    (top / SERVICE / "cgroup.procs").write_text("4242\n")  # the unit's
     return top
 
 
@@ -57,10 +67,10 @@ def test_v2_delegated_the_agent_moves_to_a_leaf_and_jobs_get_their_limits(
     top = v2_tree(tmp_path)
     found = v2_detect(top)
     assert isinstance(found, CgroupV2) and found.enforced
-    assert found.kind == "cgroup v2 (GPU devices not confined)"
+    assert found.kind == "cgroup v2"
     unit = top / SERVICE
     # a cgroup with processes cannot enable controllers for its children: the agent left it
-    assert writes[str(unit / cgroups.AGENT_LEAF / "cgroup.procs")] == ["4242"]
+    assert writes[str(unit / cgroups.AGENT_LEAF / "cgroup.procs")] == [str(os.getpid())]
     assert writes[str(unit / "cgroup.subtree_control")] == ["+memory +cpu +pids"]
     assert writes[str(unit / "gshare" / "cgroup.subtree_control")] == ["+memory +cpu +pids"]
 
@@ -71,7 +81,7 @@ def test_v2_delegated_the_agent_moves_to_a_leaf_and_jobs_get_their_limits(
     assert writes[str(job / "memory.swap.max")] == ["0"]
     assert writes[str(job / "cpu.max")] == ["200000 100000"]
     assert writes[str(job / "pids.max")] == ["100"]
-    assert not any("devices" in path for path in writes)  # not enforced on v2: said in kind
+    assert writes[str(job / "<device filter>")] == ["(0, 2)"]  # a BPF program on v2
 
     for f in job.iterdir():  # cgroupfs removes a cgroup's files with it; a fake tree not
         f.unlink()
@@ -86,6 +96,15 @@ def test_v2_after_a_restart_the_agent_in_its_leaf_finds_the_same_job_root(
     found = v2_detect(top, own=f"{SERVICE}/{cgroups.AGENT_LEAF}")
     assert isinstance(found, CgroupV2)
     assert found.job_dirs(3) == (top / SERVICE / "gshare" / "job-3",)
+
+
+def test_v2_an_agent_in_a_slice_touches_nothing(
+    tmp_path: Path, writes: dict[str, list[str]]
+) -> None:
+    top = v2_tree(tmp_path)
+    found = v2_detect(top, own="system.slice")  # as systemd's fallback might place it
+    assert not found.enforced and "not a cgroup of its own" in found.kind
+    assert not writes
 
 
 def test_v2_an_absolute_root_is_from_the_top(tmp_path: Path, writes: dict[str, list[str]]) -> None:
@@ -290,6 +309,125 @@ def test_on_the_real_v2_hierarchy_a_job_joins_its_cgroup_and_nothing_outlives_it
         finally:
             job.kill()
         assert cgroups.remove(made.dirs) and not (root / "job-1").exists()
+    finally:
+        cgroups.remove([str(root / "job-1"), str(root)])
+    assert not root.exists()
+
+
+class RefusingCgroups(cgroups.Confinement):
+    """Cgroups that cannot be made (a full hierarchy, a read-only mount)."""
+
+    enforced = True
+
+    def __init__(self) -> None:
+        super().__init__("cgroup v1")
+        self.asked: list[tuple[int, JobLimits]] = []
+
+    def create(self, job_id: int, limits: JobLimits) -> cgroups.JobCgroup:
+        self.asked.append((job_id, limits))
+        raise cgroups.CgroupError("cannot set up the job's cgroup: No space left on device")
+
+
+def test_a_job_whose_cgroup_cannot_be_made_fails_to_launch_and_never_runs(
+    tmp_path: Path,
+) -> None:
+    ended: list[JobProcess] = []
+    confinement = RefusingCgroups()
+    launcher = Launcher(
+        tmp_path / "agent",
+        ended.append,
+        confinement=confinement,
+        pids_max=64,
+        gpu_minors={0: 0, 1: 1, 2: 5},
+    )
+    proc = launcher.launch(
+        LaunchRequest(
+            job_id=3,
+            script=b"#!/bin/sh\ntouch " + str(tmp_path / "ran").encode() + b"\n",
+            args=[],
+            env={},
+            workdir=str(tmp_path),
+            output_path=str(tmp_path / "out"),
+            user=pwd.getpwuid(os.getuid()).pw_name,
+            uid=os.getuid(),
+            gid=os.getgid(),
+            gpu_indexes=[1],
+            gpu_uuids=["GPU-1"],
+            node="n1",
+            mem_mb=512,
+            cpus=1,
+        )
+    )
+    assert proc.exited and proc.exit_code == 127 and ended == [proc]
+    assert proc.error == "cannot set up the job's cgroup: No space left on device"
+    assert proc.shim is None and not (tmp_path / "ran").exists()
+    # what it asked for: its memory and CPU, the node's pids limit, the GPUs not its own
+    assert confinement.asked == [(3, JobLimits(512, 1, 64, (0, 5)))]
+
+
+def test_the_v2_device_filter_program() -> None:
+    """The program, instruction by instruction: what it reads, where each test jumps."""
+    prog = cgroups.device_filter([1, 3])
+    insns = [struct.unpack("<BBhi", prog[i : i + 8]) for i in range(0, len(prog), 8)]
+    assert insns == [
+        (0x61, 0x12, 0, 0),  # r2 = access_type
+        (0x57, 0x02, 0, 0xFFFF),  # r2 &= 0xffff (the type)
+        (0x61, 0x13, 4, 0),  # r3 = major
+        (0x61, 0x14, 8, 0),  # r4 = minor
+        (0x55, 0x02, 3, 2),  # type != char: to allow
+        (0x55, 0x03, 2, 195),  # major != 195: to allow
+        (0x15, 0x04, 3, 1),  # minor == 1: to deny
+        (0x15, 0x04, 2, 3),  # minor == 3: to deny
+        (0xB7, 0x00, 0, 1),  # allow: r0 = 1
+        (0x95, 0x00, 0, 0),
+        (0xB7, 0x00, 0, 0),  # deny: r0 = 0 (EPERM)
+        (0x95, 0x00, 0, 0),
+    ]
+
+
+@pytest.mark.skipif(real_v2_top() is None, reason="needs root and a cgroup2 mount")
+def test_on_the_real_v2_hierarchy_the_device_filter_refuses_the_other_gpus(
+    tmp_path: Path,
+) -> None:
+    """cgroup v2's device control, on this kernel: the BPF program attached to a job's
+    cgroup refuses the GPUs not given to it with EPERM, and lets the rest through (its own
+    GPUs reach the missing driver: ENXIO; /dev/null opens)."""
+    top = real_v2_top()
+    assert top is not None
+    for i in range(4):
+        os.mknod(tmp_path / f"nvidia{i}", stat.S_IFCHR | 0o666, os.makedev(195, i))
+    root = top / f"gshare-test-{uuid.uuid4().hex[:12]}"
+    root.mkdir()
+    probe = (
+        "import errno, os, sys\n"
+        "for i in range(4):\n"
+        "    try:\n"
+        "        os.close(os.open(f'{sys.argv[1]}/nvidia{i}', os.O_RDWR))\n"
+        "        print(i, 'opened')\n"
+        "    except OSError as exc:\n"
+        "        print(i, errno.errorcode[exc.errno])\n"
+        "os.close(os.open('/dev/null', os.O_RDWR))\n"
+        "print('null opened')\n"
+    )
+    try:
+        made = CgroupV2(root).create(1, JobLimits(denied_gpu_minors=(1, 3)))
+        job = subprocess.Popen(
+            ["sh", "-c", f'read _; exec {sys.executable} -c "$0" "$1"', probe, str(tmp_path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        cgroups.join(made.as_spec(), job.pid)  # as the shim does, before the job's exec
+        out, _ = job.communicate("go\n", timeout=60)
+        assert out.split("\n") == [
+            "0 ENXIO",
+            "1 EPERM",
+            "2 ENXIO",
+            "3 EPERM",
+            "null opened",
+            "",
+        ]
+        assert CgroupV2(root).remove(1)
     finally:
         cgroups.remove([str(root / "job-1"), str(root)])
     assert not root.exists()
