@@ -17,7 +17,7 @@ from types import MappingProxyType
 
 from policies.handoff import choose_handoffs
 from policies.placement import FreeMap, Placement
-from policies.preemption import ClaimRule, choose_victims
+from policies.preemption import VICTIM_ORDERS, ClaimRule, choose_victims
 from policies.snapshot import ClusterSnapshot, PendingJob, Plan, Preemption, RunningJob, Start
 
 INF = float("inf")
@@ -32,6 +32,7 @@ class Knobs:
         2  # blocked jobs per cycle that may look for victims (each cycle adds more)
     )
     explain: bool = True  # word a reason for each waiting job (the simulator needs none)
+    victim_order: str = "least_work_lost"  # a key of preemption.VICTIM_ORDERS
 
 
 @dataclass(slots=True)
@@ -178,6 +179,7 @@ def decide(
         and now - r.start_time >= knobs.min_runtime_s
     ]
     lowest_class = min((r.priority for r in eligible), default=0)
+    victim_cost = VICTIM_ORDERS[knobs.victim_order]
     could_claim = getattr(claim, "could_claim", None)
 
     def try_preempt(job: PendingJob, position: int) -> bool:
@@ -190,7 +192,9 @@ def decide(
         taken = {p.job_id for p in preemptions}
         candidates = [r for r in eligible if r.job_id not in taken and r.node not in promised]
         off = promised | (reservation.nodes if reservation is not None else frozenset())
-        choice = choose_victims(job, free, candidates, now, knobs.min_runtime_s, claim, off)
+        choice = choose_victims(
+            job, free, candidates, now, knobs.min_runtime_s, claim, off, victim_cost
+        )
         if choice is None:
             return False
         for victim, why in zip(choice.victims, choice.reasons, strict=True):

@@ -18,7 +18,7 @@ from policies.accounts import AccountTree
 from policies.engine import Knobs, decide, ordinal
 from policies.fairtree import FairTree, fair_tree
 from policies.preemption import ClaimRule
-from policies.priority import ParameterError, priority_class_claim
+from policies.priority import ParameterError, check_victim_order, priority_class_claim
 from policies.snapshot import ClusterSnapshot, PendingJob, Plan, RunningJob
 
 
@@ -32,8 +32,10 @@ class FairShare:
     # a victim's team must hold more than (1 + margin) x its share of the GPUs
     fairshare_margin: float = 0.25
     explain: bool = True
+    victim_order: str = "least_work_lost"  # or youngest, lowest_priority (preemption.py)
 
     def __post_init__(self) -> None:
+        check_victim_order(self.victim_order)
         if self.min_runtime_s < 0:
             raise ParameterError("min_runtime_s must not be negative")
         if self.fairshare_margin < 0:
@@ -53,7 +55,13 @@ class FairShare:
             if self.fairshare_preemption
             else priority_class_claim
         )
-        knobs = Knobs(self.backfill, self.preemption, self.min_runtime_s, explain=self.explain)
+        knobs = Knobs(
+            self.backfill,
+            self.preemption,
+            self.min_runtime_s,
+            explain=self.explain,
+            victim_order=self.victim_order,
+        )
         return decide(snapshot, ranked, knobs, claim, context)
 
 

@@ -146,7 +146,8 @@ class Plan:
     """What one cycle decided: starts, preemptions, and for each job left waiting, why.
 
     `order` is every pending job in the policy's rank order (its position is its place in
-    line); a job being started is still in it.
+    line); a job being started is still in it. `held` names why capacity stood idle for a
+    job that would have fit (the replay's cost report reads it).
     """
 
     starts: tuple[Start, ...] = ()
@@ -154,6 +155,9 @@ class Plan:
     preemptions: tuple[Preemption, ...] = ()
     order: tuple[int, ...] = ()
     handoffs: tuple[Handoff, ...] = ()
+    # waiting jobs that would fit now but that the policy held back, with the cause in a
+    # word ("quota", ...); a fitting job held for a reservation need not be named here
+    held: Mapping[int, str] = field(default_factory=_frozen_reasons)
 
     def position(self, job_id: int) -> int:
         """1-based place in line, 0 if the job was not pending."""
