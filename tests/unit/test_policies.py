@@ -278,3 +278,61 @@ def test_third_party_policies_come_from_entry_points(monkeypatch: pytest.MonkeyP
     assert make_policy("nothing").decide(snapshot([node("a").gpus(1)], [job(1)])) == Plan()
     with pytest.raises(PolicyError, match="does not provide name and decide"):
         make_policy("broken")
+
+
+# ------------------------------------------------------------------ victim order
+
+VICTIMS = [
+    running(6, "a", 0, 1).started(5000).checkpointed(30).priority(-5),  # oldest, 30 s lost
+    running(7, "a", 2, 3).started(700).priority(0),  # youngest, 700 s lost
+    running(8, "a", 4, 5).started(3000).checkpointed(2000).priority(-9),  # lowest class
+]
+
+
+@pytest.mark.parametrize("name", ["fairshare", "priority"])
+@pytest.mark.parametrize(
+    ("order", "victim"),
+    [
+        (None, 6),  # the default: least work lost since the last checkpoint
+        ("least_work_lost", 6),
+        ("youngest", 7),
+        ("lowest_priority", 8),
+    ],
+)
+def test_the_victim_order_is_a_policy_parameter(name: str, order: str | None, victim: int) -> None:
+    snap = snapshot([node("a").gpus(6)], [job(1).gpus(2).priority(10)], run=VICTIMS)
+    params = {"victim_order": order} if order else {}
+    plan = make_policy(name, params).decide(snap)
+    assert [p.job_id for p in plan.preemptions] == [victim]
+
+
+def test_lowest_priority_breaks_class_ties_by_least_work_lost() -> None:
+    run = [
+        running(6, "a", 0, 1).started(5000).checkpointed(1000).priority(-5),
+        running(7, "a", 2, 3).started(5000).checkpointed(10).priority(-5),
+        running(8, "a", 4, 5).started(5000).checkpointed(5).priority(0),
+    ]
+    snap = snapshot([node("a").gpus(6)], [job(1).gpus(2).priority(10)], run=run)
+    plan = make_policy("fairshare", {"victim_order": "lowest_priority"}).decide(snap)
+    assert [p.job_id for p in plan.preemptions] == [7]
+
+
+def test_a_set_of_victims_is_the_cheapest_by_the_order() -> None:
+    # 4 GPUs wanted, 2 free: two 1-GPU victims are needed among three
+    run = [
+        running(6, "a", 2).started(4000).checkpointed(5),
+        running(7, "a", 3).started(900),
+        running(8, "a", 4).started(800),
+    ]
+    snap = snapshot([node("a").gpus(5)], [job(1).gpus(4).priority(10)], run=run)
+    least = make_policy("fairshare").decide(snap)
+    assert sorted(p.job_id for p in least.preemptions) == [6, 8]
+    youngest = make_policy("fairshare", {"victim_order": "youngest"}).decide(snap)
+    assert sorted(p.job_id for p in youngest.preemptions) == [7, 8]
+
+
+@pytest.mark.parametrize("name", ["fairshare", "priority"])
+@pytest.mark.parametrize("bad", ["oldest", "", 3, "least_work_lost\x00"])
+def test_an_unknown_victim_order_is_refused(name: str, bad: object) -> None:
+    with pytest.raises(PolicyError, match="victim_order must be one of least_work_lost"):
+        make_policy(name, {"victim_order": bad})
