@@ -11,6 +11,7 @@ import pytest
 from tests.cluster import BIN
 from tests.conftest import needs_root
 
+NOBODY = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
 HEADER = "job_id,submit_time_s,duration_s,gpus,user,group,status\n"
 ROWS = [
     "a1,0,3600,8,alice,vision,completed",
@@ -119,8 +120,7 @@ def test_sim_as_nobody_refuses_what_it_cannot_read(workdir: Path) -> None:
         (nul, ":2: user has a control character"),
     ):
         res = subprocess.run(
-            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-            + [str(BIN / "gshare"), "sim", str(path)],
+            [*NOBODY, str(BIN / "gshare"), "sim", str(path)],
             capture_output=True,
             text=True,
             timeout=120,
