@@ -1,7 +1,10 @@
-"""fairshare (the default): users in Fair Tree order, within a priority class.
+"""fairshare (the default): max-min over the GPUs held, Fair Tree between equals.
 
-Jobs rank by priority class (--priority) first, then by their user's Fair Tree factor
-(see fairtree.py), then by submit time. A blocked job may preempt a running one when it
+Jobs rank by priority class (--priority) first, then as a progressive filling of the
+GPUs would start them, team first, then user, with the Fair Tree factor (fairtree.py)
+between those who hold the same, and a team's key halving for every `aging_s` a job
+waits (fairorder.py).
+A blocked job may preempt a running one when it
 has a higher priority class, or when its team is under its fair share of the GPUs, the
 victim's team is over, and the claimant's team is still within its share once the job
 runs. That last condition is the hysteresis that keeps two jobs from preempting each
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 
 from policies.accounts import AccountTree
 from policies.engine import Knobs, decide, ordinal
+from policies.fairorder import fair_order
 from policies.fairtree import FairTree, fair_tree
 from policies.preemption import ClaimRule
 from policies.priority import ParameterError, check_victim_order, priority_class_claim
@@ -32,6 +36,8 @@ class FairShare:
     # a victim's team must hold more than (1 + margin) x its share of the GPUs
     fairshare_margin: float = 0.25
     explain: bool = True
+    # a waiting job's team key halves for every aging_s it has waited (fairorder.py)
+    aging_s: float = 3 * 86400.0
     victim_order: str = "least_work_lost"  # or youngest, lowest_priority (preemption.py)
 
     def __post_init__(self) -> None:
@@ -40,14 +46,15 @@ class FairShare:
             raise ParameterError("min_runtime_s must not be negative")
         if self.fairshare_margin < 0:
             raise ParameterError("fairshare_margin must not be negative")
+        if not 0 < self.aging_s < float("inf"):
+            raise ParameterError("aging_s must be a positive number of seconds")
 
     def decide(self, snapshot: ClusterSnapshot) -> Plan:
         users = {j.user for j in snapshot.pending} | {r.user for r in snapshot.running}
         tree = snapshot.accounts.with_users(users)
         ft = fair_tree(tree, snapshot.usage)
-        ranked = sorted(
-            snapshot.pending,
-            key=lambda j: (-j.priority, -ft.factors.get(j.user, 0.0), j.submit_time, j.job_id),
+        ranked = fair_order(
+            snapshot.pending, snapshot.running, tree, ft, snapshot.now, self.aging_s
         )
         context = _team_context(ranked, tree, ft) if self.explain else None
         claim: ClaimRule = (
