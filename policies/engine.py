@@ -217,6 +217,10 @@ def decide(
         else:
             promised.add(node)
     started = {s.job_id for s in starts}
+    # Once no GPU is free and no preemption is left to try, the jobs further back can only
+    # be told why they wait: a short path for them (thousands a cycle at scale).
+    exhausted = False
+    tail_why = ""  # with backfill off: what each of them waits behind
 
     for position, job in enumerate(ranked, start=1):
         if job.job_id in started:
@@ -242,6 +246,12 @@ def decide(
             note(job, position, f"waiting for job {ids} to yield its GPUs")
             promised.update(node for r in waiting_on for node, _ in r.parts)
             continue
+        if exhausted:
+            why = tail_why or why_not(job)
+            text = f"{ordinal(position)} in line, {why}"
+            extra = context(job, position) if context else ""
+            reasons[job.job_id] = f"{text}; {extra}" if extra else text
+            continue
         if reservation is None:
             placement = free.find(job, exclude=frozenset(promised))
             if placement is not None:
@@ -261,8 +271,12 @@ def decide(
                 )
             continue
         # behind the first blocked job: backfill, if the job can fit anywhere at all now
-        if not free.free_count and not explain and tries <= 0:
-            break  # nothing more can start or preempt, and no one needs to be told why
+        if not free.free_count and tries <= 0:
+            if not explain:
+                break  # nothing more can start or preempt, and no one needs to be told why
+            exhausted = True
+            if not knobs.backfill:
+                tail_why = f"behind job {reservation.job.job_id}, which is first in line"
         if knobs.backfill and free.largest_block() >= min(job.gpus, free.widest):
             placement = _backfill(job, free, reservation, now)
             if placement is not None:

@@ -14,6 +14,7 @@ its share and the claimant's team over, and the claimant's team never is after a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -76,19 +77,21 @@ def _team_context(
     ranked: list[PendingJob], tree: AccountTree, ft: FairTree
 ) -> Callable[[PendingJob, int], str]:
     """'3rd in team vision; team vision at 1.8x its share' for each waiting job."""
-    team_place: dict[int, tuple[int, str]] = {}
-    seen: dict[str, int] = {}
-    for job in ranked:
-        team = tree.team_of(job.user)
-        seen[team] = seen.get(team, 0) + 1
-        team_place[job.job_id] = (seen[team], team)
+    team_of = {user: tree.team_of(user) for user in {j.user for j in ranked}}
     standing = {
-        team: f"in team {team}; team {team} at {ft.ratio((team,)):.1f}x its share" for team in seen
+        team: f" in team {team}; team {team} at {ft.ratio((team,)):.1f}x its share"
+        for team in set(team_of.values())
     }
+    # each job's place in its team's line, worded once per place and team
+    team_place: dict[int, str] = {}
+    seen = dict.fromkeys(standing, 0)
+    for job in ranked:
+        team = team_of[job.user]
+        place = seen[team] = seen[team] + 1
+        team_place[job.job_id] = ordinal(place) + standing[team]
 
     def context(job: PendingJob, _position: int) -> str:
-        place, team = team_place[job.job_id]
-        return f"{ordinal(place)} {standing[team]}"
+        return team_place[job.job_id]
 
     return context
 
@@ -99,7 +102,7 @@ class _Claims:
     def __init__(
         self, snapshot: ClusterSnapshot, team_of: Callable[[str], str], ft: FairTree, margin: float
     ) -> None:
-        self.team_of = team_of
+        self.team_of = functools.lru_cache(maxsize=None)(team_of)  # per user, once a cycle
         self.margin = margin
         total = sum(n.gpu_count for n in snapshot.nodes if n.schedulable) or 1
         shares = {path[0]: s.share for path, s in ft.standings.items() if len(path) == 1}
