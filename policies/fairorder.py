@@ -25,6 +25,7 @@ arithmetic (fairshare.py).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 from policies.accounts import AccountTree
@@ -64,36 +65,38 @@ def fair_order(
         for team in set(team_of.values())
     }
 
-    # 1. each user's jobs in class and submit order, with the user key of each
-    by_user: dict[str, list[PendingJob]] = {}
-    for j in pending:
-        by_user.setdefault(j.user, []).append(j)
-    by_team: dict[str, list[tuple[int, float, float, float, int, PendingJob]]] = {}
-    for user, jobs in by_user.items():
-        jobs.sort(key=_class_then_submit)
-        share = user_share[user]
-        cum = float(held_user.get(user, 0))
-        factor = -factors.get(user, 0.0)
-        entries = by_team.setdefault(team_of[user], [])
-        for j in jobs:
-            key = cum / share if share > 0 else INF
-            entries.append((-j.priority, key, factor, j.submit_time, j.job_id, j))
-            cum += j.gpus
-    # 2. each team's jobs interleaved by user key, then the team key over that order
-    keyed: list[tuple[int, float, float, float, float, int, PendingJob]] = []
+    # 1. all jobs in class and submit order (C-level keys: this runs on every pending job)
+    ordered = sorted(pending, key=_SUBMIT_ORDER)
+    ordered.sort(key=_CLASS, reverse=True)  # stable: submit order within a class
+    # 2. the user key of each job: GPUs the user holds and asked for before it, per share
+    inverse = {u: 1 / s if s > 0 else INF for u, s in user_share.items()}
+    cum_user = {u: float(held_user.get(u, 0)) for u in user_share}
+    negative_factor = {u: -factors.get(u, 0.0) for u in user_share}
+    by_team: dict[str, list[tuple[int, float, float, int]]] = {t: [] for t in team_share}
+    for i, j in enumerate(ordered):
+        user = j.user
+        cum = cum_user[user]
+        cum_user[user] = cum + j.gpus
+        inv = inverse[user]
+        key = cum * inv if inv < INF else INF
+        by_team[team_of[user]].append((-j.priority, key, negative_factor[user], i))
+    # 3. each team's jobs interleaved by user key, and the team key over that order
+    keyed: list[tuple[int, float, float, float, int]] = []
     for team, entries in by_team.items():
-        entries.sort()  # job ids are unique: comparisons never reach the job
-        share = team_share.get(team, 0.0)
+        entries.sort()
+        share = team_share[team]
         cum = float(held_team.get(team, 0))
-        for prio, user_key, factor, submit, job_id, j in entries:
+        for prio, user_key, factor, i in entries:
+            j = ordered[i]
             team_key = cum / share if share > 0 else INF
-            if team_key:
-                team_key *= 0.5 ** (max(0.0, now - submit) / aging_s)
-            keyed.append((prio, team_key, user_key, factor, submit, job_id, j))
+            wait = now - j.submit_time
+            if team_key and wait > 0:
+                team_key *= 0.5 ** (wait / aging_s)
+            keyed.append((prio, team_key, user_key, factor, i))
             cum += j.gpus
     keyed.sort()
-    return [k[-1] for k in keyed]
+    return [ordered[k[4]] for k in keyed]
 
 
-def _class_then_submit(j: PendingJob) -> tuple[int, float, int]:
-    return (-j.priority, j.submit_time, j.job_id)
+_SUBMIT_ORDER = operator.attrgetter("submit_time", "job_id")
+_CLASS = operator.attrgetter("priority")
