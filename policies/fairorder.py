@@ -68,34 +68,50 @@ def fair_order(
     # 1. all jobs in class and submit order (C-level keys: this runs on every pending job)
     ordered = sorted(pending, key=_SUBMIT_ORDER)
     ordered.sort(key=_CLASS, reverse=True)  # stable: submit order within a class
+    n = len(ordered)
     # 2. the user key of each job: GPUs the user holds and asked for before it, per share
     inverse = {u: 1 / s if s > 0 else INF for u, s in user_share.items()}
     cum_user = {u: float(held_user.get(u, 0)) for u in user_share}
     negative_factor = {u: -factors.get(u, 0.0) for u in user_share}
-    by_team: dict[str, list[tuple[int, float, float, int]]] = {t: [] for t in team_share}
+    user_key = [0.0] * n
+    by_team: dict[str, list[int]] = {t: [] for t in team_share}
     for i, j in enumerate(ordered):
         user = j.user
         cum = cum_user[user]
         cum_user[user] = cum + j.gpus
         inv = inverse[user]
-        key = cum * inv if inv < INF else INF
-        by_team[team_of[user]].append((-j.priority, key, negative_factor[user], i))
-    # 3. each team's jobs interleaved by user key, and the team key over that order
-    keyed: list[tuple[int, float, float, float, int]] = []
-    for team, entries in by_team.items():
-        entries.sort()
+        user_key[i] = cum * inv if inv < INF else INF
+        by_team[team_of[user]].append(i)
+    factor = [negative_factor[j.user] for j in ordered]
+    classes = [-j.priority for j in ordered]
+    several_classes = classes[0] != classes[-1] if n else False
+    # Lexicographic orders below are stable sorts of job indexes from the least significant
+    # key up, each on a list of floats: far cheaper than sorting tuples.
+    # 3. each team's jobs interleaved by (class, user key, factor), and the team key of each
+    team_key = [0.0] * n
+    for team, indexes in by_team.items():
+        indexes.sort(key=factor.__getitem__)
+        indexes.sort(key=user_key.__getitem__)
+        if several_classes:
+            indexes.sort(key=classes.__getitem__)
         share = team_share[team]
         cum = float(held_team.get(team, 0))
-        for prio, user_key, factor, i in entries:
+        for i in indexes:
             j = ordered[i]
-            team_key = cum / share if share > 0 else INF
+            key = cum / share if share > 0 else INF
             wait = now - j.submit_time
-            if team_key and wait > 0:
-                team_key *= 0.5 ** (wait / aging_s)
-            keyed.append((prio, team_key, user_key, factor, i))
+            if key and wait > 0:
+                key *= 0.5 ** (wait / aging_s)
+            team_key[i] = key
             cum += j.gpus
-    keyed.sort()
-    return [ordered[k[4]] for k in keyed]
+    # 4. all jobs by (class, team key, user key, factor, submit order)
+    final = list(range(n))
+    final.sort(key=factor.__getitem__)
+    final.sort(key=user_key.__getitem__)
+    final.sort(key=team_key.__getitem__)
+    if several_classes:
+        final.sort(key=classes.__getitem__)
+    return [ordered[i] for i in final]
 
 
 _SUBMIT_ORDER = operator.attrgetter("submit_time", "job_id")
