@@ -117,6 +117,10 @@ class _Claims:
         held = self.held.get(team, 0.0) + delta
         return held / entitled if entitled > 0 else float("inf")
 
+    def victim_key(self, victim: RunningJob) -> tuple[str, int]:
+        """Victims of one team and priority class get the same answer from __call__."""
+        return (self.team_of(victim.user), victim.priority)
+
     def could_claim(self, job: PendingJob) -> bool:
         """Whether this job could displace anyone on fair share grounds (cheap, per job)."""
         mine = self.team_of(job.user)

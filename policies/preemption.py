@@ -14,7 +14,7 @@ sets, the cheapest by the victim order (a policy parameter, `victim_order`):
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 from policies.placement import FreeMap
@@ -78,6 +78,10 @@ def choose_victims(
     if job.gpus > free.widest:
         return None  # jobs wider than a node wait for whole nodes; they do not preempt
     by_node: dict[str, list[tuple[RunningJob, str]]] = {}
+    # A claim rule may say which victims it answers alike (`victim_key`, e.g. their team
+    # and class): then it is asked once per kind of victim, not once per running job.
+    victim_key: Callable[[RunningJob], Hashable] | None = getattr(claim, "victim_key", None)
+    answers: dict[Hashable, str | None] = {}
     for r in running:
         if (
             not r.preemptible
@@ -88,7 +92,14 @@ def choose_victims(
             or now - r.start_time < min_runtime_s
         ):
             continue
-        why = claim(job, r)
+        if victim_key is None:
+            why = claim(job, r)
+        else:
+            kind = victim_key(r)
+            if kind in answers:
+                why = answers[kind]
+            else:
+                why = answers[kind] = claim(job, r)
         if why is not None:
             by_node.setdefault(r.node, []).append((r, why))
     # The fewest victims a node needs is found greedily (largest jobs first); only the nodes
