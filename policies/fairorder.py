@@ -66,23 +66,29 @@ def fair_order(
     }
 
     # 1. all jobs in class and submit order (C-level keys: this runs on every pending job)
-    ordered = sorted(pending, key=_SUBMIT_ORDER)
+    ordered = sorted(pending, key=_JOB_ID)  # one key at a time: no tuple per job
+    ordered.sort(key=_SUBMIT_TIME)
     ordered.sort(key=_CLASS, reverse=True)  # stable: submit order within a class
     n = len(ordered)
     # 2. the user key of each job: GPUs the user holds and asked for before it, per share
     inverse = {u: 1 / s if s > 0 else INF for u, s in user_share.items()}
     cum_user = {u: float(held_user.get(u, 0)) for u in user_share}
     negative_factor = {u: -factors.get(u, 0.0) for u in user_share}
+    users = [j.user for j in ordered]
+    sizes = [j.gpus for j in ordered]
     user_key = [0.0] * n
     by_team: dict[str, list[int]] = {t: [] for t in team_share}
-    for i, j in enumerate(ordered):
-        user = j.user
+    for i, user in enumerate(users):
         cum = cum_user[user]
-        cum_user[user] = cum + j.gpus
+        cum_user[user] = cum + sizes[i]
         inv = inverse[user]
         user_key[i] = cum * inv if inv < INF else INF
         by_team[team_of[user]].append(i)
-    factor = [negative_factor[j.user] for j in ordered]
+    factor = [negative_factor[u] for u in users]
+    # how much a job's team key is discounted for its wait
+    decay = [
+        0.5 ** ((now - j.submit_time) / aging_s) if j.submit_time < now else 1.0 for j in ordered
+    ]
     classes = [-j.priority for j in ordered]
     several_classes = classes[0] != classes[-1] if n else False
     # Lexicographic orders below are stable sorts of job indexes from the least significant
@@ -95,15 +101,14 @@ def fair_order(
         if several_classes:
             indexes.sort(key=classes.__getitem__)
         share = team_share[team]
+        if share <= 0:
+            for i in indexes:
+                team_key[i] = INF
+            continue
         cum = float(held_team.get(team, 0))
         for i in indexes:
-            j = ordered[i]
-            key = cum / share if share > 0 else INF
-            wait = now - j.submit_time
-            if key and wait > 0:
-                key *= 0.5 ** (wait / aging_s)
-            team_key[i] = key
-            cum += j.gpus
+            team_key[i] = cum / share * decay[i]
+            cum += sizes[i]
     # 4. all jobs by (class, team key, user key, factor, submit order)
     final = list(range(n))
     final.sort(key=factor.__getitem__)
@@ -114,5 +119,6 @@ def fair_order(
     return [ordered[i] for i in final]
 
 
-_SUBMIT_ORDER = operator.attrgetter("submit_time", "job_id")
+_JOB_ID = operator.attrgetter("job_id")
+_SUBMIT_TIME = operator.attrgetter("submit_time")
 _CLASS = operator.attrgetter("priority")

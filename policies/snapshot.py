@@ -72,14 +72,15 @@ class RunningJob:
     yielding_to: int = 0  # being preempted for this job: its GPUs are already spoken for
     cpus: int = 0
     mem_mb: int = 0
+    # counted once: a cycle asks every running job's size several times
+    gpus: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "gpus", sum(len(g) for _, g in self.parts))
 
     @property
     def node(self) -> str:
         return self.parts[0][0]
-
-    @property
-    def gpus(self) -> int:
-        return sum(len(g) for _, g in self.parts)
 
     def expected_end(self) -> float:
         return self.start_time + self.time_limit_s if self.time_limit_s else float("inf")
