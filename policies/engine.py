@@ -247,10 +247,13 @@ def decide(
             promised.update(node for r in waiting_on for node, _ in r.parts)
             continue
         if exhausted:
-            why = tail_why or why_not(job)
-            text = f"{ordinal(position)} in line, {why}"
+            why = tail_why or why_cache.get((job.gpus, job.cpus, job.mem_mb)) or why_not(job)
             extra = context(job, position) if context else ""
-            reasons[job.job_id] = f"{text}; {extra}" if extra else text
+            reasons[job.job_id] = (
+                f"{ordinal(position)} in line, {why}; {extra}"
+                if extra
+                else f"{ordinal(position)} in line, {why}"
+            )
             continue
         if reservation is None:
             placement = free.find(job, exclude=frozenset(promised))
@@ -291,6 +294,6 @@ def decide(
             continue
         if explain:
             note(job, position, f"{ordinal(position)} in line, {why}")
-    order = tuple(j.job_id for j in ranked)
+    order = tuple([j.job_id for j in ranked])
     plan = Plan(tuple(starts), MappingProxyType(reasons), tuple(preemptions), order)
     return choose_handoffs(snapshot, plan)
