@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policies import make_policy
+from policies import ClusterSnapshot, Plan, make_policy
 from schedulerd.sim import TraceError, TraceJob, jain, read_trace, simulate, water_fill
 
 HEADER = "job_id,submit_time_s,duration_s,gpus,user,group,status\n"
@@ -269,3 +271,27 @@ def test_every_job_runs_to_its_end(
     busy = r.utilization * nodes * 4 * r.makespan_s / 3600
     # the GPUs were busy with the work, what preemption lost, and the restarts: no more
     assert busy == pytest.approx(work + r.preemption_gpu_h, rel=1e-6, abs=1e-6)
+
+
+def test_a_cause_the_policy_names_is_reported_as_such() -> None:
+    # the reservation case above, under a policy that says it held the waiting jobs back
+    # for a reason of its own (Plan.held): the idle GPU-hours go to that cause
+    class Holding:
+        name = "holding"
+
+        def __init__(self) -> None:
+            self.inner = make_policy("fifo", {"explain": False})
+
+        def decide(self, snapshot: ClusterSnapshot) -> Plan:
+            plan = self.inner.decide(snapshot)
+            started = {s.job_id for s in plan.starts}
+            held = {j.job_id: "quota" for j in snapshot.pending if j.job_id not in started}
+            return replace(plan, held=MappingProxyType(held))
+
+    trace = [
+        job("A", 0, 100, 3, "u1", "g1"),
+        job("B", 10, 100, 4, "u2", "g2"),
+        job("C", 20, 200, 1, "u3", "g3"),
+    ]
+    r = simulate(trace, Holding(), 1, 4)
+    assert r.idle_gpu_h == pytest.approx({"quota": 80 / 3600})
