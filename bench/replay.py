@@ -76,14 +76,14 @@ def run(setup: Setup, jobs: list[TraceJob], policy: str, **params: object) -> Si
 
 def row(setup: Setup, label: str, r: SimResult, wall: float) -> str:
     return (
-        f"  {setup.name:<11} {label:<16} {r.avg_jct_s / 3600:8.2f} {r.p95_wait_s / 3600:9.2f} "
+        f"  {setup.name:<11} {label:<25} {r.avg_jct_s / 3600:8.2f} {r.p95_wait_s / 3600:9.2f} "
         f"{r.jain_fairness:6.3f} {r.utilization:6.1%} {r.preemptions:7d} "
         f"{r.preemption_gpu_h:8.1f} {sum(r.idle_gpu_h.values()):8.1f} {wall:6.0f}"
     )
 
 
 HEAD = (
-    f"  {'trace':<11} {'policy':<16} {'avg JCT':>8} {'p95 wait':>9} {'Jain':>6} {'util':>6} "
+    f"  {'trace':<11} {'policy':<25} {'avg JCT':>8} {'p95 wait':>9} {'Jain':>6} {'util':>6} "
     f"{'preempt':>7} {'lost GPUh':>8} {'idle GPUh':>8} {'wall s':>6}"
 )
 
@@ -127,7 +127,7 @@ def main() -> int:
             for order in ORDERS[1:]:
                 t0 = time.perf_counter()
                 results[order] = run(setup, jobs, "fairshare", victim_order=order)
-                label = f"fairshare {order.split('_')[0]}"
+                label = f"fairshare {order}"
                 print(row(setup, label, results[order], time.perf_counter() - t0), flush=True)
             least, young = results["fairshare"], results["youngest"]
             if young.preemption_gpu_h > 0:
