@@ -182,9 +182,12 @@ def decide(
     victim_cost = VICTIM_ORDERS[knobs.victim_order]
     could_claim = getattr(claim, "could_claim", None)
 
+    if not knobs.preemption or claim is None or not eligible:
+        tries = 0  # no one can be preempted this cycle
+
     def try_preempt(job: PendingJob, position: int) -> bool:
         nonlocal tries
-        if not knobs.preemption or claim is None or tries <= 0 or not eligible:
+        if tries <= 0 or claim is None:
             return False
         if job.priority <= lowest_class and could_claim is not None and not could_claim(job):
             return False  # no claim on anyone: not worth a search, nor a try
