@@ -1,13 +1,17 @@
-"""One scheduling decision at scale: 1,000 nodes x 8 GPUs, 10,000 pending jobs from 100
-users in a 3-level account tree (root -> 10 teams -> 10 users each), on one core.
+"""One scheduling decision at scale: 1,000 nodes x 8 GPUs with 10,000 pending jobs, and
+10,000 nodes x 8 GPUs with 50,000 pending, from 100 users in a 3-level account tree
+(root -> 10 teams -> 10 users each), on one core.
 
 The cluster is 90% busy with running jobs that have time limits (so reservations and
 backfill have work to do) and every user has some decayed usage. For each policy it
 times `decide()` on the same snapshot and prints median and p99, with reasons worded
 (as the scheduler does) and without (as the simulator does). Baseline, measured in the
-same run: sorting the 10,000 pending jobs by submit time, the least any policy must do.
+same run: sorting the pending jobs by submit time, the least any policy must do. At the
+end, the default policy's median cycle with reasons as a ratio to that baseline, at each
+size.
 
-Usage: .venv/bin/python bench/cycle.py [--runs 30] [--nodes 1000] [--pending 10000]
+Usage: .venv/bin/python bench/cycle.py [--runs 30] [--sizes 1000x10000,10000x50000]
+                                       [--policies fairshare,priority,fifo]
 """
 
 from __future__ import annotations
@@ -118,32 +122,47 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--runs", type=int, default=30)
-    p.add_argument("--nodes", type=int, default=1000)
-    p.add_argument("--pending", type=int, default=10000)
+    p.add_argument("--sizes", default="1000x10000,10000x50000", help="NODESxPENDING,...")
+    p.add_argument("--policies", default="fairshare,priority,fifo")
     args = p.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core
-    snap = build(args.nodes, args.pending)
+    ratios = []
+    for size in args.sizes.split(","):
+        nodes, pending = (int(x) for x in size.split("x"))
+        ratios.append((size, one_size(nodes, pending, args.runs, args.policies.split(","))))
+    print("\nthe default policy (fairshare, with reasons), median cycle / baseline:")
+    for size, ratio in ratios:
+        print(f"  {size:<14} x{ratio:.1f}")
+    return 0
+
+
+def one_size(nodes: int, pending: int, runs: int, policies: list[str]) -> float:
+    snap = build(nodes, pending)
     busy = sum(8 - len(n.free_gpus) for n in snap.nodes)
     print(
-        f"{args.nodes} nodes x 8 GPUs ({busy} busy, {len(snap.running)} running jobs), "
-        f"{len(snap.pending)} pending jobs, 100 users in 10 teams; {args.runs} runs on one core"
+        f"\n{nodes} nodes x 8 GPUs ({busy} busy, {len(snap.running)} running jobs), "
+        f"{len(snap.pending)} pending jobs, 100 users in 10 teams; {runs} runs on one core"
     )
     base = statistics.median(
-        timed(lambda: sorted(snap.pending, key=lambda j: (j.submit_time, j.job_id)), args.runs)
+        timed(lambda: sorted(snap.pending, key=lambda j: (j.submit_time, j.job_id)), runs)
     )
     print(f"{'baseline: sort the pending jobs':<34} median {base * 1000:8.1f} ms")
-    for name in ("fairshare", "priority", "fifo"):
+    default = 0.0
+    for name in policies:
         policy = make_policy(name)
         plan = policy.decide(snap)
-        line(f"{name} (with reasons)", timed(lambda: policy.decide(snap), args.runs), base)  # noqa: B023
+        samples = timed(lambda: policy.decide(snap), runs)  # noqa: B023
+        line(f"{name} (with reasons)", samples, base)
+        if name == "fairshare":
+            default = statistics.median(samples) / base
         quiet = make_policy(name, {"explain": False})
-        line(f"{name} (no reasons)", timed(lambda: quiet.decide(snap), args.runs), base)  # noqa: B023
+        line(f"{name} (no reasons)", timed(lambda: quiet.decide(snap), runs), base)  # noqa: B023
         print(
             f"{'':<34} {len(plan.starts)} starts, {len(plan.preemptions)} preemptions, "
             f"{len(plan.reasons)} reasons"
         )
-    return 0
+    return default
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from types import MappingProxyType
 
 from policies.handoff import choose_handoffs
 from policies.placement import FreeMap, Placement
-from policies.preemption import ClaimRule, choose_victims
+from policies.preemption import VICTIM_ORDERS, ClaimRule, choose_victims
 from policies.snapshot import ClusterSnapshot, PendingJob, Plan, Preemption, RunningJob, Start
 
 INF = float("inf")
@@ -32,6 +32,7 @@ class Knobs:
         2  # blocked jobs per cycle that may look for victims (each cycle adds more)
     )
     explain: bool = True  # word a reason for each waiting job (the simulator needs none)
+    victim_order: str = "least_work_lost"  # a key of preemption.VICTIM_ORDERS
 
 
 @dataclass(slots=True)
@@ -178,11 +179,15 @@ def decide(
         and now - r.start_time >= knobs.min_runtime_s
     ]
     lowest_class = min((r.priority for r in eligible), default=0)
+    victim_cost = VICTIM_ORDERS[knobs.victim_order]
     could_claim = getattr(claim, "could_claim", None)
+
+    if not knobs.preemption or claim is None or not eligible:
+        tries = 0  # no one can be preempted this cycle
 
     def try_preempt(job: PendingJob, position: int) -> bool:
         nonlocal tries
-        if not knobs.preemption or claim is None or tries <= 0 or not eligible:
+        if tries <= 0 or claim is None:
             return False
         if job.priority <= lowest_class and could_claim is not None and not could_claim(job):
             return False  # no claim on anyone: not worth a search, nor a try
@@ -190,7 +195,9 @@ def decide(
         taken = {p.job_id for p in preemptions}
         candidates = [r for r in eligible if r.job_id not in taken and r.node not in promised]
         off = promised | (reservation.nodes if reservation is not None else frozenset())
-        choice = choose_victims(job, free, candidates, now, knobs.min_runtime_s, claim, off)
+        choice = choose_victims(
+            job, free, candidates, now, knobs.min_runtime_s, claim, off, victim_cost
+        )
         if choice is None:
             return False
         for victim, why in zip(choice.victims, choice.reasons, strict=True):
@@ -213,6 +220,10 @@ def decide(
         else:
             promised.add(node)
     started = {s.job_id for s in starts}
+    # Once no GPU is free and no preemption is left to try, the jobs further back can only
+    # be told why they wait: a short path for them (thousands a cycle at scale).
+    exhausted = False
+    tail_why = ""  # with backfill off: what each of them waits behind
 
     for position, job in enumerate(ranked, start=1):
         if job.job_id in started:
@@ -238,6 +249,15 @@ def decide(
             note(job, position, f"waiting for job {ids} to yield its GPUs")
             promised.update(node for r in waiting_on for node, _ in r.parts)
             continue
+        if exhausted:
+            why = tail_why or why_cache.get((job.gpus, job.cpus, job.mem_mb)) or why_not(job)
+            extra = context(job, position) if context else ""
+            reasons[job.job_id] = (
+                f"{ordinal(position)} in line, {why}; {extra}"
+                if extra
+                else f"{ordinal(position)} in line, {why}"
+            )
+            continue
         if reservation is None:
             placement = free.find(job, exclude=frozenset(promised))
             if placement is not None:
@@ -257,8 +277,12 @@ def decide(
                 )
             continue
         # behind the first blocked job: backfill, if the job can fit anywhere at all now
-        if not free.free_count and not explain and tries <= 0:
-            break  # nothing more can start or preempt, and no one needs to be told why
+        if not free.free_count and tries <= 0:
+            if not explain:
+                break  # nothing more can start or preempt, and no one needs to be told why
+            exhausted = True
+            if not knobs.backfill:
+                tail_why = f"behind job {reservation.job.job_id}, which is first in line"
         if knobs.backfill and free.largest_block() >= min(job.gpus, free.widest):
             placement = _backfill(job, free, reservation, now)
             if placement is not None:
@@ -273,6 +297,6 @@ def decide(
             continue
         if explain:
             note(job, position, f"{ordinal(position)} in line, {why}")
-    order = tuple(j.job_id for j in ranked)
+    order = tuple([j.job_id for j in ranked])
     plan = Plan(tuple(starts), MappingProxyType(reasons), tuple(preemptions), order)
     return choose_handoffs(snapshot, plan)

@@ -1,7 +1,10 @@
-"""fairshare (the default): users in Fair Tree order, within a priority class.
+"""fairshare (the default): max-min over the GPUs held, Fair Tree between equals.
 
-Jobs rank by priority class (--priority) first, then by their user's Fair Tree factor
-(see fairtree.py), then by submit time. A blocked job may preempt a running one when it
+Jobs rank by priority class (--priority) first, then as a progressive filling of the
+GPUs would start them, team first, then user, with the Fair Tree factor (fairtree.py)
+between those who hold the same, and a team's key halving for every `aging_s` a job
+waits (fairorder.py).
+A blocked job may preempt a running one when it
 has a higher priority class, or when its team is under its fair share of the GPUs, the
 victim's team is over, and the claimant's team is still within its share once the job
 runs. That last condition is the hysteresis that keeps two jobs from preempting each
@@ -11,14 +14,16 @@ its share and the claimant's team over, and the claimant's team never is after a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from policies.accounts import AccountTree
 from policies.engine import Knobs, decide, ordinal
+from policies.fairorder import fair_order
 from policies.fairtree import FairTree, fair_tree
 from policies.preemption import ClaimRule
-from policies.priority import ParameterError, priority_class_claim
+from policies.priority import ParameterError, check_victim_order, priority_class_claim
 from policies.snapshot import ClusterSnapshot, PendingJob, Plan, RunningJob
 
 
@@ -32,20 +37,25 @@ class FairShare:
     # a victim's team must hold more than (1 + margin) x its share of the GPUs
     fairshare_margin: float = 0.25
     explain: bool = True
+    # a waiting job's team key halves for every aging_s it has waited (fairorder.py)
+    aging_s: float = 3 * 86400.0
+    victim_order: str = "least_work_lost"  # or youngest, lowest_priority (preemption.py)
 
     def __post_init__(self) -> None:
+        check_victim_order(self.victim_order)
         if self.min_runtime_s < 0:
             raise ParameterError("min_runtime_s must not be negative")
         if self.fairshare_margin < 0:
             raise ParameterError("fairshare_margin must not be negative")
+        if not 0 < self.aging_s < float("inf"):
+            raise ParameterError("aging_s must be a positive number of seconds")
 
     def decide(self, snapshot: ClusterSnapshot) -> Plan:
         users = {j.user for j in snapshot.pending} | {r.user for r in snapshot.running}
         tree = snapshot.accounts.with_users(users)
         ft = fair_tree(tree, snapshot.usage)
-        ranked = sorted(
-            snapshot.pending,
-            key=lambda j: (-j.priority, -ft.factors.get(j.user, 0.0), j.submit_time, j.job_id),
+        ranked = fair_order(
+            snapshot.pending, snapshot.running, tree, ft, snapshot.now, self.aging_s
         )
         context = _team_context(ranked, tree, ft) if self.explain else None
         claim: ClaimRule = (
@@ -53,7 +63,13 @@ class FairShare:
             if self.fairshare_preemption
             else priority_class_claim
         )
-        knobs = Knobs(self.backfill, self.preemption, self.min_runtime_s, explain=self.explain)
+        knobs = Knobs(
+            self.backfill,
+            self.preemption,
+            self.min_runtime_s,
+            explain=self.explain,
+            victim_order=self.victim_order,
+        )
         return decide(snapshot, ranked, knobs, claim, context)
 
 
@@ -61,19 +77,21 @@ def _team_context(
     ranked: list[PendingJob], tree: AccountTree, ft: FairTree
 ) -> Callable[[PendingJob, int], str]:
     """'3rd in team vision; team vision at 1.8x its share' for each waiting job."""
-    team_place: dict[int, tuple[int, str]] = {}
-    seen: dict[str, int] = {}
-    for job in ranked:
-        team = tree.team_of(job.user)
-        seen[team] = seen.get(team, 0) + 1
-        team_place[job.job_id] = (seen[team], team)
+    team_of = {user: tree.team_of(user) for user in {j.user for j in ranked}}
     standing = {
-        team: f"in team {team}; team {team} at {ft.ratio((team,)):.1f}x its share" for team in seen
+        team: f" in team {team}; team {team} at {ft.ratio((team,)):.1f}x its share"
+        for team in set(team_of.values())
     }
+    # each job's place in its team's line, worded once per place and team
+    team_place: dict[int, str] = {}
+    seen = dict.fromkeys(standing, 0)
+    for job in ranked:
+        team = team_of[job.user]
+        place = seen[team] = seen[team] + 1
+        team_place[job.job_id] = ordinal(place) + standing[team]
 
     def context(job: PendingJob, _position: int) -> str:
-        place, team = team_place[job.job_id]
-        return f"{ordinal(place)} {standing[team]}"
+        return team_place[job.job_id]
 
     return context
 
@@ -84,7 +102,7 @@ class _Claims:
     def __init__(
         self, snapshot: ClusterSnapshot, team_of: Callable[[str], str], ft: FairTree, margin: float
     ) -> None:
-        self.team_of = team_of
+        self.team_of = functools.lru_cache(maxsize=None)(team_of)  # per user, once a cycle
         self.margin = margin
         total = sum(n.gpu_count for n in snapshot.nodes if n.schedulable) or 1
         shares = {path[0]: s.share for path, s in ft.standings.items() if len(path) == 1}
@@ -98,6 +116,10 @@ class _Claims:
         entitled = self.entitled.get(team, 0.0)
         held = self.held.get(team, 0.0) + delta
         return held / entitled if entitled > 0 else float("inf")
+
+    def victim_key(self, victim: RunningJob) -> tuple[str, int]:
+        """Victims of one team and priority class get the same answer from __call__."""
+        return (self.team_of(victim.user), victim.priority)
 
     def could_claim(self, job: PendingJob) -> bool:
         """Whether this job could displace anyone on fair share grounds (cheap, per job)."""

@@ -37,8 +37,11 @@ def choose_gpus(
     """The `count` GPUs of `free` with the most NVLink links among them (greedy from each
     seed; ties to the lowest indexes, so the choice is deterministic)."""
     ordered = sorted(free)
-    if count >= len(ordered) or not any(peers.values()):
+    if count <= 1 or count >= len(ordered) or not any(peers.values()):
         return tuple(ordered[:count])
+    everyone = frozenset(ordered)
+    if all(everyone - {g} <= peers.get(g, frozenset()) for g in ordered):
+        return tuple(ordered[:count])  # all linked to all (one NVSwitch): any is as good
     best: tuple[int, tuple[int, ...]] | None = None
     for seed in ordered:
         chosen = [seed]

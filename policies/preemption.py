@@ -3,14 +3,18 @@
 Victims must be preemptible, past the minimum runtime, not already yielding, and each
 must be one the policy's claim rule lets this job displace. Among the nodes where
 preempting can make the job fit, take the smallest set of victims; among equally small
-sets, the one that loses the least work since the victims' last checkpoints (a job that
-never checkpointed loses everything since its start).
+sets, the cheapest by the victim order (a policy parameter, `victim_order`):
+
+- least_work_lost (the default): the least work since the victims' last checkpoints (a
+  job that never checkpointed loses everything since its start);
+- youngest: the most recently started first;
+- lowest_priority: the lowest priority class first, then the least work lost.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 from policies.placement import FreeMap
@@ -40,6 +44,25 @@ def work_lost(job: RunningJob, now: float) -> float:
     return max(0.0, now - (saved if saved is not None else job.start_time))
 
 
+def _age(job: RunningJob, now: float) -> float:
+    return max(0.0, now - job.start_time)
+
+
+def _class_then_work_lost(job: RunningJob, now: float) -> float:
+    # a class step outweighs any work lost (1e10 s is over 300 years); sums of a set of
+    # victims then compare by their classes first
+    return job.priority * 1e10 + work_lost(job, now)
+
+
+# victim order name -> what a victim costs (lower is taken first; a set costs the sum)
+VictimCost = Callable[[RunningJob, float], float]
+VICTIM_ORDERS: dict[str, VictimCost] = {
+    "least_work_lost": work_lost,
+    "youngest": _age,
+    "lowest_priority": _class_then_work_lost,
+}
+
+
 def choose_victims(
     job: PendingJob,
     free: FreeMap,
@@ -48,10 +71,17 @@ def choose_victims(
     min_runtime_s: float,
     claim: ClaimRule,
     off_limits: frozenset[str] | set[str] = frozenset(),
+    cost: VictimCost = work_lost,
 ) -> VictimChoice | None:
+    """The victims to preempt for `job`, cheapest by `cost`; `work_lost_s` of the choice is
+    what they lose, whatever the order."""
     if job.gpus > free.widest:
         return None  # jobs wider than a node wait for whole nodes; they do not preempt
     by_node: dict[str, list[tuple[RunningJob, str]]] = {}
+    # A claim rule may say which victims it answers alike (`victim_key`, e.g. their team
+    # and class): then it is asked once per kind of victim, not once per running job.
+    victim_key: Callable[[RunningJob], Hashable] | None = getattr(claim, "victim_key", None)
+    answers: dict[Hashable, str | None] = {}
     for r in running:
         if (
             not r.preemptible
@@ -62,7 +92,14 @@ def choose_victims(
             or now - r.start_time < min_runtime_s
         ):
             continue
-        why = claim(job, r)
+        if victim_key is None:
+            why = claim(job, r)
+        else:
+            kind = victim_key(r)
+            if kind in answers:
+                why = answers[kind]
+            else:
+                why = answers[kind] = claim(job, r)
         if why is not None:
             by_node.setdefault(r.node, []).append((r, why))
     # The fewest victims a node needs is found greedily (largest jobs first); only the nodes
@@ -90,30 +127,31 @@ def choose_victims(
     fewest = min(n[0] for n in needs)
     if fewest == 1:  # the common case: one victim is enough, the least costly one anywhere
         single = min(
-            (work_lost(r, now), node, r.job_id, r, why)
+            (cost(r, now), node, r.job_id, r, why)
             for count, node, need in needs
             if count == 1
             for r, why in by_node[node]
             if r.gpus >= need
         )
-        lost, node, _, victim, why = single
-        return VictimChoice(node, (victim,), (why,), lost)
+        _, node, _, victim, why = single
+        return VictimChoice(node, (victim,), (why,), work_lost(victim, now))
     # Several victims: search the nodes whose k least costly candidates lose least, a few.
     searched = sorted(
-        (sum(sorted(work_lost(r, now) for r, _ in by_node[node])[:count]), node, need)
+        (sum(sorted(cost(r, now) for r, _ in by_node[node])[:count]), node, need)
         for count, node, need in needs
         if count == fewest
     )[:MAX_NODES_SEARCHED]
     best: tuple[tuple[float, str], VictimChoice] | None = None
     for _bound, node, need in searched:
         count = fewest
-        candidates = sorted(by_node[node], key=lambda c: (work_lost(c[0], now), c[0].job_id))
-        choice = _cheapest_set(candidates, need, count, now)
+        candidates = sorted(by_node[node], key=lambda c: (cost(c[0], now), c[0].job_id))
+        choice = _cheapest_set(candidates, need, count, now, cost)
         if choice is None:
             continue
-        victims, lost = choice
-        key = (lost, node)
+        victims, price = choice
+        key = (price, node)
         if best is None or key < best[0]:
+            lost = sum(work_lost(v, now) for v, _ in victims)
             best = (
                 key,
                 VictimChoice(
@@ -124,16 +162,16 @@ def choose_victims(
 
 
 def _cheapest_set(
-    candidates: list[tuple[RunningJob, str]], need: int, size: int, now: float
+    candidates: list[tuple[RunningJob, str]], need: int, size: int, now: float, cost: VictimCost
 ) -> tuple[tuple[tuple[RunningJob, str], ...], float] | None:
-    """Among the sets of `size` candidates that free `need` GPUs, the one losing least work."""
+    """Among the sets of `size` candidates that free `need` GPUs, the cheapest by `cost`."""
     best: tuple[float, tuple[tuple[RunningJob, str], ...]] | None = None
     for tried, combo in enumerate(itertools.combinations(candidates, size)):
         if tried >= MAX_SUBSETS_PER_NODE:
             break
         if sum(c[0].gpus for c in combo) < need:
             continue
-        lost = sum(work_lost(c[0], now) for c in combo)
-        if best is None or lost < best[0]:
-            best = (lost, combo)
+        price = sum(cost(c[0], now) for c in combo)
+        if best is None or price < best[0]:
+            best = (price, combo)
     return (best[1], best[0]) if best is not None else None

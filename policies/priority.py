@@ -13,11 +13,18 @@ from dataclasses import dataclass
 
 from policies.engine import Knobs, decide
 from policies.fairtree import fair_tree
+from policies.preemption import VICTIM_ORDERS
 from policies.snapshot import ClusterSnapshot, PendingJob, Plan, RunningJob
 
 
 class ParameterError(ValueError):
     pass
+
+
+def check_victim_order(name: object) -> None:
+    if name not in VICTIM_ORDERS:
+        known = ", ".join(VICTIM_ORDERS)
+        raise ParameterError(f"victim_order must be one of {known}, not {name!r}")
 
 
 def priority_class_claim(job: PendingJob, victim: RunningJob) -> str | None:
@@ -39,8 +46,10 @@ class Multifactor:
     preemption: bool = True
     min_runtime_s: float = 600.0
     explain: bool = True
+    victim_order: str = "least_work_lost"  # or youngest, lowest_priority (preemption.py)
 
     def __post_init__(self) -> None:
+        check_victim_order(self.victim_order)
         weights = (self.weight_qos, self.weight_fairshare, self.weight_age, self.weight_size)
         if min(weights) < 0:
             raise ParameterError("priority weights must not be negative")
@@ -50,7 +59,13 @@ class Multifactor:
             raise ParameterError("min_runtime_s must not be negative")
 
     def knobs(self) -> Knobs:
-        return Knobs(self.backfill, self.preemption, self.min_runtime_s, explain=self.explain)
+        return Knobs(
+            self.backfill,
+            self.preemption,
+            self.min_runtime_s,
+            explain=self.explain,
+            victim_order=self.victim_order,
+        )
 
     def scores(self, snapshot: ClusterSnapshot) -> dict[int, float]:
         users = {j.user for j in snapshot.pending} | {r.user for r in snapshot.running}

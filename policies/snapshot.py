@@ -72,14 +72,15 @@ class RunningJob:
     yielding_to: int = 0  # being preempted for this job: its GPUs are already spoken for
     cpus: int = 0
     mem_mb: int = 0
+    # counted once: a cycle asks every running job's size several times
+    gpus: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "gpus", sum(len(g) for _, g in self.parts))
 
     @property
     def node(self) -> str:
         return self.parts[0][0]
-
-    @property
-    def gpus(self) -> int:
-        return sum(len(g) for _, g in self.parts)
 
     def expected_end(self) -> float:
         return self.start_time + self.time_limit_s if self.time_limit_s else float("inf")
@@ -146,7 +147,8 @@ class Plan:
     """What one cycle decided: starts, preemptions, and for each job left waiting, why.
 
     `order` is every pending job in the policy's rank order (its position is its place in
-    line); a job being started is still in it.
+    line); a job being started is still in it. `held` names why capacity stood idle for a
+    job that would have fit (the replay's cost report reads it).
     """
 
     starts: tuple[Start, ...] = ()
@@ -154,6 +156,9 @@ class Plan:
     preemptions: tuple[Preemption, ...] = ()
     order: tuple[int, ...] = ()
     handoffs: tuple[Handoff, ...] = ()
+    # waiting jobs that would fit now but that the policy held back, with the cause in a
+    # word ("quota", ...); a fitting job held for a reservation need not be named here
+    held: Mapping[int, str] = field(default_factory=_frozen_reasons)
 
     def position(self, job_id: int) -> int:
         """1-based place in line, 0 if the job was not pending."""

@@ -15,7 +15,7 @@ import csv
 import heapq
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -52,35 +52,46 @@ class TraceJob:
 
 def read_trace(path: Path, measured: bool = True) -> list[TraceJob]:
     try:
-        handle = path.open(newline="")
+        handle = path.open(newline="", encoding="utf-8")
     except OSError as exc:
         raise TraceError(f"cannot read trace {path}: {exc.strerror}") from exc
-    jobs = []
     with handle:
         reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None or tuple(h.strip() for h in header) != COLUMNS:
-            raise TraceError(f"{path}:1: the header must be {','.join(COLUMNS)}")
-        for number, row in enumerate(reader, start=2):
-            if not row or all(not c.strip() for c in row):
-                continue
-            if len(row) != len(COLUMNS):
-                raise TraceError(f"{path}:{number}: {len(row)} fields, expected {len(COLUMNS)}")
-            name, submit, duration, gpus, user, group, status = (c.strip() for c in row)
-            jobs.append(
-                TraceJob(
-                    name or f"line{number}",
-                    _number(path, number, "submit_time_s", submit, minimum=0.0),
-                    _number(path, number, "duration_s", duration, minimum=0.0, strict=True),
-                    int(_number(path, number, "gpus", gpus, minimum=1.0, whole=True)),
-                    _word(path, number, "user", user),
-                    _word(path, number, "group", group),
-                    measured,
-                )
+        try:
+            return _rows(path, reader, measured)
+        except csv.Error as exc:  # e.g. a field over the csv module's size limit
+            raise TraceError(f"{path}:{reader.line_num}: not CSV: {exc}") from None
+        except UnicodeDecodeError:
+            raise TraceError(f"{path}:{reader.line_num + 1}: not UTF-8 text") from None
+        except OSError as exc:  # a directory, a device that fails to read
+            raise TraceError(f"cannot read trace {path}: {exc.strerror}") from exc
+
+
+def _rows(path: Path, reader: Iterator[list[str]], measured: bool) -> list[TraceJob]:
+    jobs = []
+    header = next(reader, None)
+    if header is None or tuple(h.strip() for h in header) != COLUMNS:
+        raise TraceError(f"{path}:1: the header must be {','.join(COLUMNS)}")
+    for number, row in enumerate(reader, start=2):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) != len(COLUMNS):
+            raise TraceError(f"{path}:{number}: {len(row)} fields, expected {len(COLUMNS)}")
+        name, submit, duration, gpus, user, group, status = (c.strip() for c in row)
+        jobs.append(
+            TraceJob(
+                _word(path, number, "job_id", name, empty_ok=True) or f"line{number}",
+                _number(path, number, "submit_time_s", submit, minimum=0.0),
+                _number(path, number, "duration_s", duration, minimum=0.0, strict=True),
+                int(_number(path, number, "gpus", gpus, minimum=1.0, whole=True)),
+                _word(path, number, "user", user),
+                _word(path, number, "group", group, empty_ok=True),  # empty: see group_by
+                measured,
             )
-            if status not in STATUSES:
-                known = ", ".join(sorted(STATUSES))
-                raise TraceError(f"{path}:{number}: status must be one of {known}, not {status!r}")
+        )
+        if status not in STATUSES:
+            known = ", ".join(sorted(STATUSES))
+            raise TraceError(f"{path}:{number}: status must be one of {known}, not {status!r}")
     return jobs
 
 
@@ -105,9 +116,16 @@ def _number(
     return value
 
 
-def _word(path: Path, line: int, column: str, text: str) -> str:
-    if not text:
+MAX_NAME = 256
+
+
+def _word(path: Path, line: int, column: str, text: str, empty_ok: bool = False) -> str:
+    if not text and not empty_ok:
         raise TraceError(f"{path}:{line}: empty {column}")
+    if len(text) > MAX_NAME:
+        raise TraceError(f"{path}:{line}: {column} longer than {MAX_NAME} characters")
+    if not text.isprintable():
+        raise TraceError(f"{path}:{line}: {column} has a control character: {text[:40]!r}")
     return text
 
 
@@ -185,6 +203,7 @@ class _Job:
     run_start: float = 0.0
     run_overhead: float = 0.0  # restart cost paid at the start of this run
     version: int = 0
+    node: str = ""
 
 
 @dataclass
@@ -208,15 +227,31 @@ class SimResult:
     groups: dict[str, dict[str, float]]
     users: dict[str, dict[str, float]]
     cycles: int
+    # what preemption cost, in GPU-hours: work since the victims' last checkpoints, and
+    # the restart cost they paid when they started again
+    lost_work_gpu_h: float = 0.0
+    restart_gpu_h: float = 0.0
+    # GPU-hours idle while a waiting job would have fit: by why it was not started
+    # ("reservation": held for the first job in line or a preemptor; "fragmentation": free
+    # in total but not on one node; or the cause the policy named, e.g. "quota")
+    idle_gpu_h: dict[str, float] = field(default_factory=dict)
+    group_by: str = "group"
     series: dict[str, list[float]] = field(repr=False, default_factory=dict)
     series_groups: dict[str, list[float]] = field(repr=False, default_factory=dict)
     # what the scheduler's own core did: starts and preemptions in order, (time, job id)
     starts: list[tuple[float, int]] = field(repr=False, default_factory=list)
     preempted: list[tuple[float, int]] = field(repr=False, default_factory=list)
 
+    @property
+    def preemption_gpu_h(self) -> float:
+        return self.lost_work_gpu_h + self.restart_gpu_h
+
     def as_json(self) -> dict[str, Any]:
         skip = ("series", "series_groups", "starts", "preempted")
-        return {k: v for k, v in self.__dict__.items() if k not in skip}
+        out = {k: v for k, v in self.__dict__.items() if k not in skip}
+        out["preemption_gpu_h"] = self.preemption_gpu_h
+        out["idle_waiting_gpu_h"] = sum(self.idle_gpu_h.values())
+        return out
 
 
 def _pct(values: Sequence[float], q: float) -> float:
@@ -252,6 +287,8 @@ class SimAgents:
         self.restart_cost_s = restart_cost_s
         self.launched: list[JobRecord] = []
         self.yielding: list[JobRecord] = []
+        self.lost_gpu_s = 0.0  # work since the last checkpoint, of preempted jobs
+        self.restart_gpu_s = 0.0  # restart cost paid by jobs starting again
 
     def schedulable(self) -> list[str]:
         return list(self.state.nodes)
@@ -282,6 +319,8 @@ class SimAgents:
                 j.run_start = now
                 j.run_overhead = self.restart_cost_s if job.restarts else 0.0
                 j.version += 1
+                j.node = job.node
+                self.restart_gpu_s += j.run_overhead * job.gpus
                 if j.first_start is None:
                     j.first_start = now
                 report = JobReport(job.job_id, pid=1, start_time=now)
@@ -293,6 +332,7 @@ class SimAgents:
                 every = self.every  # the work up to the last checkpoint is kept
                 saved = math.floor(done / every) * every if every > 0 else 0.0
                 j.remaining -= min(saved, j.remaining)
+                self.lost_gpu_s += (done - saved) * job.gpus
                 report = JobReport(job.job_id, exited=True, exit_code=YIELD_EXIT_CODE, end_time=now)
                 current = self.state.jobs[job.job_id]
                 changes = report_changes(current, current.node, report, now)
@@ -310,6 +350,17 @@ class SimAgents:
             await self.state.change(report_changes(job, job.node, report, now))
 
 
+GROUP_BY = ("group", "user")
+
+
+def fair_share_unit(jobs: Iterable[TraceJob], group_by: str) -> list[TraceJob]:
+    """The trace with `group` set to the unit fair share is measured over: the trace's own
+    group column (an empty one: the user alone), or each user (`group_by="user"`)."""
+    if group_by not in GROUP_BY:
+        raise TraceError(f"group_by must be one of {', '.join(GROUP_BY)}, not {group_by!r}")
+    return [j if j.group and group_by == "group" else replace(j, group=j.user) for j in jobs]
+
+
 def simulate(
     trace: Iterable[TraceJob],
     policy: Policy,
@@ -319,12 +370,13 @@ def simulate(
     checkpoint_every_s: float = 0.0,
     restart_cost_s: float = 60.0,
     record_series: bool = False,
+    group_by: str = "group",
 ) -> SimResult:
     """Replay `trace` through the scheduler's own core (schedulerd/cycle.py, the change
     builders, the ledger, ClusterState over a journal in memory) on a virtual clock."""
     return asyncio.run(
         _simulate(
-            list(trace),
+            fair_share_unit(trace, group_by),
             policy,
             nodes,
             gpus_per_node,
@@ -332,6 +384,7 @@ def simulate(
             checkpoint_every_s,
             restart_cost_s,
             record_series,
+            group_by,
         )
     )
 
@@ -345,6 +398,7 @@ async def _simulate(
     checkpoint_every_s: float,
     restart_cost_s: float,
     record_series: bool,
+    group_by: str,
 ) -> SimResult:
     total = nodes * gpus_per_node
     # the scheduler launches jobs on one node: wider ones would wait for ever
@@ -409,6 +463,23 @@ async def _simulate(
     series_groups: dict[str, list[float]] = {g: [] for g in groups}
     starts: list[tuple[float, int]] = []
     preempted: list[tuple[float, int]] = []
+    node_free = {name: gpus_per_node for name in state.nodes}
+    idle_gpu_s: dict[str, float] = {}
+    held_now: tuple[str, int] = ("", 0)  # (why, GPUs) idle while a fitting job waits
+    policy_held: Mapping[int, str] = {}
+
+    def held() -> tuple[str, int]:
+        """GPUs idle now that a waiting job could use, and why it was not started."""
+        free_total = sum(node_free.values())
+        if not free_total or not pending:
+            return ("", 0)
+        widest = max(node_free.values())
+        fit_one = [p for p in pending.values() if p.trace.gpus <= widest]
+        if fit_one:
+            named = next((policy_held[p.id] for p in fit_one if p.id in policy_held), "")
+            return (named or "reservation", min(free_total, sum(p.trace.gpus for p in fit_one)))
+        fit_sum = sum(p.trace.gpus for p in pending.values() if p.trace.gpus <= free_total)
+        return ("fragmentation", min(free_total, fit_sum)) if fit_sum else ("", 0)
 
     def account(until: float) -> None:
         nonlocal busy_gpu_s
@@ -431,6 +502,9 @@ async def _simulate(
         user_fair.add(dt, total, alloc_u, demand_u)
         busy = sum(alloc_g.values())
         busy_gpu_s += dt * busy
+        why, idle = held_now
+        if idle:
+            idle_gpu_s[why] = idle_gpu_s.get(why, 0.0) + dt * idle
         if record_series:
             series["time"].append(now)
             series["queue"].append(len(pending))
@@ -454,24 +528,29 @@ async def _simulate(
                 del running[ref]
                 jobs[ref].end = t
                 await agents.finish(ref, t)
+                node_free[jobs[ref].node] += jobs[ref].trace.gpus
         for _ in range(4):  # preemptions free GPUs at once: decide again in the same instant
             if not pending:
                 break
             plan = await cycle.run()
+            policy_held = plan.held
             started, yielded = await agents.report(t)
             for j in yielded:
                 del running[j.id]
+                node_free[j.node] += j.trace.gpus
                 pending[j.id] = j
                 preempted.append((t, j.id))
             for j in started:
                 del pending[j.id]
                 running[j.id] = j
+                node_free[j.node] -= j.trace.gpus
                 starts.append((t, j.id))
                 end = j.run_start + j.run_overhead + j.remaining
                 heapq.heappush(events, (end, 0, seq, j.id, j.version))
                 seq += 1
             if not plan.preemptions:
                 break
+        held_now = held()
 
     now = clock.now
     measured = [j for j in jobs.values() if j.trace.measured and j.end is not None]
@@ -514,6 +593,10 @@ async def _simulate(
             for u in sorted(user_group)
         },
         cycles=cycle.count,
+        lost_work_gpu_h=agents.lost_gpu_s / 3600,
+        restart_gpu_h=agents.restart_gpu_s / 3600,
+        idle_gpu_h={why: v / 3600 for why, v in sorted(idle_gpu_s.items())},
+        group_by=group_by,
         series=series,
         series_groups=series_groups,
         starts=starts,
@@ -570,7 +653,16 @@ def report(result: SimResult, trace: str, top_users: int = 10) -> str:
         f"  GPU utilization {r.utilization:6.1%}   makespan {_hours(r.makespan_s)}   "
         f"preemptions {r.preemptions}   scheduling cycles {r.cycles}",
         "  Jain's fairness index (allocation / max-min entitlement): "
-        f"groups {r.jain_fairness:.3f}, users {r.jain_fairness_users:.3f}",
+        f"groups {r.jain_fairness:.3f}, users {r.jain_fairness_users:.3f}"
+        + ("  (groups: each user)" if r.group_by == "user" else ""),
+        f"  lost to preemption {r.preemption_gpu_h:.1f} GPU-h: work since the last checkpoint "
+        f"{r.lost_work_gpu_h:.1f}, restarts {r.restart_gpu_h:.1f}",
+        f"  idle while a job that fit waited {sum(r.idle_gpu_h.values()):.1f} GPU-h"
+        + (
+            ": " + ", ".join(f"{why} {v:.1f}" for why, v in r.idle_gpu_h.items())
+            if r.idle_gpu_h
+            else ""
+        ),
         "",
         f"  {'group':<12} {'GPU share':>10} {'entitled':>10}",
     ]

@@ -553,6 +553,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
         checkpoint_every_s=args.checkpoint_every * 60,
         restart_cost_s=args.restart_cost,
         record_series=args.plot is not None,
+        group_by=args.group_by,
     )
     if args.plot is not None:
         try:

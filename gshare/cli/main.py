@@ -196,6 +196,13 @@ def gshare_parser() -> argparse.ArgumentParser:
         metavar="FILE.csv",
         help="jobs already running when the trace starts (same format)",
     )
+    sm.add_argument(
+        "--group-by",
+        choices=("group", "user"),
+        default="group",
+        help="the fair-share unit: the trace's group column (default; an empty one means "
+        "the user alone), or each user",
+    )
     sm.add_argument("--json", action="store_true", help="the figures as JSON")
     sm.add_argument(
         "--plot",

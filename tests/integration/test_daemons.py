@@ -169,6 +169,10 @@ def test_bad_daemon_configuration_stops_with_a_message(open_tmp: Path) -> None:
     bad_param.write_text(
         '[scheduler]\npolicy = "priority"\n[scheduler.policy_params]\nweight_age = -1\n'
     )
+    bad_victims = open_tmp / "bad-victims.toml"
+    bad_victims.write_text('[scheduler.policy_params]\nvictim_order = "oldest"\n')
+    bad_aging = open_tmp / "bad-aging.toml"
+    bad_aging.write_text("[scheduler.policy_params]\naging_s = nan\n")
     bad_half_life = open_tmp / "bad-half-life.toml"
     bad_half_life.write_text("[fairshare]\nhalf_life = 0\n")
     for argv, message in (
@@ -179,6 +183,11 @@ def test_bad_daemon_configuration_stops_with_a_message(open_tmp: Path) -> None:
             "policy 'priority': bad parameters: priority weights must not",
         ),
         (["--config", str(bad_half_life)], "half_life must be positive"),
+        (
+            ["--config", str(bad_victims)],
+            "policy 'fairshare': bad parameters: victim_order must be one of least_work_lost",
+        ),
+        (["--config", str(bad_aging)], "aging_s must be a positive number of seconds"),
         (["--config", str(open_tmp / "missing.toml")], "cannot read config"),
         (["--mqtt", "tcp://broker:1883"], "--mqtt: expected mqtt://HOST:PORT"),
     ):

@@ -183,3 +183,29 @@ def test_no_preempt_jobs_are_never_chosen_and_preempt_refuses_clearly(
     res = small.gsub("--wrap", "true", "--signal", "KILL", cwd=workdir)
     assert res.code == 2 and "cannot catch that signal" in res.err
     small.gshare("cancel", str(keeper), str(high))
+
+
+def test_the_victim_order_from_the_config_picks_the_youngest_and_it_resumes(
+    cluster_factory: Callable[..., Cluster], workdir: Path
+) -> None:
+    config = CONFIG.replace("min_runtime_s = 0", 'min_runtime_s = 0\nvictim_order = "youngest"')
+    cluster = cluster_factory(config=config, agents=1, gpus_per_node=4)
+    script = workdir / "plain.sh"
+    script.write_text(PLAIN)
+    older = cluster.submit(str(script), "--gpus", "2", cwd=workdir)
+    wait_until("the older job to checkpoint", lambda: checkpointed(cluster, older), timeout=30)
+    younger = cluster.submit(str(script), "--gpus", "2", cwd=workdir)
+    wait_until("the younger job to checkpoint", lambda: checkpointed(cluster, younger), timeout=30)
+    high = cluster.submit("--wrap", "sleep 1", "--gpus", "2", "--priority", "10", cwd=workdir)
+    cluster.wait_state(high, "COMPLETED", timeout=60)
+    resumed = cluster.wait_state(younger, "RUNNING", timeout=60)
+    assert resumed.preemptions == 1 and resumed.restarts == 1
+    assert cluster.job(older).preemptions == 0 and cluster.state(older) == "RUNNING"
+
+    def starts() -> list[str]:
+        text = Path(resumed.output_path).read_text()
+        return [line for line in text.splitlines() if line.startswith("start at")]
+
+    wait_until("the younger job to start again", lambda: len(starts()) == 2, timeout=30)
+    assert starts()[0] == "start at 0" and int(starts()[1].split()[-1]) > 0  # its checkpoint
+    cluster.gshare("cancel", str(older), str(younger))

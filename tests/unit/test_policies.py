@@ -278,3 +278,143 @@ def test_third_party_policies_come_from_entry_points(monkeypatch: pytest.MonkeyP
     assert make_policy("nothing").decide(snapshot([node("a").gpus(1)], [job(1)])) == Plan()
     with pytest.raises(PolicyError, match="does not provide name and decide"):
         make_policy("broken")
+
+
+# ------------------------------------------------------------------ victim order
+
+VICTIMS = [
+    running(6, "a", 0, 1).started(5000).checkpointed(30).priority(-5),  # oldest, 30 s lost
+    running(7, "a", 2, 3).started(700).priority(0),  # youngest, 700 s lost
+    running(8, "a", 4, 5).started(3000).checkpointed(2000).priority(-9),  # lowest class
+]
+
+
+@pytest.mark.parametrize("name", ["fairshare", "priority"])
+@pytest.mark.parametrize(
+    ("order", "victim"),
+    [
+        (None, 6),  # the default: least work lost since the last checkpoint
+        ("least_work_lost", 6),
+        ("youngest", 7),
+        ("lowest_priority", 8),
+    ],
+)
+def test_the_victim_order_is_a_policy_parameter(name: str, order: str | None, victim: int) -> None:
+    snap = snapshot([node("a").gpus(6)], [job(1).gpus(2).priority(10)], run=VICTIMS)
+    params = {"victim_order": order} if order else {}
+    plan = make_policy(name, params).decide(snap)
+    assert [p.job_id for p in plan.preemptions] == [victim]
+
+
+def test_lowest_priority_breaks_class_ties_by_least_work_lost() -> None:
+    run = [
+        running(6, "a", 0, 1).started(5000).checkpointed(1000).priority(-5),
+        running(7, "a", 2, 3).started(5000).checkpointed(10).priority(-5),
+        running(8, "a", 4, 5).started(5000).checkpointed(5).priority(0),
+    ]
+    snap = snapshot([node("a").gpus(6)], [job(1).gpus(2).priority(10)], run=run)
+    plan = make_policy("fairshare", {"victim_order": "lowest_priority"}).decide(snap)
+    assert [p.job_id for p in plan.preemptions] == [7]
+
+
+def test_a_set_of_victims_is_the_cheapest_by_the_order() -> None:
+    # 4 GPUs wanted, 2 free: two 1-GPU victims are needed among three
+    run = [
+        running(6, "a", 2).started(4000).checkpointed(5),
+        running(7, "a", 3).started(900),
+        running(8, "a", 4).started(800),
+    ]
+    snap = snapshot([node("a").gpus(5)], [job(1).gpus(4).priority(10)], run=run)
+    least = make_policy("fairshare").decide(snap)
+    assert sorted(p.job_id for p in least.preemptions) == [6, 8]
+    youngest = make_policy("fairshare", {"victim_order": "youngest"}).decide(snap)
+    assert sorted(p.job_id for p in youngest.preemptions) == [7, 8]
+
+
+@pytest.mark.parametrize("name", ["fairshare", "priority"])
+@pytest.mark.parametrize("bad", ["oldest", "", 3, "least_work_lost\x00"])
+def test_an_unknown_victim_order_is_refused(name: str, bad: object) -> None:
+    with pytest.raises(PolicyError, match="victim_order must be one of least_work_lost"):
+        make_policy(name, {"victim_order": bad})
+
+
+# ------------------------------------------------------------------ the fairshare order
+
+TWO_TEAMS = teams(x=(1, {"alice": 1, "bob": 1}), y=(1, {"carol": 1}))
+DAY = 86400.0
+
+
+def fair_order_of(jobs: list[job], run: list[running], usage: dict[str, float]) -> list[int]:
+    snap = snapshot([node("a").gpus(32)], jobs, run=run, accounts=TWO_TEAMS, usage=usage)
+    return list(make_policy("fairshare").decide(snap).order)
+
+
+@pytest.mark.parametrize(
+    ("jobs", "run", "usage", "order"),
+    [
+        # nothing running, no usage: a team's second job waits behind the other team's first
+        (
+            [
+                job(1).user("alice").submitted(1),
+                job(2).user("bob").submitted(2),
+                job(3).user("carol").submitted(3),
+                job(4).user("carol").submitted(4),
+            ],
+            [],
+            {},
+            [1, 3, 2, 4],
+        ),
+        # heavy past usage but nothing running now goes before a light user running 4 GPUs
+        (
+            [job(1).user("carol").submitted(1), job(2).user("alice").submitted(2)],
+            [running(9, "a", 0, 1, 2, 3).user("carol")],
+            {"alice": 1e9},
+            [2, 1],
+        ),
+        # holding the same (nothing): the Fair Tree factor decides, least used first
+        (
+            [job(1).user("alice").submitted(1), job(2).user("carol").submitted(2)],
+            [],
+            {"alice": 1e9, "carol": 1e3},
+            [2, 1],
+        ),
+        # within a team, users by what they hold: bob (nothing) before alice's next job
+        (
+            [job(1).user("alice").submitted(1), job(2).user("bob").submitted(2)],
+            [running(9, "a", 0).user("alice")],
+            {},
+            [2, 1],
+        ),
+        # the priority class comes first, whatever is held
+        (
+            [job(1).user("carol").submitted(1), job(2).user("alice").priority(1).submitted(2)],
+            [running(9, "a", *range(8)).user("alice")],
+            {},
+            [2, 1],
+        ),
+        # aging: team x holds 8 GPUs, team y 2; x's job has waited 10 days (its key falls to
+        # 16 x 2^(-10/3) = 1.6, under y's 4): it goes first; a fresh one of x's would not
+        (
+            [job(1).user("carol").submitted(NOW), job(2).user("alice").submitted(NOW - 10 * DAY)],
+            [running(8, "a", *range(8)).user("bob"), running(9, "a", 8, 9).user("carol")],
+            {},
+            [2, 1],
+        ),
+        (
+            [job(1).user("carol").submitted(NOW), job(2).user("alice").submitted(NOW)],
+            [running(8, "a", *range(8)).user("bob"), running(9, "a", 8, 9).user("carol")],
+            {},
+            [1, 2],
+        ),
+    ],
+)
+def test_the_fairshare_order(
+    jobs: list[job], run: list[running], usage: dict[str, float], order: list[int]
+) -> None:
+    assert fair_order_of(jobs, run, usage) == order
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("inf"), float("nan")])
+def test_a_bad_aging_is_refused(bad: float) -> None:
+    with pytest.raises(PolicyError, match="aging_s must be a positive number of seconds"):
+        make_policy("fairshare", {"aging_s": bad})

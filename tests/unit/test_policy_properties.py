@@ -185,3 +185,19 @@ def test_no_preemption_loop_over_many_cycles(snap: ClusterSnapshot, name: str) -
                 job.job_id, job.user, "default", s.parts, now, job.priority
             )
         now += 601.0
+
+
+@SETTINGS
+@given(clusters(), st.sampled_from(["least_work_lost", "youngest", "lowest_priority"]))
+def test_the_fairshare_order_keeps_classes_and_each_users_submit_order(
+    snap: ClusterSnapshot, victim_order: str
+) -> None:
+    plan = make_policy("fairshare", {"victim_order": victim_order}).decide(snap)
+    pending = {j.job_id: j for j in snap.pending}
+    assert sorted(plan.order) == sorted(pending)  # every pending job, once
+    ranked = [pending[i] for i in plan.order]
+    classes = [-j.priority for j in ranked]
+    assert classes == sorted(classes)  # a higher priority class is never behind a lower
+    for user in USERS:
+        mine = [(-j.priority, j.submit_time, j.job_id) for j in ranked if j.user == user]
+        assert mine == sorted(mine)  # a user's own jobs in class, then submit order
