@@ -91,6 +91,7 @@ class Cycle:
         self.last_checkpoint = last_checkpoint  # the simulator's; else the agents' reports
         self.accounts = account_tree(config)
         self.gates = Gates()
+        self.held: Mapping[int, str] = {}  # held back by the gates at the last cycle
         self.gates.bind(state.jobs)
         state.job_listeners.append(self.gates.job_changed)
         self.views = SnapshotCache()
@@ -139,7 +140,7 @@ class Cycle:
             now = state.clock()
             # 1. snapshot
             self.accrue(now)
-            held = await self._gate(now)
+            held = self.held = await self._gate(now)
             snapshot = self.snapshot(now, held)
             # 2. decide
             plan = self.policy.decide(snapshot)

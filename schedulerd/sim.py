@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from gshare.arrays import DEPENDENCY_KINDS, MAX_SPEC_CHARS
 from gshare.checkpoint import YIELD_EXIT_CODE
 from gshare.config import Config
 from policies import Account, AccountTree, Policy
@@ -32,6 +33,9 @@ from schedulerd.state import ClusterState, MemoryJournal
 from schedulerd.store import NewJob
 
 COLUMNS = ("job_id", "submit_time_s", "duration_s", "gpus", "user", "group", "status")
+# an optional eighth column: what the job waits for, as gsub --dependency says it but with
+# the trace's job_id names: `afterok:prep`, `afterany:a:b`, `afterok:x?afternotok:y`
+AFTER = "after"
 STATUSES = {"completed", "failed", "killed"}
 
 
@@ -48,6 +52,8 @@ class TraceJob:
     user: str
     group: str
     measured: bool = True  # False for jobs already running when the window opens
+    after: str = ""  # its dependency, on other jobs of the trace by name ("": none)
+    line: int = 0  # where it is in its file
 
 
 def read_trace(path: Path, measured: bool = True) -> list[TraceJob]:
@@ -70,14 +76,21 @@ def read_trace(path: Path, measured: bool = True) -> list[TraceJob]:
 def _rows(path: Path, reader: Iterator[list[str]], measured: bool) -> list[TraceJob]:
     jobs = []
     header = next(reader, None)
-    if header is None or tuple(h.strip() for h in header) != COLUMNS:
-        raise TraceError(f"{path}:1: the header must be {','.join(COLUMNS)}")
+    names = tuple(h.strip() for h in header or ())
+    if names not in (COLUMNS, (*COLUMNS, AFTER)):
+        raise TraceError(
+            f"{path}:1: the header must be {','.join(COLUMNS)} (and optionally ,{AFTER})"
+        )
+    width = len(names)
     for number, row in enumerate(reader, start=2):
         if not row or all(not c.strip() for c in row):
             continue
-        if len(row) != len(COLUMNS):
-            raise TraceError(f"{path}:{number}: {len(row)} fields, expected {len(COLUMNS)}")
-        name, submit, duration, gpus, user, group, status = (c.strip() for c in row)
+        if len(row) != width:
+            raise TraceError(f"{path}:{number}: {len(row)} fields, expected {width}")
+        name, submit, duration, gpus, user, group, status = (c.strip() for c in row[:7])
+        after = row[7].strip() if width == 8 else ""
+        if after:
+            _after_terms(path, number, after)  # its syntax; its names once all are read
         jobs.append(
             TraceJob(
                 _word(path, number, "job_id", name, empty_ok=True) or f"line{number}",
@@ -87,12 +100,57 @@ def _rows(path: Path, reader: Iterator[list[str]], measured: bool) -> list[Trace
                 _word(path, number, "user", user),
                 _word(path, number, "group", group, empty_ok=True),  # empty: see group_by
                 measured,
+                after,
+                number,
             )
         )
         if status not in STATUSES:
             known = ", ".join(sorted(STATUSES))
             raise TraceError(f"{path}:{number}: status must be one of {known}, not {status!r}")
     return jobs
+
+
+def _after_terms(path: Path | str, line: int, text: str) -> tuple[list[list[str]], bool]:
+    """An `after` field: its terms (kind, then job names) and whether any one suffices."""
+    if len(text) > MAX_SPEC_CHARS or ("," in text and "?" in text):
+        raise TraceError(f"{path}:{line}: after: at most {MAX_SPEC_CHARS} characters, ',' or '?'")
+    any_of = "?" in text
+    terms = [t.strip().split(":") for t in text.split("?" if any_of else ",")]
+    for term in terms:
+        if term[0] not in DEPENDENCY_KINDS:
+            raise TraceError(
+                f"{path}:{line}: after: {term[0][:40]!r} is not one of "
+                f"{', '.join(DEPENDENCY_KINDS)}"
+            )
+        if (term[0] == "singleton") != (len(term) == 1) or any(not n for n in term[1:]):
+            raise TraceError(
+                f"{path}:{line}: after: {':'.join(term)[:60]!r} needs job names "
+                "(singleton takes none)"
+            )
+    return terms, any_of
+
+
+def check_dependencies(jobs: Iterable[TraceJob], path: str = "trace") -> None:
+    """Every name an `after` field gives is a job of the trace submitted before it (or at
+    the same instant, above it), named once: a replay can only wait on the past."""
+    ordered = sorted(jobs, key=lambda t: t.submit)
+    seen: dict[str, int] = {}
+    twice: set[str] = set()
+    for job in ordered:
+        if job.name in seen:
+            twice.add(job.name)
+        seen[job.name] = job.line
+    done: set[str] = set()
+    for job in ordered:
+        if job.after:
+            terms, _ = _after_terms(path, job.line, job.after)
+            for name in (n for term in terms for n in term[1:]):
+                if name in twice:
+                    raise TraceError(f"{path}:{job.line}: after: job_id {name!r} is not unique")
+                if name not in done:
+                    where = "is not in the trace" if name not in seen else "is submitted later"
+                    raise TraceError(f"{path}:{job.line}: after: job {name!r} {where}")
+        done.add(job.name)
 
 
 def _number(
@@ -236,6 +294,7 @@ class SimResult:
     # in total but not on one node; or the cause the policy named, e.g. "quota")
     idle_gpu_h: dict[str, float] = field(default_factory=dict)
     group_by: str = "group"
+    cancelled: int = 0  # jobs whose dependency could never be met (the `after` column)
     series: dict[str, list[float]] = field(repr=False, default_factory=dict)
     series_groups: dict[str, list[float]] = field(repr=False, default_factory=dict)
     # what the scheduler's own core did: starts and preemptions in order, (time, job id)
@@ -401,8 +460,15 @@ async def _simulate(
     group_by: str,
 ) -> SimResult:
     total = nodes * gpus_per_node
-    # the scheduler launches jobs on one node: wider ones would wait for ever
+    # the scheduler launches jobs on one node: wider ones would wait for ever, and so
+    # would the jobs that wait on them
+    check_dependencies(all_jobs)
+    wide = {j.name for j in all_jobs if j.gpus > gpus_per_node}
     fits = [j for j in all_jobs if j.gpus <= gpus_per_node]
+    while wide:
+        waiting = {j.name for j in fits if j.after and _names(j.after) & wide}
+        fits = [j for j in fits if j.name not in waiting]
+        wide = waiting
     left_out = len(all_jobs) - len(fits)
     ordered = sorted(fits, key=lambda t: t.submit)
     groups = sorted({t.group for t in ordered})
@@ -455,6 +521,8 @@ async def _simulate(
     pending: dict[int, _Job] = {}
     running: dict[int, _Job] = {}
     index_job: dict[int, int] = {}  # trace index -> job id
+    name_job: dict[str, int] = {}  # trace job name -> job id, once submitted
+    cancelled = 0  # ended before they ran: a dependency that could never be met
     group_fair = _Fairness({g: 1.0 for g in groups})
     user_fair = _Fairness({u: 1.0 for u in user_group})
     busy_gpu_s = 0.0
@@ -474,11 +542,16 @@ async def _simulate(
         if not free_total or not pending:
             return ("", 0)
         widest = max(node_free.values())
-        fit_one = [p for p in pending.values() if p.trace.gpus <= widest]
+        gated = cycle.held  # waiting on a dependency or an array's limit: not for now
+        fit_one = [p for p in pending.values() if p.trace.gpus <= widest and p.id not in gated]
         if fit_one:
             named = next((policy_held[p.id] for p in fit_one if p.id in policy_held), "")
             return (named or "reservation", min(free_total, sum(p.trace.gpus for p in fit_one)))
-        fit_sum = sum(p.trace.gpus for p in pending.values() if p.trace.gpus <= free_total)
+        fit_sum = sum(
+            p.trace.gpus
+            for p in pending.values()
+            if p.trace.gpus <= free_total and p.id not in gated
+        )
         return ("fragmentation", min(free_total, fit_sum)) if fit_sum else ("", 0)
 
     def account(until: float) -> None:
@@ -496,6 +569,8 @@ async def _simulate(
         demand_g = dict(alloc_g)
         demand_u = dict(alloc_u)
         for p in pending.values():
+            if p.id in cycle.held:  # it cannot run yet: no demand of its group's
+                continue
             demand_g[p.trace.group] = demand_g.get(p.trace.group, 0) + p.trace.gpus
             demand_u[p.trace.user] = demand_u.get(p.trace.user, 0) + p.trace.gpus
         group_fair.add(dt, total, alloc_g, demand_g)
@@ -519,7 +594,15 @@ async def _simulate(
         while events and events[0][0] == t:
             _, kind, _, ref, version = heapq.heappop(events)
             if kind == 1:
-                job_id = _submit(state, journal, ordered[ref], t)
+                dependency = ""
+                if ordered[ref].after:
+                    dependency = _dependency(ordered[ref].after, name_job)
+                    ids = {name_job[n] for n in _names(ordered[ref].after)}
+                    gates = cycle.gates  # as the daemon's submit: the ends are kept
+                    gates.watch(ids)
+                    gates.outcomes(journal.rows[i] for i in ids if journal.rows[i].state.final)
+                job_id = _submit(state, journal, ordered[ref], t, dependency)
+                name_job[ordered[ref].name] = job_id
                 index_job[ref] = job_id
                 trace_of[job_id] = ordered[ref]
                 jobs[job_id] = _Job(job_id, ordered[ref], ordered[ref].duration)
@@ -534,6 +617,9 @@ async def _simulate(
                 break
             plan = await cycle.run()
             policy_held = plan.held
+            for job_id in [j for j in pending if j not in state.jobs]:
+                del pending[job_id]  # its dependency can never be met: cancelled
+                cancelled += 1
             started, yielded = await agents.report(t)
             for j in yielded:
                 del running[j.id]
@@ -567,6 +653,7 @@ async def _simulate(
         gpus_per_node=gpus_per_node,
         jobs=len(measured),
         left_out=left_out,
+        cancelled=cancelled,
         avg_jct_s=statistics.fmean(jct) if jct else 0.0,
         median_jct_s=statistics.median(jct) if jct else 0.0,
         p95_jct_s=_pct(jct, 0.95),
@@ -604,7 +691,21 @@ async def _simulate(
     )
 
 
-def _submit(state: ClusterState, journal: MemoryJournal, t: TraceJob, now: float) -> int:
+def _names(after: str) -> set[str]:
+    terms, _ = _after_terms("trace", 0, after)
+    return {n for term in terms for n in term[1:]}
+
+
+def _dependency(after: str, name_job: Mapping[str, int]) -> str:
+    """An `after` field in gsub's --dependency form, with the job ids of the names."""
+    terms, any_of = _after_terms("trace", 0, after)
+    parts = [":".join([term[0], *(str(name_job[n]) for n in term[1:])]) for term in terms]
+    return ("?" if any_of else ",").join(parts)
+
+
+def _submit(
+    state: ClusterState, journal: MemoryJournal, t: TraceJob, now: float, dependency: str = ""
+) -> int:
     """A trace job as a submit: stored, then in the live view, as the daemon's submits."""
     record = JobRecord(
         job_id=0,
@@ -626,6 +727,7 @@ def _submit(state: ClusterState, journal: MemoryJournal, t: TraceJob, now: float
         state=JobState.PENDING,
         submit_time=now,
         max_restarts=-1,  # a replayed job is never failed for being preempted
+        dependency=dependency,
     )
     [(job_id, _)] = journal.submit_many([NewJob(record, b"")], now)
     state.admit(record)
@@ -644,7 +746,13 @@ def report(result: SimResult, trace: str, top_users: int = 10) -> str:
     total = r.nodes * r.gpus_per_node
     jct = (_hours(r.avg_jct_s), _hours(r.median_jct_s), _hours(r.p95_jct_s))
     wait = (_hours(r.avg_wait_s), _hours(r.median_wait_s), _hours(r.p95_wait_s))
-    left = f", {r.left_out} left out (wider than the cluster)" if r.left_out else ""
+    left = (
+        f", {r.left_out} left out (wider than a node, or waiting on such a job)"
+        if r.left_out
+        else ""
+    )
+    if r.cancelled:
+        left += f", {r.cancelled} cancelled (a dependency that could never be met)"
     lines = [
         f"gshare sim: {trace}, policy {r.policy}, {r.nodes} nodes x {r.gpus_per_node} GPUs "
         f"({total} GPUs), {r.jobs} jobs{left}",

@@ -527,7 +527,14 @@ def _param(text: str) -> tuple[str, Any]:
 def cmd_sim(args: argparse.Namespace) -> int:
     # the simulator drives the scheduler's own decision code, so it lives beside it
     from policies import PolicyError, make_policy
-    from schedulerd.sim import TraceError, plot, read_trace, report, simulate
+    from schedulerd.sim import (
+        TraceError,
+        check_dependencies,
+        plot,
+        read_trace,
+        report,
+        simulate,
+    )
 
     if args.nodes < 1 or args.gpus_per_node < 1:
         raise UsageError("--nodes and --gpus-per-node must be at least 1")
@@ -542,6 +549,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
         jobs = read_trace(args.trace)
         if args.running_at_start:
             jobs += read_trace(args.running_at_start, measured=False)
+        check_dependencies(jobs, str(args.trace))
     except (PolicyError, TraceError) as exc:
         return fail("gshare sim", str(exc), 2)
     result = simulate(

@@ -505,3 +505,61 @@ def test_an_array_is_bounded_in_bytes_and_its_parameters_checked() -> None:
             array_of(spec, 100)
     with pytest.raises(Refused, match="only an array"):
         array_of(pb.JobSpec(gpus=1, task_params=[pb.TaskParams()]), 100)
+
+
+# ---------------------------------------------------------------- a pipeline in gshare sim
+
+PIPELINE = """job_id,submit_time_s,duration_s,gpus,user,group,status,after
+prep,0,3600,8,alice,a,completed,
+train,0,7200,8,alice,a,completed,afterok:prep
+eval,10,600,1,alice,a,completed,afterany:train
+never,20,600,1,bob,b,completed,afternotok:prep
+other,0,36000,8,bob,b,completed,
+wide,0,60,16,bob,b,completed,
+afterwide,5,60,1,bob,b,completed,afterok:wide
+"""
+
+
+def test_the_simulator_replays_a_pipeline(tmp_path: Path) -> None:
+    from policies import make_policy
+    from schedulerd.sim import read_trace, simulate
+
+    path = tmp_path / "pipeline.csv"
+    path.write_text(PIPELINE)
+    jobs = read_trace(path)
+    result = simulate(jobs, make_policy("fifo"), 2, 8)
+    assert (result.jobs, result.cancelled, result.left_out) == (4, 1, 2)
+    started = {job_id: t for t, job_id in result.starts}
+    # job ids follow the submit order: prep 1, train 2, other 3, eval 4 (never: 5)
+    by_name = dict(zip(["prep", "train", "other", "eval"], sorted(started), strict=True))
+    assert started[by_name["train"]] == 3600.0  # when prep ended, not when it was submitted
+    assert started[by_name["eval"]] == 3600.0 + 7200.0
+    assert started[by_name["prep"]] == 0.0 and started[by_name["other"]] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("after", "message"),
+    [
+        ("afterok:nosuch", "'nosuch' is not in the trace"),
+        ("afterok:late", "'late' is submitted later"),
+        ("afterok:dup", "'dup' is not unique"),
+        ("before:a", "is not one of"),
+        ("afterok", "needs job names"),
+        ("afterok:a,afterany:a?after:a", "',' or '?'"),
+    ],
+)
+def test_bad_after_fields_name_their_line(tmp_path: Path, after: str, message: str) -> None:
+    from schedulerd.sim import TraceError, check_dependencies, read_trace
+
+    path = tmp_path / "t.csv"
+    path.write_text(
+        "job_id,submit_time_s,duration_s,gpus,user,group,status,after\n"
+        "a,0,10,1,u,g,completed,\n"
+        "dup,0,10,1,u,g,completed,\n"
+        "dup,1,10,1,u,g,completed,\n"
+        f'x,5,10,1,u,g,completed,"{after}"\n'
+        "late,9,10,1,u,g,completed,\n"
+    )
+    with pytest.raises(TraceError, match=message) as caught:
+        check_dependencies(read_trace(path), str(path))
+    assert ":5:" in str(caught.value) and "\n" not in str(caught.value)
