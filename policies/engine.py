@@ -18,7 +18,16 @@ from types import MappingProxyType
 from policies.handoff import choose_handoffs
 from policies.placement import FreeMap, Placement
 from policies.preemption import ClaimRule, choose_victims
-from policies.snapshot import ClusterSnapshot, PendingJob, Plan, Preemption, RunningJob, Start
+from policies.quota import QuotaBook, quota_claim
+from policies.snapshot import (
+    ClusterSnapshot,
+    NodeView,
+    PendingJob,
+    Plan,
+    Preemption,
+    RunningJob,
+    Start,
+)
 
 INF = float("inf")
 
@@ -81,6 +90,8 @@ def _reserve(
         for name, node in free.nodes.items():
             if node.gpu_count < job.gpus:
                 continue
+            if job.gpu_types and len(free.of_types(job.gpu_types) & _gpus_of(node)) < job.gpus:
+                continue
             have, at = len(free.free[name]), now
             for end, count in sorted(ends.get(name, [])):
                 if have >= job.gpus:
@@ -90,7 +101,8 @@ def _reserve(
                 at = INF
             if best is None or (at, name) < (best[0], best[1]):
                 best = (at, name, have - job.gpus)
-        assert best is not None
+        if best is None:  # no node has enough GPUs of the job's types
+            return Reservation(job, INF, frozenset(), {})
         return Reservation(job, best[0], frozenset({best[1]}), {best[1]: max(0, best[2])})
     idle_at = sorted(
         (max((e for e, _ in ends.get(name, [])), default=now), name) for name in free.nodes
@@ -103,6 +115,10 @@ def _reserve(
         total += free.nodes[name].gpu_count
         at = max(at, t)
     return Reservation(job, at if total >= job.gpus else INF, frozenset(chosen), {})
+
+
+def _gpus_of(node: NodeView) -> frozenset[tuple[str, int]]:
+    return frozenset((node.name, g.index) for g in node.gpus)
 
 
 def _backfill(job: PendingJob, free: FreeMap, res: Reservation, now: float) -> Placement | None:
@@ -140,6 +156,12 @@ def decide(
     reasons: dict[int, str] = {}
     reservation: Reservation | None = None
     tries = knobs.preemption_tries
+    # quotas (policies/quota.py): who may start, and who may reclaim a guarantee
+    quotas = snapshot.quotas
+    book = QuotaBook(snapshot, quotas) if quotas is not None and quotas.active else None
+    if book is not None:
+        claim = quota_claim(book, claim)
+        context = book.with_context(context)
 
     def note(job: PendingJob, position: int, why: str) -> None:
         extra = context(job, position) if context else ""
@@ -148,6 +170,8 @@ def decide(
     def start(job: PendingJob, placement: Placement, backfilled: bool) -> None:
         free.take(placement.parts, job)
         why_cache.clear()
+        if book is not None:
+            book.charge(job, placement.parts)
         starts.append(Start(job.job_id, placement.parts, backfilled))
         limit = job.time_limit_s
         running.append(
@@ -223,6 +247,18 @@ def decide(
             if explain:  # cannot run here now, and so blocks no one
                 note(job, position, why_not_placed(job, free))
             continue
+        if job.gpu_types and free.typed_total(job.gpu_types) < job.gpus:
+            if explain:
+                have = free.typed_total(job.gpu_types)
+                kinds = ", ".join(sorted(job.gpu_types))
+                note(job, position, f"needs {job.gpus} GPUs of type {kinds}, {have} are up")
+            continue
+        if book is not None:
+            job, over = book.admit(job, free)
+            if over:  # a quota holds it back, not the cluster: it blocks no one
+                if explain:
+                    note(job, position, over)
+                continue
         if not snapshot.multi_node and job.gpus > free.widest:
             if explain:
                 note(

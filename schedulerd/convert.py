@@ -34,6 +34,7 @@ def spec_of(job: JobRecord, script: bytes = b"") -> pb.JobSpec:
         max_restarts=job.max_restarts,
         checkpoint_dir=job.checkpoint_dir,
         slurm=job.slurm,
+        gpu_types=job.gpu_types,
     )
 
 

@@ -32,6 +32,7 @@ from policies import (
     SlurmCapacity,
     handoff_after,
 )
+from policies.quota import AccountQuota, Quotas, UserLimits, normalise_type
 from schedulerd.changes import claim_change, preempt_change, start_changes
 from schedulerd.jobstate import ON_NODE, JobState
 from schedulerd.ledger import Ledger
@@ -87,6 +88,7 @@ class Cycle:
         self.slurm = slurm
         self.last_checkpoint = last_checkpoint  # the simulator's; else the agents' reports
         self.accounts = account_tree(config)
+        self.quotas = quotas_of(config)
         self.views = SnapshotCache()
         self._order: tuple[int, ...] = ()
         self._positions: dict[int, int] | None = {}
@@ -123,6 +125,7 @@ class Cycle:
             self.handoff_after,
             multi_node=False,  # the agents launch single-node jobs only
             last_checkpoint=self.last_checkpoint,
+            quotas=self.quotas,
         )
 
     async def run(self) -> Plan:
@@ -231,6 +234,7 @@ def take_snapshot(
     handoff_after: Callable[[JobRecord], float] | None = None,
     multi_node: bool = False,
     last_checkpoint: Callable[[JobRecord, float], float] | None = None,
+    quotas: Quotas | None = None,
 ) -> ClusterSnapshot:
     """`cache` keeps each job's frozen view while its record is the same object (records
     are replaced on every change), so a long queue costs little to snapshot."""
@@ -297,6 +301,7 @@ def take_snapshot(
                 restarts=job.restarts,
                 claimed_node=job.claimed_node,
                 handoff_after_s=handoff_after(job) if handoff_after is not None else -1.0,
+                gpu_types=frozenset(normalise_type(t) for t in job.gpu_types),
             )
             pending_cache[job.job_id] = (job, waiting)
             pending.append(waiting)
@@ -335,6 +340,7 @@ def take_snapshot(
         MappingProxyType(dict(usage or {})),
         slurm,
         multi_node,
+        quotas,
     )
 
 
@@ -350,7 +356,12 @@ def _slots(node: NodeRecord) -> tuple[GpuSlot, ...]:
         return kept[1]
     sick = node.gpu_health
     slots = tuple(
-        GpuSlot(g.index, g.uuid, frozenset(p for p in g.nvlink_peers if p not in sick))
+        GpuSlot(
+            g.index,
+            g.uuid,
+            frozenset(p for p in g.nvlink_peers if p not in sick),
+            normalise_type(g.model),
+        )
         for g in node.gpus
         if g.index not in sick
     )
@@ -365,3 +376,20 @@ def account_tree(config: Config) -> AccountTree:
     if config.default_account not in {a.name for a in config.accounts}:
         teams.append(Account(config.default_account, config.default_shares))
     return AccountTree.build(Account("root", 1.0, tuple(teams)), config.default_account)
+
+
+def quotas_of(config: Config) -> Quotas | None:
+    """The quotas of [fairshare] as the policies take them; None when there are none."""
+    accounts = {
+        a.name: AccountQuota(
+            MappingProxyType(dict(a.guaranteed)), MappingProxyType(dict(a.limit)), a.lend
+        )
+        for a in config.accounts
+        if a.guaranteed or a.limit or not a.lend
+    }
+    users = {name: UserLimits(u.max_running_gpus, u.max_pending_jobs) for name, u in config.users}
+    default = UserLimits(config.user_limits.max_running_gpus, config.user_limits.max_pending_jobs)
+    quotas = Quotas(
+        MappingProxyType(accounts), MappingProxyType(users), default, config.reclaim_after_s
+    )
+    return quotas if quotas.active else None

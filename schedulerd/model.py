@@ -55,6 +55,7 @@ class JobRecord:
     slurm_state: str = ""
     slurm_charged_until: float = 0.0  # its Slurm GPU time is in the ledger up to here
     submit_key: str = ""  # the client's idempotency key ("": none)
+    gpu_types: list[str] = field(default_factory=list)  # GPU types it accepts; empty: any
 
     # Defaults for jobs submitted since cluster ids exist; `%C` is replaced at submit by the
     # id of the cluster's database, so a new cluster's job 1 is not an old cluster's job 1.

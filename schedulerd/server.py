@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import logging
 import os
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -25,7 +26,7 @@ from schedulerd.errors import Refused
 from schedulerd.jobstate import IllegalTransition, JobState
 from schedulerd.model import EventRecord, GpuInfo, JobRecord, NodeRecord
 from schedulerd.peercred import ANONYMOUS, Caller, PeerCredFrontDoor
-from schedulerd.requests import validate
+from schedulerd.requests import check_pending_cap, validate
 from schedulerd.store import DatabaseFull
 
 log = logging.getLogger(__name__)
@@ -257,6 +258,7 @@ class ClientService(pb_grpc.ClientServiceServicer):
         self.v = scheduler.verbs
         self.ids = ids
         self.watchers = watchers
+        self._submitting: Counter[str] = Counter()
 
     async def _submit(self, caller: Caller, request: pb.SubmitJobRequest) -> int:
         if caller.anonymous:
@@ -272,7 +274,24 @@ class ClientService(pb_grpc.ClientServiceServicer):
             self.v.is_admin,
             self.s.clock(),
         )
-        return await self.v.submit(record, request.spec.script, request.idempotency_key)
+        if not self._capped(caller.user):
+            return await self.v.submit(record, request.spec.script, request.idempotency_key)
+        # max_pending_jobs: the jobs it has waiting, and its submits not yet stored
+        queued = self._submitting[caller.user] + sum(
+            1
+            for j in self.s.state.jobs.values()
+            if j.user == caller.user and j.state in (JobState.PENDING, JobState.HELD)
+        )
+        check_pending_cap(caller.user, self.s.config, queued)
+        self._submitting[caller.user] += 1
+        try:
+            return await self.v.submit(record, request.spec.script, request.idempotency_key)
+        finally:
+            self._submitting[caller.user] -= 1
+
+    def _capped(self, user: str) -> bool:
+        config = self.s.config
+        return bool(dict(config.users).get(user, config.user_limits).max_pending_jobs)
 
     async def SubmitJob(self, request: pb.SubmitJobRequest, context: Ctx) -> pb.SubmitJobResponse:
         caller = self.ids.caller(context)

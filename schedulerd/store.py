@@ -88,6 +88,7 @@ class JobRow(Base):
     slurm_charged_until: Mapped[float] = mapped_column(Float, default=0.0)
     # unique per uid (index ix_jobs_uid_submit_key); NULL when the client sent no key
     submit_key: Mapped[str | None] = mapped_column(String(128), nullable=True, default=None)
+    gpu_types: Mapped[list[str] | None] = mapped_column(JSON, nullable=True, default=list)
 
 
 class ClusterRow(Base):
@@ -155,6 +156,7 @@ _JOB_FIELDS = [f.name for f in fields(JobRecord) if f.name not in ("job_id", "st
 def _record(row: JobRow) -> JobRecord:
     values = {f: getattr(row, f) for f in _JOB_FIELDS}
     values["submit_key"] = values["submit_key"] or ""
+    values["gpu_types"] = values["gpu_types"] or []
     return JobRecord(job_id=row.id, state=JobState(row.state), **values)
 
 
