@@ -9,7 +9,7 @@ import hmac
 import logging
 import os
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -18,6 +18,7 @@ from gshare.api import gshare_pb2 as pb
 from gshare.api import gshare_pb2_grpc as pb_grpc
 from gshare.client import MAX_MESSAGE_BYTES
 from gshare.limits import MAX_SPEC_BYTES, SCRIPT_CEILING
+from policies.quota import AccountStanding
 from schedulerd import agents as ag
 from schedulerd.changes import JobReport
 from schedulerd.convert import job_to_pb, node_to_pb, set_gpu_stats, spec_of
@@ -252,6 +253,23 @@ def job_pb(
     return msg
 
 
+def _quota_text(quota: Mapping[str, int]) -> str:
+    if set(quota) == {""}:
+        return str(quota[""])
+    return " ".join(f"{kind or '*'}={count}" for kind, count in sorted(quota.items()))
+
+
+def _set_quota(row: pb.AccountUsage, standing: AccountStanding) -> None:
+    row.guaranteed = _quota_text(standing.guaranteed)
+    row.limit = _quota_text(standing.limit)
+    row.lend = standing.lend
+    row.borrowing = standing.borrowing
+    row.borrows_from.extend(standing.borrows_from)
+    row.reclaim_in_s = standing.reclaim_in_s
+    row.reclaim_from.extend(standing.reclaim_from)
+    row.held_gpus = standing.holds
+
+
 class ClientService(pb_grpc.ClientServiceServicer):
     def __init__(self, scheduler: Scheduler, ids: Identities, watchers: Watchers) -> None:
         self.s = scheduler
@@ -391,6 +409,7 @@ class ClientService(pb_grpc.ClientServiceServicer):
                 seconds = self.s.ledger.idle_usage.get(path[-1], 0.0)
                 for depth in range(1, len(path) + 1):
                     idle[path[:depth]] = idle.get(path[:depth], 0.0) + seconds
+        quotas, warnings = self.v.quota_report()
         rows = []
         for path, s in sorted(standings.standings.items()):
             running, pending = gpus.get(path, [0, 0])
@@ -412,9 +431,16 @@ class ClientService(pb_grpc.ClientServiceServicer):
                     idle_gpu_s=idle.get(path, 0.0),
                 )
             )
+            quota = quotas.get(path[0]) if len(path) == 1 else None
+            if quota is not None:
+                _set_quota(rows[-1], quota)
         total = sum(len(n.gpus) for n in self.s.state.nodes.values())
         return pb.GetUsageResponse(
-            accounts=rows, half_life_s=self.s.config.half_life_s, cluster_gpus=total
+            accounts=rows,
+            half_life_s=self.s.config.half_life_s,
+            cluster_gpus=total,
+            warnings=warnings,
+            reclaim_after_s=self.s.config.reclaim_after_s,
         )
 
     async def WatchCluster(
