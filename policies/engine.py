@@ -206,11 +206,15 @@ def decide(
 
     def try_preempt(job: PendingJob, position: int) -> bool:
         nonlocal tries
-        if not knobs.preemption or claim is None or tries <= 0 or not eligible:
+        if not knobs.preemption or claim is None or not eligible:
+            return False
+        # a guarantee due back is reclaimed whatever the tries left (few jobs are ever due)
+        reclaiming = book is not None and book.could_reclaim(job)
+        if tries <= 0 and not reclaiming:
             return False
         if job.priority <= lowest_class and could_claim is not None and not could_claim(job):
             return False  # no claim on anyone: not worth a search, nor a try
-        tries -= 1
+        tries -= 0 if reclaiming else 1
         taken = {p.job_id for p in preemptions}
         candidates = [r for r in eligible if r.job_id not in taken and r.node not in promised]
         off = promised | (reservation.nodes if reservation is not None else frozenset())
@@ -293,7 +297,7 @@ def decide(
                 )
             continue
         # behind the first blocked job: backfill, if the job can fit anywhere at all now
-        if not free.free_count and not explain and tries <= 0:
+        if not free.free_count and not explain and tries <= 0 and book is None:
             break  # nothing more can start or preempt, and no one needs to be told why
         if knobs.backfill and free.largest_block() >= min(job.gpus, free.widest):
             placement = _backfill(job, free, reservation, now)
