@@ -24,6 +24,7 @@ job may start (and on which types) and charges each start to it.
 from __future__ import annotations
 
 import functools
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -100,7 +101,9 @@ def _key_text(key: str) -> str:
 
 
 def _when(seconds: float) -> str:
-    return f"in about {max(1, round(seconds / 60))} min" if seconds > 0 else "now"
+    if seconds < 90:
+        return f"in {max(1, math.ceil(seconds))}s"
+    return f"in about {round(seconds / 60)} min"
 
 
 class QuotaBook:

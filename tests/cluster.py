@@ -57,6 +57,7 @@ class Cluster:
     gpus_per_node: int = 4
     agents: int = 2
     config: str = ""
+    gpu_models: tuple[str, ...] = ()  # the fake GPUs' model, node by node in turn
     scheduler: subprocess.Popen[bytes] | None = None
     agent_procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -140,6 +141,7 @@ class Cluster:
                 str(self.root / f"agent-{name}"),
                 "--fake-gpus",
                 str(self.gpus_per_node),
+                *self._model_args(name),
                 "--config",
                 str(self.root / "gshare.toml"),
                 "--log-level",
@@ -149,6 +151,12 @@ class Cluster:
             stderr=log,
             env=self.env(),
         )
+
+    def _model_args(self, name: str) -> list[str]:
+        if not self.gpu_models:
+            return []
+        index = self.node_names.index(name) % len(self.gpu_models)
+        return ["--fake-gpu-model", self.gpu_models[index]]
 
     def kill_scheduler(self, sig: int = signal.SIGKILL) -> None:
         assert self.scheduler is not None

@@ -240,6 +240,7 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
         ("Queue", job.spec.queue),
         ("Priority", str(job.spec.priority)),
         ("GPUs", f"{job.spec.gpus} requested; assigned {gpus}"),
+        ("GPU types", printable(", ".join(job.spec.gpu_types)) or "any"),
         ("Time limit", format_duration(job.spec.time_limit_s) if job.spec.time_limit_s else "none"),
         ("Submitted", _when(job.submit_time)),
         ("Started", _when(job.start_time)),
