@@ -5,6 +5,7 @@ per-user cap on waiting jobs refused at submit."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,9 @@ from gshare.api import gshare_pb2 as pb
 from gshare.client import Client, ClientError
 from tests.cluster import Cluster, wait_until
 from tests.conftest import needs_root
+from tests.integration.test_top import settle, text_of
+from tui.app import GshareTop
+from tui.cluster import ClusterView
 
 # root's jobs (team nlp) borrow; nobody's (team vision) are guaranteed the node's 4 GPUs
 RECLAIM = """
@@ -186,3 +190,53 @@ def test_gpu_types_place_jobs_and_bad_types_and_caps_are_refused(
             client.submit(spec)
         assert message in str(err.value), (kinds, err.value)
         assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[fairshare.accounts.vision]\nguaranteed = nan\n", "guaranteed must be a whole number"),
+        ("[fairshare.accounts.vision]\nguaranteed = 8\nlimit = 4\n", "limit (4) must not be"),
+        ("[fairshare.accounts.vision]\nlend = 1\n", "lend must be a bool"),
+        ("[fairshare]\nmax_pending_jobs = -1\n", "max_pending_jobs must be between 0"),
+        ("[fairshare.users.a]\nmax_running = 1\n", "unknown key 'max_running'"),
+    ],
+)
+def test_a_bad_quota_stops_the_scheduler_at_start_up(open_tmp: Path, text: str, key: str) -> None:
+    config = open_tmp / "gshare.toml"
+    config.write_text(text)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "schedulerd.main",
+            "--state-dir",
+            str(open_tmp / "state"),
+            "--socket",
+            str(open_tmp / "gshare.sock"),
+            "--config",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 2 and key in res.stderr and res.stderr.count("\n") == 1, res.stderr
+    assert not (open_tmp / "gshare.sock").exists()
+
+
+async def test_top_shows_each_nodes_gpu_model_and_busy_gpus_per_type(
+    cluster_factory: Callable[..., Cluster], workdir: Path
+) -> None:
+    cluster = cluster_factory(
+        agents=2, gpus_per_node=2, gpu_models=("NVIDIA A100-SXM4-80GB", "NVIDIA H100 80GB HBM3")
+    )
+    job_id = cluster.submit("--gpu-type", "h100", "--wrap", "sleep 300", cwd=workdir)
+    cluster.wait_state(job_id, "RUNNING")
+    app = GshareTop(cluster.address)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await settle(pilot, lambda: app.model.synced and job_id in app.model.jobs)
+        shown = text_of(app.query_one(ClusterView).render_cluster())
+    assert "1/4 GPUs busy · NVIDIA A100-SXM4-80GB 0/2 · NVIDIA H100 80GB HBM3 1/2" in shown
+    assert "node1 · up · 1/2 GPUs busy  NVIDIA H100 80GB HBM3" in shown
+    cluster.gshare("cancel", str(job_id))
