@@ -217,7 +217,9 @@ def decide(
         tries -= 0 if reclaiming else 1
         taken = {p.job_id for p in preemptions}
         candidates = [r for r in eligible if r.job_id not in taken and r.node not in promised]
-        off = promised | (reservation.nodes if reservation is not None else frozenset())
+        # a guarantee comes before a backfill reservation: a reclaim may take from its nodes
+        held_for = reservation.nodes if reservation is not None and not reclaiming else ()
+        off = promised | frozenset(held_for)
         choice = choose_victims(job, free, candidates, now, knobs.min_runtime_s, claim, off)
         if choice is None:
             return False
@@ -226,6 +228,9 @@ def decide(
         promised.add(choice.node)
         ids = ", ".join(str(v.job_id) for v in choice.victims)
         note(job, position, f"preempting job {ids} on {choice.node}")
+        if book is not None:  # the GPUs being freed count as the job's from now on
+            free_here = ((choice.node, tuple(free.free[choice.node])),)
+            book.promise(job, (*free_here, *(v.parts[0] for v in choice.victims)), choice.victims)
         return True
 
     # Jobs that preempted others earlier get the GPUs freed for them first.
@@ -235,6 +240,8 @@ def decide(
             if node and job.job_id in yielding:
                 promised.add(node)
             continue
+        if book is not None and book.admit(job, free)[1]:
+            continue  # over a quota now: it waits in line like any other (reason below)
         placement = free.find(job, exclude=frozenset(free.nodes) - {node})
         if placement is not None:
             start(job, placement, backfilled=False)

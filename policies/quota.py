@@ -122,8 +122,35 @@ class QuotaBook:
         )
         self.held: dict[str, Counter[str]] = {}  # account -> model -> GPUs
         self.user_gpus: Counter[str] = Counter()
+        # GPUs being freed for a waiting job count as that job's already, not the victim's:
+        # else its team could reclaim again while they are being freed
+        claimants = {j.job_id: j for j in snapshot.pending}
+        freed: dict[int, list[Part]] = {}
         for r in snapshot.running:
-            self._charge(r.user, r.parts)
+            if r.yielding_to in claimants:
+                freed.setdefault(r.yielding_to, []).extend(r.parts)
+            else:
+                self._charge(r.user, r.parts)
+        # GPUs each account waits for within its guarantees: free GPUs are not lent while
+        # an account has work waiting for them (what it waits for, by type key)
+        self.wanting: dict[str, Counter[str]] = {}
+        self._wants: dict[int, tuple[str, tuple[str, ...]]] = {}
+        for job in snapshot.pending:
+            team = self.team_of(job.user)
+            keys = tuple(
+                key
+                for key in quotas.accounts.get(team, AccountQuota()).guaranteed
+                if key == ANY
+                or not job.gpu_types
+                or any(type_matches(key, t) for t in job.gpu_types)
+            )
+            if keys and job.job_id not in freed:
+                self._wants[job.job_id] = (team, keys)
+                wanting = self.wanting.setdefault(team, Counter())
+                for key in keys:
+                    wanting[key] += job.gpus
+        for job_id, parts in freed.items():
+            self.promise(claimants[job_id], parts)
 
     # ------------------------------------------------------------ holdings
 
@@ -136,6 +163,29 @@ class QuotaBook:
 
     def charge(self, job: PendingJob, parts: Iterable[Part]) -> None:
         self._charge(job.user, parts)
+        self._served(job)
+
+    def _served(self, job: PendingJob) -> None:
+        wants = self._wants.pop(job.job_id, None)
+        if wants is not None:
+            team, keys = wants
+            for key in keys:
+                self.wanting[team][key] -= job.gpus
+
+    def promise(
+        self, job: PendingJob, freed: Iterable[Part], victims: Iterable[RunningJob] = ()
+    ) -> None:
+        """`job` will run on GPUs freed by preempting `victims`: charge it for as many of
+        them as it takes, and the victims' accounts no longer."""
+        for victim in victims:
+            held = self.held.setdefault(self.team_of(victim.user), Counter())
+            for node, gpus in victim.parts:
+                for g in gpus:
+                    held[self.model.get((node, g), "")] -= 1
+                    self.user_gpus[victim.user] -= 1
+        taken = [(node, g) for node, gs in freed for g in gs][: job.gpus]
+        self._charge(job.user, [(node, (g,)) for node, g in taken])
+        self._served(job)
 
     def holds(self, team: str, key: str = ANY) -> int:
         held = self.held.get(team)
@@ -181,7 +231,10 @@ class QuotaBook:
             if key != ANY and self.holds(team, key) + job.gpus > cap_k:
                 models = {m for m in models if not type_matches(key, m)}
                 shut.append(f"its {key} limit of {cap_k}")
-        kept = self._kept_for_others(team, free)
+        # a job that would borrow leaves free the GPUs others are guaranteed and wait for
+        # (or, if they do not lend, do not use)
+        borrows = self.holds(team) + job.gpus > quota.guaranteed.get(ANY, 0)
+        kept = self._kept_for_others(team) if borrows else {}
         for key, count in kept.items():
             room = self._free_of(free, key, models)
             if room - job.gpus < count:
@@ -195,28 +248,38 @@ class QuotaBook:
             return job, f"team {team} is at " + "; ".join(shut)
         return replace(job, gpu_types=frozenset(models)), ""
 
-    def _kept_for_others(self, team: str, free: FreeMap) -> dict[str, int]:
-        """Idle guaranteed GPUs of accounts that do not lend them, by type key."""
+    def _kept(self, other: str, key: str, count: int, lend: bool) -> int:
+        idle = count - self.holds(other, key)
+        if lend:  # lent, unless the account has work waiting for them
+            idle = min(idle, self.wanting.get(other, Counter())[key])
+        return max(0, idle)
+
+    def _kept_for_others(self, team: str) -> dict[str, int]:
+        """Free GPUs kept for other accounts' guarantees, by type key."""
         kept: dict[str, int] = {}
         for other, quota in self.quotas.accounts.items():
-            if quota.lend or other == team:
+            if other == team:
                 continue
             for key, count in quota.guaranteed.items():
-                idle = count - self.holds(other, key)
+                idle = self._kept(other, key, count, quota.lend)
                 if idle > 0:
                     kept[key] = kept.get(key, 0) + idle
         return kept
 
     def _kept_reason(self, team: str, key: str) -> str:
         owners = sorted(
-            other
+            (q.lend, other)
             for other, q in self.quotas.accounts.items()
-            if not q.lend and other != team and q.guaranteed.get(key, 0) > self.holds(other, key)
+            if other != team and self._kept(other, key, q.guaranteed.get(key, 0), q.lend) > 0
         )
-        return (
-            f"the idle {_key_text(key)}GPUs are guaranteed to team {', '.join(owners)}, "
-            "which does not lend them"
-        )
+        lenders = [o for lend, o in owners if lend]
+        keepers = [o for lend, o in owners if not lend]
+        why = []
+        if keepers:
+            why.append(f"team {', '.join(keepers)}, which does not lend them")
+        if lenders:
+            why.append(f"team {', '.join(lenders)}, which has work waiting for them")
+        return f"the free {_key_text(key)}GPUs are guaranteed to " + " and ".join(why)
 
     def _free_of(self, free: FreeMap, key: str, models: set[str]) -> int:
         if key == ANY and len(models) == len(self.capacity):
@@ -276,12 +339,19 @@ class QuotaBook:
         )
 
     def protected(self, victim: RunningJob) -> bool:
-        """A job within its account's guarantee: no fair-share claim may take it."""
+        """Whether taking `victim` would leave its account under a guarantee: then no
+        fair-share claim may take it."""
         team = self.team_of(victim.user)
-        guaranteed = self.quota(team).guaranteed
-        return bool(guaranteed) and all(
-            self.holds(team, key) <= count for key, count in guaranteed.items()
-        )
+        for key, count in self.quota(team).guaranteed.items():
+            mine = sum(
+                1
+                for node, gpus in victim.parts
+                for g in gpus
+                if key == ANY or type_matches(key, self.model.get((node, g), ""))
+            )
+            if mine and self.holds(team, key) - mine < count:
+                return True
+        return False
 
     # ------------------------------------------------------------ words
 

