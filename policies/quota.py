@@ -70,6 +70,9 @@ class AccountQuota:
     lend: bool = True
 
 
+NO_QUOTA = AccountQuota()
+
+
 @dataclass(frozen=True, slots=True)
 class UserLimits:
     max_running_gpus: int = 0  # 0: no limit
@@ -113,7 +116,11 @@ class QuotaBook:
         self.quotas = quotas
         self.now = snapshot.now
         users = {j.user for j in snapshot.pending} | {r.user for r in snapshot.running}
-        self.team_of: Callable[[str], str] = snapshot.accounts.with_users(users).team_of
+        tree = snapshot.accounts.with_users(users)
+        self._teams: dict[str, str] = {}
+        self._path_team: Callable[[str], str] = tree.team_of
+        # derived figures (holds, borrowers), dropped whenever a holding changes
+        self._cache: dict[tuple[str, str, str], object] = {}
         self.model: dict[tuple[str, int], str] = {
             (n.name, g.index): g.model for n in snapshot.nodes for g in n.gpus
         }
@@ -139,7 +146,7 @@ class QuotaBook:
             team = self.team_of(job.user)
             keys = tuple(
                 key
-                for key in quotas.accounts.get(team, AccountQuota()).guaranteed
+                for key in quotas.accounts.get(team, NO_QUOTA).guaranteed
                 if key == ANY
                 or not job.gpu_types
                 or any(type_matches(key, t) for t in job.gpu_types)
@@ -154,7 +161,14 @@ class QuotaBook:
 
     # ------------------------------------------------------------ holdings
 
+    def team_of(self, user: str) -> str:
+        team = self._teams.get(user)
+        if team is None:
+            team = self._teams[user] = self._path_team(user)
+        return team
+
     def _charge(self, user: str, parts: Iterable[Part]) -> None:
+        self._cache.clear()
         held = self.held.setdefault(self.team_of(user), Counter())
         for node, gpus in parts:
             for g in gpus:
@@ -177,6 +191,7 @@ class QuotaBook:
     ) -> None:
         """`job` will run on GPUs freed by preempting `victims`: charge it for as many of
         them as it takes, and the victims' accounts no longer."""
+        self._cache.clear()
         for victim in victims:
             held = self.held.setdefault(self.team_of(victim.user), Counter())
             for node, gpus in victim.parts:
@@ -188,15 +203,22 @@ class QuotaBook:
         self._served(job)
 
     def holds(self, team: str, key: str = ANY) -> int:
+        memo = ("holds", team, key)
+        got = self._cache.get(memo)
+        if got is not None:
+            return got  # type: ignore[return-value]
         held = self.held.get(team)
         if not held:
-            return 0
-        if key == ANY:
-            return sum(held.values())
-        return sum(c for m, c in held.items() if type_matches(key, m))
+            count = 0
+        elif key == ANY:
+            count = sum(held.values())
+        else:
+            count = sum(c for m, c in held.items() if type_matches(key, m))
+        self._cache[memo] = count
+        return count
 
     def quota(self, team: str) -> AccountQuota:
-        return self.quotas.accounts.get(team, AccountQuota())
+        return self.quotas.accounts.get(team, NO_QUOTA)
 
     def borrowing(self, team: str, key: str = ANY) -> int:
         """GPUs `team` holds beyond its guarantee (of `key` GPUs): what it has borrowed."""
@@ -251,7 +273,8 @@ class QuotaBook:
     def _kept(self, other: str, key: str, count: int, lend: bool) -> int:
         idle = count - self.holds(other, key)
         if lend:  # lent, unless the account has work waiting for them
-            idle = min(idle, self.wanting.get(other, Counter())[key])
+            wanting = self.wanting.get(other)
+            idle = min(idle, wanting[key] if wanting else 0)
         return max(0, idle)
 
     def _kept_for_others(self, team: str) -> dict[str, int]:
@@ -310,7 +333,13 @@ class QuotaBook:
         return None
 
     def _borrowers(self, team: str, key: str) -> list[str]:
-        return sorted(t for t in self.held if t != team and self.borrowing(t, key) > 0)
+        memo = ("borrowers", team, key)
+        got = self._cache.get(memo)
+        if got is None:
+            got = self._cache[memo] = sorted(
+                t for t in self.held if t != team and self.borrowing(t, key) > 0
+            )
+        return got  # type: ignore[return-value]
 
     def could_reclaim(self, job: PendingJob) -> bool:
         if self.now - job.submit_time < self.quotas.reclaim_after_s:
