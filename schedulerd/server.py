@@ -295,10 +295,13 @@ class ClientService(pb_grpc.ClientServiceServicer):
         if not self._capped(caller.user):
             return await self.v.submit(record, request.spec.script, request.idempotency_key)
         # max_pending_jobs: the jobs it has waiting, and its submits not yet stored
+        key = request.idempotency_key
+        mine = [j for j in self.s.state.jobs.values() if j.uid == caller.uid]
+        if key and any(j.submit_key == key for j in mine):
+            # a retried submit: its job is already queued, and is answered, never refused
+            return await self.v.submit(record, request.spec.script, key)
         queued = self._submitting[caller.user] + sum(
-            1
-            for j in self.s.state.jobs.values()
-            if j.user == caller.user and j.state in (JobState.PENDING, JobState.HELD)
+            1 for j in mine if j.state in (JobState.PENDING, JobState.HELD)
         )
         check_pending_cap(caller.user, self.s.config, queued)
         self._submitting[caller.user] += 1
