@@ -90,6 +90,10 @@ class MqttConfig:
         return bool(self.url)
 
 
+# A quota: (GPU type, GPUs); the type "" is GPUs of every type
+Quota = tuple[tuple[str, int], ...]
+
+
 @dataclass(frozen=True)
 class TlsConfig:
     """The TCP listeners' TLS ([server.tls]): the scheduler's certificate and key, and the
@@ -109,6 +113,15 @@ class AccountConfig:
     name: str
     shares: float
     users: tuple[tuple[str, float], ...]
+    guaranteed: Quota = ()
+    limit: Quota = ()
+    lend: bool = True
+
+
+@dataclass(frozen=True)
+class UserLimitsConfig:
+    max_running_gpus: int = 0  # 0: no limit
+    max_pending_jobs: int = 0  # 0: no limit
 
 
 @dataclass(frozen=True)
@@ -141,6 +154,9 @@ class Config:
     accounts: tuple[AccountConfig, ...] = ()
     default_account: str = "default"
     default_shares: float = 1.0
+    reclaim_after_s: float = 300.0  # an account under its guarantee waits this, then reclaims
+    user_limits: UserLimitsConfig = field(default_factory=UserLimitsConfig)  # everyone's
+    users: tuple[tuple[str, UserLimitsConfig], ...] = ()  # [fairshare.users.NAME]
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     telemetry_interval_s: float = 5.0  # the agents' sampling period
@@ -529,8 +545,60 @@ def parse_mqtt_url(url: str) -> tuple[str, int, bool]:
     return host, int(port_text) if port_text else (8883 if tls else 1883), tls
 
 
+MAX_QUOTA_GPUS = 10_000_000
+MAX_TYPE_CHARS = 64
+
+
+def _count(value: Any, key: str, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where}: {key} must be a whole number of GPUs, not {value!r}")
+    if not 0 <= value <= MAX_QUOTA_GPUS:
+        raise ConfigError(f"{where}: {key} must be between 0 and {MAX_QUOTA_GPUS}, not {value}")
+    return value
+
+
+def _quota(table: dict[str, Any], key: str, where: str) -> tuple[tuple[str, int], ...]:
+    """`key = 16` (GPUs of any type) or `key = { A100 = 8, "*" = 16 }` (per GPU type)."""
+    if key not in table:
+        return ()
+    value = table[key]
+    if not isinstance(value, dict):
+        return (("", _count(value, key, where)),)
+    out = []
+    for kind, count in value.items():
+        if kind != "*" and (
+            not kind.strip() or len(kind) > MAX_TYPE_CHARS or not all(c.isprintable() for c in kind)
+        ):
+            raise ConfigError(f"{where}: {key}: bad GPU type name {kind!r}")
+        out.append(("" if kind == "*" else kind, _count(count, f"{key}.{kind}", where)))
+    return tuple(out)
+
+
+def _user_limits(table: dict[str, Any], where: str, default: UserLimitsConfig) -> UserLimitsConfig:
+    return UserLimitsConfig(
+        _count(table["max_running_gpus"], "max_running_gpus", where)
+        if "max_running_gpus" in table
+        else default.max_running_gpus,
+        _count(table["max_pending_jobs"], "max_pending_jobs", where)
+        if "max_pending_jobs" in table
+        else default.max_pending_jobs,
+    )
+
+
+_ACCOUNT_KEYS = {"shares", "users", "guaranteed", "limit", "lend"}
+
+
 def _fairshare(table: dict[str, Any], where: str) -> dict[str, Any]:
-    known = {"half_life", "default_account", "default_shares", "accounts"}
+    known = {
+        "half_life",
+        "default_account",
+        "default_shares",
+        "accounts",
+        "reclaim_after",
+        "max_running_gpus",
+        "max_pending_jobs",
+        "users",
+    }
     for key in table:
         if key not in known:
             raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
@@ -555,6 +623,7 @@ def _fairshare(table: dict[str, Any], where: str) -> dict[str, Any]:
         awhere = f"{where[:-1]}.accounts.{name}]"
         if not isinstance(acct, dict):
             raise ConfigError(f"{awhere}: must be a table")
+        _known_keys(acct, _ACCOUNT_KEYS, awhere)
         acct_shares = _typed(acct, "shares", float, awhere, 1.0)
         if acct_shares < 0:
             raise ConfigError(f"{awhere}: shares must not be negative")
@@ -575,8 +644,34 @@ def _fairshare(table: dict[str, Any], where: str) -> dict[str, Any]:
                     f"{awhere}: user {user!r} is already in account {seen_users[user]!r}"
                 )
             seen_users[user] = name
-        accounts.append(AccountConfig(name, acct_shares, tuple(users)))
+        guaranteed = _quota(acct, "guaranteed", awhere)
+        limit = _quota(acct, "limit", awhere)
+        for kind, cap in limit:
+            promised = dict(guaranteed).get(kind, 0)
+            if cap < promised:
+                named = f"limit.{kind}" if kind else "limit"
+                raise ConfigError(
+                    f"{awhere}: {named} ({cap}) must not be under guaranteed ({promised})"
+                )
+        lend = _typed(acct, "lend", bool, awhere, True)
+        accounts.append(AccountConfig(name, acct_shares, tuple(users), guaranteed, limit, lend))
+    reclaim_after = 300
+    if isinstance(table.get("reclaim_after"), bool):
+        raise ConfigError(f"{where}: reclaim_after must be a duration, not a boolean")
+    if "reclaim_after" in table:
+        reclaim_after = _duration(table, "reclaim_after", where)
+    everyone = _user_limits(table, where, UserLimitsConfig())
+    per_user = []
+    for user, limits in _section(table, "users", where).items():
+        uwhere = f"{where[:-1]}.users.{user}]"
+        if not isinstance(limits, dict):
+            raise ConfigError(f"{uwhere}: must be a table")
+        _known_keys(limits, {"max_running_gpus", "max_pending_jobs"}, uwhere)
+        per_user.append((user, _user_limits(limits, uwhere, everyone)))
     return {
+        "reclaim_after_s": float(reclaim_after),
+        "user_limits": everyone,
+        "users": tuple(per_user),
         "half_life_s": half_life,
         "accounts": tuple(accounts),
         "default_account": _typed(table, "default_account", str, where, "default"),

@@ -18,7 +18,16 @@ from types import MappingProxyType
 from policies.handoff import choose_handoffs
 from policies.placement import FreeMap, Placement
 from policies.preemption import VICTIM_ORDERS, ClaimRule, choose_victims
-from policies.snapshot import ClusterSnapshot, PendingJob, Plan, Preemption, RunningJob, Start
+from policies.quota import QuotaBook, quota_claim
+from policies.snapshot import (
+    ClusterSnapshot,
+    NodeView,
+    PendingJob,
+    Plan,
+    Preemption,
+    RunningJob,
+    Start,
+)
 
 INF = float("inf")
 
@@ -82,6 +91,8 @@ def _reserve(
         for name, node in free.nodes.items():
             if node.gpu_count < job.gpus:
                 continue
+            if job.gpu_types and len(free.of_types(job.gpu_types) & _gpus_of(node)) < job.gpus:
+                continue
             have, at = len(free.free[name]), now
             for end, count in sorted(ends.get(name, [])):
                 if have >= job.gpus:
@@ -91,7 +102,8 @@ def _reserve(
                 at = INF
             if best is None or (at, name) < (best[0], best[1]):
                 best = (at, name, have - job.gpus)
-        assert best is not None
+        if best is None:  # no node has enough GPUs of the job's types
+            return Reservation(job, INF, frozenset(), {})
         return Reservation(job, best[0], frozenset({best[1]}), {best[1]: max(0, best[2])})
     idle_at = sorted(
         (max((e for e, _ in ends.get(name, [])), default=now), name) for name in free.nodes
@@ -104,6 +116,10 @@ def _reserve(
         total += free.nodes[name].gpu_count
         at = max(at, t)
     return Reservation(job, at if total >= job.gpus else INF, frozenset(chosen), {})
+
+
+def _gpus_of(node: NodeView) -> frozenset[tuple[str, int]]:
+    return frozenset((node.name, g.index) for g in node.gpus)
 
 
 def _backfill(job: PendingJob, free: FreeMap, res: Reservation, now: float) -> Placement | None:
@@ -141,6 +157,12 @@ def decide(
     reasons: dict[int, str] = {}
     reservation: Reservation | None = None
     tries = knobs.preemption_tries
+    # quotas (policies/quota.py): who may start, and who may reclaim a guarantee
+    quotas = snapshot.quotas
+    book = QuotaBook(snapshot, quotas) if quotas is not None and quotas.active else None
+    if book is not None:
+        claim = quota_claim(book, claim)
+        context = book.with_context(context)
 
     def note(job: PendingJob, position: int, why: str) -> None:
         extra = context(job, position) if context else ""
@@ -149,6 +171,8 @@ def decide(
     def start(job: PendingJob, placement: Placement, backfilled: bool) -> None:
         free.take(placement.parts, job)
         why_cache.clear()
+        if book is not None:
+            book.charge(job, placement.parts)
         starts.append(Start(job.job_id, placement.parts, backfilled))
         limit = job.time_limit_s
         running.append(
@@ -187,14 +211,20 @@ def decide(
 
     def try_preempt(job: PendingJob, position: int) -> bool:
         nonlocal tries
-        if tries <= 0 or claim is None:
+        if not knobs.preemption or claim is None or not eligible:
+            return False
+        # a guarantee due back is reclaimed whatever the tries left (few jobs are ever due)
+        reclaiming = book is not None and book.could_reclaim(job)
+        if tries <= 0 and not reclaiming:
             return False
         if job.priority <= lowest_class and could_claim is not None and not could_claim(job):
             return False  # no claim on anyone: not worth a search, nor a try
-        tries -= 1
+        tries -= 0 if reclaiming else 1
         taken = {p.job_id for p in preemptions}
         candidates = [r for r in eligible if r.job_id not in taken and r.node not in promised]
-        off = promised | (reservation.nodes if reservation is not None else frozenset())
+        # a guarantee comes before a backfill reservation: a reclaim may take from its nodes
+        held_for = reservation.nodes if reservation is not None and not reclaiming else ()
+        off = promised | frozenset(held_for)
         choice = choose_victims(
             job, free, candidates, now, knobs.min_runtime_s, claim, off, victim_cost
         )
@@ -205,6 +235,9 @@ def decide(
         promised.add(choice.node)
         ids = ", ".join(str(v.job_id) for v in choice.victims)
         note(job, position, f"preempting job {ids} on {choice.node}")
+        if book is not None:  # the GPUs being freed count as the job's from now on
+            free_here = ((choice.node, tuple(free.free[choice.node])),)
+            book.promise(job, (*free_here, *(v.parts[0] for v in choice.victims)), choice.victims)
         return True
 
     # Jobs that preempted others earlier get the GPUs freed for them first.
@@ -214,6 +247,8 @@ def decide(
             if node and job.job_id in yielding:
                 promised.add(node)
             continue
+        if book is not None and book.admit(job, free)[1]:
+            continue  # over a quota now: it waits in line like any other (reason below)
         placement = free.find(job, exclude=frozenset(free.nodes) - {node})
         if placement is not None:
             start(job, placement, backfilled=False)
@@ -234,6 +269,18 @@ def decide(
             if explain:  # cannot run here now, and so blocks no one
                 note(job, position, why_not_placed(job, free))
             continue
+        if job.gpu_types and free.typed_total(job.gpu_types) < job.gpus:
+            if explain:
+                have = free.typed_total(job.gpu_types)
+                kinds = ", ".join(sorted(job.gpu_types))
+                note(job, position, f"needs {job.gpus} GPUs of type {kinds}, {have} are up")
+            continue
+        if book is not None:
+            job, over = book.admit(job, free)
+            if over:  # a quota holds it back, not the cluster: it blocks no one
+                if explain:
+                    note(job, position, over)
+                continue
         if not snapshot.multi_node and job.gpus > free.widest:
             if explain:
                 note(
@@ -277,7 +324,8 @@ def decide(
                 )
             continue
         # behind the first blocked job: backfill, if the job can fit anywhere at all now
-        if not free.free_count and tries <= 0:
+        # (with quotas a guarantee due back may still preempt: no short path then)
+        if not free.free_count and tries <= 0 and book is None:
             if not explain:
                 break  # nothing more can start or preempt, and no one needs to be told why
             exhausted = True

@@ -15,6 +15,7 @@ import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from policies.quota import accepts
 from policies.snapshot import NodeView, Part, PendingJob
 
 
@@ -77,6 +78,29 @@ class FreeMap:
         self.buckets: list[list[str]] = [[] for _ in range(self.widest + 1)]
         for name in sorted(self.nodes):
             self.buckets[len(self.free[name])].append(name)
+        self._typed: dict[frozenset[str], frozenset[tuple[str, int]]] = {}
+
+    # ------------------------------------------------------------ GPU types
+
+    def of_types(self, types: frozenset[str]) -> frozenset[tuple[str, int]]:
+        """The (node, GPU index) of every GPU whose model `types` accepts."""
+        kept = self._typed.get(types)
+        if kept is None:
+            kept = self._typed[types] = frozenset(
+                (name, g.index)
+                for name, n in self.nodes.items()
+                for g in n.gpus
+                if accepts(types, g.model)
+            )
+        return kept
+
+    def all_of_types(self, name: str, types: frozenset[str]) -> bool:
+        """Whether every GPU of node `name` is of one of `types`."""
+        ok = self.of_types(types)
+        return all((name, g.index) in ok for g in self.nodes[name].gpus)
+
+    def typed_total(self, types: frozenset[str]) -> int:
+        return len(self.of_types(types))
 
     # ------------------------------------------------------------ queries
 
@@ -95,6 +119,8 @@ class FreeMap:
         return not (job.mem_mb and node.mem_mb and job.mem_mb > self.mem[name])
 
     def find(self, job: PendingJob, exclude: frozenset[str] = frozenset()) -> Placement | None:
+        if job.gpu_types:
+            return self._find_typed(job, exclude)
         if job.gpus <= self.widest:
             for k in range(job.gpus, self.widest + 1):
                 for name in self.buckets[k]:
@@ -104,6 +130,36 @@ class FreeMap:
             return None
         idle = sorted(
             (n for n in self.idle_nodes() if n not in exclude),
+            key=lambda n: (-self.nodes[n].gpu_count, n),
+        )
+        chosen, total = [], 0
+        for name in idle:
+            if total >= job.gpus:
+                break
+            chosen.append(name)
+            total += self.nodes[name].gpu_count
+        if total < job.gpus:
+            return None
+        return Placement(tuple((n, tuple(sorted(self.free[n]))) for n in sorted(chosen)))
+
+    def _find_typed(self, job: PendingJob, exclude: frozenset[str]) -> Placement | None:
+        ok = self.of_types(job.gpu_types)
+        if job.gpus <= self.widest:
+            for k in range(job.gpus, self.widest + 1):
+                for name in self.buckets[k]:
+                    if name in exclude or not self._host_ok(name, job):
+                        continue
+                    usable = [g for g in self.free[name] if (name, g) in ok]
+                    if len(usable) >= job.gpus:
+                        gpus = choose_gpus(usable, self.peers[name], job.gpus)
+                        return Placement(((name, gpus),))
+            return None
+        idle = sorted(
+            (
+                n
+                for n in self.idle_nodes()
+                if n not in exclude and self.all_of_types(n, job.gpu_types)
+            ),
             key=lambda n: (-self.nodes[n].gpu_count, n),
         )
         chosen, total = [], 0

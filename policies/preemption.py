@@ -90,6 +90,7 @@ def choose_victims(
             or r.node not in free.nodes
             or r.node in off_limits
             or now - r.start_time < min_runtime_s
+            or (job.gpu_types and not free.all_of_types(r.node, job.gpu_types))
         ):
             continue
         if victim_key is None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from policies.accounts import AccountTree
+from policies.quota import Quotas
 
 # A job's GPUs on one node: (node name, GPU indexes). A gang is one or more of these.
 Part = tuple[str, tuple[int, ...]]
@@ -17,6 +18,7 @@ class GpuSlot:
     index: int
     uuid: str
     nvlink_peers: frozenset[int] = frozenset()
+    model: str = ""  # normalised (policies.quota.normalise_type)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,8 @@ class PendingJob:
     # may it go to Slurm: -1 never, 0 as soon as Slurm answers, T after waiting T seconds
     # (and only while Slurm has free GPUs for it); see policies/handoff.py
     handoff_after_s: float = -1.0
+    # GPU types it accepts (gsub --gpu-type; policies/quota.py says how they match); empty: any
+    gpu_types: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +111,7 @@ class ClusterSnapshot:
     # whether a job may be placed across several nodes (the agents can launch it so);
     # when not, a job wider than every node waits with that reason and reserves nothing
     multi_node: bool = True
+    quotas: Quotas | None = None  # None: no guarantees, limits or per-user caps
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ def spec_of(
         max_restarts=job.max_restarts,
         checkpoint_dir=job.checkpoint_dir,
         slurm=job.slurm,
+        gpu_types=job.gpu_types,
     )
 
 

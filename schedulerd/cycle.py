@@ -34,6 +34,7 @@ from policies import (
     SlurmCapacity,
     handoff_after,
 )
+from policies.quota import AccountQuota, Quotas, UserLimits, normalise_type
 from schedulerd.changes import claim_change, preempt_change, start_changes
 from schedulerd.gates import Gates
 from schedulerd.jobstate import ON_NODE, JobState
@@ -94,6 +95,7 @@ class Cycle:
         self.held: Mapping[int, str] = {}  # held back by the gates at the last cycle
         self.gates.bind(state.jobs)
         state.job_listeners.append(self.gates.job_changed)
+        self.quotas = quotas_of(config)
         self.views = SnapshotCache()
         self._order: tuple[int, ...] = ()
         self._positions: dict[int, int] | None = {}
@@ -131,6 +133,7 @@ class Cycle:
             multi_node=False,  # the agents launch single-node jobs only
             last_checkpoint=self.last_checkpoint,
             held=held,
+            quotas=self.quotas,
         )
 
     async def run(self) -> Plan:
@@ -268,6 +271,7 @@ def take_snapshot(
     multi_node: bool = False,
     last_checkpoint: Callable[[JobRecord, float], float] | None = None,
     held: Collection[int] = (),
+    quotas: Quotas | None = None,
 ) -> ClusterSnapshot:
     """`cache` keeps each job's frozen view while its record is the same object (records
     are replaced on every change), so a long queue costs little to snapshot. Pending jobs
@@ -337,6 +341,7 @@ def take_snapshot(
                 restarts=job.restarts,
                 claimed_node=job.claimed_node,
                 handoff_after_s=handoff_after(job) if handoff_after is not None else -1.0,
+                gpu_types=frozenset(normalise_type(t) for t in job.gpu_types),
             )
             pending_cache[job.job_id] = (job, waiting)
             pending.append(waiting)
@@ -375,6 +380,7 @@ def take_snapshot(
         MappingProxyType(dict(usage or {})),
         slurm,
         multi_node,
+        quotas,
     )
 
 
@@ -390,7 +396,12 @@ def _slots(node: NodeRecord) -> tuple[GpuSlot, ...]:
         return kept[1]
     sick = node.gpu_health
     slots = tuple(
-        GpuSlot(g.index, g.uuid, frozenset(p for p in g.nvlink_peers if p not in sick))
+        GpuSlot(
+            g.index,
+            g.uuid,
+            frozenset(p for p in g.nvlink_peers if p not in sick),
+            normalise_type(g.model),
+        )
         for g in node.gpus
         if g.index not in sick
     )
@@ -405,3 +416,20 @@ def account_tree(config: Config) -> AccountTree:
     if config.default_account not in {a.name for a in config.accounts}:
         teams.append(Account(config.default_account, config.default_shares))
     return AccountTree.build(Account("root", 1.0, tuple(teams)), config.default_account)
+
+
+def quotas_of(config: Config) -> Quotas | None:
+    """The quotas of [fairshare] as the policies take them; None when there are none."""
+    accounts = {
+        a.name: AccountQuota(
+            MappingProxyType(dict(a.guaranteed)), MappingProxyType(dict(a.limit)), a.lend
+        )
+        for a in config.accounts
+        if a.guaranteed or a.limit or not a.lend
+    }
+    users = {name: UserLimits(u.max_running_gpus, u.max_pending_jobs) for name, u in config.users}
+    default = UserLimits(config.user_limits.max_running_gpus, config.user_limits.max_pending_jobs)
+    quotas = Quotas(
+        MappingProxyType(accounts), MappingProxyType(users), default, config.reclaim_after_s
+    )
+    return quotas if quotas.active else None

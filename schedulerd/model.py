@@ -62,6 +62,7 @@ class JobRecord:
     array_spec: str = ""  # the array's tasks and limit, e.g. "0-99:4%16"
     dependency: str = ""  # what it waits for (gshare.arrays syntax, ids resolved)
     params: dict[str, str] = field(default_factory=dict)  # a sweep trial's parameters
+    gpu_types: list[str] = field(default_factory=list)  # GPU types it accepts; empty: any
 
     # Defaults for jobs submitted since cluster ids exist; `%C` is replaced at submit by the
     # id of the cluster's database, so a new cluster's job 1 is not an old cluster's job 1.

@@ -47,6 +47,7 @@ from gshare.limits import (
     SCRIPT_CEILING,
     env_name_ok,
 )
+from policies.quota import accepts
 from schedulerd.errors import Refused
 from schedulerd.jobstate import JobState
 from schedulerd.model import JobRecord, NodeRecord, clone_job
@@ -137,6 +138,40 @@ def _check_numbers(spec: pb.JobSpec) -> None:
         raise Refused(f"max_restarts: {spec.max_restarts} is not between -1 and {MAX_RESTARTS}")
 
 
+MAX_GPU_TYPES = 16
+MAX_GPU_TYPE_CHARS = 64
+
+
+def check_gpu_types(spec: pb.JobSpec, nodes: Mapping[str, NodeRecord]) -> list[str]:
+    """The job's GPU types, each a printable name that some registered node's GPUs match."""
+    if len(spec.gpu_types) > MAX_GPU_TYPES:
+        raise Refused(f"--gpu-type: {len(spec.gpu_types)} types, over the limit of {MAX_GPU_TYPES}")
+    kinds: list[str] = []
+    for kind in spec.gpu_types:
+        if not kind.strip() or len(kind) > MAX_GPU_TYPE_CHARS or not kind.isprintable():
+            raise Refused(
+                f"--gpu-type: {kind[:MAX_GPU_TYPE_CHARS]!r} is not a GPU type name "
+                f"(printable, 1 to {MAX_GPU_TYPE_CHARS} characters)"
+            )
+        if kind.strip() not in kinds:
+            kinds.append(kind.strip())
+    models = {g.model for n in nodes.values() for g in n.gpus}
+    if kinds and models and not any(accepts(kinds, m) for m in models):
+        known = ", ".join(sorted(models))
+        raise Refused(f"--gpu-type {','.join(kinds)}: no registered node has such GPUs ({known})")
+    return kinds
+
+
+def check_pending_cap(user: str, config: Config, queued: int) -> None:
+    """Refuse a submit that would put the user over their max_pending_jobs."""
+    cap = dict(config.users).get(user, config.user_limits).max_pending_jobs
+    if cap and queued >= cap:
+        raise Refused(
+            f"user {user} has {queued} jobs waiting, the most max_pending_jobs allows is {cap}",
+            "RESOURCE_EXHAUSTED",
+        )
+
+
 def validate(
     caller: Caller,
     spec: pb.JobSpec,
@@ -178,6 +213,7 @@ def validate(
         limit = queue.max_time_limit_s
     if not spec.workdir.startswith("/"):
         raise Refused("the working directory must be an absolute path")
+    gpu_types = check_gpu_types(spec, nodes)
     return JobRecord(
         job_id=0,
         user=caller.user,
@@ -203,6 +239,7 @@ def validate(
         max_restarts=spec.max_restarts if spec.HasField("max_restarts") else config.max_restarts,
         checkpoint_dir=spec.checkpoint_dir,
         slurm="" if spec.slurm == "auto" else spec.slurm,
+        gpu_types=gpu_types,
     )
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import grpc
@@ -15,6 +16,7 @@ from gshare.api import gshare_pb2_grpc as pb_grpc
 from gshare.arrays import JobRef, parse_job_ref
 from gshare.client import MAX_MESSAGE_BYTES
 from gshare.limits import MAX_SPEC_BYTES, SCRIPT_CEILING
+from policies.quota import AccountStanding
 from schedulerd import agents as ag
 from schedulerd.callers import AGENT_NODE_HEADER
 from schedulerd.changes import JobReport
@@ -24,7 +26,7 @@ from schedulerd.errors import Refused
 from schedulerd.jobstate import IllegalTransition, JobState
 from schedulerd.model import EventRecord, GpuInfo, JobRecord, NodeRecord
 from schedulerd.peercred import Caller
-from schedulerd.requests import array_of, dependency_of, tasks_of, validate
+from schedulerd.requests import array_of, check_pending_cap, dependency_of, tasks_of, validate
 from schedulerd.store import DatabaseFull
 
 log = logging.getLogger(__name__)
@@ -234,12 +236,30 @@ def job_pb(
     return msg
 
 
+def _quota_text(quota: Mapping[str, int]) -> str:
+    if set(quota) == {""}:
+        return str(quota[""])
+    return " ".join(f"{kind or '*'}={count}" for kind, count in sorted(quota.items()))
+
+
+def _set_quota(row: pb.AccountUsage, standing: AccountStanding) -> None:
+    row.guaranteed = _quota_text(standing.guaranteed)
+    row.limit = _quota_text(standing.limit)
+    row.lend = standing.lend
+    row.borrowing = standing.borrowing
+    row.borrows_from.extend(standing.borrows_from)
+    row.reclaim_in_s = standing.reclaim_in_s
+    row.reclaim_from.extend(standing.reclaim_from)
+    row.held_gpus = standing.holds
+
+
 class ClientService(pb_grpc.ClientServiceServicer):
     def __init__(self, scheduler: Scheduler, ids: Identities, watchers: Watchers) -> None:
         self.s = scheduler
         self.v = scheduler.verbs
         self.ids = ids
         self.watchers = watchers
+        self._submitting: Counter[str] = Counter()
 
     async def _submit(self, caller: Caller, request: pb.SubmitJobRequest) -> tuple[int, int]:
         if caller.anonymous:
@@ -260,10 +280,35 @@ class ClientService(pb_grpc.ClientServiceServicer):
         array = array_of(spec, self.s.config.max_array_size)
         dependency = dependency_of(spec)
         tasks = tasks_of(record, array, spec) if array is not None else None
-        job_id = await self.v.submit(
-            record, spec.script, request.idempotency_key, tasks, dependency
+        count = len(tasks) if tasks else 1  # an array's tasks wait each as a job
+
+        async def submit() -> tuple[int, int]:
+            job_id = await self.v.submit(
+                record, spec.script, request.idempotency_key, tasks, dependency
+            )
+            return job_id, len(tasks) if tasks else 0
+
+        if not self._capped(caller.user):
+            return await submit()
+        # max_pending_jobs: the jobs it has waiting, and its submits not yet stored
+        key = request.idempotency_key
+        mine = [j for j in self.s.state.jobs.values() if j.uid == caller.uid]
+        if key and any(j.submit_key == key for j in mine):
+            # a retried submit: its job is already queued, and is answered, never refused
+            return await submit()
+        queued = self._submitting[caller.user] + sum(
+            1 for j in mine if j.state in (JobState.PENDING, JobState.HELD)
         )
-        return job_id, len(tasks) if tasks else 0
+        check_pending_cap(caller.user, self.s.config, queued + count - 1)
+        self._submitting[caller.user] += count
+        try:
+            return await submit()
+        finally:
+            self._submitting[caller.user] -= count
+
+    def _capped(self, user: str) -> bool:
+        config = self.s.config
+        return bool(dict(config.users).get(user, config.user_limits).max_pending_jobs)
 
     async def SubmitJob(self, request: pb.SubmitJobRequest, context: Ctx) -> pb.SubmitJobResponse:
         caller = self.ids.caller(context)
@@ -383,6 +428,7 @@ class ClientService(pb_grpc.ClientServiceServicer):
                 seconds = self.s.ledger.idle_usage.get(path[-1], 0.0)
                 for depth in range(1, len(path) + 1):
                     idle[path[:depth]] = idle.get(path[:depth], 0.0) + seconds
+        quotas, warnings = self.v.quota_report()
         rows = []
         for path, s in sorted(standings.standings.items()):
             running, pending = gpus.get(path, [0, 0])
@@ -404,9 +450,16 @@ class ClientService(pb_grpc.ClientServiceServicer):
                     idle_gpu_s=idle.get(path, 0.0),
                 )
             )
+            quota = quotas.get(path[0]) if len(path) == 1 else None
+            if quota is not None:
+                _set_quota(rows[-1], quota)
         total = sum(len(n.gpus) for n in self.s.state.nodes.values())
         return pb.GetUsageResponse(
-            accounts=rows, half_life_s=self.s.config.half_life_s, cluster_gpus=total
+            accounts=rows,
+            half_life_s=self.s.config.half_life_s,
+            cluster_gpus=total,
+            warnings=warnings,
+            reclaim_after_s=self.s.config.reclaim_after_s,
         )
 
     async def WatchCluster(

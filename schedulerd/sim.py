@@ -15,7 +15,7 @@ import csv
 import heapq
 import math
 import statistics
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from gshare.arrays import DEPENDENCY_KINDS, MAX_SPEC_CHARS
 from gshare.checkpoint import YIELD_EXIT_CODE
 from gshare.config import Config
 from policies import Account, AccountTree, Policy
+from policies.quota import Quotas
 from schedulerd.changes import JobReport, report_changes
 from schedulerd.cycle import Cycle
 from schedulerd.jobstate import JobState
@@ -430,9 +431,15 @@ def simulate(
     restart_cost_s: float = 60.0,
     record_series: bool = False,
     group_by: str = "group",
+    quotas: Quotas | None = None,
+    watch: Watch | None = None,
 ) -> SimResult:
     """Replay `trace` through the scheduler's own core (schedulerd/cycle.py, the change
-    builders, the ledger, ClusterState over a journal in memory) on a virtual clock."""
+    builders, the ledger, ClusterState over a journal in memory) on a virtual clock.
+
+    `quotas` (accounts are the trace's groups) are the cycle's, and a job is looked at again
+    when it has waited their reclaim_after. `watch` sees the running and pending jobs after
+    each instant's decisions (tests check invariants with it)."""
     return asyncio.run(
         _simulate(
             fair_share_unit(trace, group_by),
@@ -444,8 +451,14 @@ def simulate(
             restart_cost_s,
             record_series,
             group_by,
+            quotas,
+            watch,
         )
     )
+
+
+# (now, running, pending): each job's trace row, and whether it is running
+Watch = Callable[[float, Sequence[TraceJob], Sequence[TraceJob]], None]
 
 
 async def _simulate(
@@ -458,6 +471,8 @@ async def _simulate(
     restart_cost_s: float,
     record_series: bool,
     group_by: str,
+    quotas: Quotas | None = None,
+    watch: Watch | None = None,
 ) -> SimResult:
     total = nodes * gpus_per_node
     # the scheduler launches jobs on one node: wider ones would wait for ever, and so
@@ -512,12 +527,18 @@ async def _simulate(
         config, state, ledger, policy, agents, accrue, last_checkpoint=agents.last_checkpoint
     )
     cycle.accounts = tree
+    if quotas is not None:
+        cycle.quotas = quotas
 
     trace_of: dict[int, TraceJob] = {}
     events: list[tuple[float, int, int, int, int]] = []  # (time, 0 end / 1 submit, seq, ...)
     for i, submitted in enumerate(ordered):
         heapq.heappush(events, (submitted.submit, 1, i, i, 0))
     seq = len(ordered)
+    if quotas is not None:  # a cycle when each job's reclaim falls due (kind 2: a wake-up)
+        for i, submitted in enumerate(ordered):
+            heapq.heappush(events, (submitted.submit + quotas.reclaim_after_s, 2, seq, i, 0))
+            seq += 1
     pending: dict[int, _Job] = {}
     running: dict[int, _Job] = {}
     index_job: dict[int, int] = {}  # trace index -> job id
@@ -588,6 +609,9 @@ async def _simulate(
                 series_groups[group].append(alloc_g.get(group, 0) / total)
 
     while events:
+        if events[0][1] == 2 and index_job.get(events[0][3]) not in pending:
+            heapq.heappop(events)  # a wake-up for a job no longer waiting: no instant at all
+            continue
         t = events[0][0]
         account(t)
         clock.now = t
@@ -607,6 +631,8 @@ async def _simulate(
                 trace_of[job_id] = ordered[ref]
                 jobs[job_id] = _Job(job_id, ordered[ref], ordered[ref].duration)
                 pending[job_id] = jobs[job_id]
+            elif kind == 2:
+                pass  # a wake-up: only the cycle below
             elif ref in running and jobs[ref].version == version:
                 del running[ref]
                 jobs[ref].end = t
@@ -636,6 +662,8 @@ async def _simulate(
                 seq += 1
             if not plan.preemptions:
                 break
+        if watch is not None:
+            watch(t, [j.trace for j in running.values()], [j.trace for j in pending.values()])
         held_now = held()
 
     now = clock.now

@@ -99,6 +99,7 @@ class JobRow(Base):
     array_spec: Mapped[str] = mapped_column(Text, default="")
     dependency: Mapped[str] = mapped_column(Text, default="")
     params: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True, default=None)
+    gpu_types: Mapped[list[str] | None] = mapped_column(JSON, nullable=True, default=list)
 
 
 class ClusterRow(Base):
@@ -167,6 +168,7 @@ def _record(row: JobRow) -> JobRecord:
     values = {f: getattr(row, f) for f in _JOB_FIELDS}
     values["submit_key"] = values["submit_key"] or ""
     values["params"] = values["params"] or {}
+    values["gpu_types"] = values["gpu_types"] or []
     return JobRecord(job_id=row.id, state=JobState(row.state), **values)
 
 

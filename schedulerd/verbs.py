@@ -17,6 +17,7 @@ from gshare.arrays import Dependency, JobRef, parse_array
 from gshare.config import Config
 from gshare.limits import MAX_PRIORITY
 from policies import FairTree, fair_tree
+from policies.quota import AccountStanding, quota_report
 from schedulerd.agents import AgentHub
 from schedulerd.changes import end_request_change, preempt_change
 from schedulerd.cycle import Cycle
@@ -239,6 +240,14 @@ class ClientVerbs:
             for depth in range(1, len(path) + 1):
                 gpus.setdefault(path[:depth], [0, 0])[slot] += job.gpus
         return standings, gpus
+
+    def quota_report(self) -> tuple[dict[str, AccountStanding], list[str]]:
+        """Each account's standing against its quotas now, and warnings about them."""
+        quotas = self.cycle.quotas
+        if quotas is None:
+            return {}, []
+        rows, warnings = quota_report(self.cycle.snapshot(self.state.clock()), quotas)
+        return {r.account: r for r in rows}, warnings
 
     # ------------------------------------------------------------ changing a job
 

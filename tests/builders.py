@@ -14,6 +14,38 @@ from policies import (
     PendingJob,
     RunningJob,
 )
+from policies.quota import AccountQuota, Quotas, UserLimits, normalise_type
+
+
+def quotas(
+    reclaim_after_s: float = 300.0,
+    users: dict[str, UserLimits] | None = None,
+    everyone: UserLimits | None = None,
+    **accounts: AccountQuota,
+) -> Quotas:
+    """quotas(vision=guarantee(4, limit=8), nlp=guarantee(0, lend=False))"""
+    return Quotas(
+        MappingProxyType(accounts),
+        MappingProxyType(users or {}),
+        everyone or UserLimits(),
+        reclaim_after_s,
+    )
+
+
+def guarantee(
+    gpus: int | dict[str, int] = 0, limit: int | dict[str, int] | None = None, lend: bool = True
+) -> AccountQuota:
+    """An account's quota: guarantee(4), guarantee({"a100": 4}, limit=8, lend=False)."""
+
+    def table(value: int | dict[str, int] | None) -> MappingProxyType[str, int]:
+        if value is None:
+            return MappingProxyType({})
+        if isinstance(value, int):
+            return MappingProxyType({"": value} if value else {})
+        return MappingProxyType(dict(value))
+
+    return AccountQuota(table(gpus), table(limit), lend)
+
 
 NOW = 10_000.0
 
@@ -29,6 +61,12 @@ class node:
             for i in range(count)
         )
         self._view = replace(self._view, gpus=slots, free_gpus=frozenset(range(count)))
+        return self
+
+    def model(self, name: str) -> node:
+        """Every GPU of the node is of this model (as the snapshot keeps it: normalised)."""
+        slots = tuple(replace(g, model=normalise_type(name)) for g in self._view.gpus)
+        self._view = replace(self._view, gpus=slots)
         return self
 
     def busy(self, *indexes: int) -> node:
@@ -75,6 +113,10 @@ class job:
 
     def limit(self, seconds: float) -> job:
         self._job = replace(self._job, time_limit_s=seconds)
+        return self
+
+    def gpu_types(self, *names: str) -> job:
+        self._job = replace(self._job, gpu_types=frozenset(normalise_type(n) for n in names))
         return self
 
     def handoff(self, after_s: float) -> job:
@@ -138,6 +180,7 @@ def snapshot(
     accounts: AccountTree | None = None,
     usage: dict[str, float] | None = None,
     now: float = NOW,
+    quotas: Quotas | None = None,
 ) -> ClusterSnapshot:
     running_jobs = tuple(r.build() for r in run or [])
     views = []
@@ -152,4 +195,5 @@ def snapshot(
         running_jobs,
         accounts or AccountTree.flat(),
         MappingProxyType(usage or {}),
+        quotas=quotas,
     )

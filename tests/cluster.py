@@ -63,6 +63,7 @@ class Cluster:
     # stop); else --confine off, as on a machine without cgroups
     confine: bool = False
     cgroup_root: str = field(default_factory=lambda: f"gshare-test-{uuid.uuid4().hex[:12]}")
+    gpu_models: tuple[str, ...] = ()  # the fake GPUs' model, node by node in turn
     scheduler: subprocess.Popen[bytes] | None = None
     agent_procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -146,6 +147,7 @@ class Cluster:
                 str(self.root / f"agent-{name}"),
                 "--fake-gpus",
                 str(self.gpus_per_node),
+                *self._model_args(name),
                 "--config",
                 str(self.root / "gshare.toml"),
                 "--log-level",
@@ -180,6 +182,12 @@ class Cluster:
                     cgroups.remove([str(d)])
             cgroups.remove([str(top)])
         return left
+
+    def _model_args(self, name: str) -> list[str]:
+        if not self.gpu_models:
+            return []
+        index = self.node_names.index(name) % len(self.gpu_models)
+        return ["--fake-gpu-model", self.gpu_models[index]]
 
     def kill_scheduler(self, sig: int = signal.SIGKILL) -> None:
         assert self.scheduler is not None

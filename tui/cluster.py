@@ -35,6 +35,17 @@ def sparkline(values: Iterable[float], width: int) -> str:
     return "".join(SPARK[min(7, int(v / 100 * 8))] for v in points).rjust(width)
 
 
+def _busy_by_type(nodes: Iterable[pb.Node]) -> dict[str, tuple[int, int]]:
+    """GPU model -> (busy, total) over `nodes`."""
+    out: dict[str, tuple[int, int]] = {}
+    for node in nodes:
+        busy = set(node.busy_gpus)
+        for g in node.gpus:
+            b, t = out.get(g.model, (0, 0))
+            out[g.model] = (b + (g.index in busy), t + 1)
+    return dict(sorted(out.items()))
+
+
 class ClusterView(Static):
     """Re-rendered in place from the model whenever a node or a job changes."""
 
@@ -74,7 +85,7 @@ class ClusterView(Static):
                 f" · {len(node.busy_gpus)}/{len(node.gpus)} GPUs busy",
                 (f" · CPU {node.host_cpu_pct:.0f}%" if node.telemetry == "online" else "", ""),
                 (" · telemetry offline" if node.telemetry == "offline" else "", "yellow"),
-                (f"  {printable(node.gpus[0].model)}" if node.gpus else "", "dim"),
+                ("  " + printable(", ".join(sorted({g.model for g in node.gpus}))), "dim"),
                 (f"  ({printable(node.gpu_backend)})" if node.gpu_backend else "", "dim"),
                 (" · unconfined" if node.confinement.startswith("none") else "", "yellow"),
                 (f"  {printable(node.reason)}" if node.reason else "", "italic yellow"),
@@ -87,6 +98,11 @@ class ClusterView(Static):
                 grid.add_row(*cells[start : start + per_row])
             blocks += [head, grid, Text("")]
         summary = Text(f"{len(self.model.nodes)} nodes, {busy}/{total} GPUs busy", style="bold")
+        by_type = _busy_by_type(self.model.nodes.values())
+        if len(by_type) > 1:  # a cluster of several GPU types: each one's busy count
+            summary.append(
+                " · " + " · ".join(f"{printable(m)} {b}/{t}" for m, (b, t) in by_type.items())
+            )
         parts: list[RenderableType] = [summary, Text(""), *blocks]
         if not telemetry:
             parts.append(

@@ -122,6 +122,7 @@ class JobSpec(_message.Message):
     ARRAY_FIELD_NUMBER: _builtins.int
     DEPENDENCY_FIELD_NUMBER: _builtins.int
     TASK_PARAMS_FIELD_NUMBER: _builtins.int
+    GPU_TYPES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     queue: _builtins.str
     """empty: the default queue"""
@@ -163,6 +164,10 @@ class JobSpec(_message.Message):
         GSHARE_PARAM_<NAME> and GSHARE_PARAMS
         """
 
+    @_builtins.property
+    def gpu_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """GPU types the job accepts (gsub --gpu-type); empty: any"""
+
     def __init__(
         self,
         *,
@@ -188,10 +193,11 @@ class JobSpec(_message.Message):
         array: _builtins.str = ...,
         dependency: _builtins.str = ...,
         task_params: _abc.Iterable[Global___TaskParams] | None = ...,
+        gpu_types: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts", "max_restarts", b"max_restarts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts", "args", b"args", "array", b"array", "checkpoint_dir", b"checkpoint_dir", "cpus", b"cpus", "dependency", b"dependency", "env", b"env", "gpus", b"gpus", "grace_s", b"grace_s", "max_restarts", b"max_restarts", "mem_mb", b"mem_mb", "name", b"name", "no_preempt", b"no_preempt", "output", b"output", "preempt_signal", b"preempt_signal", "priority", b"priority", "queue", b"queue", "script", b"script", "script_name", b"script_name", "slurm", b"slurm", "task_params", b"task_params", "time_limit_s", b"time_limit_s", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts", "args", b"args", "array", b"array", "checkpoint_dir", b"checkpoint_dir", "cpus", b"cpus", "dependency", b"dependency", "env", b"env", "gpu_types", b"gpu_types", "gpus", b"gpus", "grace_s", b"grace_s", "max_restarts", b"max_restarts", "mem_mb", b"mem_mb", "name", b"name", "no_preempt", b"no_preempt", "output", b"output", "preempt_signal", b"preempt_signal", "priority", b"priority", "queue", b"queue", "script", b"script", "script_name", b"script_name", "slurm", b"slurm", "task_params", b"task_params", "time_limit_s", b"time_limit_s", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_restarts: _TypeAlias = _typing.Literal["max_restarts"]  # noqa: Y015
     _WhichOneofArgType__max_restarts: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts"]  # noqa: Y015
@@ -1030,6 +1036,14 @@ class AccountUsage(_message.Message):
     RUNNING_GPUS_FIELD_NUMBER: _builtins.int
     PENDING_GPUS_FIELD_NUMBER: _builtins.int
     IDLE_GPU_S_FIELD_NUMBER: _builtins.int
+    GUARANTEED_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    LEND_FIELD_NUMBER: _builtins.int
+    BORROWING_FIELD_NUMBER: _builtins.int
+    BORROWS_FROM_FIELD_NUMBER: _builtins.int
+    RECLAIM_IN_S_FIELD_NUMBER: _builtins.int
+    RECLAIM_FROM_FIELD_NUMBER: _builtins.int
+    HELD_GPUS_FIELD_NUMBER: _builtins.int
     is_user: _builtins.bool
     shares: _builtins.float
     """as configured"""
@@ -1047,9 +1061,30 @@ class AccountUsage(_message.Message):
     pending_gpus: _builtins.int
     idle_gpu_s: _builtins.float
     """decayed like usage: GPU-seconds held under the idle threshold"""
+    guaranteed: _builtins.str
+    """quotas, accounts only (README: Scheduling, quotas)
+    e.g. "16" or "a100=8 h100=4"; empty: none
+    """
+    limit: _builtins.str
+    """same form; empty: none"""
+    lend: _builtins.bool
+    borrowing: _builtins.int
+    """GPUs held beyond the guarantee"""
+    reclaim_in_s: _builtins.float
+    """-1: no reclaim due; 0: reclaiming now"""
+    held_gpus: _builtins.int
+    """GPUs its jobs hold now (on this scheduler's nodes)"""
     @_builtins.property
     def path(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """account names from the top, then the user for a user"""
+
+    @_builtins.property
+    def borrows_from(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """accounts whose idle guaranteed GPUs it may be using"""
+
+    @_builtins.property
+    def reclaim_from(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the borrowing accounts a reclaim takes GPUs from"""
 
     def __init__(
         self,
@@ -1065,10 +1100,18 @@ class AccountUsage(_message.Message):
         running_gpus: _builtins.int = ...,
         pending_gpus: _builtins.int = ...,
         idle_gpu_s: _builtins.float = ...,
+        guaranteed: _builtins.str = ...,
+        limit: _builtins.str = ...,
+        lend: _builtins.bool = ...,
+        borrowing: _builtins.int = ...,
+        borrows_from: _abc.Iterable[_builtins.str] | None = ...,
+        reclaim_in_s: _builtins.float = ...,
+        reclaim_from: _abc.Iterable[_builtins.str] | None = ...,
+        held_gpus: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fairshare_factor", b"fairshare_factor", "idle_gpu_s", b"idle_gpu_s", "is_user", b"is_user", "level_fairshare", b"level_fairshare", "path", b"path", "pending_gpus", b"pending_gpus", "running_gpus", b"running_gpus", "share", b"share", "shares", b"shares", "usage", b"usage", "usage_share", b"usage_share"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["borrowing", b"borrowing", "borrows_from", b"borrows_from", "fairshare_factor", b"fairshare_factor", "guaranteed", b"guaranteed", "held_gpus", b"held_gpus", "idle_gpu_s", b"idle_gpu_s", "is_user", b"is_user", "lend", b"lend", "level_fairshare", b"level_fairshare", "limit", b"limit", "path", b"path", "pending_gpus", b"pending_gpus", "reclaim_from", b"reclaim_from", "reclaim_in_s", b"reclaim_in_s", "running_gpus", b"running_gpus", "share", b"share", "shares", b"shares", "usage", b"usage", "usage_share", b"usage_share"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1096,20 +1139,30 @@ class GetUsageResponse(_message.Message):
     ACCOUNTS_FIELD_NUMBER: _builtins.int
     HALF_LIFE_S_FIELD_NUMBER: _builtins.int
     CLUSTER_GPUS_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
+    RECLAIM_AFTER_S_FIELD_NUMBER: _builtins.int
     half_life_s: _builtins.float
     cluster_gpus: _builtins.int
+    reclaim_after_s: _builtins.float
+    """[fairshare] reclaim_after"""
     @_builtins.property
     def accounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccountUsage]: ...
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """e.g. guarantees adding up to more GPUs than the nodes hold"""
+
     def __init__(
         self,
         *,
         accounts: _abc.Iterable[Global___AccountUsage] | None = ...,
         half_life_s: _builtins.float = ...,
         cluster_gpus: _builtins.int = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
+        reclaim_after_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts", "cluster_gpus", b"cluster_gpus", "half_life_s", b"half_life_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts", "cluster_gpus", b"cluster_gpus", "half_life_s", b"half_life_s", "reclaim_after_s", b"reclaim_after_s", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

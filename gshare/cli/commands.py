@@ -75,9 +75,12 @@ def cmd_usage(client: Client, args: argparse.Namespace) -> int:
                             "running_gpus": a.running_gpus,
                             "pending_gpus": a.pending_gpus,
                             "idle_gpu_s": a.idle_gpu_s,
+                            **_quota_json(a),
                         }
                         for a in report.accounts
                     ],
+                    "reclaim_after_s": report.reclaim_after_s,
+                    "warnings": list(report.warnings),
                 },
                 indent=2,
             )
@@ -121,7 +124,67 @@ def cmd_usage(client: Client, args: argparse.Namespace) -> int:
             ],
         )
     )
+    quota_rows = [a for a in report.accounts if _has_quota(a)]
+    if quota_rows:
+        print()
+        after = _ago(report.reclaim_after_s)
+        print(f"quotas (GPUs; a team under its guarantee reclaims after {after}):")
+        print(
+            table(
+                [
+                    [
+                        printable(a.path[-1]),
+                        printable(a.guaranteed) or "-",
+                        printable(a.limit) or "-",
+                        "yes" if a.lend else "no",
+                        str(a.held_gpus),
+                        str(a.borrowing) if a.borrowing else "",
+                        _borrow_text(a),
+                    ]
+                    for a in quota_rows
+                ],
+                ["ACCOUNT", "GUARANTEED", "LIMIT", "LENDS", "HOLDS", "BORROWS", "RECLAIM"],
+            )
+        )
+    for warning in report.warnings:
+        print(f"warning: {printable(warning)}")
     return 0
+
+
+def _has_quota(a: pb.AccountUsage) -> bool:
+    return not a.is_user and bool(a.guaranteed or a.limit or a.held_gpus or a.borrowing)
+
+
+def _ago(seconds: float) -> str:
+    return format_duration(seconds) if seconds >= 60 else f"{seconds:.0f}s"
+
+
+def _borrow_text(a: pb.AccountUsage) -> str:
+    """Who it borrows from, and when its reclaim happens."""
+    parts = []
+    if a.borrowing:
+        source = ", ".join(a.borrows_from) or "unguaranteed GPUs"
+        parts.append(f"borrows from {printable(source)}")
+    if a.reclaim_from:
+        who = printable(", ".join(a.reclaim_from))
+        when = "now" if a.reclaim_in_s <= 0 else f"in {_ago(a.reclaim_in_s)}"
+        parts.append(f"reclaims from {who} {when}")
+    return "; ".join(parts)
+
+
+def _quota_json(a: pb.AccountUsage) -> dict[str, object]:
+    if not _has_quota(a):
+        return {}
+    return {
+        "guaranteed": a.guaranteed or None,
+        "limit": a.limit or None,
+        "lend": a.lend,
+        "held_gpus": a.held_gpus,
+        "borrowing": a.borrowing,
+        "borrows_from": list(a.borrows_from),
+        "reclaim_in_s": None if a.reclaim_in_s < 0 else a.reclaim_in_s,
+        "reclaim_from": list(a.reclaim_from),
+    }
 
 
 def cmd_queue(client: Client, args: argparse.Namespace) -> int:
@@ -284,6 +347,7 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
         ("Queue", job.spec.queue),
         ("Priority", str(job.spec.priority)),
         ("GPUs", f"{job.spec.gpus} requested; assigned {gpus}"),
+        ("GPU types", printable(", ".join(job.spec.gpu_types)) or "any"),
         ("Time limit", format_duration(job.spec.time_limit_s) if job.spec.time_limit_s else "none"),
         (
             "CPUs, memory",

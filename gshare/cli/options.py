@@ -219,10 +219,36 @@ def _job_options(p: argparse.ArgumentParser) -> None:
         "singleton; ',' all of them, '?' any one (e.g. afterok:12,afterany:13_4)",
     )
     p.add_argument(
+        "--gpu-type",
+        type=_gpu_types,
+        metavar="NAME[,NAME]",
+        help="only GPUs of these models, e.g. A100 or a100,h100 (case does not matter; "
+        "A100 matches NVIDIA A100-SXM4-80GB)",
+    )
+    p.add_argument(
         "--checkpoint-dir",
         help="GSHARE_CHECKPOINT_DIR, kept across restarts; "
         "%%j is the job id (default: .gshare/checkpoints/job-%%j in the workdir)",
     )
+
+
+MAX_GPU_TYPES = 16
+MAX_GPU_TYPE_CHARS = 64
+
+
+def _gpu_types(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",")]
+    if not all(names) or len(names) > MAX_GPU_TYPES:
+        raise argparse.ArgumentTypeError(
+            f"expected 1 to {MAX_GPU_TYPES} GPU type names separated by commas, not {text!r}"
+        )
+    for name in names:
+        if len(name) > MAX_GPU_TYPE_CHARS or not name.isprintable():
+            raise argparse.ArgumentTypeError(
+                f"{name[:MAX_GPU_TYPE_CHARS]!r} is not a GPU type name "
+                f"(printable, at most {MAX_GPU_TYPE_CHARS} characters)"
+            )
+    return names
 
 
 def _signal(text: str) -> int:
@@ -356,6 +382,7 @@ def build_spec(args: argparse.Namespace, environ: dict[str, str]) -> pb.JobSpec:
         array=array,
         dependency=options.get("dependency") or "",
         task_params=task_params,
+        gpu_types=options.get("gpu_type") or [],
     )
 
 

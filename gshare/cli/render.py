@@ -46,6 +46,7 @@ def job_json(job: pb.Job) -> dict[str, Any]:
         "priority": job.spec.priority,
         "gpus_requested": job.spec.gpus,
         "gpus": [{"node": g.node, "index": g.index, "uuid": g.uuid} for g in job.gpus],
+        "gpu_types": list(job.spec.gpu_types),
         "node": job.node or None,
         "slurm_job_id": job.slurm_job_id or None,
         "slurm_state": job.slurm_state or None,

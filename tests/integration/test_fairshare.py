@@ -79,11 +79,14 @@ def test_the_team_under_its_share_goes_first(
     cluster_factory: Callable[..., Cluster], workdir: Path
 ) -> None:
     cluster = cluster_factory(config=CONFIG, agents=1)
-    hog = cluster.submit("--wrap", "sleep 3", "--gpus", "4", cwd=workdir)
+    hog = cluster.submit("--wrap", "sleep 120", "--gpus", "4", cwd=workdir)
     cluster.wait_state(hog, "RUNNING")
     time.sleep(1.5)  # root (vision) builds up usage; nobody (nlp) has none
     first = cluster.submit("--wrap", "true", "--gpus", "4", cwd=workdir)
     second = cluster.submit("--wrap", "true", "--gpus", "4", cwd=workdir, user="nobody")
+    # both wait for the hog's GPUs, however long the submits took on a busy machine
+    assert {cluster.state(first), cluster.state(second)} == {"PENDING"}
+    assert cluster.gshare("cancel", str(hog)).code == 0
     a = cluster.wait_state(first, "COMPLETED", timeout=60)
     b = cluster.wait_state(second, "COMPLETED", timeout=60)
     assert b.start_time < a.start_time  # submitted later, ran first: nlp was under its share

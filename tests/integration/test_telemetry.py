@@ -20,6 +20,9 @@ from tests.cluster import Cluster, wait_until
 from tests.mosquitto import Mosquitto
 
 BUSY = "#!/bin/bash\nexec python3 -c 'while True: pass'\n"
+# A fake GPU's utilization is the CPU use of its job: one busy loop, about 100% on an idle
+# machine, and far less when other suites share the two cores; an idle job stays under 5.
+BUSY_PCT = 15
 IDLE = "#!/bin/bash\nexec sleep 600\n"
 # idle, but yields like a checkpointing job when asked (the preemption signal, SIGUSR1)
 IDLE_YIELDING = "#!/bin/bash\ntrap 'exit 75' USR1\nwhile :; do sleep 0.2; done\n"
@@ -100,13 +103,13 @@ def test_telemetry_follows_busy_and_idle_jobs(
     def settled() -> bool:
         samples = [gpu(cluster, "node0", i)["metrics"] for i in range(4)]
         return all(s is not None for s in samples) and all(
-            samples[i]["util_pct"] > 50 for i in busy_gpus
+            samples[i]["util_pct"] > BUSY_PCT for i in busy_gpus
         )
 
     wait_until("busy GPUs to show load", settled, timeout=30)
     for i in busy_gpus:
         m = gpu(cluster, "node0", i)["metrics"]
-        assert m["util_pct"] > 50 and m["power_w"] > 60 and m["mem_used_mb"] >= 1
+        assert m["util_pct"] > BUSY_PCT and m["power_w"] > 60 and m["mem_used_mb"] >= 1
         assert {p["job_id"] for p in m["processes"]} == {busy}
     idle_m = gpu(cluster, "node0", idle_gpu)["metrics"]
     assert idle_m["util_pct"] < 5
@@ -116,7 +119,7 @@ def test_telemetry_follows_busy_and_idle_jobs(
 
     # the per-job figures in gshare show
     shown = json.loads(cluster.gshare("show", str(busy), "--json").out)["gpu_stats"]
-    assert shown is not None and shown["util_now_pct"] > 50
+    assert shown is not None and shown["util_now_pct"] > BUSY_PCT
     shown = json.loads(cluster.gshare("show", str(idle), "--json").out)["gpu_stats"]
     assert shown is not None and shown["util_now_pct"] < 5 and shown["idle_s"] > 0
 
@@ -138,13 +141,13 @@ def test_telemetry_follows_busy_and_idle_jobs(
     assert wire["gshare/v1/nodes/node0/status"]["online"] is True
     assert wire["gshare/v1/nodes/node0/status"]["schema"] == 1
     sample = wire[f"gshare/v1/nodes/node0/gpus/{busy_gpus[0]}"]
-    assert sample["schema"] == 1 and sample["node"] == "node0" and sample["util_pct"] > 50
+    assert sample["schema"] == 1 and sample["node"] == "node0" and sample["util_pct"] > BUSY_PCT
 
     # /metrics parses with prometheus-client's own parser and carries the same figures
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     util = {s.labels["gpu"]: s.value for s in families["gshare_gpu_utilization_percent"].samples}
-    assert util[str(busy_gpus[0])] > 50 and util[str(free_gpu)] == 0
+    assert util[str(busy_gpus[0])] > BUSY_PCT and util[str(free_gpu)] == 0
     running = {
         (s.labels["state"], s.labels["queue"]): s.value for s in families["gshare_jobs"].samples
     }
@@ -159,7 +162,7 @@ def test_telemetry_follows_busy_and_idle_jobs(
     assert families["gshare_agent_jobs"].samples[0].value == 2
     assert families["gshare_agent_mqtt_connected"].samples[0].value == 1
     util = {s.labels["gpu"]: s.value for s in families["gshare_gpu_utilization_percent"].samples}
-    assert util[str(busy_gpus[0])] > 50 and util[str(free_gpu)] == 0
+    assert util[str(busy_gpus[0])] > BUSY_PCT and util[str(free_gpu)] == 0
 
 
 def test_broker_down_degrades_views_not_scheduling(
@@ -391,7 +394,7 @@ async def test_top_shows_live_utilization_from_telemetry(
             raise AssertionError(f"no utilization bar over 50% and history in:\n{text}")
         assert f"0 {busy} root" in text
         assert "U ··········   0%" in text  # GPU 1 is free and idle
-        assert max(history) > 50  # the sparkline's data: samples as they came
+        assert max(history) > BUSY_PCT  # the sparkline's data: samples as they came
 
 
 def test_tls_with_a_password_reaches_mosquitto(open_tmp: Path) -> None:

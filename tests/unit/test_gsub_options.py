@@ -88,3 +88,18 @@ def test_wrap_and_script_are_exclusive(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="not both"):
         spec_for([str(path), "--wrap", "true"])
     assert spec_for(["--wrap", "nvidia-smi"]).script == b"#!/bin/sh\nnvidia-smi\n"
+
+
+def test_gpu_types_from_gsub_lines_and_the_command_line(tmp_path: Path) -> None:
+    path = tmp_path / "t.sh"
+    path.write_text("#!/bin/bash\n#GSUB --gpu-type A100\ntrue\n")
+    assert list(spec_for([str(path)]).gpu_types) == ["A100"]
+    assert list(spec_for([str(path), "--gpu-type", " h100 , a100"]).gpu_types) == [
+        "h100",
+        "a100",
+    ]
+    assert list(spec_for([str(tmp_path / "t.sh"), "--gpus", "1"]).gpu_types) == ["A100"]
+    bad = tmp_path / "bad.sh"
+    bad.write_text("#!/bin/bash\n#GSUB --gpu-type a100,,h100\ntrue\n")
+    with pytest.raises(UsageError, match=r"bad.sh:2: #GSUB --gpu-type a100,,h100: .*GPU type"):
+        spec_for([str(bad)])

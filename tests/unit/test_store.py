@@ -134,3 +134,22 @@ def test_the_cluster_id_is_made_once_with_the_database(tmp_path: Path) -> None:
     first = Store(url).cluster_id()
     assert len(first) == 8 and Store(url).cluster_id() == first
     assert Store(f"sqlite:///{tmp_path / 'other.sqlite'}").cluster_id() != first
+
+
+def test_a_jobs_gpu_types_survive_reopening_and_older_rows_mean_any(tmp_path: Path) -> None:
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    first = Store(url)
+    [(typed, _), (old, _)] = first.submit_many(
+        [
+            NewJob(record(gpu_types=["A100", "h100"]), b"#!/bin/sh\n"),
+            NewJob(record(), b"#!/bin/sh\n"),
+        ]
+    )
+    first.close()
+    with sqlite3.connect(tmp_path / "db.sqlite") as db:  # as a row stored before 0008
+        db.execute("UPDATE jobs SET gpu_types = NULL WHERE id = ?", (old,))
+    again = Store(url)
+    by_id = {j.job_id: j for j in again.live_jobs()}
+    assert by_id[typed].gpu_types == ["A100", "h100"] and by_id[old].gpu_types == []

@@ -1,0 +1,528 @@
+"""Quotas and GPU types: what an account is guaranteed, what it may never exceed, what a
+user may run or queue, and which GPU models a job accepts.
+
+- `guaranteed`: GPUs an account gets back whenever it has work for them. While it does
+  not use them, others may borrow them (unless it does not `lend`); an account holding
+  more than its guarantee is *borrowing*. A job of an account under its guarantee that
+  has waited `reclaim_after_s` may checkpoint-preempt jobs of borrowing accounts
+  (victims chosen as any preemption's: least work lost first, past the minimum runtime).
+- `limit`: GPUs an account never holds more of; checked at each start, all its users'
+  jobs together.
+- `lend = false`: the account's idle guaranteed GPUs stay free for it.
+- per user: `max_running_gpus` (checked at each start); `max_pending_jobs` is checked at
+  submit, by the scheduler's edge.
+
+Each quota is over GPUs of every type (key ANY) or of one GPU type (key: a type name).
+A type name matches a GPU model when, compared without case and without a leading
+"NVIDIA ", it is the model or the model's first words up to a "-", "_" or " ":
+"a100" matches "NVIDIA A100-SXM4-80GB", "a10" does not.
+
+`QuotaBook` is the decision's scratch copy of who holds what: decide() asks it whether a
+job may start (and on which types) and charges each start to it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from policies.placement import FreeMap
+    from policies.preemption import ClaimRule
+    from policies.snapshot import ClusterSnapshot, Part, PendingJob, RunningJob
+
+ANY = ""  # the key of a quota over GPUs of every type
+
+
+@functools.cache
+def normalise_type(name: str) -> str:
+    """A GPU model or a type name as compared: lower case, single spaces, no "NVIDIA "."""
+    text = " ".join(name.split()).casefold()
+    return text.removeprefix("nvidia ").strip()
+
+
+@functools.cache
+def type_matches(wanted: str, model: str) -> bool:
+    """Whether type name `wanted` names GPU model `model` (both normalised or not)."""
+    want, have = normalise_type(wanted), normalise_type(model)
+    if not want:
+        return False
+    return have == want or (have.startswith(want) and have[len(want)] in "-_ ")
+
+
+def accepts(types: Iterable[str], model: str) -> bool:
+    return any(type_matches(t, model) for t in types)
+
+
+def _frozen() -> Mapping[str, int]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class AccountQuota:
+    guaranteed: Mapping[str, int] = field(default_factory=_frozen)  # type key -> GPUs
+    limit: Mapping[str, int] = field(default_factory=_frozen)  # absent key: no limit
+    lend: bool = True
+
+
+NO_QUOTA = AccountQuota()
+
+
+@dataclass(frozen=True, slots=True)
+class UserLimits:
+    max_running_gpus: int = 0  # 0: no limit
+    max_pending_jobs: int = 0  # 0: no limit
+
+
+@dataclass(frozen=True, slots=True)
+class Quotas:
+    accounts: Mapping[str, AccountQuota] = field(default_factory=lambda: MappingProxyType({}))
+    users: Mapping[str, UserLimits] = field(default_factory=lambda: MappingProxyType({}))
+    user_default: UserLimits = UserLimits()
+    reclaim_after_s: float = 300.0
+
+    def user_limits(self, user: str) -> UserLimits:
+        return self.users.get(user, self.user_default)
+
+    @property
+    def active(self) -> bool:
+        """Whether anything here can change a decision."""
+        return bool(
+            self.accounts
+            or any(u.max_running_gpus for u in self.users.values())
+            or self.user_default.max_running_gpus
+        )
+
+
+def _key_text(key: str) -> str:
+    return f"{key} " if key else ""
+
+
+def _when(seconds: float) -> str:
+    if seconds < 90:
+        return f"in {max(1, math.ceil(seconds))}s"
+    return f"in about {round(seconds / 60)} min"
+
+
+class QuotaBook:
+    """Who holds which GPUs, by account, user and GPU model, as decide() starts jobs."""
+
+    def __init__(self, snapshot: ClusterSnapshot, quotas: Quotas) -> None:
+        self.quotas = quotas
+        self.now = snapshot.now
+        users = {j.user for j in snapshot.pending} | {r.user for r in snapshot.running}
+        tree = snapshot.accounts.with_users(users)
+        self._teams: dict[str, str] = {}
+        self._path_team: Callable[[str], str] = tree.team_of
+        # derived figures (holds, borrowers), dropped whenever a holding changes
+        self._cache: dict[tuple[str, str, str], object] = {}
+        self.model: dict[tuple[str, int], str] = {
+            (n.name, g.index): g.model for n in snapshot.nodes for g in n.gpus
+        }
+        self.capacity: Counter[str] = Counter(
+            g.model for n in snapshot.nodes if n.schedulable for g in n.gpus
+        )
+        self.held: dict[str, Counter[str]] = {}  # account -> model -> GPUs
+        self.user_gpus: Counter[str] = Counter()
+        # GPUs being freed for a waiting job count as that job's already, not the victim's:
+        # else its team could reclaim again while they are being freed
+        claimants = {j.job_id: j for j in snapshot.pending}
+        freed: dict[int, list[Part]] = {}
+        for r in snapshot.running:
+            if r.yielding_to in claimants:
+                freed.setdefault(r.yielding_to, []).extend(r.parts)
+            else:
+                self._charge(r.user, r.parts)
+        # GPUs each account waits for within its guarantees: free GPUs are not lent while
+        # an account has work waiting for them (what it waits for, by type key)
+        self.wanting: dict[str, Counter[str]] = {}
+        self._wants: dict[int, tuple[str, tuple[str, ...]]] = {}
+        for job in snapshot.pending:
+            team = self.team_of(job.user)
+            keys = tuple(
+                key
+                for key in quotas.accounts.get(team, NO_QUOTA).guaranteed
+                if key == ANY
+                or not job.gpu_types
+                or any(type_matches(key, t) for t in job.gpu_types)
+            )
+            if keys and job.job_id not in freed:
+                self._wants[job.job_id] = (team, keys)
+                wanting = self.wanting.setdefault(team, Counter())
+                for key in keys:
+                    wanting[key] += job.gpus
+        for job_id, parts in freed.items():
+            self.promise(claimants[job_id], parts)
+
+    # ------------------------------------------------------------ holdings
+
+    def team_of(self, user: str) -> str:
+        team = self._teams.get(user)
+        if team is None:
+            team = self._teams[user] = self._path_team(user)
+        return team
+
+    def _charge(self, user: str, parts: Iterable[Part]) -> None:
+        self._cache.clear()
+        held = self.held.setdefault(self.team_of(user), Counter())
+        for node, gpus in parts:
+            for g in gpus:
+                held[self.model.get((node, g), "")] += 1
+                self.user_gpus[user] += 1
+
+    def charge(self, job: PendingJob, parts: Iterable[Part]) -> None:
+        self._charge(job.user, parts)
+        self._served(job)
+
+    def _served(self, job: PendingJob) -> None:
+        wants = self._wants.pop(job.job_id, None)
+        if wants is not None:
+            team, keys = wants
+            for key in keys:
+                self.wanting[team][key] -= job.gpus
+
+    def promise(
+        self, job: PendingJob, freed: Iterable[Part], victims: Iterable[RunningJob] = ()
+    ) -> None:
+        """`job` will run on GPUs freed by preempting `victims`: charge it for as many of
+        them as it takes, and the victims' accounts no longer."""
+        self._cache.clear()
+        for victim in victims:
+            held = self.held.setdefault(self.team_of(victim.user), Counter())
+            for node, gpus in victim.parts:
+                for g in gpus:
+                    held[self.model.get((node, g), "")] -= 1
+                    self.user_gpus[victim.user] -= 1
+        taken = [(node, g) for node, gs in freed for g in gs][: job.gpus]
+        self._charge(job.user, [(node, (g,)) for node, g in taken])
+        self._served(job)
+
+    def holds(self, team: str, key: str = ANY) -> int:
+        memo = ("holds", team, key)
+        got = self._cache.get(memo)
+        if got is not None:
+            return got  # type: ignore[return-value]
+        held = self.held.get(team)
+        if not held:
+            count = 0
+        elif key == ANY:
+            count = sum(held.values())
+        else:
+            count = sum(c for m, c in held.items() if type_matches(key, m))
+        self._cache[memo] = count
+        return count
+
+    def quota(self, team: str) -> AccountQuota:
+        return self.quotas.accounts.get(team, NO_QUOTA)
+
+    def borrowing(self, team: str, key: str = ANY) -> int:
+        """GPUs `team` holds beyond its guarantee (of `key` GPUs): what it has borrowed."""
+        return max(0, self.holds(team, key) - self.quota(team).guaranteed.get(key, 0))
+
+    def _models_for(self, job: PendingJob) -> set[str]:
+        return {m for m in self.capacity if not job.gpu_types or accepts(job.gpu_types, m)}
+
+    # ------------------------------------------------------------ admission
+
+    def admit(self, job: PendingJob, free: FreeMap) -> tuple[PendingJob, str]:
+        """The job as it may start (its GPU types narrowed to those its quotas leave room
+        on), or why it may not start now."""
+        limits = self.quotas.user_limits(job.user)
+        cap = limits.max_running_gpus
+        if cap and self.user_gpus[job.user] + job.gpus > cap:
+            return job, (
+                f"user {job.user} runs {self.user_gpus[job.user]} GPUs; {job.gpus} more would "
+                f"be over their max_running_gpus of {cap}"
+            )
+        team = self.team_of(job.user)
+        quota = self.quota(team)
+        limit = quota.limit.get(ANY)
+        if limit is not None and self.holds(team) + job.gpus > limit:
+            return job, (
+                f"team {team} holds {self.holds(team)} GPUs; {job.gpus} more would be over "
+                f"its limit of {limit}"
+            )
+        models = self._models_for(job)
+        shut: list[str] = []
+        for key, cap_k in quota.limit.items():
+            if key != ANY and self.holds(team, key) + job.gpus > cap_k:
+                models = {m for m in models if not type_matches(key, m)}
+                shut.append(f"its {key} limit of {cap_k}")
+        # a job that would borrow leaves free the GPUs others are guaranteed and wait for
+        # (or, if they do not lend, do not use)
+        borrows = self.holds(team) + job.gpus > quota.guaranteed.get(ANY, 0)
+        kept = self._kept_for_others(team) if borrows else {}
+        for key, count in kept.items():
+            room = self._free_of(free, key, models)
+            if room - job.gpus < count:
+                if key == ANY:
+                    return job, self._kept_reason(team, ANY)
+                models = {m for m in models if not type_matches(key, m)}
+                shut.append(self._kept_reason(team, key))
+        if not shut:
+            return job, ""
+        if not models:
+            return job, f"team {team} is at " + "; ".join(shut)
+        return replace(job, gpu_types=frozenset(models)), ""
+
+    def _kept(self, other: str, key: str, count: int, lend: bool) -> int:
+        idle = count - self.holds(other, key)
+        if lend:  # lent, unless the account has work waiting for them
+            wanting = self.wanting.get(other)
+            idle = min(idle, wanting[key] if wanting else 0)
+        return max(0, idle)
+
+    def _kept_for_others(self, team: str) -> dict[str, int]:
+        """Free GPUs kept for other accounts' guarantees, by type key."""
+        kept: dict[str, int] = {}
+        for other, quota in self.quotas.accounts.items():
+            if other == team:
+                continue
+            for key, count in quota.guaranteed.items():
+                idle = self._kept(other, key, count, quota.lend)
+                if idle > 0:
+                    kept[key] = kept.get(key, 0) + idle
+        return kept
+
+    def _kept_reason(self, team: str, key: str) -> str:
+        owners = sorted(
+            (q.lend, other)
+            for other, q in self.quotas.accounts.items()
+            if other != team and self._kept(other, key, q.guaranteed.get(key, 0), q.lend) > 0
+        )
+        lenders = [o for lend, o in owners if lend]
+        keepers = [o for lend, o in owners if not lend]
+        why = []
+        if keepers:
+            why.append(f"team {', '.join(keepers)}, which does not lend them")
+        if lenders:
+            why.append(f"team {', '.join(lenders)}, which has work waiting for them")
+        return f"the free {_key_text(key)}GPUs are guaranteed to " + " and ".join(why)
+
+    def _free_of(self, free: FreeMap, key: str, models: set[str]) -> int:
+        if key == ANY and len(models) == len(self.capacity):
+            return free.free_count
+        return sum(
+            1
+            for node, gpus in free.free.items()
+            for g in gpus
+            if (m := self.model.get((node, g), "")) in models
+            and (key == ANY or type_matches(key, m))
+        )
+
+    # ------------------------------------------------------------ reclaim
+
+    def _under(self, job: PendingJob) -> tuple[str, int, int] | None:
+        """The guarantee this job would run within: (key, held, guaranteed), or None."""
+        team = self.team_of(job.user)
+        for key, count in sorted(self.quota(team).guaranteed.items()):
+            if (
+                key != ANY
+                and job.gpu_types
+                and not any(type_matches(key, m) for m in self._models_for(job))
+            ):
+                continue
+            held = self.holds(team, key)
+            if held + job.gpus <= count:
+                return key, held, count
+        return None
+
+    def _borrowers(self, team: str, key: str) -> list[str]:
+        memo = ("borrowers", team, key)
+        got = self._cache.get(memo)
+        if got is None:
+            got = self._cache[memo] = sorted(
+                t for t in self.held if t != team and self.borrowing(t, key) > 0
+            )
+        return got  # type: ignore[return-value]
+
+    def could_reclaim(self, job: PendingJob) -> bool:
+        if self.now - job.submit_time < self.quotas.reclaim_after_s:
+            return False
+        under = self._under(job)
+        return under is not None and bool(self._borrowers(self.team_of(job.user), under[0]))
+
+    def reclaim(self, job: PendingJob, victim: RunningJob) -> str | None:
+        """Why `job` may take `victim`'s GPUs back for its team's guarantee, or None."""
+        if self.now - job.submit_time < self.quotas.reclaim_after_s:
+            return None
+        mine, theirs = self.team_of(job.user), self.team_of(victim.user)
+        under = self._under(job)
+        if mine == theirs or under is None:
+            return None
+        key, held, count = under
+        if key != ANY and not all(
+            type_matches(key, self.model.get((n, g), "")) for n, gs in victim.parts for g in gs
+        ):
+            return None
+        if self.borrowing(theirs, key) <= 0:
+            return None
+        return (
+            f"team {mine} reclaims its guarantee ({held} of {count} {_key_text(key)}GPUs held) "
+            f"from team {theirs}, which borrows {self.borrowing(theirs, key)}"
+        )
+
+    def protected(self, victim: RunningJob) -> bool:
+        """Whether taking `victim` would leave its account under a guarantee: then no
+        fair-share claim may take it."""
+        team = self.team_of(victim.user)
+        for key, count in self.quota(team).guaranteed.items():
+            mine = sum(
+                1
+                for node, gpus in victim.parts
+                for g in gpus
+                if key == ANY or type_matches(key, self.model.get((node, g), ""))
+            )
+            if mine and self.holds(team, key) - mine < count:
+                return True
+        return False
+
+    # ------------------------------------------------------------ words
+
+    def context(self, job: PendingJob) -> str:
+        """Where the job's team stands against its guarantee, for `gshare why`."""
+        team = self.team_of(job.user)
+        under = self._under(job)
+        if under is not None:
+            key, held, count = under
+            text = f"team {team} is under its guarantee ({held} of {count} {_key_text(key)}GPUs)"
+            borrowers = self._borrowers(team, key)
+            if not borrowers:
+                return f"{text}; no team borrows, the GPUs are in use within guarantees"
+            wait = self.quotas.reclaim_after_s - (self.now - job.submit_time)
+            who = ", ".join(f"{b} ({self.borrowing(b, key)})" for b in borrowers)
+            if wait > 0:
+                return f"{text}; reclaims from borrowing teams {who} {_when(wait)}"
+            return f"{text}; reclaiming from borrowing teams {who}"
+        over = self.borrowing(team)
+        if over > 0:
+            return f"team {team} borrows {over} GPUs beyond its guarantee"
+        return ""
+
+    def with_context(
+        self, context: Callable[[PendingJob, int], str] | None
+    ) -> Callable[[PendingJob, int], str]:
+        """The policy's words for a waiting job, then the team's standing on its guarantee."""
+
+        def both(job: PendingJob, position: int) -> str:
+            first = context(job, position) if context is not None else ""
+            mine = self.context(job)
+            return f"{first}; {mine}" if first and mine else first or mine
+
+        return both
+
+    def lenders(self, key: str = ANY) -> list[str]:
+        return sorted(
+            t
+            for t, q in self.quotas.accounts.items()
+            if q.lend and q.guaranteed.get(key, 0) > self.holds(t, key)
+        )
+
+
+class _QuotaClaim:
+    """The policy's claim rule, plus reclaiming guarantees, minus taking jobs that run
+    within their account's guarantee on any ground but a higher priority class."""
+
+    def __init__(self, book: QuotaBook, base: ClaimRule | None) -> None:
+        self.book = book
+        self.base = base
+        self._could = getattr(base, "could_claim", None)
+
+    def could_claim(self, job: PendingJob) -> bool:
+        if self.book.could_reclaim(job):
+            return True
+        if self.base is None:
+            return False
+        return self._could(job) if self._could is not None else True
+
+    def __call__(self, job: PendingJob, victim: RunningJob) -> str | None:
+        why = self.book.reclaim(job, victim)
+        if why is not None or self.base is None:
+            return why
+        book = self.book
+        if book.team_of(job.user) != book.team_of(victim.user) and book.protected(victim):
+            if job.priority > victim.priority:
+                classes = f"{job.priority} > {victim.priority}"
+                return f"job {job.job_id} has a higher priority class ({classes})"
+            return None
+        return self.base(job, victim)
+
+
+def quota_claim(book: QuotaBook, base: ClaimRule | None) -> ClaimRule:
+    return _QuotaClaim(book, base)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountStanding:
+    """One account's quota standing, for `gshare usage`."""
+
+    account: str
+    guaranteed: Mapping[str, int]
+    limit: Mapping[str, int]
+    lend: bool
+    holds: int
+    borrowing: int
+    borrows_from: tuple[str, ...]  # accounts whose idle guarantee it may be using
+    reclaim_in_s: float  # -1: no reclaim due; 0: reclaiming now
+    reclaim_from: tuple[str, ...]
+
+
+def quota_report(
+    snapshot: ClusterSnapshot, quotas: Quotas
+) -> tuple[list[AccountStanding], list[str]]:
+    """Each account's standing against its quotas, and warnings about the quotas."""
+    book = QuotaBook(snapshot, quotas)
+    rows = []
+    waiting: dict[str, float] = {}
+    for job in snapshot.pending:
+        if book._under(job) is not None:
+            team = book.team_of(job.user)
+            waiting[team] = min(waiting.get(team, job.submit_time), job.submit_time)
+    teams = sorted(set(quotas.accounts) | set(book.held))
+    for team in teams:
+        quota = book.quota(team)
+        borrowing = book.borrowing(team)
+        reclaim_in = -1.0
+        reclaim_from: tuple[str, ...] = ()
+        if team in waiting:
+            borrowers = book._borrowers(team, ANY)
+            if borrowers:
+                since = snapshot.now - waiting[team]
+                reclaim_in = max(0.0, quotas.reclaim_after_s - since)
+                reclaim_from = tuple(borrowers)
+        rows.append(
+            AccountStanding(
+                team,
+                quota.guaranteed,
+                quota.limit,
+                quota.lend,
+                book.holds(team),
+                borrowing,
+                tuple(t for t in book.lenders() if t != team) if borrowing else (),
+                reclaim_in,
+                reclaim_from,
+            )
+        )
+    warnings = []
+    total = sum(n.gpu_count for n in snapshot.nodes)
+    promised = sum(q.guaranteed.get(ANY, 0) for q in quotas.accounts.values())
+    if promised > total:
+        warnings.append(
+            f"guarantees add up to {promised} GPUs, more than the {total} the registered nodes hold"
+        )
+    keys = sorted({k for q in quotas.accounts.values() for k in q.guaranteed if k != ANY})
+    models = Counter(g.model for n in snapshot.nodes for g in n.gpus)
+    for key in keys:
+        have = sum(c for m, c in models.items() if type_matches(key, m))
+        want = sum(q.guaranteed.get(key, 0) for q in quotas.accounts.values())
+        if want > have:
+            warnings.append(
+                f"{key} guarantees add up to {want} GPUs, more than the {have} {key} GPUs "
+                "the registered nodes hold"
+            )
+    return rows, warnings
