@@ -162,12 +162,19 @@ def check_gpu_types(spec: pb.JobSpec, nodes: Mapping[str, NodeRecord]) -> list[s
     return kinds
 
 
-def check_pending_cap(user: str, config: Config, queued: int) -> None:
-    """Refuse a submit that would put the user over their max_pending_jobs."""
+def check_pending_cap(user: str, config: Config, queued: int, adding: int = 1) -> None:
+    """Refuse a submit (of `adding` jobs: an array's tasks) that would put the user over
+    their max_pending_jobs."""
     cap = dict(config.users).get(user, config.user_limits).max_pending_jobs
-    if cap and queued >= cap:
+    if cap and queued + adding > cap:
+        if adding == 1:
+            raise Refused(
+                f"user {user} has {queued} jobs waiting, the most max_pending_jobs allows is {cap}",
+                "RESOURCE_EXHAUSTED",
+            )
         raise Refused(
-            f"user {user} has {queued} jobs waiting, the most max_pending_jobs allows is {cap}",
+            f"user {user} has {queued} jobs waiting; an array of {adding} tasks would pass "
+            f"max_pending_jobs ({cap})",
             "RESOURCE_EXHAUSTED",
         )
 

@@ -299,7 +299,7 @@ class ClientService(pb_grpc.ClientServiceServicer):
         queued = self._submitting[caller.user] + sum(
             1 for j in mine if j.state in (JobState.PENDING, JobState.HELD)
         )
-        check_pending_cap(caller.user, self.s.config, queued + count - 1)
+        check_pending_cap(caller.user, self.s.config, queued, count)
         self._submitting[caller.user] += count
         try:
             return await submit()

@@ -264,3 +264,20 @@ def test_max_pending_jobs_refuses_a_new_submit_but_answers_a_retried_one(
         assert client.submit(spec(), idempotency_key="k2") == waiting  # a retry: answered
     assert cluster.queue_ids() == [running, waiting]
     cluster.gshare("cancel", str(running), str(waiting))
+
+
+def test_an_arrays_tasks_count_against_max_pending_jobs(
+    cluster_factory: Callable[..., Cluster], workdir: Path
+) -> None:
+    config = "[scheduler]\nkill_grace_s = 3\n\n[fairshare]\nmax_pending_jobs = 3\n"
+    cluster = cluster_factory(config=config, agents=1, gpus_per_node=1)
+    job = workdir / "j.sh"
+    job.write_text("#!/bin/bash\nsleep 60\n")
+    too_many = cluster.gsub(str(job), "--array", "0-3", cwd=workdir)
+    assert too_many.code == 1 and "an array of 4 tasks would pass max_pending_jobs (3)" in (
+        too_many.err
+    )
+    assert cluster.queue_ids() == []
+    array_id = cluster.submit(str(job), "--array", "0-2", cwd=workdir)
+    assert len(cluster.queue_ids()) == 3
+    cluster.gshare("cancel", str(array_id))
