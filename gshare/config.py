@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from gshare.address import host_name_ok
 from gshare.paths import SYSTEM_CONFIG, SYSTEM_SOCKET, default_state_dir
 from gshare.timefmt import TimeFormatError, parse_duration
 
@@ -112,6 +113,11 @@ class Config:
     agent_metrics_listen: str = ""  # HOST:PORT for each agent's /metrics; empty: off
     agent_scheduler: str = ""  # where agents find the scheduler (unix:PATH or HOST:PORT)
     agent_token_file: str = ""  # the agent token, for a scheduler reached over TCP
+    # where this node's jobs are reached by the other parts of a multi-node job; empty:
+    # the host's address on its route to the scheduler
+    agent_address: str = ""
+    # MASTER_PORT of multi-node jobs: chosen from this range, never two jobs' on one node
+    master_ports: tuple[int, int] = (29500, 29999)
     source: str = "(built-in defaults)"
 
 
@@ -187,6 +193,7 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
     if not 1 <= max_array <= 1_000_001:
         raise ConfigError(f"{where}: max_array_size must be between 1 and 1000001")
     kill_invalid = _typed(sched, "kill_invalid_depend", bool, where, True)
+    master_ports = _port_range(_typed(sched, "master_ports", str, where, "29500-29999"), where)
     sync = _typed(store, "sqlite_synchronous", str, f"{source} [store]", "FULL").upper()
     if sync not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ConfigError(f"{source} [store]: sqlite_synchronous must be NORMAL, FULL or EXTRA")
@@ -239,7 +246,12 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
         raise ConfigError(f"{twhere}: fatal_xids must be a list of positive Xid numbers")
     metrics_listen = _typed(server, "metrics", str, f"{source} [server]", "")
     agent = _section(data, "agent", source)
-    _known_keys(agent, {"metrics", "scheduler", "token_file"}, f"{source} [agent]")
+    _known_keys(agent, {"metrics", "scheduler", "token_file", "address"}, f"{source} [agent]")
+    agent_address = _typed(agent, "address", str, f"{source} [agent]", "")
+    if agent_address and not host_name_ok(agent_address):
+        raise ConfigError(
+            f"{source} [agent]: address must be a host name or an IP address, not {agent_address!r}"
+        )
     agent_metrics = _typed(agent, "metrics", str, f"{source} [agent]", "")
     agent_scheduler = _typed(agent, "scheduler", str, f"{source} [agent]", "")
     agent_token_file = _typed(agent, "token_file", str, f"{source} [agent]", "")
@@ -272,6 +284,8 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
         agent_metrics_listen=agent_metrics,
         agent_scheduler=agent_scheduler,
         agent_token_file=agent_token_file,
+        agent_address=agent_address,
+        master_ports=master_ports,
         **fair,
     )
 
@@ -319,6 +333,18 @@ def _known_keys(table: dict[str, Any], known: set[str], where: str) -> None:
     for key in table:
         if key not in known:
             raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+
+
+def _port_range(value: str, where: str) -> tuple[int, int]:
+    low, sep, high = value.partition("-")
+    if not (sep and low.strip().isdigit() and high.strip().isdigit()):
+        raise ConfigError(f"{where}: master_ports must be a range like 29500-29999, not {value!r}")
+    first, last = int(low), int(high)
+    if not 1024 <= first <= last <= 65535:
+        raise ConfigError(
+            f"{where}: master_ports {value!r} must lie within 1024-65535, low end first"
+        )
+    return first, last
 
 
 def _host_port(value: str, listen: bool = False) -> bool:

@@ -66,8 +66,10 @@ class SchedulerLink:
         launcher: JobRunner,
         lease: Lease,
         token: str = "",
+        address: str = "",
     ) -> None:
         self.target = target
+        self.address = address  # where the other parts of a multi-node job reach this node
         self.node = node
         self.gpus = gpus
         self.backend = backend
@@ -115,6 +117,7 @@ class SchedulerLink:
                 jobs=[agent_job(p) for p in self.launcher.jobs.values()],
                 gpu_backend=self.backend,
                 agent_version=__version__,
+                address=self.address,
             )
         )
 

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from gshare import __version__, sdnotify
-from gshare.address import AddressError, resolve
+from gshare.address import AddressError, resolve, route_address
 from gshare.config import Config, ConfigError, default_state_dir, load_config, with_mqtt_url
 from gshare.logs import setup_logging
 from gshare.metrics import LoopCollector, MetricsServer, gpu_families
@@ -161,6 +161,7 @@ async def run(
         launcher,
         Lease(launcher.lease_file),
         token,
+        config.agent_address or route_address(target),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

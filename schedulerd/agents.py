@@ -32,6 +32,7 @@ class Registration:
     jobs: tuple[JobReport, ...]  # jobs it still runs, and ends not yet acknowledged
     gpu_backend: str = ""
     agent_version: str = ""
+    address: str = ""  # where the other parts of a multi-node job reach it
 
 
 # ---------------------------------------------------------------- what they are told
@@ -199,6 +200,7 @@ class AgentHub:
             node.reason = ""
         node.last_seen = state.clock()
         node.gpu_backend, node.agent_version = reg.gpu_backend, reg.agent_version
+        node.address = reg.address
         await state.save_node(node)
         session.send(Registered(self.config.node_lease_s, self.config.heartbeat_s))
         plan = reconcile(reg.node, state.on_node(reg.node), reg.jobs, state.clock())

@@ -36,6 +36,8 @@ def spec_of(
         max_restarts=job.max_restarts,
         checkpoint_dir=job.checkpoint_dir,
         slurm=job.slurm,
+        nodes=job.nodes if job.nodes > 1 else 0,
+        gpus_per_node=job.gpus_per_node,
     )
 
 
@@ -169,4 +171,5 @@ def _node_to_pb(node: NodeRecord, busy: list[int]) -> pb.Node:
         reason=node.reason,
         gpu_backend=node.gpu_backend,
         agent_version=node.agent_version,
+        address=node.address,
     )

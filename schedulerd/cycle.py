@@ -318,6 +318,8 @@ def take_snapshot(
         elif state is pending_state:
             if held and job.job_id in held:
                 continue
+            if job.nodes > 1 and not multi_node:
+                continue  # never on one node, as if it were a single-node job of N*G GPUs
             cached = pending_cache.get(job.job_id)
             if cached is not None and cached[0] is job:
                 pending.append(cached[1])

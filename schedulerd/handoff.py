@@ -170,9 +170,11 @@ class SlurmLink:
         free = sorted(self.capacity.free_gpus, reverse=True)
         for job in self.s.jobs.values():
             if job.state is JobState.HANDED_OFF:
-                fits = next((i for i, n in enumerate(free) if n >= job.gpus), None)
-                if fits is not None:
-                    free[fits] -= job.gpus
+                per_node = job.gpus_per_node if job.nodes > 1 else job.gpus
+                for _ in range(job.nodes):
+                    fits = next((i for i, n in enumerate(free) if n >= per_node), None)
+                    if fits is not None:
+                        free[fits] -= per_node
         return SlurmCapacity(True, tuple(free), "")
 
     def _note(self, job: JobRecord, reason: str) -> None:
@@ -265,7 +267,8 @@ class SlurmLink:
                 argv=tuple(job.args),
                 environment=env,
                 comment=self.comment(job.job_id),
-                gpus=job.gpus,
+                gpus=job.gpus_per_node if job.nodes > 1 else job.gpus,
+                nodes=job.nodes,
                 cpus=max(1, job.cpus),
                 time_limit_minutes=math.ceil(job.time_limit_s / 60) if job.time_limit_s else None,
                 stdout=job.output_path,
@@ -275,20 +278,16 @@ class SlurmLink:
             slurm_id = await self.submitter(job.user).submit(spec)
         except (SlurmRejected, ValueError) as exc:
             why = f"Slurm refused it: {exc}; it stays here and will not be handed off again"
+            back = JobState.PENDING
+            fields: tuple[tuple[str, Any], ...] = (("reason", why), ("slurm", "never"))
+            if job.nodes > 1:  # the agents here do not start a job across nodes
+                why = f"Slurm refused it: {exc}; a multi-node job runs only through Slurm"
+                back, fields = JobState.FAILED, (("reason", why), ("end_time", self.s.clock()))
             async with self.s.lock:
                 current = self.s.jobs.get(job.job_id)
                 if current is not None and current.state is JobState.HANDED_OFF:
                     await self.s.change(
-                        [
-                            Change(
-                                job.job_id,
-                                JobState.PENDING,
-                                "handoff-refused",
-                                "slurm",
-                                why,
-                                (("reason", why), ("slurm", "never")),
-                            )
-                        ]
+                        [Change(job.job_id, back, "handoff-refused", "slurm", why, fields)]
                     )
             self.s.kick()
             return

@@ -62,6 +62,10 @@ class JobRecord:
     array_spec: str = ""  # the array's tasks and limit, e.g. "0-99:4%16"
     dependency: str = ""  # what it waits for (gshare.arrays syntax, ids resolved)
     params: dict[str, str] = field(default_factory=dict)  # a sweep trial's parameters
+    # a multi-node job: `nodes` parts of `gpus_per_node` GPUs each (`gpus` their total);
+    # 1 and 0 for a job on one node
+    nodes: int = 1
+    gpus_per_node: int = 0
 
     # Defaults for jobs submitted since cluster ids exist; `%C` is replaced at submit by the
     # id of the cluster's database, so a new cluster's job 1 is not an old cluster's job 1.
@@ -146,6 +150,7 @@ class NodeRecord:
     gpu_backend: str = ""
     agent_version: str = ""
     drained: bool = False  # an admin took it out of scheduling
+    address: str = ""  # its agent's [agent] address, as it registered (not stored)
     # GPUs out of scheduling (a health event or an admin), index -> why
     gpu_health: dict[int, str] = field(default_factory=dict)
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
+from gshare.address import host_name_ok
 from gshare.api import gshare_pb2 as pb
 from gshare.api import gshare_pb2_grpc as pb_grpc
 from gshare.arrays import JobRef, parse_job_ref
@@ -478,6 +479,11 @@ class AgentService(pb_grpc.AgentServiceServicer):
         reg = first.register
         if not reg.node:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "register: empty node name")
+        if reg.address and not host_name_ok(reg.address):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"register: address {reg.address[:80]!r} is not a host name or an IP address",
+            )
         if not self.ids.may_be_agent(context, reg.node):
             log.warning("refused an agent registering as node %r from %s", reg.node, context.peer())
             await context.abort(
@@ -561,6 +567,7 @@ def registration_of(reg: pb.Register) -> ag.Registration:
         jobs=tuple(report_of(j) for j in reg.jobs),
         gpu_backend=reg.gpu_backend,
         agent_version=reg.agent_version,
+        address=reg.address,
     )
 
 

@@ -99,6 +99,9 @@ class JobRow(Base):
     array_spec: Mapped[str] = mapped_column(Text, default="")
     dependency: Mapped[str] = mapped_column(Text, default="")
     params: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True, default=None)
+    # multi-node jobs (migration 0009)
+    nodes: Mapped[int] = mapped_column(Integer, default=1)
+    gpus_per_node: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class ClusterRow(Base):

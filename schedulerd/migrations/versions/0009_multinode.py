@@ -1,0 +1,30 @@
+"""Multi-node jobs.
+
+Revision ID: 0009
+Revises: 0007
+
+A job across nodes asks for `nodes` parts of `gpus_per_node` GPUs each (`gpus` stays
+their total, as the ledger counts it); a job on one node keeps 1 and 0.
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0009"
+down_revision = "0007"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("jobs") as batch:
+        batch.add_column(sa.Column("nodes", sa.Integer(), nullable=False, server_default="1"))
+        batch.add_column(
+            sa.Column("gpus_per_node", sa.Integer(), nullable=False, server_default="0")
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("jobs") as batch:
+        batch.drop_column("gpus_per_node")
+        batch.drop_column("nodes")
