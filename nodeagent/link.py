@@ -172,6 +172,7 @@ class SchedulerLink:
                     if 0 < spec.preempt_signal < signal.NSIG
                     else signal.SIGUSR1,
                     grace_s=_seconds(spec.grace_s, 0.0),
+                    hostfile=launch.hostfile,
                 )
             )
             if not proc.exited:

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from gshare import __version__, sdnotify
-from gshare.address import AddressError, resolve, route_address
+from gshare.address import AddressError, host_name_ok, resolve, route_address
 from gshare.config import Config, ConfigError, default_state_dir, load_config, with_mqtt_url
 from gshare.logs import setup_logging
 from gshare.metrics import LoopCollector, MetricsServer, gpu_families
@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--node", default=socket.gethostname(), help="this node's name (default: hostname)"
+    )
+    p.add_argument(
+        "--node-address",
+        help="where the other parts of a multi-node job reach this node "
+        "(default: [agent] address, else this host's address on its route to the scheduler)",
     )
     p.add_argument(
         "--state-dir",
@@ -161,7 +166,7 @@ async def run(
         launcher,
         Lease(launcher.lease_file),
         token,
-        config.agent_address or route_address(target),
+        args.node_address or config.agent_address or route_address(target),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -238,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(args.log_level)
         config = with_mqtt_url(load_config(args.config), args.mqtt)
         target = resolve(args.address or os.environ.get("GSHARE_ADDRESS") or config.agent_scheduler)
+        if args.node_address is not None and not host_name_ok(args.node_address):
+            raise ValueError(
+                f"--node-address must be a host name or an IP address, not {args.node_address!r}"
+            )
     except (ValueError, AddressError, ConfigError) as exc:
         print(f"gshare-nodeagent: {exc}", file=sys.stderr)
         return 2

@@ -60,6 +60,12 @@ def why_not_placed(job: PendingJob, free: FreeMap) -> str:
         return "no node is up"
     if job.gpus > free.total:
         return f"needs {job.gpus} GPUs, the cluster has {free.total} up"
+    if job.nodes > 1:
+        wide = sum(1 for n in free.nodes.values() if n.gpu_count >= job.gpus_per_node)
+        return (
+            f"needs {job.gpus_per_node} free GPUs on each of {job.nodes} nodes "
+            f"({wide} nodes have {job.gpus_per_node} or more GPUs)"
+        )
     if job.gpus > free.widest:
         idle = sum(free.nodes[n].gpu_count for n in free.idle_nodes())
         return f"needs {job.gpus} GPUs on whole nodes, {idle} GPUs are on idle nodes"
@@ -76,7 +82,7 @@ def _reserve(
     for r in running:
         for where, held in r.parts:
             ends.setdefault(where, []).append((r.expected_end(), len(held)))
-    if job.gpus <= free.widest:
+    if job.gpus <= free.widest and job.nodes <= 1:
         best: tuple[float, str, int] | None = None
         for name, node in free.nodes.items():
             if node.gpu_count < job.gpus:

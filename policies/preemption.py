@@ -49,8 +49,8 @@ def choose_victims(
     claim: ClaimRule,
     off_limits: frozenset[str] | set[str] = frozenset(),
 ) -> VictimChoice | None:
-    if job.gpus > free.widest:
-        return None  # jobs wider than a node wait for whole nodes; they do not preempt
+    if job.gpus > free.widest or job.nodes > 1:
+        return None  # jobs across nodes wait for their nodes; they do not preempt
     by_node: dict[str, list[tuple[RunningJob, str]]] = {}
     for r in running:
         if (

@@ -56,6 +56,10 @@ class PendingJob:
     # may it go to Slurm: -1 never, 0 as soon as Slurm answers, T after waiting T seconds
     # (and only while Slurm has free GPUs for it); see policies/handoff.py
     handoff_after_s: float = -1.0
+    # asked as `nodes` parts of `gpus_per_node` GPUs each (gpus = their total); 1: as the
+    # placement sees fit (one node if it fits, else whole idle nodes)
+    nodes: int = 1
+    gpus_per_node: int = 0
 
 
 @dataclass(frozen=True, slots=True)

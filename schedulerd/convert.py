@@ -76,6 +76,18 @@ def job_to_pb(job: JobRecord, events: list[EventRecord] | None = None, position:
         array_spec=job.array_spec,
         dependency=job.dependency,
         params=job.params,
+        parts=[
+            pb.JobPart(
+                node=p.node,
+                rank=p.rank,
+                gpus=p.gpus,
+                state=p.state,
+                pid=p.pid,
+                exit_code=p.exit_code,
+                exit_signal=p.exit_signal,
+            )
+            for p in job.parts
+        ],
         events=[
             pb.JobEvent(
                 seq=e.seq,

@@ -278,16 +278,20 @@ class SlurmLink:
             slurm_id = await self.submitter(job.user).submit(spec)
         except (SlurmRejected, ValueError) as exc:
             why = f"Slurm refused it: {exc}; it stays here and will not be handed off again"
-            back = JobState.PENDING
-            fields: tuple[tuple[str, Any], ...] = (("reason", why), ("slurm", "never"))
-            if job.nodes > 1:  # the agents here do not start a job across nodes
-                why = f"Slurm refused it: {exc}; a multi-node job runs only through Slurm"
-                back, fields = JobState.FAILED, (("reason", why), ("end_time", self.s.clock()))
             async with self.s.lock:
                 current = self.s.jobs.get(job.job_id)
                 if current is not None and current.state is JobState.HANDED_OFF:
                     await self.s.change(
-                        [Change(job.job_id, back, "handoff-refused", "slurm", why, fields)]
+                        [
+                            Change(
+                                job.job_id,
+                                JobState.PENDING,
+                                "handoff-refused",
+                                "slurm",
+                                why,
+                                (("reason", why), ("slurm", "never")),
+                            )
+                        ]
                     )
             self.s.kick()
             return

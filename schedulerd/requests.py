@@ -170,10 +170,6 @@ def _check_width(spec: pb.JobSpec, nodes: Mapping[str, NodeRecord], slurm_always
                 f"--nodes {wanted} --gpus-per-node {per_node}: the cluster has "
                 f"{wide} node{'' if wide == 1 else 's'} with {per_node} or more GPUs"
             )
-    # Gang start is not built yet: a job across nodes goes to Slurm or nowhere.
-    raise Refused(
-        f"--nodes {wanted}: multi-node jobs are run only through Slurm for now (--slurm always)"
-    )
 
 
 def validate(

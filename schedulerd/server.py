@@ -24,8 +24,9 @@ from schedulerd.changes import JobReport
 from schedulerd.convert import job_to_pb, node_to_pb, set_gpu_stats, spec_of
 from schedulerd.daemon import Scheduler
 from schedulerd.errors import Refused
+from schedulerd.gang import hostfile_of, part_environment, part_output
 from schedulerd.jobstate import IllegalTransition, JobState
-from schedulerd.model import EventRecord, GpuInfo, JobRecord, NodeRecord
+from schedulerd.model import EventRecord, GpuInfo, JobPart, JobRecord, NodeRecord
 from schedulerd.peercred import ANONYMOUS, Caller, PeerCredFrontDoor
 from schedulerd.requests import array_of, dependency_of, tasks_of, validate
 from schedulerd.store import DatabaseFull
@@ -571,6 +572,23 @@ def registration_of(reg: pb.Register) -> ag.Registration:
     )
 
 
+def gang_launch(job: JobRecord, script: bytes, part: JobPart) -> pb.Launch:
+    """A part of a multi-node job: its GPUs, its log, and the rendezvous."""
+    return pb.Launch(
+        job_id=job.job_id,
+        spec=spec_of(job, script, {**job.task_env, **part_environment(job, part)}),
+        gpu_indexes=part.gpus,
+        gpu_uuids=part.uuids,
+        user=job.user,
+        uid=job.uid,
+        gid=job.gid,
+        output_path=part_output(job, part.rank),
+        restart_count=job.restarts,
+        checkpoint_dir=job.checkpoint_path,
+        hostfile=hostfile_of(job),
+    )
+
+
 def command_pb(command: ag.Command) -> pb.SchedulerMessage:
     match command:
         case ag.Registered(lease_s, heartbeat_s):
@@ -579,7 +597,7 @@ def command_pb(command: ag.Command) -> pb.SchedulerMessage:
             )
         case ag.HeartbeatAck(at):
             return pb.SchedulerMessage(heartbeat_ack=pb.HeartbeatAck(time=at))
-        case ag.Launch(job, script):
+        case ag.Launch(job, script, None):
             return pb.SchedulerMessage(
                 launch=pb.Launch(
                     job_id=job.job_id,
@@ -594,6 +612,8 @@ def command_pb(command: ag.Command) -> pb.SchedulerMessage:
                     checkpoint_dir=job.checkpoint_path,
                 )
             )
+        case ag.Launch(job, script, part) if part is not None:
+            return pb.SchedulerMessage(launch=gang_launch(job, script, part))
         case ag.Kill(job_id, grace_s):
             return pb.SchedulerMessage(kill=pb.KillJob(job_id=job_id, grace_s=grace_s))
         case ag.Preempt(job_id, sig, grace_s):

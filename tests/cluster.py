@@ -57,6 +57,7 @@ class Cluster:
     gpus_per_node: int = 4
     agents: int = 2
     config: str = ""
+    node_addresses: dict[str, str] = field(default_factory=dict)  # --node-address per node
     scheduler: subprocess.Popen[bytes] | None = None
     agent_procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -144,6 +145,11 @@ class Cluster:
                 str(self.root / "gshare.toml"),
                 "--log-level",
                 "DEBUG",
+                *(
+                    ["--node-address", self.node_addresses[name]]
+                    if name in self.node_addresses
+                    else []
+                ),
             ],
             stdout=log,
             stderr=log,

@@ -1385,6 +1385,7 @@ class Launch(_message.Message):
     OUTPUT_PATH_FIELD_NUMBER: _builtins.int
     RESTART_COUNT_FIELD_NUMBER: _builtins.int
     CHECKPOINT_DIR_FIELD_NUMBER: _builtins.int
+    HOSTFILE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     user: _builtins.str
     uid: _builtins.int
@@ -1392,6 +1393,10 @@ class Launch(_message.Message):
     output_path: _builtins.str
     restart_count: _builtins.int
     checkpoint_dir: _builtins.str
+    hostfile: _builtins.str
+    """a part of a multi-node job: the `host slots=G` lines its launcher writes to the
+    file GSHARE_HOSTFILE names
+    """
     @_builtins.property
     def spec(self) -> Global___JobSpec: ...
     @_builtins.property
@@ -1411,10 +1416,11 @@ class Launch(_message.Message):
         output_path: _builtins.str = ...,
         restart_count: _builtins.int = ...,
         checkpoint_dir: _builtins.str = ...,
+        hostfile: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_dir", b"checkpoint_dir", "gid", b"gid", "gpu_indexes", b"gpu_indexes", "gpu_uuids", b"gpu_uuids", "job_id", b"job_id", "output_path", b"output_path", "restart_count", b"restart_count", "spec", b"spec", "uid", b"uid", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_dir", b"checkpoint_dir", "gid", b"gid", "gpu_indexes", b"gpu_indexes", "gpu_uuids", b"gpu_uuids", "hostfile", b"hostfile", "job_id", b"job_id", "output_path", b"output_path", "restart_count", b"restart_count", "spec", b"spec", "uid", b"uid", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

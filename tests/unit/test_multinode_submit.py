@@ -139,10 +139,9 @@ def test_bad_multi_node_requests_are_refused_with_the_reason(
         check(**kw)
 
 
-def test_a_job_the_cluster_could_hold_is_refused_here_until_agents_gang_start() -> None:
-    # 3 nodes of 2 GPUs fit (a, b, c); the agents do not start parts across nodes yet
-    with pytest.raises(Refused, match=r"--nodes 3: multi-node jobs are run only through Slurm"):
-        check(gpus=6, nodes=3, gpus_per_node=2)
+def test_a_job_the_cluster_can_hold_is_taken() -> None:
+    job = check(gpus=6, nodes=3, gpus_per_node=2)  # a, b and c have 2 GPUs or more
+    assert (job.nodes, job.gpus_per_node, job.gpus, job.parts) == (3, 2, 6, [])
 
 
 def test_slurm_always_takes_a_job_wider_than_this_cluster() -> None:
