@@ -55,8 +55,12 @@ def job_to_pb(job: JobRecord, events: list[EventRecord] | None = None, position:
         start_time=job.start_time,
         end_time=job.end_time,
         gpus=[
-            pb.GpuRef(node=job.node, index=i, uuid=u)
-            for i, u in zip(job.gpu_indexes, job.gpu_uuids, strict=False)
+            pb.GpuRef(node=where, index=i, uuid=u)
+            for where, indexes, uuids in (
+                [(p.node, p.gpus, p.uuids) for p in job.parts]
+                or [(job.node, job.gpu_indexes, job.gpu_uuids)]
+            )
+            for i, u in zip(indexes, uuids, strict=False)
         ],
         node=job.node,
         exit_code=job.exit_code,

@@ -462,7 +462,10 @@ def _node_gpu(target: str) -> tuple[str, int]:
 
 def cmd_logs(client: Client, args: argparse.Namespace) -> int:
     job = client.job(args.job)
-    path = Path(job.output_path)
+    nodes = max(job.spec.nodes, 1)
+    if args.rank >= nodes:
+        raise UsageError(f"--rank {args.rank}: job {job.job_id} runs on {nodes} node(s)")
+    path = Path(job.output_path.replace("%n", str(args.rank)))
     deadline = time.monotonic() + 10
     while not path.exists():
         if (

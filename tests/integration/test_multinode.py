@@ -16,6 +16,7 @@ import psutil
 
 from gshare.api import gshare_pb2 as pb
 from tests.cluster import PY, Cluster, wait_until
+from tui.model import ClusterModel
 
 CONFIG = """
 [scheduler]
@@ -116,6 +117,17 @@ def test_a_two_node_job_starts_every_part_with_one_rendezvous(
     # gshare nodes: both nodes busy with it, at their addresses
     nodes = {n["name"]: n for n in json.loads(cluster.gshare("nodes", "--json").out)}
     assert all(sum(g["busy"] for g in nodes[n]["gpus"]) == 2 for n in ("node0", "node1"))
+    # gshare top's model: the job holds its GPUs on both nodes
+    model = ClusterModel()
+    model.apply(pb.ClusterChange(job=cluster.job(job_id)))
+    held = [model.holder(n, i) for n in ("node0", "node1") for i in (0, 1)]
+    assert [j.job_id if j else None for j in held] == [job_id] * 4
+    assert [(g["node"], g["index"]) for g in show["gpus"]] == [
+        ("node0", 0),
+        ("node0", 1),
+        ("node1", 0),
+        ("node1", 1),
+    ]
     (out / "done").touch()
     job = cluster.wait_state(job_id, "COMPLETED")
     assert [(p.state, p.exit_code) for p in job.parts] == [("EXITED", 0), ("EXITED", 0)]
@@ -254,3 +266,73 @@ def test_a_job_wider_than_the_cluster_is_refused_at_submit(
 
 def pb_state(job: pb.Job) -> str:
     return pb.JobState.Name(job.state)
+
+
+def test_logs_of_each_part(cluster_factory: Callable[..., Cluster], workdir: Path) -> None:
+    cluster = two_nodes(cluster_factory)
+    path, out = make_job(workdir, "run")
+    job_id = cluster.submit(path, "--output", "ddp-%j.rank%n.log", cwd=workdir)
+    running_parts(cluster, job_id, out)
+    (out / "done").touch()
+    cluster.wait_state(job_id, "COMPLETED")
+    assert (workdir / f"ddp-{job_id}.rank1.log").exists()
+    for rank in (0, 1):
+        res = cluster.gshare("logs", str(job_id), "--rank", str(rank))
+        assert res.code == 0 and res.out == f"part {rank} of 2 on node{rank}\n"
+    assert cluster.gshare("logs", str(job_id)).out == "part 0 of 2 on node0\n"
+    for bad in ("2", "-1", "x", "1e3"):
+        res = cluster.gshare("logs", str(job_id), "--rank", bad)
+        assert res.code != 0 and res.err.count("\n") == 1 and "--rank" in res.err, res.err
+
+
+def test_a_scheduler_restart_keeps_a_multi_node_job_running(
+    cluster_factory: Callable[..., Cluster], workdir: Path
+) -> None:
+    cluster = two_nodes(cluster_factory)
+    path, out = make_job(workdir, "run")
+    job_id = cluster.submit(path, cwd=workdir)
+    running_parts(cluster, job_id, out)
+    before = [(p.node, p.pid) for p in cluster.job(job_id).parts]
+    cluster.kill_scheduler(signal.SIGKILL)
+    cluster.start_scheduler()
+    cluster.wait_nodes_up(2)
+    job = cluster.job(job_id)
+    assert pb_state(job) == "RUNNING" and [(p.node, p.pid) for p in job.parts] == before
+    (out / "done").touch()
+    job = cluster.wait_state(job_id, "COMPLETED")
+    assert job.restarts == 0 and [p.exit_code for p in job.parts] == [0, 0]
+
+
+LEASE_CONFIG = """
+[scheduler]
+kill_grace_s = 2
+node_lease_s = 4
+heartbeat_s = 0.5
+"""
+
+
+def test_a_lost_node_stops_the_other_parts_and_requeues_the_job(
+    cluster_factory: Callable[..., Cluster], workdir: Path
+) -> None:
+    addresses = {"node0": "127.0.0.2", "node1": "127.0.0.3"}
+    cluster = cluster_factory(
+        agents=2, gpus_per_node=2, config=LEASE_CONFIG, node_addresses=addresses
+    )
+    path, out = make_job(workdir, "yield")  # the second run ends at once
+    job_id = cluster.submit(path, "--grace", "2s", cwd=workdir)
+    running_parts(cluster, job_id, out)
+    pids = part_pids(out)
+    agent = cluster.agent_procs["node1"]
+    agent.send_signal(signal.SIGSTOP)  # node1 falls silent
+    try:
+        cluster.wait_state(job_id, "PENDING", timeout=60)
+        lost = [e.reason for e in cluster.job(job_id).events if e.kind == "gang-stop"]
+        assert len(lost) == 1 and lost[0].startswith("part 1 on node1 lost: agent silent"), lost
+        assert not alive(pids[0])  # the part on node0 was stopped by the scheduler
+        assert (out / "signals.0").read_text().split() == ["term"]
+    finally:
+        agent.send_signal(signal.SIGCONT)
+    job = cluster.wait_state(job_id, "COMPLETED", timeout=60)
+    assert job.restarts == 1
+    events = [(e.kind, e.to_state) for e in cluster.job(job_id).events]
+    assert ("lost", "LOST") in events and ("requeue", "PENDING") in events
