@@ -58,7 +58,7 @@ def job_to_pb(job: JobRecord, events: list[EventRecord] | None = None, position:
             pb.GpuRef(node=where, index=i, uuid=u)
             for where, indexes, uuids in (
                 [(p.node, p.gpus, p.uuids) for p in job.parts]
-                or [(job.node, job.gpu_indexes, job.gpu_uuids)]
+                or [(job.node, tuple(job.gpu_indexes), tuple(job.gpu_uuids))]
             )
             for i, u in zip(indexes, uuids, strict=False)
         ],
