@@ -289,7 +289,13 @@ def settle(job: JobRecord, done: JobPart, actor: str, now: float) -> GangStep:
 
 
 def _final(job: JobRecord, parts: list[JobPart], actor: str, now: float) -> list[Change]:
-    failed = [p for p in parts if part_failure(p)]
+    preempted = job.state is JobState.PREEMPTING
+    failed = [
+        p
+        for p in parts
+        if part_failure(p)
+        and not (preempted and p.exit_code == YIELD_EXIT_CODE and not p.exit_signal)
+    ]
     causes = [p for p in failed if not p.stopped] or failed
     first = causes[0] if causes else parts[0]
     exits = (
