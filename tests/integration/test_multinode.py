@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -336,3 +337,62 @@ def test_a_lost_node_stops_the_other_parts_and_requeues_the_job(
     assert job.restarts == 1
     events = [(e.kind, e.to_state) for e in cluster.job(job_id).events]
     assert ("lost", "LOST") in events and ("requeue", "PENDING") in events
+
+
+def test_a_time_limit_ends_every_part(
+    cluster_factory: Callable[..., Cluster], workdir: Path
+) -> None:
+    cluster = two_nodes(cluster_factory)
+    path, out = make_job(workdir, "run")
+    job_id = cluster.submit(path, "--time", "3s", cwd=workdir)
+    running_parts(cluster, job_id, out)
+    job = cluster.wait_state(job_id, {"TIMEOUT", "FAILED", "COMPLETED"}, timeout=60)
+    assert pb_state(job) == "TIMEOUT" and "time limit" in job.reason, job.reason
+    assert [p.state for p in job.parts] == ["EXITED", "EXITED"]
+    assert not any(alive(pid) for pid in part_pids(out))
+    text = cluster.gshare("show", str(job_id)).out
+    assert "Parts: 0 node0 GPUs 0,1 exited exit 143; 1 node1 GPUs 0,1 exited exit 143" in text
+
+
+REGISTER = (
+    "import sys, grpc\n"
+    "from gshare.api import gshare_pb2 as pb, gshare_pb2_grpc as g\n"
+    "ch = grpc.insecure_channel(sys.argv[1])\n"
+    "address = bytes.fromhex(sys.argv[2]).decode()\n"
+    "reg = pb.AgentMessage(register=pb.Register(node='evil', cpus=1, address=address))\n"
+    "try:\n"
+    "    for m in g.AgentServiceStub(ch).Connect(iter([reg]), timeout=10):\n"
+    "        print('ANSWERED', m.WhichOneof('msg'))\n"
+    "except grpc.RpcError as e:\n"
+    "    print(e.code().name, e.details())\n"
+)
+
+
+def test_a_bad_agent_address_is_refused(cluster_factory: Callable[..., Cluster]) -> None:
+    cluster = two_nodes(cluster_factory)
+    for bad in ("a b", "x\0y", "-rf", "h" * 300, "1.2.3.4; rm -rf /"):
+        res = subprocess.run(
+            [PY, "-c", REGISTER, cluster.address, bad.encode().hex()],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.stdout.startswith("INVALID_ARGUMENT register: address"), res.stdout
+        assert "ANSWERED" not in res.stdout
+    with cluster.client() as c:
+        assert sorted(n.name for n in c.nodes()) == ["node0", "node1"]
+        assert {n.name: n.address for n in c.nodes()} == {
+            "node0": "127.0.0.2",
+            "node1": "127.0.0.3",
+        }
+    for bad in ("a b", "x" * 300, ""):
+        res = subprocess.run(
+            [
+                PY, "-m", "nodeagent.main", "--address", cluster.address, "--node", "n9",
+                "--state-dir", str(cluster.root / "agent-n9"), "--fake-gpus", "1",
+                "--node-address", bad,
+            ],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+        assert "--node-address must be a host name or an IP address" in res.stderr
