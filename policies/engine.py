@@ -180,7 +180,6 @@ def decide(
         for r in snapshot.running
         if r.preemptible
         and not r.yielding_to
-        and len(r.parts) == 1
         and now - r.start_time >= knobs.min_runtime_s
     ]
     lowest_class = min((r.priority for r in eligible), default=0)
@@ -194,7 +193,11 @@ def decide(
             return False  # no claim on anyone: not worth a search, nor a try
         tries -= 1
         taken = {p.job_id for p in preemptions}
-        candidates = [r for r in eligible if r.job_id not in taken and r.node not in promised]
+        candidates = [
+            r
+            for r in eligible
+            if r.job_id not in taken and not any(where in promised for where, _ in r.parts)
+        ]
         off = promised | (reservation.nodes if reservation is not None else frozenset())
         choice = choose_victims(job, free, candidates, now, knobs.min_runtime_s, claim, off)
         if choice is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from policies.placement import FreeMap
 from policies.snapshot import PendingJob, RunningJob
@@ -53,18 +53,16 @@ def choose_victims(
         return None  # jobs across nodes wait for their nodes; they do not preempt
     by_node: dict[str, list[tuple[RunningJob, str]]] = {}
     for r in running:
-        if (
-            not r.preemptible
-            or r.yielding_to
-            or len(r.parts) != 1
-            or r.node not in free.nodes
-            or r.node in off_limits
-            or now - r.start_time < min_runtime_s
-        ):
+        if not r.preemptible or r.yielding_to or now - r.start_time < min_runtime_s:
             continue
-        why = claim(job, r)
-        if why is not None:
-            by_node.setdefault(r.node, []).append((r, why))
+        for where, held in r.parts:
+            if where not in free.nodes or where in off_limits:
+                continue
+            # a job across nodes, seen from one of them: the part there is what it frees
+            view = r if len(r.parts) == 1 else replace(r, parts=((where, held),))
+            why = claim(job, view)
+            if why is not None:
+                by_node.setdefault(where, []).append((view, why))
     # The fewest victims a node needs is found greedily (largest jobs first); only the nodes
     # that need the fewest are searched for the set that loses the least work.
     needs: list[tuple[int, str, int]] = []

@@ -396,3 +396,27 @@ def test_a_bad_agent_address_is_refused(cluster_factory: Callable[..., Cluster])
         )  # fmt: skip
         assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
         assert "--node-address must be a host name or an IP address" in res.stderr
+
+
+def test_a_higher_priority_job_preempts_a_multi_node_job_which_resumes(
+    cluster_factory: Callable[..., Cluster], workdir: Path
+) -> None:
+    addresses = {"node0": "127.0.0.2", "node1": "127.0.0.3"}
+    config = CONFIG + "[scheduler.policy_params]\nmin_runtime_s = 0\n"
+    cluster = cluster_factory(agents=2, gpus_per_node=2, config=config, node_addresses=addresses)
+    path, out = make_job(workdir, "yield")
+    low = cluster.submit(path, "--priority", "-1", "--grace", "30s", cwd=workdir)
+    running_parts(cluster, low, out)
+    high = cluster.submit("--wrap", "sleep 1", "--gpus", "2", "--priority", "10", cwd=workdir)
+    done = cluster.wait_state(high, "COMPLETED", timeout=60)
+    job = cluster.wait_state(low, "COMPLETED", timeout=60)
+    assert job.restarts == 1 and job.preemptions == 1
+    for rank in (0, 1):
+        assert (out / f"signals.{rank}").read_text().split() == ["usr1"]
+    events = [(e.kind, e.reason) for e in cluster.job(low).events]
+    assert ("preempt", f"preempted for job {high}") in [(k, r.split(":")[0]) for k, r in events]
+    assert ("requeue", "all 2 parts yielded after their checkpoint") in events
+    resumed = next(
+        e.time for e in cluster.job(low).events if e.kind == "running" and e.time > done.start_time
+    )
+    assert resumed >= done.end_time  # it waited for its nodes

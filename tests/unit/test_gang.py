@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from policies import FreeMap
+from policies import FreeMap, make_policy
 from schedulerd.changes import JobReport
 from schedulerd.gang import GangStep, gang_lost, gang_report
 from schedulerd.jobstate import JobState
 from schedulerd.model import JobPart, JobRecord
-from tests.builders import job, node
+from tests.builders import job, node, running, snapshot
 
 
 def gang(state: JobState = JobState.RUNNING, **kw: Any) -> JobRecord:
@@ -159,3 +159,17 @@ def test_n_parts_of_g_gpus_go_on_n_nodes_best_fit() -> None:
     two_by_three = replace(job(3).gpus(6).build(), nodes=2, gpus_per_node=3)
     found = free.find(two_by_three)
     assert found is not None and found.parts == (("a", (0, 1, 2)), ("c", (1, 2, 3)))
+
+
+def test_a_job_across_nodes_can_be_preempted_for_a_better_claim_on_one_of_them() -> None:
+    gang_job = running(9, "a", 0, 1).across(("a", (0, 1)), ("b", (0, 1)))
+    snap = snapshot(
+        [node("a").gpus(2), node("b").gpus(2)], [job(1).gpus(2).priority(10)], run=[gang_job]
+    )
+    plan = make_policy("fairshare").decide(snap)
+    assert [(p.job_id, p.for_job, p.node) for p in plan.preemptions] == [(9, 1, "a")]
+    # a job across nodes never preempts for itself: it waits for its nodes
+    wide = replace(job(2).gpus(4).priority(10).build(), nodes=2, gpus_per_node=2)
+    blocked = snapshot([node("a").gpus(2), node("b").gpus(2)], [], run=[running(8, "a", 0, 1)])
+    blocked = replace(blocked, pending=(wide,))
+    assert make_policy("fairshare").decide(blocked).preemptions == ()
