@@ -178,9 +178,7 @@ def decide(
     eligible = [
         r
         for r in snapshot.running
-        if r.preemptible
-        and not r.yielding_to
-        and now - r.start_time >= knobs.min_runtime_s
+        if r.preemptible and not r.yielding_to and now - r.start_time >= knobs.min_runtime_s
     ]
     lowest_class = min((r.priority for r in eligible), default=0)
     could_claim = getattr(claim, "could_claim", None)
