@@ -25,11 +25,12 @@ from gshare.config import Config
 from policies import Account, AccountTree, Policy
 from schedulerd.changes import JobReport, report_changes
 from schedulerd.cycle import Cycle
+from schedulerd.gang import gang_report
 from schedulerd.jobstate import JobState
 from schedulerd.ledger import Ledger
 from schedulerd.model import GpuInfo, JobRecord, NodeRecord, NodeState
 from schedulerd.state import ClusterState, MemoryJournal
-from schedulerd.store import NewJob
+from schedulerd.store import Change, NewJob
 
 COLUMNS = ("job_id", "submit_time_s", "duration_s", "gpus", "user", "group", "status")
 STATUSES = {"completed", "failed", "killed"}
@@ -284,8 +285,7 @@ class SimAgents:
                 j.version += 1
                 if j.first_start is None:
                     j.first_start = now
-                report = JobReport(job.job_id, pid=1, start_time=now)
-                await self.state.change(report_changes(job, job.node, report, now))
+                await self._tell(job.job_id, JobReport(job.job_id, pid=1, start_time=now), now)
                 started.append(j)
             for job in yielding:
                 j = self.jobs[job.job_id]
@@ -294,20 +294,39 @@ class SimAgents:
                 saved = math.floor(done / every) * every if every > 0 else 0.0
                 j.remaining -= min(saved, j.remaining)
                 report = JobReport(job.job_id, exited=True, exit_code=YIELD_EXIT_CODE, end_time=now)
-                current = self.state.jobs[job.job_id]
-                changes = report_changes(current, current.node, report, now)
                 # backfill sees the rest of its work, plus the cost of starting again
                 limit = math.ceil(j.remaining + self.restart_cost_s)
-                changes = [replace(c, fields=(*c.fields, ("time_limit_s", limit))) for c in changes]
-                await self.state.change(changes)
+                await self._tell(job.job_id, report, now, (("time_limit_s", limit),))
                 yielded.append(j)
         return started, yielded
 
     async def finish(self, job_id: int, now: float) -> None:
         async with self.state.lock:
-            job = self.state.jobs[job_id]
-            report = JobReport(job_id, exited=True, exit_code=0, end_time=now)
-            await self.state.change(report_changes(job, job.node, report, now))
+            await self._tell(job_id, JobReport(job_id, exited=True, exit_code=0, end_time=now), now)
+
+    async def _tell(
+        self, job_id: int, report: JobReport, now: float, extra: tuple[tuple[str, Any], ...] = ()
+    ) -> None:
+        """The same report from every node the job runs on (one, or each of its parts),
+        through the daemon's own change builders; `extra` goes with the change that ends
+        or requeues it."""
+        job = self.state.jobs[job_id]
+        if job.parts:
+            for part in job.parts:
+                current = self.state.jobs.get(job_id)
+                if current is None or not current.state.on_node:
+                    break
+                changes = list(gang_report(current, part.node, report, now).changes)
+                if changes and not changes[-1].to_state.on_node:
+                    changes = [*changes[:-1], _with(changes[-1], extra)]
+                await self.state.change(changes)
+            return
+        changes = report_changes(job, job.node, report, now)
+        await self.state.change([_with(c, extra) for c in changes])
+
+
+def _with(change: Change, extra: tuple[tuple[str, Any], ...]) -> Change:
+    return replace(change, fields=(*change.fields, *extra)) if extra else change
 
 
 def simulate(
@@ -347,8 +366,9 @@ async def _simulate(
     record_series: bool,
 ) -> SimResult:
     total = nodes * gpus_per_node
-    # the scheduler launches jobs on one node: wider ones would wait for ever
-    fits = [j for j in all_jobs if j.gpus <= gpus_per_node]
+    # a job wider than a node runs across nodes, as the daemon runs it; wider than the
+    # whole cluster, it never could
+    fits = [j for j in all_jobs if j.gpus <= total]
     left_out = len(all_jobs) - len(fits)
     ordered = sorted(fits, key=lambda t: t.submit)
     groups = sorted({t.group for t in ordered})
@@ -389,7 +409,14 @@ async def _simulate(
 
     state.before_freeing = accrue
     cycle = Cycle(
-        config, state, ledger, policy, agents, accrue, last_checkpoint=agents.last_checkpoint
+        config,
+        state,
+        ledger,
+        policy,
+        agents,
+        accrue,
+        last_checkpoint=agents.last_checkpoint,
+        multi_node=True,
     )
     cycle.accounts = tree
 
@@ -445,7 +472,7 @@ async def _simulate(
         while events and events[0][0] == t:
             _, kind, _, ref, version = heapq.heappop(events)
             if kind == 1:
-                job_id = _submit(state, journal, ordered[ref], t)
+                job_id = _submit(state, journal, ordered[ref], t, gpus_per_node)
                 index_job[ref] = job_id
                 trace_of[job_id] = ordered[ref]
                 jobs[job_id] = _Job(job_id, ordered[ref], ordered[ref].duration)
@@ -521,8 +548,13 @@ async def _simulate(
     )
 
 
-def _submit(state: ClusterState, journal: MemoryJournal, t: TraceJob, now: float) -> int:
-    """A trace job as a submit: stored, then in the live view, as the daemon's submits."""
+def _submit(
+    state: ClusterState, journal: MemoryJournal, t: TraceJob, now: float, per_node: int
+) -> int:
+    """A trace job as a submit: stored, then in the live view, as the daemon's submits. A
+    job wider than a node asks for the fewest nodes that hold it, evenly."""
+    nodes = math.ceil(t.gpus / per_node)
+    each = math.ceil(t.gpus / nodes)
     record = JobRecord(
         job_id=0,
         user=t.user,
@@ -543,7 +575,11 @@ def _submit(state: ClusterState, journal: MemoryJournal, t: TraceJob, now: float
         state=JobState.PENDING,
         submit_time=now,
         max_restarts=-1,  # a replayed job is never failed for being preempted
+        nodes=nodes,
+        gpus_per_node=each if nodes > 1 else 0,
     )
+    if nodes > 1:
+        record.gpus = nodes * each
     [(job_id, _)] = journal.submit_many([NewJob(record, b"")], now)
     state.admit(record)
     return job_id
