@@ -77,7 +77,7 @@ def main() -> int:
                 f"  {size:>5} {name:<10} {r.avg_jct_s / 3600:8.1f} {r.p95_jct_s / 3600:8.1f} "
                 f"{r.avg_wait_s / 3600:9.1f} {r.p95_wait_s / 3600:9.1f} {r.utilization:6.1%} "
                 f"{r.preemptions:8d} {r.jain_fairness:7.3f} {r.jain_fairness_users:7.3f}"
-                + (f"   ({r.left_out} jobs wider than one node left out)" if r.left_out else "")
+                + (f"   ({r.left_out} jobs wider than the cluster left out)" if r.left_out else "")
             )
             quality.append({"gpus": size, **r.as_json()})
     figures["quality"] = quality
