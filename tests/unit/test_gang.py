@@ -13,6 +13,7 @@ from policies import FreeMap, make_policy
 from schedulerd.changes import JobReport
 from schedulerd.gang import GangStep, gang_lost, gang_report
 from schedulerd.jobstate import JobState
+from schedulerd.ledger import Ledger
 from schedulerd.model import JobPart, JobRecord
 from tests.builders import job, node, running, snapshot
 
@@ -173,3 +174,10 @@ def test_a_job_across_nodes_can_be_preempted_for_a_better_claim_on_one_of_them()
     blocked = snapshot([node("a").gpus(2), node("b").gpus(2)], [], run=[running(8, "a", 0, 1)])
     blocked = replace(blocked, pending=(wide,))
     assert make_policy("fairshare").decide(blocked).preemptions == ()
+
+
+def test_the_ledger_charges_every_part_s_gpus() -> None:
+    ledger = Ledger(7 * 86400.0)
+    ledger.accrue(0.0, [gang()])
+    ledger.accrue(10.0, [gang()])
+    assert ledger.usage["alice"] == pytest.approx(40.0, rel=1e-4)  # 2 parts x 2 GPUs x 10 s
