@@ -55,6 +55,8 @@ def main() -> None:
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
+    node, gpus = os.environ.get("GSHARE_NODE", "?"), os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    print(f"rank {rank}/{world} local {local_rank} on {node} GPUs {gpus}", flush=True)
     ckpt = Checkpointer(args.checkpoint_dir)  # only rank 0 writes; all load
     torch.manual_seed(args.seed)
     true_w = torch.randn(16, 1)

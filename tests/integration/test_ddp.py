@@ -61,6 +61,16 @@ def test_ddp_across_two_nodes_and_resumed_elsewhere_bitwise(
     logs = logs_of(workdir, "whole")  # global rank 0 is on whichever node the rendezvous says
     assert job.state == pb.COMPLETED, logs
     assert "done: 60 steps, 4 ranks" in logs
+    # every rank once, two on each node, each part's workers seeing that part's GPUs
+    seen = re.findall(r"^rank (\d)/4 local (\d) on (node\d) GPUs (\S*)$", logs, re.M)
+    assert sorted(r for r, _, _, _ in seen) == ["0", "1", "2", "3"], seen
+    assert sorted((n, lr) for _, lr, n, _ in seen) == [
+        ("node0", "0"),
+        ("node0", "1"),
+        ("node1", "0"),
+        ("node1", "1"),
+    ]
+    assert {g for _, _, _, g in seen} == {"0,1"}
     assert "part 1 of 2 on node1 (127.0.0.2:" in (workdir / "whole.1.log").read_text()
 
     # the same run, preempted after its first checkpoint, resumes on two other nodes
