@@ -420,3 +420,27 @@ def test_a_higher_priority_job_preempts_a_multi_node_job_which_resumes(
         e.time for e in cluster.job(low).events if e.kind == "running" and e.time > done.start_time
     )
     assert resumed >= done.end_time  # it waited for its nodes
+
+
+def test_a_part_that_cannot_launch_stops_the_others_and_requeues_the_job(
+    cluster_factory: Callable[..., Cluster], workdir: Path
+) -> None:
+    cluster = two_nodes(cluster_factory)
+    path, out = make_job(workdir, "run")
+    (workdir / "logs-0").mkdir()  # part 1's log directory is missing: it cannot start
+    job_id = cluster.submit(path, "--output", "logs-%n/part.log", cwd=workdir)
+
+    def stopped() -> list[str]:
+        events = cluster.job(job_id).events
+        return [e.reason for e in events if e.kind == "gang-stop"] and [
+            e.reason for e in events if e.kind == "requeue"
+        ]
+
+    [requeued, *_] = wait_until("the job to be requeued", stopped, timeout=60)
+    assert requeued.startswith("part 1 on node1 could not be launched: No such file"), requeued
+    (workdir / "logs-1").mkdir()  # the next start can launch it
+    running_parts(cluster, job_id, out)
+    (out / "done").touch()
+    job = cluster.wait_state(job_id, "COMPLETED", timeout=60)
+    assert job.restarts >= 1
+    assert (workdir / "logs-1" / "part.log").read_text().endswith("part 1 of 2 on node1\n")
