@@ -212,6 +212,11 @@ def _requeues(part: JobPart) -> bool:
     return bool(part.error) or part.lease_lost
 
 
+def _started(part: JobPart) -> bool:
+    """Runs, or ran and ended well (a short part may end before another has started)."""
+    return part.state == RUNNING_PART or (part.exited and not part_failure(part))
+
+
 def gang_report(job: JobRecord, node: str, report: JobReport, now: float) -> GangStep:
     """An agent's report on its part of `job`."""
     part = job.part_on(node)
@@ -223,7 +228,7 @@ def gang_report(job: JobRecord, node: str, report: JobReport, now: float) -> Gan
             return GangStep()
         running = replace(part, state=RUNNING_PART, pid=report.pid)
         parts = _replace(job.parts, running)
-        if job.state is JobState.STARTING and all(p.state == RUNNING_PART for p in parts):
+        if job.state is JobState.STARTING and not job.end_request and all(map(_started, parts)):
             pids = ", ".join(f"{p.node}:{p.pid}" for p in parts)
             change = Change(
                 job.job_id,

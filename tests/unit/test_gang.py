@@ -181,3 +181,16 @@ def test_the_ledger_charges_every_part_s_gpus() -> None:
     ledger.accrue(0.0, [gang()])
     ledger.accrue(10.0, [gang()])
     assert ledger.usage["alice"] == pytest.approx(40.0, rel=1e-4)  # 2 parts x 2 GPUs x 10 s
+
+
+def test_a_part_that_ends_well_before_another_starts_counts_as_started() -> None:
+    starting = gang(
+        JobState.STARTING,
+        parts=[JobPart("n0", 0, (0, 1)), JobPart("n1", 1, (2, 3))],
+    )
+    quick = apply(starting, gang_report(starting, "n0", ended(0), 5.0))
+    assert quick.state is JobState.STARTING and not quick.end_request
+    [running] = gang_report(quick, "n1", JobReport(7, pid=21), 6.0).changes
+    assert running.to_state is JobState.RUNNING
+    [end] = gang_report(apply(quick, GangStep((running,))), "n1", ended(0), 7.0).changes
+    assert end.to_state is JobState.COMPLETED
