@@ -82,7 +82,9 @@ def _reserve(
     for r in running:
         for where, held in r.parts:
             ends.setdefault(where, []).append((r.expected_end(), len(held)))
-    if job.gpus <= free.widest and job.nodes <= 1:
+    if job.nodes > 1:
+        return _reserve_parts(job, free, ends, now)
+    if job.gpus <= free.widest:
         best: tuple[float, str, int] | None = None
         for name, node in free.nodes.items():
             if node.gpu_count < job.gpus:
@@ -109,6 +111,31 @@ def _reserve(
         total += free.nodes[name].gpu_count
         at = max(at, t)
     return Reservation(job, at if total >= job.gpus else INF, frozenset(chosen), {})
+
+
+def _reserve_parts(
+    job: PendingJob, free: FreeMap, ends: dict[str, list[tuple[float, int]]], now: float
+) -> Reservation:
+    """N parts of G GPUs: the N nodes that will have G free soonest (by the running
+    jobs' time limits); the job starts when the last of them does."""
+    each = job.gpus_per_node
+    ready = []
+    for name, node in free.nodes.items():
+        if node.gpu_count < each:
+            continue
+        have, at = len(free.free[name]), now
+        for end, count in sorted(ends.get(name, [])):
+            if have >= each:
+                break
+            have, at = have + count, end
+        ready.append((at if have >= each else INF, name, have - each))
+    chosen = sorted(ready)[: job.nodes]
+    if len(chosen) < job.nodes:
+        return Reservation(job, INF, frozenset(n for _, n, _ in chosen), {})
+    start = max(at for at, _, _ in chosen)
+    return Reservation(
+        job, start, frozenset(n for _, n, _ in chosen), {n: max(0, s) for _, n, s in chosen}
+    )
 
 
 def _backfill(job: PendingJob, free: FreeMap, res: Reservation, now: float) -> Placement | None:

@@ -194,3 +194,21 @@ def test_a_part_that_ends_well_before_another_starts_counts_as_started() -> None
     assert running.to_state is JobState.RUNNING
     [end] = gang_report(apply(quick, GangStep((running,))), "n1", ended(0), 7.0).changes
     assert end.to_state is JobState.COMPLETED
+
+
+def test_a_waiting_job_across_nodes_reserves_the_nodes_free_soonest() -> None:
+    wide = replace(job(1).gpus(4).build(), nodes=2, gpus_per_node=2)
+    snap = snapshot(
+        [node("a").gpus(2), node("b").gpus(2), node("c").gpus(2)],
+        [],
+        run=[
+            running(7, "a", 0, 1).limit(7200),  # ends in an hour (started an hour ago)
+            running(8, "b", 0, 1).limit(3 * 3600),  # in two hours
+            running(9, "c", 0).limit(2 * 3600 + 1800),  # c has one free; full in 1.5 h
+        ],
+    )
+    snap = replace(snap, pending=(wide,))
+    plan = make_policy("fifo").decide(snap)
+    assert plan.starts == ()
+    # a frees in 1 h and c in 1.5 h: it starts on a and c, in about 90 min
+    assert "expected to start on a, c in about 90 min" in plan.reasons[1], plan.reasons[1]
