@@ -22,6 +22,12 @@ queued again and restarted with the same checkpoint directory. To let the schedu
 how much work a preemption would lose, append a line to GSHARE_CHECKPOINT_LOG after each
 save: {"time": UNIX_TIME, "size": BYTES, "step": N}. This module does all of it.
 
+In a job of several processes (torchrun's workers, a multi-node job's parts) the rank is
+read from RANK (as torchrun sets it; 0 when absent): only rank 0 writes checkpoints and
+tells the agent, every rank can load them (the directory is the same for all, on a file
+system they share). A distributed job should agree on when to stop (e.g. an all-reduce
+of `should_stop()`) so every rank yields at the same step, after rank 0 has saved.
+
 torch is imported only by the torch helpers; `save`/`load` work for any picklable state.
 """
 
@@ -62,6 +68,7 @@ class Checkpointer:
         self.keep = keep
         self.log_path = os.environ.get("GSHARE_CHECKPOINT_LOG")
         self.restart_count = int(os.environ.get("GSHARE_RESTART_COUNT", "0") or 0)
+        self.rank = _rank(os.environ.get("RANK", "0"))
         self._stop = False
         if signals is None:
             signals = (int(os.environ.get("GSHARE_PREEMPT_SIGNAL", signal.SIGUSR1)),)
@@ -90,9 +97,15 @@ class Checkpointer:
         found = [p for p in self.directory.iterdir() if _NAME.match(p.name)]
         return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))  # type: ignore[union-attr]
 
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes checkpoints: rank 0 does, the others only load."""
+        return self.rank == 0
+
     def save(self, step: int, state: Any) -> Path:
         """Write `state` atomically as the checkpoint of `step` (temp file, fsync, rename,
-        fsync of the directory); keep the newest `keep`; tell the agent."""
+        fsync of the directory); keep the newest `keep`; tell the agent. On a rank other
+        than 0, nothing is written: the path rank 0 writes is returned."""
         payload = {"step": step, "time": time.time(), "state": state}
         return self._write(step, lambda f: pickle.dump(payload, f, protocol=5))
 
@@ -100,6 +113,8 @@ class Checkpointer:
         """Stream the checkpoint into a temp file (no copy in memory), then make it durable
         and give it its final name in one rename."""
         final = self.directory / f"ckpt-{step:012d}.pt"
+        if not self.writes:
+            return final
         tmp = self.directory / f".ckpt-{step:012d}.pt.tmp-{os.getpid()}"
         with open(tmp, "wb") as f:
             write(f)
@@ -142,8 +157,12 @@ class Checkpointer:
         self, step: int, model: Any, optimizer: Any = None, scheduler: Any = None, **extra: Any
     ) -> Path:
         """Model, optimizer and LR scheduler state, every RNG (Python, NumPy, torch CPU and
-        CUDA), the step and `extra`, as one atomic checkpoint."""
+        CUDA), the step and `extra`, as one atomic checkpoint (rank 0's RNG, in a job of
+        several ranks: only rank 0 writes)."""
         import torch
+
+        if not self.writes:
+            return self.directory / f"ckpt-{step:012d}.pt"
 
         state = {
             "model": model.state_dict(),
@@ -176,6 +195,16 @@ class Checkpointer:
             _set_rng_state(state["rng"])
             return {"step": int(data["step"]), "extra": state["extra"]}
         return None
+
+
+def _rank(text: str) -> int:
+    try:
+        rank = int(text)
+    except ValueError:
+        raise ValueError(f"RANK must be a whole number, not {text!r}") from None
+    if rank < 0:
+        raise ValueError(f"RANK must not be negative, not {rank}")
+    return rank
 
 
 def _rng_state() -> dict[str, Any]:

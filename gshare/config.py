@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from gshare.address import host_name_ok
 from gshare.clientconfig import (
     ClientConfig,
     ClientConfigError,
@@ -171,6 +172,11 @@ class Config:
     agent_confine: str = "auto"  # "auto": jobs in cgroups when the agent is root; "off"
     agent_cgroup_root: str = "gshare"  # below the agent's own cgroup; "/..." from the top
     agent_pids_max: int = 16384  # processes and threads per job; 0: no limit
+    # where this node's jobs are reached by the other parts of a multi-node job; empty:
+    # the host's address on its route to the scheduler
+    agent_address: str = ""
+    # MASTER_PORT of multi-node jobs: chosen from this range, never two jobs' on one node
+    master_ports: tuple[int, int] = (29500, 29999)
     source: str = "(built-in defaults)"
 
 
@@ -247,6 +253,7 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
     if not 1 <= max_array <= 1_000_001:
         raise ConfigError(f"{where}: max_array_size must be between 1 and 1000001")
     kill_invalid = _typed(sched, "kill_invalid_depend", bool, where, True)
+    master_ports = _port_range(_typed(sched, "master_ports", str, where, "29500-29999"), where)
     sync = _typed(store, "sqlite_synchronous", str, f"{source} [store]", "FULL").upper()
     if sync not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ConfigError(f"{source} [store]: sqlite_synchronous must be NORMAL, FULL or EXTRA")
@@ -314,6 +321,7 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
             "confine",
             "cgroup_root",
             "pids_max",
+            "address",
         },
         awhere,
     )
@@ -328,6 +336,11 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
     pids_max = _typed(agent, "pids_max", int, awhere, 16384)
     if not 0 <= pids_max <= MAX_PIDS:
         raise ConfigError(f"{awhere}: pids_max must be between 0 and {MAX_PIDS}")
+    agent_address = _typed(agent, "address", str, awhere, "")
+    if agent_address and not host_name_ok(agent_address):
+        raise ConfigError(
+            f"{awhere}: address must be a host name or an IP address, not {agent_address!r}"
+        )
     agent_metrics = _typed(agent, "metrics", str, awhere, "")
     agent_scheduler = _typed(agent, "scheduler", str, awhere, "")
     agent_token_file = _typed(agent, "token_file", str, awhere, "")
@@ -391,6 +404,8 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
         agent_confine=confine,
         agent_cgroup_root=cgroup_root,
         agent_pids_max=pids_max,
+        agent_address=agent_address,
+        master_ports=master_ports,
         **fair,
     )
 
@@ -490,6 +505,18 @@ def _known_keys(table: dict[str, Any], known: set[str], where: str) -> None:
     for key in table:
         if key not in known:
             raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+
+
+def _port_range(value: str, where: str) -> tuple[int, int]:
+    low, sep, high = value.partition("-")
+    if not (sep and low.strip().isdigit() and high.strip().isdigit()):
+        raise ConfigError(f"{where}: master_ports must be a range like 29500-29999, not {value!r}")
+    first, last = int(low), int(high)
+    if not 1024 <= first <= last <= 65535:
+        raise ConfigError(
+            f"{where}: master_ports {value!r} must lie within 1024-65535, low end first"
+        )
+    return first, last
 
 
 def _mqtt(table: dict[str, Any], where: str) -> MqttConfig:

@@ -10,7 +10,8 @@ from collections.abc import Mapping
 KIB = 1024
 MIB = 1024 * KIB
 
-MAX_GPUS_PER_JOB = 4096
+MAX_GPUS_PER_JOB = 4096  # on one node
+MAX_NODES_PER_JOB = 1024  # a multi-node job's parts
 MAX_PRIORITY = 1_000_000
 SCRIPT_CEILING = 16 * MIB  # whatever max_script_bytes says, a Launch must fit the wire
 MAX_SPEC_BYTES = 1 * MIB  # the serialized JobSpec without its script

@@ -91,6 +91,7 @@ class LaunchRequest:
     grace_s: float = 0.0  # after preempt_signal, when the node stops it (0: the shim's default)
     mem_mb: int = 0  # its memory limit where jobs are confined (0: none)
     cpus: int = 0  # its CPU limit where jobs are confined (0: none)
+    hostfile: str = ""  # a part of a multi-node job: its hostfile, for GSHARE_HOSTFILE
 
 
 class LaunchError(Exception):
@@ -368,6 +369,11 @@ class Launcher:
                 os.close(dir_fd)
             env = job_environment(req, ident)
             env["GSHARE_CHECKPOINT_LOG"] = str(owner / CHECKPOINT_LOG)
+            if req.hostfile:  # root's, in root's directory: read-only to the job
+                _create(
+                    job_dir / "hostfile", req.hostfile.encode(), os.geteuid(), os.getegid(), 0o644
+                )
+                env["GSHARE_HOSTFILE"] = str(job_dir / "hostfile")
             spec = {
                 **ident,
                 "uid": uid,

@@ -70,8 +70,10 @@ class SchedulerLink:
         token: str = "",
         confinement: str = "",
         credentials: grpc.ChannelCredentials | None = None,
+        address: str = "",
     ) -> None:
         self.target = target
+        self.address = address  # where the other parts of a multi-node job reach this node
         self.node = node
         self.gpus = gpus
         self.backend = backend
@@ -122,6 +124,7 @@ class SchedulerLink:
                 gpu_backend=self.backend,
                 agent_version=__version__,
                 confinement=self.confinement,
+                address=self.address,
             )
         )
 
@@ -178,6 +181,7 @@ class SchedulerLink:
                     grace_s=_seconds(spec.grace_s, 0.0),
                     mem_mb=spec.mem_mb if 0 < spec.mem_mb <= MAX_MEM_MB else 0,
                     cpus=spec.cpus if 0 < spec.cpus <= MAX_CPUS else 0,
+                    hostfile=launch.hostfile,
                 )
             )
             if not proc.exited:

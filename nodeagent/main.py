@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from gshare import __version__, sdnotify
-from gshare.address import AddressError, resolve
+from gshare.address import AddressError, host_name_ok, resolve, route_address
 from gshare.config import (
     Config,
     ConfigError,
@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--node", default=socket.gethostname(), help="this node's name (default: hostname)"
+    )
+    p.add_argument(
+        "--node-address",
+        help="where the other parts of a multi-node job reach this node "
+        "(default: [agent] address, else this host's address on its route to the scheduler)",
     )
     p.add_argument(
         "--state-dir",
@@ -217,6 +222,7 @@ async def run(
         token,
         confinement.kind,
         credentials,
+        args.node_address or config.agent_address or route_address(target),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -295,6 +301,10 @@ def main(argv: list[str] | None = None) -> int:
         config = with_mqtt_url(load_config(args.config), args.mqtt)
         target = resolve(args.address or os.environ.get("GSHARE_ADDRESS") or config.agent_scheduler)
         credentials = tls_credentials(config)
+        if args.node_address is not None and not host_name_ok(args.node_address):
+            raise ValueError(
+                f"--node-address must be a host name or an IP address, not {args.node_address!r}"
+            )
     except (ValueError, AddressError, ConfigError) as exc:
         print(f"gshare-nodeagent: {exc}", file=sys.stderr)
         return 2

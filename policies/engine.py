@@ -70,6 +70,12 @@ def why_not_placed(job: PendingJob, free: FreeMap) -> str:
         return "no node is up"
     if job.gpus > free.total:
         return f"needs {job.gpus} GPUs, the cluster has {free.total} up"
+    if job.nodes > 1:
+        wide = sum(1 for n in free.nodes.values() if n.gpu_count >= job.gpus_per_node)
+        return (
+            f"needs {job.gpus_per_node} free GPUs on each of {job.nodes} nodes "
+            f"({wide} nodes have {job.gpus_per_node} or more GPUs)"
+        )
     if job.gpus > free.widest:
         idle = sum(free.nodes[n].gpu_count for n in free.idle_nodes())
         return f"needs {job.gpus} GPUs on whole nodes, {idle} GPUs are on idle nodes"
@@ -86,6 +92,8 @@ def _reserve(
     for r in running:
         for where, held in r.parts:
             ends.setdefault(where, []).append((r.expected_end(), len(held)))
+    if job.nodes > 1:
+        return _reserve_parts(job, free, ends, now)
     if job.gpus <= free.widest:
         best: tuple[float, str, int] | None = None
         for name, node in free.nodes.items():
@@ -120,6 +128,31 @@ def _reserve(
 
 def _gpus_of(node: NodeView) -> frozenset[tuple[str, int]]:
     return frozenset((node.name, g.index) for g in node.gpus)
+
+
+def _reserve_parts(
+    job: PendingJob, free: FreeMap, ends: dict[str, list[tuple[float, int]]], now: float
+) -> Reservation:
+    """N parts of G GPUs: the N nodes that will have G free soonest (by the running
+    jobs' time limits); the job starts when the last of them does."""
+    each = job.gpus_per_node
+    ready = []
+    for name, node in free.nodes.items():
+        if node.gpu_count < each:
+            continue
+        have, at = len(free.free[name]), now
+        for end, count in sorted(ends.get(name, [])):
+            if have >= each:
+                break
+            have, at = have + count, end
+        ready.append((at if have >= each else INF, name, have - each))
+    chosen = sorted(ready)[: job.nodes]
+    if len(chosen) < job.nodes:
+        return Reservation(job, INF, frozenset(n for _, n, _ in chosen), {})
+    start = max(at for at, _, _ in chosen)
+    return Reservation(
+        job, start, frozenset(n for _, n, _ in chosen), {n: max(0, s) for _, n, s in chosen}
+    )
 
 
 def _backfill(job: PendingJob, free: FreeMap, res: Reservation, now: float) -> Placement | None:
@@ -197,10 +230,7 @@ def decide(
     eligible = [
         r
         for r in snapshot.running
-        if r.preemptible
-        and not r.yielding_to
-        and len(r.parts) == 1
-        and now - r.start_time >= knobs.min_runtime_s
+        if r.preemptible and not r.yielding_to and now - r.start_time >= knobs.min_runtime_s
     ]
     lowest_class = min((r.priority for r in eligible), default=0)
     victim_cost = VICTIM_ORDERS[knobs.victim_order]
@@ -221,7 +251,11 @@ def decide(
             return False  # no claim on anyone: not worth a search, nor a try
         tries -= 0 if reclaiming else 1
         taken = {p.job_id for p in preemptions}
-        candidates = [r for r in eligible if r.job_id not in taken and r.node not in promised]
+        candidates = [
+            r
+            for r in eligible
+            if r.job_id not in taken and not any(where in promised for where, _ in r.parts)
+        ]
         # a guarantee comes before a backfill reservation: a reclaim may take from its nodes
         held_for = reservation.nodes if reservation is not None and not reclaiming else ()
         off = promised | frozenset(held_for)

@@ -3,7 +3,7 @@
 A job that fits on one node goes on one node: the node left with the fewest free GPUs
 (best fit, against fragmentation), ties by name; on it, the GPUs with the most NVLink
 links among them. A job larger than any node takes whole idle nodes, the fewest that
-hold it.
+hold it. A job asked as N parts of G GPUs takes G on each of N nodes, best fit.
 
 `FreeMap` is the decision's scratch copy of free GPUs, indexed by how many each node has
 free, so asking "does a 4-GPU job fit anywhere" costs a few lookups, not a scan.
@@ -119,6 +119,8 @@ class FreeMap:
         return not (job.mem_mb and node.mem_mb and job.mem_mb > self.mem[name])
 
     def find(self, job: PendingJob, exclude: frozenset[str] = frozenset()) -> Placement | None:
+        if job.nodes > 1:
+            return self._find_parts(job, exclude)
         if job.gpu_types:
             return self._find_typed(job, exclude)
         if job.gpus <= self.widest:
@@ -171,6 +173,27 @@ class FreeMap:
         if total < job.gpus:
             return None
         return Placement(tuple((n, tuple(sorted(self.free[n]))) for n in sorted(chosen)))
+
+    def _find_parts(self, job: PendingJob, exclude: frozenset[str]) -> Placement | None:
+        """`nodes` parts of `gpus_per_node` GPUs, each on its own node: the nodes left with
+        the fewest free GPUs first (best fit), ties by name; NVLink-close GPUs on each."""
+        each = job.gpus_per_node
+        chosen: list[str] = []
+        for k in range(each, self.widest + 1):
+            for name in self.buckets[k]:
+                if name in exclude or not self._host_ok(name, job):
+                    continue
+                if job.gpu_types and not self.all_of_types(name, job.gpu_types):
+                    continue  # each part on GPUs of the job's types
+                chosen.append(name)
+                if len(chosen) == job.nodes:
+                    return Placement(
+                        tuple(
+                            (n, choose_gpus(self.free[n], self.peers[n], each))
+                            for n in sorted(chosen)
+                        )
+                    )
+        return None
 
     # ------------------------------------------------------------ changes
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from policies.placement import FreeMap
 from policies.snapshot import PendingJob, RunningJob
@@ -75,34 +75,33 @@ def choose_victims(
 ) -> VictimChoice | None:
     """The victims to preempt for `job`, cheapest by `cost`; `work_lost_s` of the choice is
     what they lose, whatever the order."""
-    if job.gpus > free.widest:
-        return None  # jobs wider than a node wait for whole nodes; they do not preempt
+    if job.gpus > free.widest or job.nodes > 1:
+        return None  # jobs across nodes wait for their nodes; they do not preempt
     by_node: dict[str, list[tuple[RunningJob, str]]] = {}
     # A claim rule may say which victims it answers alike (`victim_key`, e.g. their team
     # and class): then it is asked once per kind of victim, not once per running job.
     victim_key: Callable[[RunningJob], Hashable] | None = getattr(claim, "victim_key", None)
     answers: dict[Hashable, str | None] = {}
     for r in running:
-        if (
-            not r.preemptible
-            or r.yielding_to
-            or len(r.parts) != 1
-            or r.node not in free.nodes
-            or r.node in off_limits
-            or now - r.start_time < min_runtime_s
-            or (job.gpu_types and not free.all_of_types(r.node, job.gpu_types))
-        ):
+        if not r.preemptible or r.yielding_to or now - r.start_time < min_runtime_s:
             continue
-        if victim_key is None:
-            why = claim(job, r)
-        else:
-            kind = victim_key(r)
-            if kind in answers:
-                why = answers[kind]
+        for where, held in r.parts:
+            if where not in free.nodes or where in off_limits:
+                continue
+            if job.gpu_types and not free.all_of_types(where, job.gpu_types):
+                continue
+            # a job across nodes, seen from one of them: the part there is what it frees
+            view = r if len(r.parts) == 1 else replace(r, parts=((where, held),))
+            if victim_key is None or len(r.parts) != 1:
+                why = claim(job, view)
             else:
-                why = answers[kind] = claim(job, r)
-        if why is not None:
-            by_node.setdefault(r.node, []).append((r, why))
+                kind = victim_key(view)
+                if kind in answers:
+                    why = answers[kind]
+                else:
+                    why = answers[kind] = claim(job, view)
+            if why is not None:
+                by_node.setdefault(where, []).append((view, why))
     # The fewest victims a node needs is found greedily (largest jobs first); only the nodes
     # that need the fewest are searched for the set that loses the least work.
     needs: list[tuple[int, str, int]] = []

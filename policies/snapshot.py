@@ -60,6 +60,10 @@ class PendingJob:
     handoff_after_s: float = -1.0
     # GPU types it accepts (gsub --gpu-type; policies/quota.py says how they match); empty: any
     gpu_types: frozenset[str] = frozenset()
+    # asked as `nodes` parts of `gpus_per_node` GPUs each (gpus = their total); 1: as the
+    # placement sees fit (one node if it fits, else whole idle nodes)
+    nodes: int = 1
+    gpus_per_node: int = 0
 
 
 @dataclass(frozen=True, slots=True)

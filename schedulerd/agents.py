@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from gshare.config import Config
 from schedulerd.changes import JobReport, reconcile, report_changes
 from schedulerd.errors import Refused
-from schedulerd.model import GpuInfo, JobRecord, NodeRecord, NodeState
+from schedulerd.gang import GangStep, gang_lost, gang_report
+from schedulerd.model import GpuInfo, JobPart, JobRecord, NodeRecord, NodeState
 from schedulerd.state import ClusterState
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class Registration:
     gpu_backend: str = ""
     agent_version: str = ""
     confinement: str = ""  # how the node confines jobs ("" from an older agent)
+    address: str = ""  # where the other parts of a multi-node job reach it
 
 
 # ---------------------------------------------------------------- what they are told
@@ -53,6 +55,7 @@ class HeartbeatAck:
 class Launch:
     job: JobRecord
     script: bytes
+    part: JobPart | None = None  # a multi-node job: the part this node starts
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,14 +136,48 @@ class AgentHub:
             session.send(command)
 
     async def launch(self, job: JobRecord) -> None:
+        if job.parts:  # every part at once, or none
+            away = [p.node for p in job.parts if p.node not in self.sessions]
+            if not away:
+                script = await self.script_of(job.job_id)
+                for part in job.parts:
+                    self._send(part.node, Launch(job, script, part))
+                return
+            why = f"not started: node {', '.join(away)} is not connected"
+            for part in job.parts:
+                current = self.state.jobs.get(job.job_id)
+                if current is None or not current.state.on_node:
+                    break
+                await self._gang(current, gang_lost(current, part.node, why, self.state.clock()))
+            return
         if job.node in self.sessions:
             self._send(job.node, Launch(job, await self.script_of(job.job_id)))
 
+    def _nodes_of(self, job: JobRecord) -> list[str]:
+        """The nodes running a part of the job (its node, for a job on one node)."""
+        if job.parts:
+            return [p.node for p in job.parts if not p.exited]
+        return [job.node]
+
     def kill(self, job: JobRecord) -> None:
-        self._send(job.node, Kill(job.job_id, self.config.kill_grace_s))
+        for node in self._nodes_of(job):
+            self._send(node, Kill(job.job_id, self.config.kill_grace_s))
 
     def preempt(self, job: JobRecord) -> None:
-        self._send(job.node, Preempt(job.job_id, job.preempt_signal, job.grace_s))
+        for node in self._nodes_of(job):
+            self._send(node, Preempt(job.job_id, job.preempt_signal, job.grace_s))
+
+    async def _gang(self, job: JobRecord, step: GangStep) -> None:
+        """Apply what a part's report or loss changes; stop the parts it says to stop.
+        Caller holds the lock."""
+        if step.changes:
+            await self.state.change(list(step.changes))
+        for node in step.stop:
+            self._send(node, Kill(job.job_id, self.config.kill_grace_s))
+
+    async def gang_lost(self, job: JobRecord, node: str, why: str) -> None:
+        """A part's node is gone: the part counts as ended by it. Caller holds the lock."""
+        await self._gang(job, gang_lost(job, node, why, self.state.clock()))
 
     def hang_up(self, node: str) -> None:
         """End the node's session (it must register again to be heard)."""
@@ -201,9 +238,29 @@ class AgentHub:
         node.last_seen = state.clock()
         node.gpu_backend, node.agent_version = reg.gpu_backend, reg.agent_version
         node.confinement = reg.confinement
+        node.address = reg.address
         await state.save_node(node)
         session.send(Registered(self.config.node_lease_s, self.config.heartbeat_s))
-        plan = reconcile(reg.node, state.on_node(reg.node), reg.jobs, state.clock())
+        here = state.on_node(reg.node)
+        gangs = {j.job_id: j for j in here if j.parts}
+        reported = {r.job_id for r in reg.jobs}
+        for job in gangs.values():
+            part = job.part_on(reg.node)
+            if part is not None and not part.exited and job.job_id not in reported:
+                why = f"node {reg.node} came back without part {part.rank}"
+                await self.gang_lost(job, reg.node, why)
+        plan = reconcile(
+            reg.node,
+            [j for j in here if j.job_id not in gangs],
+            [r for r in reg.jobs if r.job_id not in gangs],
+            state.clock(),
+        )
+        for report in reg.jobs:
+            if report.job_id in gangs:
+                await self._report(reg.node, report)
+                now_job = state.jobs.get(report.job_id)
+                if now_job is not None and now_job.end_request and not report.exited:
+                    session.send(Kill(report.job_id, self.config.kill_grace_s))
         for _, report in plan.updates:
             await self._report(reg.node, report)
         for job_id in plan.still_to_end:
@@ -252,6 +309,15 @@ class AgentHub:
     async def _report(self, node: str, report: JobReport) -> None:
         state = self.state
         job = state.jobs.get(report.job_id)
+        if job is not None and job.parts and job.state.on_node:
+            part = job.part_on(node)
+            if part is not None:
+                await self._gang(job, gang_report(job, node, report, state.clock()))
+                if report.exited:
+                    self._send(node, Forget(job.job_id))
+                    if node in state.nodes:
+                        state.publish_node(state.nodes[node])
+                return
         if job is None or job.node != node or not job.state.on_node:
             if report.exited:
                 self._send(node, Forget(report.job_id))
@@ -270,7 +336,9 @@ class AgentHub:
     ) -> None:
         async with self.state.lock:
             job = self.state.jobs.get(job_id)
-            if job is None or job.node != session.node or not job.state.on_node:
+            if job is None or not job.state.on_node:
+                return
+            if job.node != session.node and not (job.parts and job.part_on(session.node)):
                 return
             why = f"step {step}, {size / (1 << 20):.1f} MB"
             actor = f"agent:{session.node}"

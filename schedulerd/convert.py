@@ -37,6 +37,8 @@ def spec_of(
         checkpoint_dir=job.checkpoint_dir,
         slurm=job.slurm,
         gpu_types=job.gpu_types,
+        nodes=job.nodes if job.nodes > 1 else 0,
+        gpus_per_node=job.gpus_per_node,
     )
 
 
@@ -54,8 +56,12 @@ def job_to_pb(job: JobRecord, events: list[EventRecord] | None = None, position:
         start_time=job.start_time,
         end_time=job.end_time,
         gpus=[
-            pb.GpuRef(node=job.node, index=i, uuid=u)
-            for i, u in zip(job.gpu_indexes, job.gpu_uuids, strict=False)
+            pb.GpuRef(node=where, index=i, uuid=u)
+            for where, indexes, uuids in (
+                [(p.node, p.gpus, p.uuids) for p in job.parts]
+                or [(job.node, tuple(job.gpu_indexes), tuple(job.gpu_uuids))]
+            )
+            for i, u in zip(indexes, uuids, strict=False)
         ],
         node=job.node,
         exit_code=job.exit_code,
@@ -75,6 +81,18 @@ def job_to_pb(job: JobRecord, events: list[EventRecord] | None = None, position:
         array_spec=job.array_spec,
         dependency=job.dependency,
         params=job.params,
+        parts=[
+            pb.JobPart(
+                node=p.node,
+                rank=p.rank,
+                gpus=p.gpus,
+                state=p.state,
+                pid=p.pid,
+                exit_code=p.exit_code,
+                exit_signal=p.exit_signal,
+            )
+            for p in job.parts
+        ],
         events=[
             pb.JobEvent(
                 seq=e.seq,
@@ -171,4 +189,5 @@ def _node_to_pb(node: NodeRecord, busy: list[int]) -> pb.Node:
         gpu_backend=node.gpu_backend,
         agent_version=node.agent_version,
         confinement=node.confinement,
+        address=node.address,
     )

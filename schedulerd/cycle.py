@@ -36,6 +36,7 @@ from policies import (
 )
 from policies.quota import AccountQuota, Quotas, UserLimits, normalise_type
 from schedulerd.changes import claim_change, preempt_change, start_changes
+from schedulerd.gang import gang_starts
 from schedulerd.gates import Gates
 from schedulerd.jobstate import ON_NODE, JobState
 from schedulerd.ledger import Ledger
@@ -81,8 +82,11 @@ class Cycle:
         accrue: Callable[[float], None],
         slurm: SlurmPort | None = None,
         last_checkpoint: Callable[[JobRecord, float], float] | None = None,
+        multi_node: bool = False,
     ) -> None:
         self.config = config
+        # whether its agents start jobs across nodes (the daemon's do; the simulator's not yet)
+        self.multi_node = multi_node
         self.state = state
         self.ledger = ledger
         self.policy = policy
@@ -130,7 +134,7 @@ class Cycle:
             self.ledger.usage,
             self.slurm.capacity_now() if self.slurm is not None else None,
             self.handoff_after,
-            multi_node=False,  # the agents launch single-node jobs only
+            multi_node=self.multi_node,
             last_checkpoint=self.last_checkpoint,
             held=held,
             quotas=self.quotas,
@@ -152,6 +156,12 @@ class Cycle:
             self._order, self._positions = plan.order, None
             # 3. persist
             started = await state.change(start_changes(plan, state.nodes, now))
+            if self.multi_node:
+                gangs, waits = gang_starts(
+                    plan, state.nodes, state.jobs.values(), self.config.master_ports, now
+                )
+                started += await state.change(gangs)
+                self._explain(waits)
             victims = await self._persist_preemptions(plan)
             await self._persist_handoffs(plan)
             self._explain(plan.reasons)
@@ -163,7 +173,7 @@ class Cycle:
                 await self.agents.launch(job)
                 if self.hooks.started is not None:
                     self.hooks.started(job, now - job.submit_time)
-            for name in {j.node for j in started}:
+            for name in {n for j in started for n, _ in j.holds()}:
                 state.publish_node(state.nodes[name])
             self.count += 1
             self.last_s = time.perf_counter() - t0
@@ -288,15 +298,22 @@ def take_snapshot(
     for job in jobs:
         state = job.state
         if state in ON_NODE:
-            busy.setdefault(job.node, set()).update(job.gpu_indexes)
-            used_cpus[job.node] = used_cpus.get(job.node, 0) + job.cpus
-            used_mem[job.node] = used_mem.get(job.node, 0) + job.mem_mb
+            for where, gpus in job.holds() if job.parts else ((job.node, job.gpu_indexes),):
+                busy.setdefault(where, set()).update(gpus)
+                used_cpus[where] = used_cpus.get(where, 0) + job.cpus
+                used_mem[where] = used_mem.get(where, 0) + job.mem_mb
             checkpoint = (
                 last_checkpoint(job, now) if last_checkpoint else job.last_checkpoint
             ) or None
             # a drained GPU is not there for scheduling, not even as one a victim frees
             sick = nodes[job.node].gpu_health if job.node in nodes else {}
             seen = running_cache.get(job.job_id)
+            if job.parts:
+                view = _gang_view(job, nodes, checkpoint)
+                if seen is None or seen[0] is not job or seen[2] != view:
+                    running_cache[job.job_id] = (job, (), view)
+                running.append(view)
+                continue
             if seen is not None and seen[0] is job and seen[1] == tuple(sick):
                 view = seen[2]
                 if view.last_checkpoint != checkpoint:
@@ -323,6 +340,8 @@ def take_snapshot(
         elif state is pending_state:
             if held and job.job_id in held:
                 continue
+            if job.nodes > 1 and not multi_node:
+                continue  # never on one node, as if it were a single-node job of N*G GPUs
             cached = pending_cache.get(job.job_id)
             if cached is not None and cached[0] is job:
                 pending.append(cached[1])
@@ -342,6 +361,8 @@ def take_snapshot(
                 claimed_node=job.claimed_node,
                 handoff_after_s=handoff_after(job) if handoff_after is not None else -1.0,
                 gpu_types=frozenset(normalise_type(t) for t in job.gpu_types),
+                nodes=job.nodes,
+                gpus_per_node=job.gpus_per_node,
             )
             pending_cache[job.job_id] = (job, waiting)
             pending.append(waiting)
@@ -381,6 +402,30 @@ def take_snapshot(
         slurm,
         multi_node,
         quotas,
+    )
+
+
+def _gang_view(
+    job: JobRecord, nodes: Mapping[str, NodeRecord], checkpoint: float | None
+) -> RunningJob:
+    """A multi-node job as the policies see it: every part, drained GPUs left out."""
+    parts = []
+    for p in job.parts:
+        sick = nodes[p.node].gpu_health if p.node in nodes else {}
+        parts.append((p.node, tuple(i for i in p.gpus if i not in sick)))
+    return RunningJob(
+        job.job_id,
+        job.user,
+        job.queue,
+        tuple(parts),
+        job.start_time,
+        job.priority,
+        job.time_limit_s,
+        checkpoint,
+        preemptible=not job.no_preempt,
+        yielding_to=job.preempted_for if job.state is JobState.PREEMPTING else 0,
+        cpus=job.cpus,
+        mem_mb=job.mem_mb,
     )
 
 

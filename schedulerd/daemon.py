@@ -63,7 +63,9 @@ class Scheduler:
         self.ledger = Ledger(config.half_life_s)
         self.telemetry = Telemetry(config.telemetry_interval_s, clock)
         self.agents = AgentHub(config, self.state, self._script, self.kick, lease_clock)
-        self.cycle = Cycle(config, self.state, self.ledger, policy, self.agents, self.accrue)
+        self.cycle = Cycle(
+            config, self.state, self.ledger, policy, self.agents, self.accrue, multi_node=True
+        )
         self.verbs = ClientVerbs(
             config,
             self.state,

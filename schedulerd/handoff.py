@@ -170,9 +170,11 @@ class SlurmLink:
         free = sorted(self.capacity.free_gpus, reverse=True)
         for job in self.s.jobs.values():
             if job.state is JobState.HANDED_OFF:
-                fits = next((i for i, n in enumerate(free) if n >= job.gpus), None)
-                if fits is not None:
-                    free[fits] -= job.gpus
+                per_node = job.gpus_per_node if job.nodes > 1 else job.gpus
+                for _ in range(job.nodes):
+                    fits = next((i for i, n in enumerate(free) if n >= per_node), None)
+                    if fits is not None:
+                        free[fits] -= per_node
         return SlurmCapacity(True, tuple(free), "")
 
     def _note(self, job: JobRecord, reason: str) -> None:
@@ -265,7 +267,8 @@ class SlurmLink:
                 argv=tuple(job.args),
                 environment=env,
                 comment=self.comment(job.job_id),
-                gpus=job.gpus,
+                gpus=job.gpus_per_node if job.nodes > 1 else job.gpus,
+                nodes=job.nodes,
                 cpus=max(1, job.cpus),
                 time_limit_minutes=math.ceil(job.time_limit_s / 60) if job.time_limit_s else None,
                 stdout=job.output_path,

@@ -38,7 +38,10 @@ class Ledger:
         held: dict[str, int] = {}
         for job in jobs:
             if job.state in ON_NODE:
-                held[job.user] = held.get(job.user, 0) + len(job.gpu_indexes)
+                count = len(job.gpu_indexes)
+                if job.parts:  # a job across nodes: the GPUs of every part
+                    count = sum(len(p.gpus) for p in job.parts)
+                held[job.user] = held.get(job.user, 0) + count
         dt = now - self.at
         if dt > 0:
             self.usage = decayed_usage(self.usage, held, dt, self.half_life_s)

@@ -3,9 +3,68 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from gshare.jobenv import task_environment
 from schedulerd.jobstate import JobState
+
+
+@dataclass(frozen=True, slots=True)
+class JobPart:
+    """One node's share of a multi-node job, and what its agent last said of it."""
+
+    node: str
+    rank: int  # NODE_RANK; rank 0's address is MASTER_ADDR
+    gpus: tuple[int, ...]
+    uuids: tuple[str, ...] = ()
+    address: str = ""  # its node's [agent] address when it was placed
+    state: str = "STARTING"  # STARTING, RUNNING, EXITED
+    pid: int = 0
+    exit_code: int = 0
+    exit_signal: int = 0
+    error: str = ""  # its launch failed, or its node lost it
+    killed_after_grace: bool = False
+    lease_lost: bool = False
+    stopped: bool = False  # stopped by the scheduler because another part failed
+
+    @property
+    def exited(self) -> bool:
+        return self.state == "EXITED"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "rank": self.rank,
+            "gpus": list(self.gpus),
+            "uuids": list(self.uuids),
+            "address": self.address,
+            "state": self.state,
+            "pid": self.pid,
+            "exit_code": self.exit_code,
+            "exit_signal": self.exit_signal,
+            "error": self.error,
+            "killed_after_grace": self.killed_after_grace,
+            "lease_lost": self.lease_lost,
+            "stopped": self.stopped,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JobPart:
+        return cls(
+            node=str(data["node"]),
+            rank=int(data["rank"]),
+            gpus=tuple(int(i) for i in data["gpus"]),
+            uuids=tuple(str(u) for u in data.get("uuids", ())),
+            address=str(data.get("address", "")),
+            state=str(data.get("state", "STARTING")),
+            pid=int(data.get("pid", 0)),
+            exit_code=int(data.get("exit_code", 0)),
+            exit_signal=int(data.get("exit_signal", 0)),
+            error=str(data.get("error", "")),
+            killed_after_grace=bool(data.get("killed_after_grace", False)),
+            lease_lost=bool(data.get("lease_lost", False)),
+            stopped=bool(data.get("stopped", False)),
+        )
 
 
 @dataclass(slots=True)
@@ -63,12 +122,34 @@ class JobRecord:
     dependency: str = ""  # what it waits for (gshare.arrays syntax, ids resolved)
     params: dict[str, str] = field(default_factory=dict)  # a sweep trial's parameters
     gpu_types: list[str] = field(default_factory=list)  # GPU types it accepts; empty: any
+    # a multi-node job: `nodes` parts of `gpus_per_node` GPUs each (`gpus` their total);
+    # 1 and 0 for a job on one node
+    nodes: int = 1
+    gpus_per_node: int = 0
+    # placed across nodes: its parts by rank (`node`/`gpu_indexes` are rank 0's), and the
+    # MASTER_PORT they meet on; never changed in place (a change replaces the list)
+    parts: list[JobPart] = field(default_factory=list)
+    master_port: int = 0
 
     # Defaults for jobs submitted since cluster ids exist; `%C` is replaced at submit by the
     # id of the cluster's database, so a new cluster's job 1 is not an old cluster's job 1.
     # Jobs stored with an empty output or checkpoint dir keep the older defaults below.
     DEFAULT_OUTPUT = "gshare-%j-%C.out"
     DEFAULT_CHECKPOINT_DIR = ".gshare/checkpoints/%C-job-%j"
+
+    def holds(self) -> list[tuple[str, list[int]]]:
+        """(node, GPU indexes) for each node it holds GPUs on while it is on a node."""
+        if self.parts:
+            return [(p.node, list(p.gpus)) for p in self.parts]
+        return [(self.node, self.gpu_indexes)] if self.node else []
+
+    def gpus_on(self, node: str) -> list[int]:
+        if self.parts:
+            return [i for p in self.parts if p.node == node for i in p.gpus]
+        return self.gpu_indexes if self.node == node else []
+
+    def part_on(self, node: str) -> JobPart | None:
+        return next((p for p in self.parts if p.node == node), None)
 
     @property
     def checkpoint_path(self) -> str:
@@ -148,6 +229,7 @@ class NodeRecord:
     agent_version: str = ""
     confinement: str = ""  # how its agent confines jobs, as it said at registration
     drained: bool = False  # an admin took it out of scheduling
+    address: str = ""  # its agent's [agent] address, as it registered (not stored)
     # GPUs out of scheduling (a health event or an admin), index -> why
     gpu_health: dict[int, str] = field(default_factory=dict)
 

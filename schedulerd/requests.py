@@ -38,6 +38,7 @@ from gshare.limits import (
     MAX_GRACE_S,
     MAX_LISTED_BYTES,
     MAX_MEM_MB,
+    MAX_NODES_PER_JOB,
     MAX_PRIORITY,
     MAX_RESTARTS,
     MAX_SPEC_BYTES,
@@ -117,7 +118,11 @@ def _check_strings(spec: pb.JobSpec) -> None:
 def _check_numbers(spec: pb.JobSpec) -> None:
     if spec.gpus < 1:
         raise Refused(f"--gpus must be at least 1, not {spec.gpus}")
-    if spec.gpus > MAX_GPUS_PER_JOB:
+    if spec.nodes > 1 or spec.gpus_per_node:
+        _check_shape(spec)
+    elif spec.nodes < 0:
+        raise Refused(f"--nodes must be at least 1, not {spec.nodes}")
+    elif spec.gpus > MAX_GPUS_PER_JOB:
         raise Refused(f"--gpus {spec.gpus} is more than any node can have")
     if abs(spec.priority) > MAX_PRIORITY:
         raise Refused(f"--priority must be between {-MAX_PRIORITY} and {MAX_PRIORITY}")
@@ -179,6 +184,39 @@ def check_pending_cap(user: str, config: Config, queued: int, adding: int = 1) -
         )
 
 
+def _check_shape(spec: pb.JobSpec) -> None:
+    """A multi-node job: N parts of G GPUs, `gpus` their total."""
+    nodes, per_node = max(spec.nodes, 1), spec.gpus_per_node
+    if nodes > MAX_NODES_PER_JOB:
+        raise Refused(f"--nodes {nodes} is over the limit of {MAX_NODES_PER_JOB}")
+    if not 1 <= per_node <= MAX_GPUS_PER_JOB:
+        raise Refused(f"--gpus-per-node {per_node} is not between 1 and {MAX_GPUS_PER_JOB}")
+    if spec.gpus != nodes * per_node:
+        raise Refused(f"--gpus {spec.gpus} is not --nodes {nodes} times --gpus-per-node {per_node}")
+
+
+def _check_width(spec: pb.JobSpec, nodes: Mapping[str, NodeRecord], slurm_always: bool) -> None:
+    """Refuse a job this cluster's nodes can never hold (Slurm's are not known here)."""
+    if spec.nodes <= 1:
+        if nodes and not slurm_always:
+            widest = max(len(n.gpus) for n in nodes.values())
+            if spec.gpus > widest:
+                raise Refused(
+                    f"job needs {spec.gpus} GPUs on one node, but the largest node has {widest}"
+                )
+        return
+    if slurm_always:
+        return
+    wanted, per_node = spec.nodes, spec.gpus_per_node
+    if nodes:
+        wide = sum(1 for n in nodes.values() if len(n.gpus) >= per_node)
+        if wide < wanted:
+            raise Refused(
+                f"--nodes {wanted} --gpus-per-node {per_node}: the cluster has "
+                f"{wide} node{'' if wide == 1 else 's'} with {per_node} or more GPUs"
+            )
+
+
 def validate(
     caller: Caller,
     spec: pb.JobSpec,
@@ -203,12 +241,7 @@ def validate(
         raise Refused(f"--slurm must be never, auto or always, not {spec.slurm!r}")
     if spec.slurm == "always" and not config.slurm.enabled:
         raise Refused("--slurm always: this scheduler has no Slurm cluster ([slurm] url)")
-    if nodes and spec.slurm != "always":
-        widest = max(len(n.gpus) for n in nodes.values())
-        if spec.gpus > widest:
-            raise Refused(
-                f"job needs {spec.gpus} GPUs on one node, but the largest node has {widest}"
-            )
+    _check_width(spec, nodes, spec.slurm == "always")
     if spec.priority > 0 and not is_admin(caller):
         raise Refused("only an admin may give a job a positive priority", "PERMISSION_DENIED")
     limit = spec.time_limit_s or queue.default_time_limit_s
@@ -247,6 +280,8 @@ def validate(
         checkpoint_dir=spec.checkpoint_dir,
         slurm="" if spec.slurm == "auto" else spec.slurm,
         gpu_types=gpu_types,
+        nodes=max(spec.nodes, 1),
+        gpus_per_node=spec.gpus_per_node if spec.nodes > 1 else 0,
     )
 
 

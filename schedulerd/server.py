@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import grpc
 
+from gshare.address import host_name_ok
 from gshare.api import gshare_pb2 as pb
 from gshare.api import gshare_pb2_grpc as pb_grpc
 from gshare.arrays import JobRef, parse_job_ref
@@ -23,8 +24,9 @@ from schedulerd.changes import JobReport
 from schedulerd.convert import job_to_pb, node_to_pb, set_gpu_stats, spec_of
 from schedulerd.daemon import Scheduler
 from schedulerd.errors import Refused
+from schedulerd.gang import hostfile_of, part_environment, part_output
 from schedulerd.jobstate import IllegalTransition, JobState
-from schedulerd.model import EventRecord, GpuInfo, JobRecord, NodeRecord
+from schedulerd.model import EventRecord, GpuInfo, JobPart, JobRecord, NodeRecord
 from schedulerd.peercred import Caller
 from schedulerd.requests import array_of, check_pending_cap, dependency_of, tasks_of, validate
 from schedulerd.store import DatabaseFull
@@ -511,6 +513,11 @@ class AgentService(pb_grpc.AgentServiceServicer):
         reg = first.register
         if not reg.node:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "register: empty node name")
+        if reg.address and not host_name_ok(reg.address):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"register: address {reg.address[:80]!r} is not a host name or an IP address",
+            )
         if not self.ids.may_be_agent(context, reg.node):
             log.warning("refused an agent registering as node %r from %s", reg.node, context.peer())
             await context.abort(
@@ -599,6 +606,24 @@ def registration_of(reg: pb.Register) -> ag.Registration:
         gpu_backend=reg.gpu_backend,
         agent_version=reg.agent_version,
         confinement=reg.confinement[:MAX_CONFINEMENT_CHARS],
+        address=reg.address,
+    )
+
+
+def gang_launch(job: JobRecord, script: bytes, part: JobPart) -> pb.Launch:
+    """A part of a multi-node job: its GPUs, its log, and the rendezvous."""
+    return pb.Launch(
+        job_id=job.job_id,
+        spec=spec_of(job, script, {**job.task_env, **part_environment(job, part)}),
+        gpu_indexes=part.gpus,
+        gpu_uuids=part.uuids,
+        user=job.user,
+        uid=job.uid,
+        gid=job.gid,
+        output_path=part_output(job, part.rank),
+        restart_count=job.restarts,
+        checkpoint_dir=job.checkpoint_path,
+        hostfile=hostfile_of(job),
     )
 
 
@@ -610,7 +635,7 @@ def command_pb(command: ag.Command) -> pb.SchedulerMessage:
             )
         case ag.HeartbeatAck(at):
             return pb.SchedulerMessage(heartbeat_ack=pb.HeartbeatAck(time=at))
-        case ag.Launch(job, script):
+        case ag.Launch(job, script, None):
             return pb.SchedulerMessage(
                 launch=pb.Launch(
                     job_id=job.job_id,
@@ -625,6 +650,8 @@ def command_pb(command: ag.Command) -> pb.SchedulerMessage:
                     checkpoint_dir=job.checkpoint_path,
                 )
             )
+        case ag.Launch(job, script, part) if part is not None:
+            return pb.SchedulerMessage(launch=gang_launch(job, script, part))
         case ag.Kill(job_id, grace_s):
             return pb.SchedulerMessage(kill=pb.KillJob(job_id=job_id, grace_s=grace_s))
         case ag.Preempt(job_id, sig, grace_s):

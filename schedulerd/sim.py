@@ -27,11 +27,12 @@ from policies import Account, AccountTree, Policy
 from policies.quota import Quotas
 from schedulerd.changes import JobReport, report_changes
 from schedulerd.cycle import Cycle
+from schedulerd.gang import gang_report
 from schedulerd.jobstate import JobState
 from schedulerd.ledger import Ledger
 from schedulerd.model import GpuInfo, JobRecord, NodeRecord, NodeState
 from schedulerd.state import ClusterState, MemoryJournal
-from schedulerd.store import NewJob
+from schedulerd.store import Change, NewJob
 
 COLUMNS = ("job_id", "submit_time_s", "duration_s", "gpus", "user", "group", "status")
 # an optional eighth column: what the job waits for, as gsub --dependency says it but with
@@ -383,8 +384,7 @@ class SimAgents:
                 self.restart_gpu_s += j.run_overhead * job.gpus
                 if j.first_start is None:
                     j.first_start = now
-                report = JobReport(job.job_id, pid=1, start_time=now)
-                await self.state.change(report_changes(job, job.node, report, now))
+                await self._tell(job.job_id, JobReport(job.job_id, pid=1, start_time=now), now)
                 started.append(j)
             for job in yielding:
                 j = self.jobs[job.job_id]
@@ -394,20 +394,39 @@ class SimAgents:
                 j.remaining -= min(saved, j.remaining)
                 self.lost_gpu_s += (done - saved) * job.gpus
                 report = JobReport(job.job_id, exited=True, exit_code=YIELD_EXIT_CODE, end_time=now)
-                current = self.state.jobs[job.job_id]
-                changes = report_changes(current, current.node, report, now)
                 # backfill sees the rest of its work, plus the cost of starting again
                 limit = math.ceil(j.remaining + self.restart_cost_s)
-                changes = [replace(c, fields=(*c.fields, ("time_limit_s", limit))) for c in changes]
-                await self.state.change(changes)
+                await self._tell(job.job_id, report, now, (("time_limit_s", limit),))
                 yielded.append(j)
         return started, yielded
 
     async def finish(self, job_id: int, now: float) -> None:
         async with self.state.lock:
-            job = self.state.jobs[job_id]
-            report = JobReport(job_id, exited=True, exit_code=0, end_time=now)
-            await self.state.change(report_changes(job, job.node, report, now))
+            await self._tell(job_id, JobReport(job_id, exited=True, exit_code=0, end_time=now), now)
+
+    async def _tell(
+        self, job_id: int, report: JobReport, now: float, extra: tuple[tuple[str, Any], ...] = ()
+    ) -> None:
+        """The same report from every node the job runs on (one, or each of its parts),
+        through the daemon's own change builders; `extra` goes with the change that ends
+        or requeues it."""
+        job = self.state.jobs[job_id]
+        if job.parts:
+            for part in job.parts:
+                current = self.state.jobs.get(job_id)
+                if current is None or not current.state.on_node:
+                    break
+                changes = list(gang_report(current, part.node, report, now).changes)
+                if changes and not changes[-1].to_state.on_node:
+                    changes = [*changes[:-1], _with(changes[-1], extra)]
+                await self.state.change(changes)
+            return
+        changes = report_changes(job, job.node, report, now)
+        await self.state.change([_with(c, extra) for c in changes])
+
+
+def _with(change: Change, extra: tuple[tuple[str, Any], ...]) -> Change:
+    return replace(change, fields=(*change.fields, *extra)) if extra else change
 
 
 GROUP_BY = ("group", "user")
@@ -475,11 +494,11 @@ async def _simulate(
     watch: Watch | None = None,
 ) -> SimResult:
     total = nodes * gpus_per_node
-    # the scheduler launches jobs on one node: wider ones would wait for ever, and so
-    # would the jobs that wait on them
+    # a job wider than a node runs across nodes, as the daemon runs it; wider than the
+    # whole cluster it never could, and neither could the jobs that wait on it
     check_dependencies(all_jobs)
-    wide = {j.name for j in all_jobs if j.gpus > gpus_per_node}
-    fits = [j for j in all_jobs if j.gpus <= gpus_per_node]
+    wide = {j.name for j in all_jobs if j.gpus > total}
+    fits = [j for j in all_jobs if j.gpus <= total]
     while wide:
         waiting = {j.name for j in fits if j.after and _names(j.after) & wide}
         fits = [j for j in fits if j.name not in waiting]
@@ -524,7 +543,14 @@ async def _simulate(
 
     state.before_freeing = accrue
     cycle = Cycle(
-        config, state, ledger, policy, agents, accrue, last_checkpoint=agents.last_checkpoint
+        config,
+        state,
+        ledger,
+        policy,
+        agents,
+        accrue,
+        last_checkpoint=agents.last_checkpoint,
+        multi_node=True,
     )
     cycle.accounts = tree
     if quotas is not None:
@@ -625,7 +651,7 @@ async def _simulate(
                     gates = cycle.gates  # as the daemon's submit: the ends are kept
                     gates.watch(ids)
                     gates.outcomes(journal.rows[i] for i in ids if journal.rows[i].state.final)
-                job_id = _submit(state, journal, ordered[ref], t, dependency)
+                job_id = _submit(state, journal, ordered[ref], t, gpus_per_node, dependency)
                 name_job[ordered[ref].name] = job_id
                 index_job[ref] = job_id
                 trace_of[job_id] = ordered[ref]
@@ -732,9 +758,17 @@ def _dependency(after: str, name_job: Mapping[str, int]) -> str:
 
 
 def _submit(
-    state: ClusterState, journal: MemoryJournal, t: TraceJob, now: float, dependency: str = ""
+    state: ClusterState,
+    journal: MemoryJournal,
+    t: TraceJob,
+    now: float,
+    per_node: int,
+    dependency: str = "",
 ) -> int:
-    """A trace job as a submit: stored, then in the live view, as the daemon's submits."""
+    """A trace job as a submit: stored, then in the live view, as the daemon's submits. A
+    job wider than a node asks for the fewest nodes that hold it, evenly."""
+    nodes = math.ceil(t.gpus / per_node)
+    each = math.ceil(t.gpus / nodes)
     record = JobRecord(
         job_id=0,
         user=t.user,
@@ -756,7 +790,11 @@ def _submit(
         submit_time=now,
         max_restarts=-1,  # a replayed job is never failed for being preempted
         dependency=dependency,
+        nodes=nodes,
+        gpus_per_node=each if nodes > 1 else 0,
     )
+    if nodes > 1:
+        record.gpus = nodes * each
     [(job_id, _)] = journal.submit_many([NewJob(record, b"")], now)
     state.admit(record)
     return job_id
@@ -775,7 +813,7 @@ def report(result: SimResult, trace: str, top_users: int = 10) -> str:
     jct = (_hours(r.avg_jct_s), _hours(r.median_jct_s), _hours(r.p95_jct_s))
     wait = (_hours(r.avg_wait_s), _hours(r.median_wait_s), _hours(r.p95_wait_s))
     left = (
-        f", {r.left_out} left out (wider than a node, or waiting on such a job)"
+        f", {r.left_out} left out (wider than the cluster, or waiting on such a job)"
         if r.left_out
         else ""
     )

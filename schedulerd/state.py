@@ -124,15 +124,15 @@ class ClusterState:
             listener(node)
 
     def busy_gpus(self, node: str) -> list[int]:
-        return sorted(
-            i
-            for j in self.jobs.values()
-            if j.node == node and j.state.on_node
-            for i in j.gpu_indexes
-        )
+        return sorted(i for j in self.on_node(node) for i in j.gpus_on(node))
 
     def on_node(self, node: str) -> list[JobRecord]:
-        return [j for j in self.jobs.values() if j.node == node and j.state.on_node]
+        """The jobs holding GPUs on `node` (a multi-node job on each of its parts' nodes)."""
+        return [
+            j
+            for j in self.jobs.values()
+            if j.state.on_node and (j.node == node or (j.parts and j.part_on(node)))
+        ]
 
 
 class MemoryJournal:

@@ -37,7 +37,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from sqlalchemy.pool import StaticPool
 
 from schedulerd.jobstate import JobState, check_transition
-from schedulerd.model import EventRecord, GpuInfo, JobRecord, NodeRecord
+from schedulerd.model import EventRecord, GpuInfo, JobPart, JobRecord, NodeRecord
 
 
 class Base(DeclarativeBase):
@@ -100,6 +100,11 @@ class JobRow(Base):
     dependency: Mapped[str] = mapped_column(Text, default="")
     params: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True, default=None)
     gpu_types: Mapped[list[str] | None] = mapped_column(JSON, nullable=True, default=list)
+    # multi-node jobs (migration 0009)
+    nodes: Mapped[int] = mapped_column(Integer, default=1)
+    gpus_per_node: Mapped[int] = mapped_column(Integer, default=0)
+    parts: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True, default=None)
+    master_port: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class ClusterRow(Base):
@@ -169,6 +174,7 @@ def _record(row: JobRow) -> JobRecord:
     values["submit_key"] = values["submit_key"] or ""
     values["params"] = values["params"] or {}
     values["gpu_types"] = values["gpu_types"] or []
+    values["parts"] = [JobPart.from_json(p) for p in values["parts"] or ()]
     return JobRecord(job_id=row.id, state=JobState(row.state), **values)
 
 
@@ -177,9 +183,17 @@ def _row(record: JobRecord, script: bytes) -> dict[str, Any]:
         **{f: getattr(record, f) for f in _JOB_FIELDS},
         "submit_key": record.submit_key or None,
         "params": record.params or None,
+        "parts": _column("parts", record.parts),
         "script": script,
         "state": record.state.value,
     }
+
+
+def _column(key: str, value: Any) -> Any:
+    """A record's field as its column holds it."""
+    if key == "parts":
+        return [p.as_json() for p in value] or None
+    return value
 
 
 def _submit_event(job_id: int, record: JobRecord, now: float) -> dict[str, Any]:
@@ -452,7 +466,7 @@ class Store:
                 if change.to_state is not current:  # same state: an annotation event
                     check_transition(change.job_id, current, change.to_state)
                 for key, value in change.fields:
-                    setattr(row, key, value)
+                    setattr(row, key, _column(key, value))
                 row.state = change.to_state.value
                 session.add(
                     EventRow(

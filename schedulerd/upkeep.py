@@ -83,7 +83,10 @@ class Upkeep:
                 log.warning("node %s is down: %s", node.name, node.reason)
                 state.publish_node(node)
                 for job in state.on_node(node.name):
-                    await state.change(lost_changes(job, node.name, node.reason, state.clock()))
+                    if job.parts:  # one part lost: the others are stopped, then requeued
+                        await self.agents.gang_lost(job, node.name, f"lost: {node.reason}")
+                    else:
+                        await state.change(lost_changes(job, node.name, node.reason, state.clock()))
             self.kick()
 
     async def enforce_time_limits(self) -> None:
@@ -150,8 +153,9 @@ class Upkeep:
         for job in self.state.on_node(node):
             queue = self.config.queues.get(job.queue)
             pct = queue.idle_util_pct if queue is not None else 5.0
-            for i in job.gpu_indexes:
-                held[i] = HeldGpu(job.job_id, job.user, tuple(job.gpu_indexes), pct)
+            gpus = tuple(job.gpus_on(node))
+            for i in gpus:
+                held[i] = HeldGpu(job.job_id, job.user, gpus, pct)
         return held
 
     def on_telemetry(self, topic: str, payload: bytes) -> None:

@@ -94,6 +94,9 @@ class ClientVerbs:
         # default paths carry the cluster's id: a new cluster's job 1 is not an old one's
         cluster = self.cluster_id()
         output = (record.output or JobRecord.DEFAULT_OUTPUT).replace("%C", cluster)
+        if record.nodes > 1 and "%n" not in output:  # a log per part: %n is its node rank
+            stem, dot, ext = output.rpartition(".")
+            output = f"{stem}.%n.{ext}" if dot and "/" not in ext else f"{output}.%n"
         checkpoint = (record.checkpoint_dir or JobRecord.DEFAULT_CHECKPOINT_DIR).replace(
             "%C", cluster
         )

@@ -105,8 +105,9 @@ class SlurmJobSpec:
     argv: tuple[str, ...] = ()
     environment: Mapping[str, str] = field(default_factory=dict)
     comment: str = ""
-    gpus: int = 0
+    gpus: int = 0  # on each node
     cpus: int = 1
+    nodes: int = 1
     time_limit_minutes: int | None = None
     stdout: str | None = None
     stderr: str | None = None
@@ -120,6 +121,8 @@ class SlurmJobSpec:
             problems.append(f"working_dir must be an absolute path, not {self.working_dir!r}")
         if self.gpus < 0:
             problems.append(f"gpus must be 0 or more, not {self.gpus}")
+        if self.nodes < 1:
+            problems.append(f"nodes must be 1 or more, not {self.nodes}")
         if self.cpus < 1:
             problems.append(f"cpus must be 1 or more, not {self.cpus}")
         if self.time_limit_minutes is not None and self.time_limit_minutes < 1:

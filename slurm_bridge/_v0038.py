@@ -106,6 +106,8 @@ class V0038:
                         "tasks",
                         "cpus_per_task",
                         "gres",
+                        "nodes",
+                        "tasks_per_node",
                         "time_limit",
                         "standard_output",
                         "standard_error",
@@ -131,7 +133,11 @@ class V0038:
         if spec.comment:
             job["comment"] = spec.comment
         if spec.gpus:
-            job["gres"] = f"gpu:{spec.gpus}"
+            job["gres"] = f"gpu:{spec.gpus}"  # per node
+        if spec.nodes > 1:
+            job["nodes"] = [spec.nodes, spec.nodes]
+            job["tasks"] = spec.nodes
+            job["tasks_per_node"] = 1
         if spec.time_limit_minutes is not None:
             job["time_limit"] = spec.time_limit_minutes
         if spec.stdout:

@@ -72,6 +72,9 @@ _SUBMIT_FIELDS = (
     "tasks",
     "cpus_per_task",
     "tres_per_node",
+    "minimum_nodes",
+    "maximum_nodes",
+    "tasks_per_node",
     "time_limit",
     "standard_output",
     "standard_error",
@@ -156,6 +159,10 @@ class V0040:
             job["comment"] = spec.comment
         if spec.gpus:
             job["tres_per_node"] = f"gres/gpu:{spec.gpus}"
+        if spec.nodes > 1:
+            job["minimum_nodes"] = job["maximum_nodes"] = spec.nodes
+            job["tasks"] = spec.nodes
+            job["tasks_per_node"] = 1
         if spec.time_limit_minutes is not None:
             job["time_limit"] = {"set": True, "infinite": False, "number": spec.time_limit_minutes}
         if spec.stdout:

@@ -156,6 +156,11 @@ class running:
         self._job = replace(self._job, preemptible=False)
         return self
 
+    def across(self, *parts: tuple[str, tuple[int, ...]]) -> running:
+        """A job across nodes: these parts instead of the one given."""
+        self._job = replace(self._job, parts=tuple(parts))
+        return self
+
     def yielding_to(self, job_id: int) -> running:
         self._job = replace(self._job, yielding_to=job_id)
         return self

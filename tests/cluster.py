@@ -64,6 +64,7 @@ class Cluster:
     confine: bool = False
     cgroup_root: str = field(default_factory=lambda: f"gshare-test-{uuid.uuid4().hex[:12]}")
     gpu_models: tuple[str, ...] = ()  # the fake GPUs' model, node by node in turn
+    node_addresses: dict[str, str] = field(default_factory=dict)  # --node-address per node
     scheduler: subprocess.Popen[bytes] | None = None
     agent_procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -156,6 +157,11 @@ class Cluster:
                     ["--cgroup-root", f"{self.cgroup_root}/{name}"]
                     if self.confine
                     else ["--confine", "off"]
+                ),
+                *(
+                    ["--node-address", self.node_addresses[name]]
+                    if name in self.node_addresses
+                    else []
                 ),
             ],
             stdout=log,

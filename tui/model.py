@@ -85,6 +85,7 @@ class ClusterModel:
         """The live job holding GPU `gpu` of `node`, if any."""
         for job in self.jobs.values():
             live = job.state in (pb.STARTING, pb.RUNNING, pb.PREEMPTING)
-            if live and job.node == node and any(g.index == gpu for g in job.gpus):
+            # a multi-node job holds GPUs on each of its parts' nodes
+            if live and any(g.node == node and g.index == gpu for g in job.gpus):
                 return job
         return None

@@ -123,6 +123,8 @@ class JobSpec(_message.Message):
     DEPENDENCY_FIELD_NUMBER: _builtins.int
     TASK_PARAMS_FIELD_NUMBER: _builtins.int
     GPU_TYPES_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    GPUS_PER_NODE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     queue: _builtins.str
     """empty: the default queue"""
@@ -154,6 +156,11 @@ class JobSpec(_message.Message):
     """a job array: "0-99", "0-99:4", "1,3,7-9", "%K" at most K running"""
     dependency: _builtins.str
     """"afterok:12:13", "afterany:12,after:14", "afterok:12?afternotok:13", "singleton" """
+    nodes: _builtins.int
+    """a multi-node job: `nodes` parts of `gpus_per_node` GPUs each, `gpus` their total
+    (0 or 1: one node, `gpus` on it)
+    """
+    gpus_per_node: _builtins.int
     @_builtins.property
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -194,10 +201,12 @@ class JobSpec(_message.Message):
         dependency: _builtins.str = ...,
         task_params: _abc.Iterable[Global___TaskParams] | None = ...,
         gpu_types: _abc.Iterable[_builtins.str] | None = ...,
+        nodes: _builtins.int = ...,
+        gpus_per_node: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts", "max_restarts", b"max_restarts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts", "args", b"args", "array", b"array", "checkpoint_dir", b"checkpoint_dir", "cpus", b"cpus", "dependency", b"dependency", "env", b"env", "gpu_types", b"gpu_types", "gpus", b"gpus", "grace_s", b"grace_s", "max_restarts", b"max_restarts", "mem_mb", b"mem_mb", "name", b"name", "no_preempt", b"no_preempt", "output", b"output", "preempt_signal", b"preempt_signal", "priority", b"priority", "queue", b"queue", "script", b"script", "script_name", b"script_name", "slurm", b"slurm", "task_params", b"task_params", "time_limit_s", b"time_limit_s", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts", "args", b"args", "array", b"array", "checkpoint_dir", b"checkpoint_dir", "cpus", b"cpus", "dependency", b"dependency", "env", b"env", "gpu_types", b"gpu_types", "gpus", b"gpus", "gpus_per_node", b"gpus_per_node", "grace_s", b"grace_s", "max_restarts", b"max_restarts", "mem_mb", b"mem_mb", "name", b"name", "no_preempt", b"no_preempt", "nodes", b"nodes", "output", b"output", "preempt_signal", b"preempt_signal", "priority", b"priority", "queue", b"queue", "script", b"script", "script_name", b"script_name", "slurm", b"slurm", "task_params", b"task_params", "time_limit_s", b"time_limit_s", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_restarts: _TypeAlias = _typing.Literal["max_restarts"]  # noqa: Y015
     _WhichOneofArgType__max_restarts: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts"]  # noqa: Y015
@@ -367,6 +376,7 @@ class Job(_message.Message):
     ARRAY_SPEC_FIELD_NUMBER: _builtins.int
     DEPENDENCY_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     state: Global___JobState.ValueType
     user: _builtins.str
@@ -432,6 +442,10 @@ class Job(_message.Message):
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """a sweep's trial: its parameters"""
 
+    @_builtins.property
+    def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobPart]:
+        """a multi-node job: one per node it holds, by rank"""
+
     def __init__(
         self,
         *,
@@ -471,14 +485,59 @@ class Job(_message.Message):
         array_spec: _builtins.str = ...,
         dependency: _builtins.str = ...,
         params: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        parts: _abc.Iterable[Global___JobPart] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["array_job_id", b"array_job_id", "array_spec", b"array_spec", "array_task_id", b"array_task_id", "checkpoint_dir", b"checkpoint_dir", "dependency", b"dependency", "end_time", b"end_time", "events", b"events", "exit_code", b"exit_code", "exit_signal", b"exit_signal", "gid", b"gid", "gpu_mem_peak_mb", b"gpu_mem_peak_mb", "gpu_util_avg", b"gpu_util_avg", "gpu_util_now", b"gpu_util_now", "gpus", b"gpus", "has_exit", b"has_exit", "has_gpu_stats", b"has_gpu_stats", "idle_gpu_s", b"idle_gpu_s", "idle_s", b"idle_s", "job_id", b"job_id", "last_checkpoint", b"last_checkpoint", "node", b"node", "output_path", b"output_path", "params", b"params", "position", b"position", "preemptions", b"preemptions", "reason", b"reason", "restarts", b"restarts", "slurm_job_id", b"slurm_job_id", "slurm_state", b"slurm_state", "spec", b"spec", "start_time", b"start_time", "state", b"state", "submit_time", b"submit_time", "uid", b"uid", "user", b"user", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["array_job_id", b"array_job_id", "array_spec", b"array_spec", "array_task_id", b"array_task_id", "checkpoint_dir", b"checkpoint_dir", "dependency", b"dependency", "end_time", b"end_time", "events", b"events", "exit_code", b"exit_code", "exit_signal", b"exit_signal", "gid", b"gid", "gpu_mem_peak_mb", b"gpu_mem_peak_mb", "gpu_util_avg", b"gpu_util_avg", "gpu_util_now", b"gpu_util_now", "gpus", b"gpus", "has_exit", b"has_exit", "has_gpu_stats", b"has_gpu_stats", "idle_gpu_s", b"idle_gpu_s", "idle_s", b"idle_s", "job_id", b"job_id", "last_checkpoint", b"last_checkpoint", "node", b"node", "output_path", b"output_path", "params", b"params", "parts", b"parts", "position", b"position", "preemptions", b"preemptions", "reason", b"reason", "restarts", b"restarts", "slurm_job_id", b"slurm_job_id", "slurm_state", b"slurm_state", "spec", b"spec", "start_time", b"start_time", "state", b"state", "submit_time", b"submit_time", "uid", b"uid", "user", b"user", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Job: _TypeAlias = Job  # noqa: Y015
+
+@_typing.final
+class JobPart(_message.Message):
+    """One node's share of a multi-node job."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    RANK_FIELD_NUMBER: _builtins.int
+    GPUS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
+    EXIT_CODE_FIELD_NUMBER: _builtins.int
+    EXIT_SIGNAL_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    rank: _builtins.int
+    """NODE_RANK; 0 is MASTER_ADDR"""
+    state: _builtins.str
+    """STARTING, RUNNING, EXITED"""
+    pid: _builtins.int
+    exit_code: _builtins.int
+    exit_signal: _builtins.int
+    @_builtins.property
+    def gpus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """GPU indexes on that node"""
+
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        rank: _builtins.int = ...,
+        gpus: _abc.Iterable[_builtins.int] | None = ...,
+        state: _builtins.str = ...,
+        pid: _builtins.int = ...,
+        exit_code: _builtins.int = ...,
+        exit_signal: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exit_code", b"exit_code", "exit_signal", b"exit_signal", "gpus", b"gpus", "node", b"node", "pid", b"pid", "rank", b"rank", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobPart: _TypeAlias = JobPart  # noqa: Y015
 
 @_typing.final
 class SubmitJobRequest(_message.Message):
@@ -853,6 +912,7 @@ class Node(_message.Message):
     HOST_MEM_USED_MB_FIELD_NUMBER: _builtins.int
     DRAINED_FIELD_NUMBER: _builtins.int
     CONFINEMENT_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     state: Global___NodeState.ValueType
     cpus: _builtins.int
@@ -871,6 +931,10 @@ class Node(_message.Message):
     """taken out of scheduling by an admin"""
     confinement: _builtins.str
     """how its jobs are confined: "cgroup v1", "cgroup v2 (...)","""
+    address: _builtins.str
+    """"none (agent not root)", ...; "" from an older agent
+    where multi-node jobs' parts reach it ([agent] address)
+    """
     @_builtins.property
     def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___Gpu]: ...
     @_builtins.property
@@ -896,10 +960,11 @@ class Node(_message.Message):
         host_mem_used_mb: _builtins.int = ...,
         drained: _builtins.bool = ...,
         confinement: _builtins.str = ...,
+        address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "busy_gpus", b"busy_gpus", "confinement", b"confinement", "cpus", b"cpus", "drained", b"drained", "gpu_backend", b"gpu_backend", "gpus", b"gpus", "host_cpu_pct", b"host_cpu_pct", "host_load1", b"host_load1", "host_mem_used_mb", b"host_mem_used_mb", "last_seen", b"last_seen", "mem_mb", b"mem_mb", "name", b"name", "reason", b"reason", "state", b"state", "telemetry", b"telemetry"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_version", b"agent_version", "busy_gpus", b"busy_gpus", "confinement", b"confinement", "cpus", b"cpus", "drained", b"drained", "gpu_backend", b"gpu_backend", "gpus", b"gpus", "host_cpu_pct", b"host_cpu_pct", "host_load1", b"host_load1", "host_mem_used_mb", b"host_mem_used_mb", "last_seen", b"last_seen", "mem_mb", b"mem_mb", "name", b"name", "reason", b"reason", "state", b"state", "telemetry", b"telemetry"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1266,6 +1331,7 @@ class Register(_message.Message):
     GPU_BACKEND_FIELD_NUMBER: _builtins.int
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
     CONFINEMENT_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     cpus: _builtins.int
     mem_mb: _builtins.int
@@ -1273,6 +1339,8 @@ class Register(_message.Message):
     agent_version: _builtins.str
     confinement: _builtins.str
     """as Node.confinement"""
+    address: _builtins.str
+    """where the node's jobs reach each other ([agent] address)"""
     @_builtins.property
     def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___Gpu]: ...
     @_builtins.property
@@ -1290,10 +1358,11 @@ class Register(_message.Message):
         gpu_backend: _builtins.str = ...,
         agent_version: _builtins.str = ...,
         confinement: _builtins.str = ...,
+        address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "confinement", b"confinement", "cpus", b"cpus", "gpu_backend", b"gpu_backend", "gpus", b"gpus", "jobs", b"jobs", "mem_mb", b"mem_mb", "node", b"node"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_version", b"agent_version", "confinement", b"confinement", "cpus", b"cpus", "gpu_backend", b"gpu_backend", "gpus", b"gpus", "jobs", b"jobs", "mem_mb", b"mem_mb", "node", b"node"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1385,6 +1454,7 @@ class Launch(_message.Message):
     OUTPUT_PATH_FIELD_NUMBER: _builtins.int
     RESTART_COUNT_FIELD_NUMBER: _builtins.int
     CHECKPOINT_DIR_FIELD_NUMBER: _builtins.int
+    HOSTFILE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     user: _builtins.str
     uid: _builtins.int
@@ -1392,6 +1462,10 @@ class Launch(_message.Message):
     output_path: _builtins.str
     restart_count: _builtins.int
     checkpoint_dir: _builtins.str
+    hostfile: _builtins.str
+    """a part of a multi-node job: the `host slots=G` lines its launcher writes to the
+    file GSHARE_HOSTFILE names
+    """
     @_builtins.property
     def spec(self) -> Global___JobSpec: ...
     @_builtins.property
@@ -1411,10 +1485,11 @@ class Launch(_message.Message):
         output_path: _builtins.str = ...,
         restart_count: _builtins.int = ...,
         checkpoint_dir: _builtins.str = ...,
+        hostfile: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_dir", b"checkpoint_dir", "gid", b"gid", "gpu_indexes", b"gpu_indexes", "gpu_uuids", b"gpu_uuids", "job_id", b"job_id", "output_path", b"output_path", "restart_count", b"restart_count", "spec", b"spec", "uid", b"uid", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_dir", b"checkpoint_dir", "gid", b"gid", "gpu_indexes", b"gpu_indexes", "gpu_uuids", b"gpu_uuids", "hostfile", b"hostfile", "job_id", b"job_id", "output_path", b"output_path", "restart_count", b"restart_count", "spec", b"spec", "uid", b"uid", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -333,6 +333,19 @@ def _run_seconds(job: pb.Job, now: float) -> float:
     return (job.end_time or now) - job.start_time
 
 
+def _parts_line(job: pb.Job) -> str:
+    """A multi-node job's parts: `rank node GPUs state pid/exit`, by rank."""
+    if job.spec.nodes <= 1:
+        return "-"
+    if not job.parts:
+        return f"{job.spec.nodes} nodes x {job.spec.gpus_per_node} GPUs, not placed"
+    return "; ".join(
+        f"{p.rank} {p.node} GPUs {','.join(map(str, p.gpus))} {p.state.lower()}"
+        + (f" exit {p.exit_code}" if p.state == "EXITED" else f" pid {p.pid}" if p.pid else "")
+        for p in job.parts
+    )
+
+
 def cmd_show(client: Client, args: argparse.Namespace) -> int:
     job = client.job(args.job)
     if args.json:
@@ -372,6 +385,7 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
             if job.array_job_id
             else "-",
         ),
+        ("Parts", _parts_line(job)),
         ("Dependency", job.dependency or "-"),
         ("Parameters", json.dumps(dict(job.params), sort_keys=True) if job.params else "-"),
         (
@@ -545,7 +559,10 @@ def _node_gpu(target: str) -> tuple[str, int]:
 
 def cmd_logs(client: Client, args: argparse.Namespace) -> int:
     job = client.job(args.job)
-    path = Path(job.output_path)
+    nodes = max(job.spec.nodes, 1)
+    if args.rank >= nodes:
+        raise UsageError(f"--rank {args.rank}: job {job.job_id} runs on {nodes} node(s)")
+    path = Path(job.output_path.replace("%n", str(args.rank)))
     deadline = time.monotonic() + 10
     while not path.exists():
         if (

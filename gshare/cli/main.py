@@ -30,6 +30,7 @@ from gshare.cli.commands import (
 from gshare.cli.common import UsageError, _OneLineParser, fail
 from gshare.cli.options import _duration, _int32, _job_id, _job_ref, _one_job
 from gshare.client import Client, ClientError
+from gshare.limits import MAX_NODES_PER_JOB
 
 
 def gshare_parser() -> argparse.ArgumentParser:
@@ -148,6 +149,12 @@ def gshare_parser() -> argparse.ArgumentParser:
     )
     lg.add_argument("job", type=_one_job)
     lg.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+    lg.add_argument(
+        "--rank",
+        type=_int32("--rank", 0, MAX_NODES_PER_JOB - 1),
+        default=0,
+        help="a multi-node job: the part whose log to print, by node rank (default 0)",
+    )
     lg.set_defaults(func=cmd_logs)
 
     sm = sub.add_parser(

@@ -20,6 +20,7 @@ from gshare.limits import (
     MAX_CPUS,
     MAX_GPUS_PER_JOB,
     MAX_GRACE_S,
+    MAX_NODES_PER_JOB,
     MAX_TASK_PARAMS_BYTES,
     MAX_TIME_LIMIT_S,
     env_name_ok,
@@ -108,16 +109,22 @@ def _dependency(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--dependency: ")) from None
 
 
-def _gpus(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--gpus needs a whole number, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"--gpus must be at least 1, not {value}")
-    if value > MAX_GPUS_PER_JOB:
-        raise argparse.ArgumentTypeError(f"--gpus {value} is more than any node can have")
-    return value
+def _count(name: str, limit: int, too_many: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} needs a whole number, not {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be at least 1, not {value}")
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"{name} {value} is {too_many}")
+        return value
+
+    return parse
+
+
+_gpus = _count("--gpus", MAX_GPUS_PER_JOB, "more than any node can have")
 
 
 def _int32(name: str, low: int = -INT32_MAX, high: int = INT32_MAX) -> Callable[[str], int]:
@@ -144,6 +151,17 @@ def _job_options(p: argparse.ArgumentParser) -> None:
     """Options valid both on the command line and on #GSUB lines. Defaults are None so the
     command line can be told apart from what it did not say."""
     p.add_argument("-g", "--gpus", type=_gpus, help="GPUs, all on one node (default 1)")
+    p.add_argument(
+        "-N",
+        "--nodes",
+        type=_count("--nodes", MAX_NODES_PER_JOB, f"over the limit of {MAX_NODES_PER_JOB}"),
+        help="run the script on this many nodes at once, gang-started (with --gpus-per-node)",
+    )
+    p.add_argument(
+        "--gpus-per-node",
+        type=_count("--gpus-per-node", MAX_GPUS_PER_JOB, "more than any node can have"),
+        help="GPUs on each node of a multi-node job",
+    )
     p.add_argument("-J", "--name", help="job name (default: the script's name)")
     p.add_argument("-q", "--queue", help="queue (default: the scheduler's default queue)")
     p.add_argument(
@@ -325,6 +343,9 @@ def build_spec(args: argparse.Namespace, environ: dict[str, str]) -> pb.JobSpec:
     else:
         raise UsageError("no job script given (gsub SCRIPT [ARGS...] --gpus N, or --wrap COMMAND)")
     options = dict(from_script)
+    if any(getattr(args, key, None) is not None for key in _SHAPE):
+        for key in _SHAPE:  # the command line's shape replaces the script's, whole
+            options.pop(key, None)
     for key, value in vars(args).items():
         if value is None:
             continue
@@ -359,10 +380,13 @@ def build_spec(args: argparse.Namespace, environ: dict[str, str]) -> pb.JobSpec:
                 f"{args.sweep}: {len(points)} trials take {size} bytes of parameters, over "
                 f"the limit of {MAX_TASK_PARAMS_BYTES // (1 << 20)} MiB"
             )
+    nodes, per_node = _shape(options)
     return pb.JobSpec(
         name=options.get("name") or name,
         queue=options.get("queue") or "",
-        gpus=options.get("gpus") or 1,
+        gpus=nodes * per_node if nodes > 1 else per_node,
+        nodes=nodes if nodes > 1 else 0,
+        gpus_per_node=per_node if nodes > 1 else 0,
         priority=options.get("priority") or 0,
         time_limit_s=options.get("time") or 0,
         cpus=options.get("cpus") or 0,
@@ -384,6 +408,25 @@ def build_spec(args: argparse.Namespace, environ: dict[str, str]) -> pb.JobSpec:
         task_params=task_params,
         gpu_types=options.get("gpu_type") or [],
     )
+
+
+_SHAPE = ("gpus", "nodes", "gpus_per_node")
+
+
+def _shape(options: dict[str, Any]) -> tuple[int, int]:
+    """How many nodes, and GPUs on each. `--gpus` alone means one node; `--nodes N` needs
+    `--gpus-per-node G` (the same as `--gpus G` for one node)."""
+    nodes = options.get("nodes") or 1
+    gpus, per_node = options.get("gpus"), options.get("gpus_per_node")
+    if gpus is not None and per_node is not None and (nodes > 1 or gpus != per_node):
+        raise UsageError(
+            "give --gpus (one node) or --nodes with --gpus-per-node (several), not both"
+        )
+    if nodes > 1:
+        if per_node is None:
+            raise UsageError(f"--nodes {nodes} needs --gpus-per-node (the GPUs on each node)")
+        return nodes, per_node
+    return 1, per_node or gpus or 1
 
 
 def _sendable(text: str) -> bool:

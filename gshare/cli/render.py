@@ -48,6 +48,19 @@ def job_json(job: pb.Job) -> dict[str, Any]:
         "gpus": [{"node": g.node, "index": g.index, "uuid": g.uuid} for g in job.gpus],
         "gpu_types": list(job.spec.gpu_types),
         "node": job.node or None,
+        "nodes": job.spec.nodes or 1,
+        "gpus_per_node": job.spec.gpus_per_node or None,
+        "parts": [
+            {
+                "node": p.node,
+                "rank": p.rank,
+                "gpus": list(p.gpus),
+                "state": p.state,
+                "pid": p.pid or None,
+                "exit_code": p.exit_code if p.state == "EXITED" else None,
+            }
+            for p in job.parts
+        ],
         "slurm_job_id": job.slurm_job_id or None,
         "slurm_state": job.slurm_state or None,
         "time_limit_s": job.spec.time_limit_s or None,

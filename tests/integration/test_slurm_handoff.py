@@ -269,3 +269,29 @@ def test_a_handed_off_job_can_still_be_cancelled_once_slurm_is_unconfigured(
         assert "no Slurm is configured any more" in ended.reason
     finally:
         slurm_cluster.run_cmd(["scancel", str(running.slurm_job_id)])
+
+
+def test_a_multi_node_job_goes_to_slurm_with_its_node_count(
+    cluster_factory: Callable[..., Cluster], slurm_cluster: SlurmCluster, open_tmp: Path
+) -> None:
+    """--nodes with --slurm always: Slurm is asked for 2 nodes of one GPU each, which this
+    one-node Slurm cluster refuses as a node configuration it does not have (a one-node
+    job of the same GPUs it runs: the first test); the job stays here, saying why."""
+    cluster, name = make(cluster_factory, slurm_cluster, open_tmp)
+    work = slurm_cluster.workdir(name)
+    job_id = cluster.submit(
+        "--slurm", "always", "--nodes", "2", "--gpus-per-node", "1",
+        script(work, "wide.sh", "sleep 1\n"),
+        cwd=work,
+    )  # fmt: skip
+
+    def refused() -> list[str]:
+        return [e.reason for e in cluster.job(job_id).events if e.kind == "handoff-refused"]
+
+    [why] = wait_until("Slurm's answer", refused, timeout=60)
+    assert "Requested node configuration is not available" in why, why
+    job = cluster.job(job_id)
+    assert job.state == pb.PENDING and job.slurm_job_id == 0
+    assert "needs 1 free GPUs on each of 2 nodes" in job.reason, job.reason
+    assert cluster.gshare("cancel", str(job_id)).code == 0
+    cluster.wait_state(job_id, "CANCELLED", timeout=60)

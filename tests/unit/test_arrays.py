@@ -515,7 +515,7 @@ train,0,7200,8,alice,a,completed,afterok:prep
 eval,10,600,1,alice,a,completed,afterany:train
 never,20,600,1,bob,b,completed,afternotok:prep
 other,0,36000,8,bob,b,completed,
-wide,0,60,16,bob,b,completed,
+wide,0,60,24,bob,b,completed,
 afterwide,5,60,1,bob,b,completed,afterok:wide
 """
 

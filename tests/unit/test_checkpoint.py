@@ -97,3 +97,25 @@ def test_torch_state_round_trips_bitwise(tmp_path: Path) -> None:
         for a, b in zip(model.state_dict().values(), other.state_dict().values(), strict=True)
     )
     assert torch.equal(torch.rand(1), after_save)  # the RNG is back where it was at the save
+
+
+def test_only_rank_0_writes_and_every_rank_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "log"
+    monkeypatch.setenv("GSHARE_CHECKPOINT_LOG", str(log))
+    monkeypatch.setenv("RANK", "1")
+    other = Checkpointer(tmp_path, signals=())
+    assert other.rank == 1 and not other.writes
+    assert other.save(5, {"w": 5}) == tmp_path / "ckpt-000000000005.pt"
+    assert other.checkpoints() == [] and not log.exists()  # nothing written, nothing told
+    monkeypatch.setenv("RANK", "0")
+    first = Checkpointer(tmp_path, signals=())
+    first.save(5, {"w": 5})
+    assert [p.name for p in first.checkpoints()] == ["ckpt-000000000005.pt"]
+    assert len(log.read_text().splitlines()) == 1
+    assert other.load() == (5, {"w": 5})  # rank 1 resumes from rank 0's checkpoint
+    for bad in ("x", "-1", "1.5"):
+        monkeypatch.setenv("RANK", bad)
+        with pytest.raises(ValueError, match="RANK must"):
+            Checkpointer(tmp_path, signals=())

@@ -295,3 +295,24 @@ def test_a_cause_the_policy_names_is_reported_as_such() -> None:
     ]
     r = simulate(trace, Holding(), 1, 4)
     assert r.idle_gpu_h == pytest.approx({"quota": 80 / 3600})
+
+
+def test_jobs_wider_than_a_node_run_across_nodes_as_the_daemon_runs_them() -> None:
+    # 3 nodes of 4 GPUs: a 8-GPU job takes two of them (parts of 4), a 6-GPU job two parts
+    # of 3; they cannot run together (no two nodes left with 3 free), so the second waits
+    trace = [job("wide", 0, 100, 8, "a", "g1"), job("odd", 10, 50, 6, "b", "g2")]
+    r = simulate(trace, make_policy("fifo", {"explain": False}), 3, 4)
+    assert r.jobs == 2 and r.left_out == 0
+    assert r.starts == [(0, 1), (100, 2)] and r.makespan_s == 150
+    assert r.avg_jct_s == pytest.approx((100 + 140) / 2)
+    # preempted and resumed as one, through the same change builders
+    trace = [job("wide", 0, 4000, 8, "a", "g1"), job("short", 1000, 100, 4, "b", "g2")]
+    r = simulate(
+        trace,
+        make_policy("fairshare", {"explain": False}),
+        2,
+        4,
+        checkpoint_every_s=300,
+        restart_cost_s=60,
+    )
+    assert r.preemptions == 1 and r.makespan_s == pytest.approx(4260)
