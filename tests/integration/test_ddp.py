@@ -52,6 +52,7 @@ def weights(path: Path) -> dict[str, object]:
     return state
 
 
+@pytest.mark.timeout(900)  # two trainings of torch over gloo on a 2-core machine
 def test_ddp_across_two_nodes_and_resumed_elsewhere_bitwise(
     cluster_factory: Callable[..., Cluster], workdir: Path
 ) -> None:
