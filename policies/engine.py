@@ -230,6 +230,8 @@ def decide(
         )
         if choice is None:
             return False
+        if book is not None and book.admit_after(job, free, choice.victims):
+            return False  # its quotas would then hold it back: the victims would lose for nothing
         for victim, why in zip(choice.victims, choice.reasons, strict=True):
             preemptions.append(Preemption(victim.job_id, job.job_id, why, choice.node))
         promised.add(choice.node)
@@ -240,20 +242,22 @@ def decide(
             book.promise(job, (*free_here, *(v.parts[0] for v in choice.victims)), choice.victims)
         return True
 
-    # Jobs that preempted others earlier get the GPUs freed for them first.
+    # Jobs that preempted others earlier get the GPUs freed for them first. A node is
+    # promised only while victims are yielding to the job: once they are gone, the job
+    # starts there now or its claim lapses (it waits in line like any other).
     for job in ranked:
         node = job.claimed_node
         if not node or node not in free.nodes or job.job_id in yielding:
             if node and job.job_id in yielding:
                 promised.add(node)
             continue
-        if book is not None and book.admit(job, free)[1]:
-            continue  # over a quota now: it waits in line like any other (reason below)
+        if book is not None:
+            job, over = book.admit(job, free)  # narrowed to the GPU types its quotas allow
+            if over:
+                continue  # over a quota now: it waits in line like any other (reason below)
         placement = free.find(job, exclude=frozenset(free.nodes) - {node})
         if placement is not None:
             start(job, placement, backfilled=False)
-        else:
-            promised.add(node)
     started = {s.job_id for s in starts}
     # Once no GPU is free and no preemption is left to try, the jobs further back can only
     # be told why they wait: a short path for them (thousands a cycle at scale).

@@ -476,3 +476,167 @@ def test_free_gpus_are_not_lent_while_their_guaranteed_team_has_work_waiting() -
     assert plan.reasons[1].startswith(
         "the free GPUs are guaranteed to team vision, which has work waiting for them"
     )
+
+
+# ---------------------------------------------------------------- victim sets and claims
+
+A100 = "NVIDIA A100-SXM4-80GB"
+PEERS = teams(vision=(50, {"alice": 1}), nlp=(50, {"carol": 1}), other=(1, {"dave": 1}))
+
+
+def test_a_reclaim_of_several_victims_takes_no_more_than_the_team_borrows() -> None:
+    # nlp is guaranteed 4 and holds 5 (borrows 1): four of its 1-GPU jobs on n0 would free
+    # n0 for vision, but leave nlp at 1; no such set is taken
+    run = [running(10 + i, "n0", i).user("carol") for i in range(4)]
+    run += [
+        running(20, "n1", 0).user("carol"),
+        running(21, "n1", 1, 2, 3).user("dave").no_preempt(),
+    ]
+    snap = snapshot(
+        NODES,
+        [job(1).gpus(4).user("alice").submitted(NOW - 3600)],
+        run,
+        PEERS,
+        quotas=quotas(reclaim_after_s=60, vision=guarantee(4), nlp=guarantee(4)),
+    )
+    assert decide(snap).preemptions == ()
+
+
+def test_a_reclaim_may_round_up_to_one_whole_job() -> None:
+    # nlp borrows 4 of its 8 in one 8-GPU job: the reclaim takes that job whole
+    run = [running(20, "n0", *range(8)).user("carol")]
+    snap = snapshot(
+        [node("n0").gpus(8)],
+        [job(1).gpus(4).user("alice").submitted(NOW - 3600)],
+        run,
+        TREE,
+        quotas=quotas(reclaim_after_s=60, vision=guarantee(4), nlp=guarantee(4)),
+    )
+    assert [p.job_id for p in decide(snap, "priority").preemptions] == [20]
+
+
+def test_fair_share_with_several_victims_leaves_the_team_its_guarantee() -> None:
+    # nlp is guaranteed 6 and holds 8 in 1-GPU jobs (and a no-preempt 2-GPU job): vision's
+    # 4-GPU job would need four of them, which leaves nlp 4
+    run = [running(10 + i, "n0", i).user("carol") for i in range(6)]
+    run += [running(30, "n0", 6, 7).user("carol").no_preempt()]
+    snap = snapshot(
+        [node("n0").gpus(8)],
+        [job(1).gpus(4).user("alice").submitted(NOW - 60)],
+        run,
+        TREE,
+        quotas=quotas(reclaim_after_s=10**9, nlp=guarantee(6)),
+    )
+    assert decide(snap).preemptions == ()
+    # with a guarantee of 4, the same four victims are allowed
+    snap = snapshot(
+        [node("n0").gpus(8)],
+        [job(1).gpus(4).user("alice").submitted(NOW - 60)],
+        run,
+        TREE,
+        quotas=quotas(reclaim_after_s=10**9, nlp=guarantee(4)),
+    )
+    assert len(decide(snap).preemptions) == 4
+
+
+def test_no_claim_for_a_job_its_quotas_would_hold_back_after_the_preemption() -> None:
+    # a higher class may take nlp's GPUs within its guarantee, but nlp has work waiting for
+    # them: vision's job would then be refused them ("guaranteed to team nlp"), so no
+    # victim is preempted for it
+    run = [running(10, "n0", 0, 1, 2, 3).user("carol")]
+    pending = [job(1).gpus(4).user("alice").priority(1), job(2).gpus(4).user("carol")]
+    snap = snapshot([node("n0").gpus(4)], pending, run, TREE, quotas=quotas(nlp=guarantee(4)))
+    plan = decide(snap)
+    assert plan.preemptions == ()
+    # without the waiting job, the higher class takes them
+    snap = snapshot([node("n0").gpus(4)], pending[:1], run, TREE, quotas=quotas(nlp=guarantee(4)))
+    assert [p.job_id for p in decide(snap).preemptions] == [10]
+
+
+@pytest.mark.parametrize(
+    ("case", "claimant", "holder"),
+    [
+        ("typed guarantee reclaiming from an any-type one", "alice", "carol"),
+        ("any-type guarantee reclaiming from a typed one", "carol", "alice"),
+    ],
+)
+def test_typed_and_any_type_guarantees_do_not_reclaim_from_each_other(
+    case: str, claimant: str, holder: str
+) -> None:
+    # vision is guaranteed 4 A100s, nlp 4 of any type; the node has 4 A100s: whoever holds
+    # them holds them within its own guarantee
+    q = quotas(reclaim_after_s=60, vision=guarantee({"a100": 4}), nlp=guarantee(4))
+    snap = snapshot(
+        [node("n0").gpus(4).model(A100)],
+        [job(1).gpus(4).user(claimant).submitted(NOW - 3600)],
+        [running(20, "n0", 0, 1, 2, 3).user(holder)],
+        TREE,
+        quotas=q,
+    )
+    assert decide(snap).preemptions == (), case
+
+
+def test_a_typed_guarantee_is_not_borrowing_when_admitted() -> None:
+    # vision is guaranteed 4 A100s only, nlp 8 of any type with work waiting for 8: vision's
+    # job within its A100 guarantee starts on the A100s (it borrows nothing)
+    q = quotas(vision=guarantee({"a100": 4}), nlp=guarantee(8))
+    nodes = [node("n0").gpus(4).model(A100), node("n1").gpus(4).model("NVIDIA H100 80GB HBM3")]
+    pending = [job(1).gpus(4).user("alice")]
+    pending += [job(i).gpus(4).user("carol").priority(-1) for i in (2, 3)]
+    plan = decide(snapshot(nodes, pending, [], TREE, quotas=q), "priority")
+    assert [(s.job_id, s.node) for s in plan.starts] == [(1, "n0"), (2, "n1")]
+
+
+@pytest.mark.parametrize(
+    "cap",
+    [
+        quotas(nlp=guarantee(0, limit=8)),
+        quotas(users={"carol": UserLimits(max_running_gpus=8)}),
+    ],
+)
+def test_victims_still_yielding_count_against_limits_and_user_caps(cap: object) -> None:
+    # carol's 8-GPU job on n0 is yielding to alice's job but still holds the GPUs
+    run = [running(20, "n0", *range(8)).user("carol").yielding_to(1)]
+    pending = [
+        job(1).gpus(2).user("alice").submitted(NOW - 3600),
+        job(2).gpus(8).user("carol").submitted(NOW - 100),
+    ]
+    nodes = [node("n0").gpus(8), node("n1").gpus(8)]
+    plan = decide(snapshot(nodes, pending, run, TREE, quotas=cap))  # type: ignore[arg-type]
+    assert 2 not in [s.job_id for s in plan.starts]
+    assert "more would be over" in plan.reasons[2]
+
+
+def test_a_claim_no_victim_yields_to_lapses() -> None:
+    # job 1 claimed n0 earlier, but its victims are gone and nlp's job got the GPUs: the node
+    # is not promised to job 1 for ever; its due reclaim takes it back
+    q = quotas(reclaim_after_s=60, vision=guarantee(4))
+    snap = snapshot(
+        [node("n0").gpus(4)],
+        [job(1).gpus(4).user("alice").submitted(NOW - 7200).claimed("n0")],
+        [running(9, "n0", 0, 1, 2, 3).user("carol").started(7200)],
+        TREE,
+        quotas=q,
+    )
+    assert [p.job_id for p in decide(snap).preemptions] == [9]
+
+
+def test_a_claim_still_being_freed_keeps_its_node() -> None:
+    run = [running(9, "n0", 0, 1).user("carol").yielding_to(1)]
+    pending = [job(1).gpus(4).user("alice").claimed("n0"), job(2).gpus(2).user("carol")]
+    plan = decide(snapshot([node("n0").gpus(4)], pending, run, TREE))
+    assert plan.starts == ()
+
+
+def test_the_claimed_node_start_keeps_to_the_gpu_types_its_quotas_allow() -> None:
+    # vision is at its A100 limit: its claimant does not start on its claimed A100 node
+    q = quotas(vision=guarantee(0, limit={"a100": 4}))
+    nodes = [
+        node("n0").gpus(4).model(A100),
+        node("n1").gpus(4).model(A100),
+        node("n2").gpus(4).model("NVIDIA H100 80GB HBM3"),
+    ]
+    pending = [job(1).gpus(2).user("alice").submitted(NOW - 900).claimed("n0")]
+    run = [running(9, "n1", 0, 1, 2, 3).user("alice")]
+    plan = decide(snapshot(nodes, pending, run, TREE, quotas=q))
+    assert [s.node for s in plan.starts] == ["n2"]
