@@ -640,3 +640,41 @@ def test_the_claimed_node_start_keeps_to_the_gpu_types_its_quotas_allow() -> Non
     run = [running(9, "n1", 0, 1, 2, 3).user("alice")]
     plan = decide(snapshot(nodes, pending, run, TREE, quotas=q))
     assert [s.node for s in plan.starts] == ["n2"]
+
+
+class _NoAgents:
+    async def launch(self, job: object) -> None:
+        raise AssertionError("nothing may start here")
+
+    def preempt(self, job: object) -> None:
+        raise AssertionError("nothing may be preempted here")
+
+    def schedulable(self) -> list[str]:
+        return ["n0000"]
+
+
+async def test_the_cycle_lets_a_claim_lapse_once_no_victim_yields_to_it() -> None:
+    # the daemon's own cycle: job 1 claimed n0000, its victims are gone, and its user's cap
+    # now holds it back; the claim is cleared (and said why), not kept for ever
+    from gshare.config import Config
+    from schedulerd.changes import claim_change
+    from schedulerd.cycle import Cycle
+    from schedulerd.ledger import Ledger
+    from schedulerd.model import GpuInfo, NodeRecord, NodeState
+    from schedulerd.sim import TraceJob, _Clock, _submit
+    from schedulerd.state import ClusterState, MemoryJournal
+
+    clock = _Clock(NOW)
+    journal = MemoryJournal()
+    state = ClusterState(journal, clock)
+    gpus = [GpuInfo(g, f"GPU-{g}", "sim", 81920, []) for g in range(4)]
+    state.nodes["n0000"] = NodeRecord("n0000", gpus, 0, 0, state=NodeState.UP, last_seen=NOW)
+    job_id = _submit(state, journal, TraceJob("j", NOW - 900, 60.0, 2, "alice", "vision"), NOW)
+    [claimant] = await state.change([claim_change(state.jobs[job_id], "n0000", "freed for it")])
+    assert claimant.claimed_node == "n0000"
+    ledger = Ledger(3600.0)
+    cycle = Cycle(Config(), state, ledger, make_policy("fairshare"), _NoAgents(), lambda now: None)
+    cycle.quotas = quotas(everyone=UserLimits(max_running_gpus=1))
+    plan = await cycle.run()
+    assert plan.starts == () and plan.preemptions == ()
+    assert state.jobs[job_id].claimed_node == ""
