@@ -161,6 +161,7 @@ def decide(
     quotas = snapshot.quotas
     book = QuotaBook(snapshot, quotas) if quotas is not None and quotas.active else None
     if book is not None:
+        book.min_runtime_s = knobs.min_runtime_s
         claim = quota_claim(book, claim)
         context = book.with_context(context)
 

@@ -23,7 +23,12 @@ from policies.engine import Knobs, decide, ordinal
 from policies.fairorder import fair_order
 from policies.fairtree import FairTree, fair_tree
 from policies.preemption import ClaimRule
-from policies.priority import ParameterError, check_victim_order, priority_class_claim
+from policies.priority import (
+    ParameterError,
+    check_params,
+    check_victim_order,
+    priority_class_claim,
+)
 from policies.snapshot import ClusterSnapshot, PendingJob, Plan, RunningJob
 
 
@@ -42,6 +47,7 @@ class FairShare:
     victim_order: str = "least_work_lost"  # or youngest, lowest_priority (preemption.py)
 
     def __post_init__(self) -> None:
+        check_params(self)
         check_victim_order(self.victim_order)
         if self.min_runtime_s < 0:
             raise ParameterError("min_runtime_s must not be negative")

@@ -138,6 +138,7 @@ class QuotaBook:
         claimants = {j.job_id: j for j in snapshot.pending}
         freed: dict[int, list[Part]] = {}
         self.preemptible: list[RunningJob] = []  # who a reclaim could take, whoever asks
+        self.min_runtime_s = 0.0  # the policy's: a younger job is not taken yet
         for r in snapshot.running:
             if r.yielding_to in claimants:
                 freed.setdefault(r.yielding_to, []).extend(r.parts)
@@ -207,6 +208,9 @@ class QuotaBook:
         """`job` will run on GPUs freed by preempting `victims`: charge it for as many of
         them as it takes, and the victims' accounts no longer."""
         self._cache.clear()
+        gone = {v.job_id for v in victims}
+        if gone:
+            self.preemptible = [r for r in self.preemptible if r.job_id not in gone]
         for victim in victims:  # they still hold them physically: `physical` keeps them
             held = self.held.setdefault(self.team_of(victim.user), Counter())
             for node, gpus in victim.parts:
@@ -381,14 +385,48 @@ class QuotaBook:
                 return key, held, count
         return None
 
+    def _takeable(self, team: str, key: str) -> list[RunningJob]:
+        """`team`'s jobs a reclaim of `key` GPUs could take (some only once they are past
+        the minimum runtime)."""
+        return [
+            r
+            for r in self.preemptible
+            if self.team_of(r.user) == team
+            and (
+                key == ANY
+                or all(
+                    type_matches(key, self.model.get((n, g), "")) for n, gs in r.parts for g in gs
+                )
+            )
+            and self.leaves_guarantees(team, (r,), reclaim=True)
+        ]
+
+    def _borrowing_teams(self, team: str, key: str) -> list[str]:
+        return sorted(t for t in self.held if t != team and self.borrowing(t, key) > 0)
+
     def _borrowers(self, team: str, key: str) -> list[str]:
+        """The teams borrowing `key` GPUs that a reclaim by `team` could take some from."""
         memo = ("borrowers", team, key)
         got = self._cache.get(memo)
         if got is None:
-            got = self._cache[memo] = sorted(
-                t for t in self.held if t != team and self.borrowing(t, key) > 0
-            )
+            got = self._cache[memo] = [
+                t for t in self._borrowing_teams(team, key) if self._takeable(t, key)
+            ]
         return got  # type: ignore[return-value]
+
+    def _reclaim_wait(self, job: PendingJob, key: str, borrowers: Iterable[str]) -> float:
+        """Seconds until a reclaim by `job` can take a borrower's job: its reclaim_after,
+        and the borrowers' jobs' minimum runtime."""
+        due = self.quotas.reclaim_after_s - (self.now - job.submit_time)
+        ripe = min(
+            (
+                r.start_time + self.min_runtime_s - self.now
+                for t in borrowers
+                for r in self._takeable(t, key)
+            ),
+            default=0.0,
+        )
+        return max(due, ripe, 0.0)
 
     def could_reclaim(self, job: PendingJob) -> bool:
         if self.now - job.submit_time < self.quotas.reclaim_after_s:
@@ -468,8 +506,15 @@ class QuotaBook:
             text = f"team {team} is under its guarantee ({held} of {count} {_key_text(key)}GPUs)"
             borrowers = self._borrowers(team, key)
             if not borrowers:
+                lenders = self._borrowing_teams(team, key)
+                if lenders:
+                    who = ", ".join(lenders)
+                    return (
+                        f"{text}; team {who} borrows, but no borrowing job can be preempted "
+                        "(--no-preempt, or it would take the team below a guarantee)"
+                    )
                 return f"{text}; no team borrows, the GPUs are in use within guarantees"
-            wait = self.quotas.reclaim_after_s - (self.now - job.submit_time)
+            wait = self._reclaim_wait(job, key, borrowers)
             who = ", ".join(f"{b} ({self.borrowing(b, key)})" for b in borrowers)
             if wait > 0:
                 return f"{text}; reclaims from borrowing teams {who} {_when(wait)}"
@@ -568,27 +613,31 @@ class AccountStanding:
 
 
 def quota_report(
-    snapshot: ClusterSnapshot, quotas: Quotas
+    snapshot: ClusterSnapshot, quotas: Quotas, min_runtime_s: float = 0.0
 ) -> tuple[list[AccountStanding], list[str]]:
-    """Each account's standing against its quotas, and warnings about the quotas."""
+    """Each account's standing against its quotas, and warnings about the quotas
+    (`min_runtime_s`: the policy's, before which no job is taken)."""
     book = QuotaBook(snapshot, quotas)
+    book.min_runtime_s = min_runtime_s
     rows = []
-    waiting: dict[str, float] = {}
+    waiting: dict[str, tuple[float, str, PendingJob]] = {}  # team -> its longest waiting job
     for job in snapshot.pending:
-        if book._under(job) is not None:
+        under = book._under(job)
+        if under is not None:
             team = book.team_of(job.user)
-            waiting[team] = min(waiting.get(team, job.submit_time), job.submit_time)
+            if team not in waiting or job.submit_time < waiting[team][0]:
+                waiting[team] = (job.submit_time, under[0], job)
     teams = sorted(set(quotas.accounts) | set(book.held))
     for team in teams:
         quota = book.quota(team)
         borrowing = book.borrowing(team)
         reclaim_in = -1.0
         reclaim_from: tuple[str, ...] = ()
-        if team in waiting:
-            borrowers = book._borrowers(team, ANY)
+        if team in waiting:  # a reclaim only from borrowers it can take a job from
+            _, key, job = waiting[team]
+            borrowers = book._borrowers(team, key)
             if borrowers:
-                since = snapshot.now - waiting[team]
-                reclaim_in = max(0.0, quotas.reclaim_after_s - since)
+                reclaim_in = book._reclaim_wait(job, key, borrowers)
                 reclaim_from = tuple(borrowers)
         rows.append(
             AccountStanding(

@@ -3,6 +3,7 @@ tables over snapshots made with the test builders."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from gshare.config import Config, ConfigError, load_config
 from policies import Plan, make_policy
 from policies.quota import UserLimits, quota_report, type_matches
+from policies.registry import PolicyError
 from schedulerd.cycle import quotas_of
 from tests.builders import NOW, guarantee, job, node, quotas, running, snapshot, teams
 
@@ -399,6 +401,17 @@ def test_quotas_from_the_config(tmp_path: Path) -> None:
         ("lend = 'no'", "lend must be a bool"),
         ("gauranteed = 4", "unknown key 'gauranteed'"),
         ("guaranteed = 99999999999", "guaranteed must be between 0 and 10000000"),
+        ("guaranteed = {A100 = 8}\nlimit = 4", "limit (4) must not be under guaranteed (8)"),
+        (
+            "guaranteed = {A100 = 2, h100 = 3}\nlimit = {'*' = 4}",
+            "limit (4) must not be under guaranteed (5)",
+        ),
+        (
+            "guaranteed = {A100 = 4, 'NVIDIA  a100' = 4}",
+            "guaranteed: GPU types 'A100' and 'NVIDIA  a100' name the same GPUs",
+        ),
+        ("limit = {a100 = 4, A100 = 2}", "limit: GPU types 'a100' and 'A100' name the same"),
+        ("shares = nan", "shares must be a finite number"),
     ],
 )
 def test_bad_quota_values_are_refused_naming_the_key(
@@ -421,6 +434,10 @@ def test_bad_quota_values_are_refused_naming_the_key(
         ("[fairshare]\nreclaim_after = true", "reclaim_after must be a duration"),
         ("[fairshare.users.bob]\nmax_gpus = 2", "[fairshare.users.bob]: unknown key 'max_gpus'"),
         ("[fairshare]\nusers = 3", "[users] must be a table"),
+        ("[fairshare]\nreclaim_after = 99999999999999999", "reclaim_after must be at most 30"),
+        ("[fairshare]\nreclaim_after = '100000000000d'", "reclaim_after must be at most 30"),
+        ("[fairshare]\nhalf_life = nan", "half_life must be positive"),
+        ("[fairshare]\ndefault_shares = inf", "default_shares must be a finite number"),
     ],
 )
 def test_bad_user_limits_are_refused_naming_the_key(
@@ -678,3 +695,59 @@ async def test_the_cycle_lets_a_claim_lapse_once_no_victim_yields_to_it() -> Non
     plan = await cycle.run()
     assert plan.starts == () and plan.preemptions == ()
     assert state.jobs[job_id].claimed_node == ""
+
+
+@pytest.mark.parametrize(
+    ("policy", "params", "message"),
+    [
+        ("fairshare", {"min_runtime_s": math.nan}, "min_runtime_s must be a finite number"),
+        ("fairshare", {"min_runtime_s": math.inf}, "min_runtime_s must be a finite number"),
+        ("fairshare", {"fairshare_margin": math.nan}, "fairshare_margin must be a finite"),
+        ("fairshare", {"min_runtime_s": "10m"}, "min_runtime_s must be a number, not '10m'"),
+        ("fairshare", {"backfill": "yes"}, "backfill must be true or false"),
+        ("priority", {"min_runtime_s": math.nan}, "min_runtime_s must be a finite number"),
+        ("priority", {"weight_age": math.inf}, "weight_age must be a finite number"),
+        ("priority", {"max_age_s": math.nan}, "max_age_s must be a finite number"),
+    ],
+)
+def test_policy_parameters_that_are_not_finite_numbers_are_refused(
+    policy: str, params: dict[str, object], message: str
+) -> None:
+    with pytest.raises(PolicyError) as err:
+        make_policy(policy, params)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("case", "holder", "reason", "reclaim_in"),
+    [
+        (
+            "the only borrower runs --no-preempt",
+            running(9, "n0", 0, 1, 2, 3).user("carol").no_preempt(),
+            "team nlp borrows, but no borrowing job can be preempted",
+            -1.0,
+        ),
+        (
+            "the borrower's job is younger than min_runtime_s (600 s)",
+            running(9, "n0", 0, 1, 2, 3).user("carol").started(100),
+            "reclaims from borrowing teams nlp (4) in about 8 min",
+            500.0,
+        ),
+    ],
+)
+def test_why_and_usage_promise_only_a_reclaim_that_can_happen(
+    case: str, holder: running, reason: str, reclaim_in: float
+) -> None:
+    q = quotas(reclaim_after_s=60, vision=guarantee(4))
+    snap = snapshot(
+        [node("n0").gpus(4)],
+        [job(1).gpus(4).user("alice").submitted(NOW - 3600)],
+        [holder],
+        TREE,
+        quotas=q,
+    )
+    plan = decide(snap)
+    assert plan.preemptions == (), case
+    assert reason in plan.reasons[1], (case, plan.reasons[1])
+    rows, _ = quota_report(snap, q, min_runtime_s=600)
+    assert {r.account: r for r in rows}["vision"].reclaim_in_s == reclaim_in, case
