@@ -155,6 +155,7 @@ def decide(
     starts: list[Start] = []
     preemptions: list[Preemption] = []
     reasons: dict[int, str] = {}
+    held: dict[int, str] = {}  # jobs that would fit but a quota holds back (Plan.held)
     reservation: Reservation | None = None
     tries = knobs.preemption_tries
     # quotas (policies/quota.py): who may start, and who may reclaim a guarantee
@@ -283,6 +284,8 @@ def decide(
         if book is not None:
             job, over = book.admit(job, free)
             if over:  # a quota holds it back, not the cluster: it blocks no one
+                if free.find(job, exclude=frozenset(promised)) is not None:
+                    held[job.job_id] = "quota"  # it would fit: the GPUs idle for a quota
                 if explain:
                     note(job, position, over)
                 continue
@@ -351,5 +354,11 @@ def decide(
         if explain:
             note(job, position, f"{ordinal(position)} in line, {why}")
     order = tuple([j.job_id for j in ranked])
-    plan = Plan(tuple(starts), MappingProxyType(reasons), tuple(preemptions), order)
+    plan = Plan(
+        tuple(starts),
+        MappingProxyType(reasons),
+        tuple(preemptions),
+        order,
+        held=MappingProxyType(held),
+    )
     return choose_handoffs(snapshot, plan)
