@@ -654,7 +654,12 @@ def quota_report(
         )
     warnings = []
     total = sum(n.gpu_count for n in snapshot.nodes)
-    promised = sum(q.guaranteed.get(ANY, 0) for q in quotas.accounts.values())
+    # an account's GPUs guaranteed in all: its any-type guarantee, or its typed ones
+    # together if they are more (they are GPUs too, which no one else can then count on)
+    promised = sum(
+        max(q.guaranteed.get(ANY, 0), sum(n for k, n in q.guaranteed.items() if k != ANY))
+        for q in quotas.accounts.values()
+    )
     if promised > total:
         warnings.append(
             f"guarantees add up to {promised} GPUs, more than the {total} the registered nodes hold"

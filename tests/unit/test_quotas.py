@@ -338,8 +338,14 @@ def test_usage_report_warns_when_guarantees_exceed_the_cluster() -> None:
     quota = quotas(vision=guarantee(6), nlp=guarantee({"a100": 6}))
     _, warnings = quota_report(snapshot(MIXED, [], [], TREE, quotas=quota), quota)
     assert warnings == [
-        "a100 guarantees add up to 6 GPUs, more than the 4 a100 GPUs the registered nodes hold"
+        "guarantees add up to 12 GPUs, more than the 8 the registered nodes hold",
+        "a100 guarantees add up to 6 GPUs, more than the 4 a100 GPUs the registered nodes hold",
     ]
+    # a typed and an any-type guarantee on the same GPUs are GPUs promised twice
+    quota = quotas(vision=guarantee({"a100": 4}), nlp=guarantee(4))
+    one = [node("n0").gpus(4).model(A100)]
+    _, warnings = quota_report(snapshot(one, [], [], TREE, quotas=quota), quota)
+    assert warnings == ["guarantees add up to 8 GPUs, more than the 4 the registered nodes hold"]
     quota = quotas(vision=guarantee(6), nlp=guarantee(4))
     _, warnings = quota_report(snapshot(MIXED, [], [], TREE, quotas=quota), quota)
     assert warnings == ["guarantees add up to 10 GPUs, more than the 8 the registered nodes hold"]
