@@ -47,14 +47,15 @@ class FairShare:
     victim_order: str = "least_work_lost"  # or youngest, lowest_priority (preemption.py)
 
     def __post_init__(self) -> None:
-        check_params(self)
         check_victim_order(self.victim_order)
+        aging = self.aging_s
+        if isinstance(aging, int | float) and not 0 < aging < float("inf"):
+            raise ParameterError("aging_s must be a positive number of seconds")
+        check_params(self)
         if self.min_runtime_s < 0:
             raise ParameterError("min_runtime_s must not be negative")
         if self.fairshare_margin < 0:
             raise ParameterError("fairshare_margin must not be negative")
-        if not 0 < self.aging_s < float("inf"):
-            raise ParameterError("aging_s must be a positive number of seconds")
 
     def decide(self, snapshot: ClusterSnapshot) -> Plan:
         users = {j.user for j in snapshot.pending} | {r.user for r in snapshot.running}

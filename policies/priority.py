@@ -68,8 +68,8 @@ class Multifactor:
     victim_order: str = "least_work_lost"  # or youngest, lowest_priority (preemption.py)
 
     def __post_init__(self) -> None:
-        check_params(self)
         check_victim_order(self.victim_order)
+        check_params(self)
         weights = (self.weight_qos, self.weight_fairshare, self.weight_age, self.weight_size)
         if min(weights) < 0:
             raise ParameterError("priority weights must not be negative")

@@ -191,7 +191,7 @@ def test_bad_daemon_configuration_stops_with_a_message(open_tmp: Path) -> None:
             ["--config", str(bad_victims)],
             "policy 'fairshare': bad parameters: victim_order must be one of least_work_lost",
         ),
-        (["--config", str(bad_aging)], "aging_s must be a finite number, not nan"),
+        (["--config", str(bad_aging)], "aging_s must be a positive number of seconds"),
         (["--config", str(bad_runtime)], "bad parameters: min_runtime_s must be a finite number"),
         (["--config", str(bad_types)], "GPU types 'A100' and 'a100' name the same GPUs"),
         (["--config", str(open_tmp / "missing.toml")], "cannot read config"),
