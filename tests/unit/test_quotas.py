@@ -757,3 +757,31 @@ def test_why_and_usage_promise_only_a_reclaim_that_can_happen(
     assert reason in plan.reasons[1], (case, plan.reasons[1])
     rows, _ = quota_report(snap, q, min_runtime_s=600)
     assert {r.account: r for r in rows}["vision"].reclaim_in_s == reclaim_in, case
+
+
+def test_asking_admit_after_a_preemption_leaves_the_book_and_free_map_as_they_were() -> None:
+    from policies.placement import FreeMap
+    from policies.quota import QuotaBook
+
+    q = quotas(vision=guarantee(4, limit=6), nlp=guarantee(2))
+    run = [running(10, "n0", 0, 1, 2, 3).user("carol"), running(11, "n1", 0).user("alice")]
+    snap = snapshot(NODES, [job(1).gpus(4).user("alice")], run, TREE, quotas=q)
+    book = QuotaBook(snap, q)
+    free = FreeMap(snap.nodes)
+    before = (
+        {t: dict(c) for t, c in book.held.items()},
+        {t: dict(c) for t, c in book.physical.items()},
+        dict(book.user_gpus),
+        {n: set(g) for n, g in free.free.items()},
+        free.free_count,
+    )
+    assert book.admit_after(snap.pending[0], free, [snap.running[0]]) == ""
+    after = (
+        {t: dict(c) for t, c in book.held.items()},
+        {t: dict(c) for t, c in book.physical.items()},
+        dict(book.user_gpus),
+        {n: set(g) for n, g in free.free.items()},
+        free.free_count,
+    )
+    assert after == before
+    assert book.holds("nlp") == 4 and book.holds("vision", physical=True) == 1
