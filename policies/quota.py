@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -385,10 +385,10 @@ class QuotaBook:
                 return key, held, count
         return None
 
-    def _takeable(self, team: str, key: str) -> list[RunningJob]:
+    def _takeable(self, team: str, key: str) -> Iterator[RunningJob]:
         """`team`'s jobs a reclaim of `key` GPUs could take (some only once they are past
         the minimum runtime)."""
-        return [
+        return (
             r
             for r in self.preemptible
             if self.team_of(r.user) == team
@@ -399,7 +399,7 @@ class QuotaBook:
                 )
             )
             and self.leaves_guarantees(team, (r,), reclaim=True)
-        ]
+        )
 
     def _borrowing_teams(self, team: str, key: str) -> list[str]:
         return sorted(t for t in self.held if t != team and self.borrowing(t, key) > 0)
@@ -410,7 +410,7 @@ class QuotaBook:
         got = self._cache.get(memo)
         if got is None:
             got = self._cache[memo] = [
-                t for t in self._borrowing_teams(team, key) if self._takeable(t, key)
+                t for t in self._borrowing_teams(team, key) if any(self._takeable(t, key))
             ]
         return got  # type: ignore[return-value]
 
