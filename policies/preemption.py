@@ -133,16 +133,20 @@ def choose_victims(
     )
     fewest = min(n[0] for n in needs)
     if fewest == 1:  # the common case: one victim is enough, the least costly one anywhere
-        single = min(
-            (
-                (cost(r, now), node, r.job_id, r, why)
-                for count, node, need in needs
-                if count == 1
-                for r, why in by_node[node]
-                if r.gpus >= need and (set_ok is None or set_ok(job, (r,)))
-            ),
-            default=None,
+        singles = (
+            (cost(r, now), node, r.job_id, r, why)
+            for count, node, need in needs
+            if count == 1
+            for r, why in by_node[node]
+            if r.gpus >= need
         )
+        if set_ok is None:
+            single = min(singles, default=None)
+        else:  # the least costly that the set check accepts (asked in cost order)
+            single = next(
+                (s for s in sorted(singles, key=lambda s: s[:3]) if set_ok(job, (s[3],))),
+                None,
+            )
         if single is not None:
             _, node, _, victim, why = single
             return VictimChoice(node, (victim,), (why,), work_lost(victim, now))

@@ -140,7 +140,7 @@ class QuotaBook:
         self.preemptible: list[RunningJob] = []  # who a reclaim could take, whoever asks
         self.min_runtime_s = 0.0  # the policy's: a younger job is not taken yet
         for r in snapshot.running:
-            if r.yielding_to in claimants:
+            if r.yielding_to and r.yielding_to in claimants:  # (0: yielding to no one)
                 freed.setdefault(r.yielding_to, []).extend(r.parts)
                 self._charge(r.user, r.parts, guarantee=False)
             else:
@@ -198,6 +198,7 @@ class QuotaBook:
     def _served(self, job: PendingJob) -> None:
         wants = self._wants.pop(job.job_id, None)
         if wants is not None:
+            self._cache.clear()  # what is kept for others changes with what they wait for
             team, keys = wants
             for key in keys:
                 self.wanting[team][key] -= job.gpus
@@ -277,7 +278,12 @@ class QuotaBook:
         # a job that would borrow leaves free the GPUs others are guaranteed and wait for
         # (or, if they do not lend, do not use); a job within a typed guarantee of its team
         # borrows nothing on GPUs of that type, and keeps to them while others wait
-        under = self._under(job)
+        if self.holds(team) + job.gpus <= quota.guaranteed.get(ANY, 0):
+            under: tuple[str, int, int] | None = (ANY, 0, 0)  # within its any-type one
+        elif len(quota.guaranteed) > (ANY in quota.guaranteed):
+            under = self._under(job)  # it has typed guarantees: within one of them?
+        else:
+            under = None
         kept = self._kept_for_others(team) if under is None or under[0] != ANY else {}
         if kept and under is not None:
             within = {m for m in models if type_matches(under[0], m)}
@@ -311,8 +317,8 @@ class QuotaBook:
             for node, gpus in v.parts:
                 for g in gpus:
                     model = self.model.get((node, g), "")
-                    self.held[team][model] -= 1
-                    self.physical[team][model] -= 1
+                    self.held.setdefault(team, Counter())[model] -= 1
+                    self.physical.setdefault(team, Counter())[model] -= 1
                     self.user_gpus[v.user] -= 1
         self._cache.clear()
         free.give(parts)
@@ -332,6 +338,10 @@ class QuotaBook:
 
     def _kept_for_others(self, team: str) -> dict[str, int]:
         """Free GPUs kept for other accounts' guarantees, by type key."""
+        memo = ("kept", team, "")
+        got = self._cache.get(memo)
+        if got is not None:
+            return dict(got)  # type: ignore[call-overload, no-any-return]
         kept: dict[str, int] = {}
         for other, quota in self.quotas.accounts.items():
             if other == team:
@@ -340,6 +350,7 @@ class QuotaBook:
                 idle = self._kept(other, key, count, quota.lend)
                 if idle > 0:
                     kept[key] = kept.get(key, 0) + idle
+        self._cache[memo] = dict(kept)
         return kept
 
     def _kept_reason(self, team: str, key: str) -> str:

@@ -785,3 +785,13 @@ def test_asking_admit_after_a_preemption_leaves_the_book_and_free_map_as_they_we
     )
     assert after == before
     assert book.holds("nlp") == 4 and book.holds("vision", physical=True) == 1
+
+
+def test_a_running_job_yielding_to_no_one_is_charged_whatever_the_job_ids() -> None:
+    # yielding_to 0 means no one: a waiting job numbered 0 does not make every running
+    # job's GPUs count as being freed for it (its team at its limit stays at its limit)
+    run = [running(9, "n0", 0, 1, 2, 3).user("alice")]
+    q = quotas(vision=guarantee(0, limit=4))
+    plan = decide(snapshot(NODES, [job(0).user("bob")], run, TREE, quotas=q))
+    assert plan.starts == ()
+    assert "team vision holds 4 GPUs; 1 more would be over its limit of 4" in plan.reasons[0]
