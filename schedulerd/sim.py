@@ -438,7 +438,8 @@ def simulate(
     builders, the ledger, ClusterState over a journal in memory) on a virtual clock.
 
     `quotas` (accounts are the trace's groups) are the cycle's, and a job is looked at again
-    when it has waited their reclaim_after. `watch` sees the running and pending jobs after
+    when it has waited their reclaim_after, and while its reclaim is due, when a running
+    job passes the policy's min_runtime_s (the daemon retries each heartbeat). `watch` sees the running and pending jobs after
     each instant's decisions (tests check invariants with it)."""
     return asyncio.run(
         _simulate(
