@@ -584,6 +584,9 @@ def _count(value: Any, key: str, where: str) -> int:
     return value
 
 
+MAX_RECLAIM_AFTER_S = 30 * 86400
+
+
 def _quota(table: dict[str, Any], key: str, where: str) -> tuple[tuple[str, int], ...]:
     """`key = 16` (GPUs of any type) or `key = { A100 = 8, "*" = 16 }` (per GPU type)."""
     if key not in table:
@@ -592,13 +595,27 @@ def _quota(table: dict[str, Any], key: str, where: str) -> tuple[tuple[str, int]
     if not isinstance(value, dict):
         return (("", _count(value, key, where)),)
     out = []
+    seen: dict[str, str] = {}  # the type as compared -> the key that named it
     for kind, count in value.items():
         if kind != "*" and (
             not kind.strip() or len(kind) > MAX_TYPE_CHARS or not all(c.isprintable() for c in kind)
         ):
             raise ConfigError(f"{where}: {key}: bad GPU type name {kind!r}")
+        same = "" if kind == "*" else _type_as_compared(kind)
+        if kind != "*" and not same:
+            raise ConfigError(f"{where}: {key}: bad GPU type name {kind!r}")
+        if same in seen:
+            raise ConfigError(
+                f"{where}: {key}: GPU types {seen[same]!r} and {kind!r} name the same GPUs"
+            )
+        seen[same] = kind
         out.append(("" if kind == "*" else kind, _count(count, f"{key}.{kind}", where)))
     return tuple(out)
+
+
+def _type_as_compared(name: str) -> str:
+    """A GPU type name as quotas compare it (policies.quota.normalise_type)."""
+    return " ".join(name.split()).casefold().removeprefix("nvidia ").strip()
 
 
 def _user_limits(table: dict[str, Any], where: str, default: UserLimitsConfig) -> UserLimitsConfig:
@@ -639,11 +656,11 @@ def _fairshare(table: dict[str, Any], where: str) -> dict[str, Any]:
                 half_life = float(parse_duration(str(value)))
             except TimeFormatError as exc:
                 raise ConfigError(f"{where}: half_life: {exc}") from exc
-        if half_life <= 0:
+        if not 0 < half_life < float("inf"):
             raise ConfigError(f"{where}: half_life must be positive, not {value!r}")
     shares = _typed(table, "default_shares", float, where, 1.0)
-    if shares < 0:
-        raise ConfigError(f"{where}: default_shares must not be negative")
+    if not 0 <= shares < float("inf"):
+        raise ConfigError(f"{where}: default_shares must be a finite number, not negative")
     accounts = []
     seen_users: dict[str, str] = {}
     for name, acct in _section(table, "accounts", where).items():
@@ -652,8 +669,8 @@ def _fairshare(table: dict[str, Any], where: str) -> dict[str, Any]:
             raise ConfigError(f"{awhere}: must be a table")
         _known_keys(acct, _ACCOUNT_KEYS, awhere)
         acct_shares = _typed(acct, "shares", float, awhere, 1.0)
-        if acct_shares < 0:
-            raise ConfigError(f"{awhere}: shares must not be negative")
+        if not 0 <= acct_shares < float("inf"):
+            raise ConfigError(f"{awhere}: shares must be a finite number, not negative")
         raw = acct.get("users", [])
         if isinstance(raw, list) and all(isinstance(u, str) for u in raw):
             users = [(u, 1.0) for u in raw]
@@ -675,6 +692,8 @@ def _fairshare(table: dict[str, Any], where: str) -> dict[str, Any]:
         limit = _quota(acct, "limit", awhere)
         for kind, cap in limit:
             promised = dict(guaranteed).get(kind, 0)
+            if not kind:  # all its guaranteed GPUs, of any type, count under its limit
+                promised = max(promised, sum(n for k, n in guaranteed if k))
             if cap < promised:
                 named = f"limit.{kind}" if kind else "limit"
                 raise ConfigError(
@@ -687,6 +706,10 @@ def _fairshare(table: dict[str, Any], where: str) -> dict[str, Any]:
         raise ConfigError(f"{where}: reclaim_after must be a duration, not a boolean")
     if "reclaim_after" in table:
         reclaim_after = _duration(table, "reclaim_after", where)
+        if reclaim_after > MAX_RECLAIM_AFTER_S:
+            raise ConfigError(
+                f"{where}: reclaim_after must be at most {MAX_RECLAIM_AFTER_S // 86400} days"
+            )
     everyone = _user_limits(table, where, UserLimitsConfig())
     per_user = []
     for user, limits in _section(table, "users", where).items():

@@ -188,12 +188,14 @@ def decide(
     starts: list[Start] = []
     preemptions: list[Preemption] = []
     reasons: dict[int, str] = {}
+    held: dict[int, str] = {}  # jobs that would fit but a quota holds back (Plan.held)
     reservation: Reservation | None = None
     tries = knobs.preemption_tries
     # quotas (policies/quota.py): who may start, and who may reclaim a guarantee
     quotas = snapshot.quotas
     book = QuotaBook(snapshot, quotas) if quotas is not None and quotas.active else None
     if book is not None:
+        book.min_runtime_s = knobs.min_runtime_s
         claim = quota_claim(book, claim)
         context = book.with_context(context)
 
@@ -264,6 +266,8 @@ def decide(
         )
         if choice is None:
             return False
+        if book is not None and book.admit_after(job, free, choice.victims):
+            return False  # its quotas would then hold it back: the victims would lose for nothing
         for victim, why in zip(choice.victims, choice.reasons, strict=True):
             preemptions.append(Preemption(victim.job_id, job.job_id, why, choice.node))
         promised.add(choice.node)
@@ -274,20 +278,22 @@ def decide(
             book.promise(job, (*free_here, *(v.parts[0] for v in choice.victims)), choice.victims)
         return True
 
-    # Jobs that preempted others earlier get the GPUs freed for them first.
+    # Jobs that preempted others earlier get the GPUs freed for them first. A node is
+    # promised only while victims are yielding to the job: once they are gone, the job
+    # starts there now or its claim lapses (it waits in line like any other).
     for job in ranked:
         node = job.claimed_node
         if not node or node not in free.nodes or job.job_id in yielding:
             if node and job.job_id in yielding:
                 promised.add(node)
             continue
-        if book is not None and book.admit(job, free)[1]:
-            continue  # over a quota now: it waits in line like any other (reason below)
+        if book is not None:
+            job, over = book.admit(job, free)  # narrowed to the GPU types its quotas allow
+            if over:
+                continue  # over a quota now: it waits in line like any other (reason below)
         placement = free.find(job, exclude=frozenset(free.nodes) - {node})
         if placement is not None:
             start(job, placement, backfilled=False)
-        else:
-            promised.add(node)
     started = {s.job_id for s in starts}
     # Once no GPU is free and no preemption is left to try, the jobs further back can only
     # be told why they wait: a short path for them (thousands a cycle at scale).
@@ -312,6 +318,8 @@ def decide(
         if book is not None:
             job, over = book.admit(job, free)
             if over:  # a quota holds it back, not the cluster: it blocks no one
+                if free.find(job, exclude=frozenset(promised)) is not None:
+                    held[job.job_id] = "quota"  # it would fit: the GPUs idle for a quota
                 if explain:
                     note(job, position, over)
                 continue
@@ -380,5 +388,11 @@ def decide(
         if explain:
             note(job, position, f"{ordinal(position)} in line, {why}")
     order = tuple([j.job_id for j in ranked])
-    plan = Plan(tuple(starts), MappingProxyType(reasons), tuple(preemptions), order)
+    plan = Plan(
+        tuple(starts),
+        MappingProxyType(reasons),
+        tuple(preemptions),
+        order,
+        held=MappingProxyType(held),
+    )
     return choose_handoffs(snapshot, plan)

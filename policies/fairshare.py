@@ -23,7 +23,12 @@ from policies.engine import Knobs, decide, ordinal
 from policies.fairorder import fair_order
 from policies.fairtree import FairTree, fair_tree
 from policies.preemption import ClaimRule
-from policies.priority import ParameterError, check_victim_order, priority_class_claim
+from policies.priority import (
+    ParameterError,
+    check_params,
+    check_victim_order,
+    priority_class_claim,
+)
 from policies.snapshot import ClusterSnapshot, PendingJob, Plan, RunningJob
 
 
@@ -43,12 +48,14 @@ class FairShare:
 
     def __post_init__(self) -> None:
         check_victim_order(self.victim_order)
+        aging = self.aging_s
+        if isinstance(aging, int | float) and not 0 < aging < float("inf"):
+            raise ParameterError("aging_s must be a positive number of seconds")
+        check_params(self)
         if self.min_runtime_s < 0:
             raise ParameterError("min_runtime_s must not be negative")
         if self.fairshare_margin < 0:
             raise ParameterError("fairshare_margin must not be negative")
-        if not 0 < self.aging_s < float("inf"):
-            raise ParameterError("aging_s must be a positive number of seconds")
 
     def decide(self, snapshot: ClusterSnapshot) -> Plan:
         users = {j.user for j in snapshot.pending} | {r.user for r in snapshot.running}

@@ -2,8 +2,9 @@
 
 Victims must be preemptible, past the minimum runtime, not already yielding, and each
 must be one the policy's claim rule lets this job displace. Among the nodes where
-preempting can make the job fit, take the smallest set of victims; among equally small
-sets, the cheapest by the victim order (a policy parameter, `victim_order`):
+preempting can make the job fit, take the smallest set of victims (that the claim rule's
+set check, if it has one, accepts as a whole); among equally small sets, the cheapest by
+the victim order (a policy parameter, `victim_order`):
 
 - least_work_lost (the default): the least work since the victims' last checkpoints (a
   job that never checkpointed loses everything since its start);
@@ -124,28 +125,49 @@ def choose_victims(
             needs.append((count, node, need))
     if not needs:
         return None
+    # A claim rule may also judge victims together (`set_ok`, e.g. that a set leaves their
+    # account at its guarantee): then each set chosen must pass it.
+    set_ok: Callable[[PendingJob, Sequence[RunningJob]], bool] | None = getattr(
+        claim, "set_ok", None
+    )
     fewest = min(n[0] for n in needs)
     if fewest == 1:  # the common case: one victim is enough, the least costly one anywhere
-        single = min(
+        singles = (
             (cost(r, now), node, r.job_id, r, why)
             for count, node, need in needs
             if count == 1
             for r, why in by_node[node]
             if r.gpus >= need
         )
-        _, node, _, victim, why = single
-        return VictimChoice(node, (victim,), (why,), work_lost(victim, now))
+        if set_ok is None:
+            single = min(singles, default=None)
+        else:  # the least costly that the set check accepts (asked in cost order)
+            single = next(
+                (s for s in sorted(singles, key=lambda s: s[:3]) if set_ok(job, (s[3],))),
+                None,
+            )
+        if single is not None:
+            _, node, _, victim, why = single
+            return VictimChoice(node, (victim,), (why,), work_lost(victim, now))
+        if set_ok is None:
+            return None
     # Several victims: search the nodes whose k least costly candidates lose least, a few.
+    # (With a set check, a set may have to be larger than the fewest, a few more are tried.)
+    sizes_tried = range(fewest, fewest + (3 if set_ok is not None else 1))
     searched = sorted(
-        (sum(sorted(cost(r, now) for r, _ in by_node[node])[:count]), node, need)
+        (sum(sorted(cost(r, now) for r, _ in by_node[node])[:count]), node, need, count)
         for count, node, need in needs
-        if count == fewest
+        if count <= sizes_tried[-1]
     )[:MAX_NODES_SEARCHED]
     best: tuple[tuple[float, str], VictimChoice] | None = None
-    for _bound, node, need in searched:
-        count = fewest
+    for _bound, node, need, least in searched:
         candidates = sorted(by_node[node], key=lambda c: (cost(c[0], now), c[0].job_id))
-        choice = _cheapest_set(candidates, need, count, now, cost)
+        choice = None
+        for count in sizes_tried:
+            if least <= count <= len(candidates):
+                choice = _cheapest_set(candidates, need, count, now, cost, job, set_ok)
+            if choice is not None:
+                break
         if choice is None:
             continue
         victims, price = choice
@@ -162,9 +184,16 @@ def choose_victims(
 
 
 def _cheapest_set(
-    candidates: list[tuple[RunningJob, str]], need: int, size: int, now: float, cost: VictimCost
+    candidates: list[tuple[RunningJob, str]],
+    need: int,
+    size: int,
+    now: float,
+    cost: VictimCost,
+    job: PendingJob | None = None,
+    set_ok: Callable[[PendingJob, Sequence[RunningJob]], bool] | None = None,
 ) -> tuple[tuple[tuple[RunningJob, str], ...], float] | None:
-    """Among the sets of `size` candidates that free `need` GPUs, the cheapest by `cost`."""
+    """Among the sets of `size` candidates that free `need` GPUs (and pass `set_ok`), the
+    cheapest by `cost`."""
     best: tuple[float, tuple[tuple[RunningJob, str], ...]] | None = None
     for tried, combo in enumerate(itertools.combinations(candidates, size)):
         if tried >= MAX_SUBSETS_PER_NODE:
@@ -172,6 +201,10 @@ def _cheapest_set(
         if sum(c[0].gpus for c in combo) < need:
             continue
         price = sum(cost(c[0], now) for c in combo)
+        if best is not None and price >= best[0]:
+            continue
+        if set_ok is not None and job is not None and not set_ok(job, [c[0] for c in combo]):
+            continue
         if best is None or price < best[0]:
             best = (price, combo)
     return (best[1], best[0]) if best is not None else None

@@ -9,6 +9,8 @@ size is the job's share of the cluster's GPUs. A higher priority class may preem
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 
 from policies.engine import Knobs, decide
@@ -19,6 +21,23 @@ from policies.snapshot import ClusterSnapshot, PendingJob, Plan, RunningJob
 
 class ParameterError(ValueError):
     pass
+
+
+def check_params(policy: object) -> None:
+    """Each parameter of a policy (a dataclass) has its default's type, and a number is
+    finite (NaN would turn a comparison off silently: `age >= nan` is never true)."""
+    for f in dataclasses.fields(policy):  # type: ignore[arg-type]
+        value, default = getattr(policy, f.name), f.default
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ParameterError(f"{f.name} must be true or false, not {value!r}")
+        elif isinstance(default, int | float):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ParameterError(f"{f.name} must be a number, not {value!r}")
+            if not math.isfinite(value):
+                raise ParameterError(f"{f.name} must be a finite number, not {value!r}")
+        elif isinstance(default, str) and not isinstance(value, str):
+            raise ParameterError(f"{f.name} must be a string, not {value!r}")
 
 
 def check_victim_order(name: object) -> None:
@@ -50,6 +69,7 @@ class Multifactor:
 
     def __post_init__(self) -> None:
         check_victim_order(self.victim_order)
+        check_params(self)
         weights = (self.weight_qos, self.weight_fairshare, self.weight_age, self.weight_size)
         if min(weights) < 0:
             raise ParameterError("priority weights must not be negative")

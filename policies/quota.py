@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -127,17 +127,26 @@ class QuotaBook:
         self.capacity: Counter[str] = Counter(
             g.model for n in snapshot.nodes if n.schedulable for g in n.gpus
         )
+        # Two ledgers. `held` is for guarantees and borrowing: GPUs being freed for a
+        # waiting job count as that job's already, not the victim's (else its team could
+        # reclaim again while they are being freed). `physical` (and `user_gpus`) is for
+        # limits and user caps: a victim holds its GPUs until it stops, and a claimant's
+        # promised GPUs count for its team from the promise on (both, while they yield).
         self.held: dict[str, Counter[str]] = {}  # account -> model -> GPUs
+        self.physical: dict[str, Counter[str]] = {}  # account -> model -> GPUs
         self.user_gpus: Counter[str] = Counter()
-        # GPUs being freed for a waiting job count as that job's already, not the victim's:
-        # else its team could reclaim again while they are being freed
         claimants = {j.job_id: j for j in snapshot.pending}
         freed: dict[int, list[Part]] = {}
+        self.preemptible: list[RunningJob] = []  # who a reclaim could take, whoever asks
+        self.min_runtime_s = 0.0  # the policy's: a younger job is not taken yet
         for r in snapshot.running:
-            if r.yielding_to in claimants:
+            if r.yielding_to and r.yielding_to in claimants:  # (0: yielding to no one)
                 freed.setdefault(r.yielding_to, []).extend(r.parts)
+                self._charge(r.user, r.parts, guarantee=False)
             else:
                 self._charge(r.user, r.parts)
+                if r.preemptible and len(r.parts) == 1:
+                    self.preemptible.append(r)
         # GPUs each account waits for within its guarantees: free GPUs are not lent while
         # an account has work waiting for them (what it waits for, by type key)
         self.wanting: dict[str, Counter[str]] = {}
@@ -167,12 +176,19 @@ class QuotaBook:
             team = self._teams[user] = self._path_team(user)
         return team
 
-    def _charge(self, user: str, parts: Iterable[Part]) -> None:
+    def _charge(self, user: str, parts: Iterable[Part], guarantee: bool = True) -> None:
+        """Charge `user`'s account for `parts`: for limits always, for its guarantee too
+        unless the GPUs are being freed for another job (`guarantee` False)."""
         self._cache.clear()
-        held = self.held.setdefault(self.team_of(user), Counter())
+        team = self.team_of(user)
+        books = [self.physical.setdefault(team, Counter())]
+        if guarantee:
+            books.append(self.held.setdefault(team, Counter()))
         for node, gpus in parts:
             for g in gpus:
-                held[self.model.get((node, g), "")] += 1
+                model = self.model.get((node, g), "")
+                for held in books:
+                    held[model] += 1
                 self.user_gpus[user] += 1
 
     def charge(self, job: PendingJob, parts: Iterable[Part]) -> None:
@@ -182,6 +198,7 @@ class QuotaBook:
     def _served(self, job: PendingJob) -> None:
         wants = self._wants.pop(job.job_id, None)
         if wants is not None:
+            self._cache.clear()  # what is kept for others changes with what they wait for
             team, keys = wants
             for key in keys:
                 self.wanting[team][key] -= job.gpus
@@ -192,22 +209,26 @@ class QuotaBook:
         """`job` will run on GPUs freed by preempting `victims`: charge it for as many of
         them as it takes, and the victims' accounts no longer."""
         self._cache.clear()
-        for victim in victims:
+        gone = {v.job_id for v in victims}
+        if gone:
+            self.preemptible = [r for r in self.preemptible if r.job_id not in gone]
+        for victim in victims:  # they still hold them physically: `physical` keeps them
             held = self.held.setdefault(self.team_of(victim.user), Counter())
             for node, gpus in victim.parts:
                 for g in gpus:
                     held[self.model.get((node, g), "")] -= 1
-                    self.user_gpus[victim.user] -= 1
         taken = [(node, g) for node, gs in freed for g in gs][: job.gpus]
         self._charge(job.user, [(node, (g,)) for node, g in taken])
         self._served(job)
 
-    def holds(self, team: str, key: str = ANY) -> int:
-        memo = ("holds", team, key)
+    def holds(self, team: str, key: str = ANY, physical: bool = False) -> int:
+        """GPUs (of `key`) `team` holds: for its guarantee, or for its limits (`physical`:
+        what its jobs still hold, and what is promised to it)."""
+        memo = ("physical" if physical else "holds", team, key)
         got = self._cache.get(memo)
         if got is not None:
             return got  # type: ignore[return-value]
-        held = self.held.get(team)
+        held = (self.physical if physical else self.held).get(team)
         if not held:
             count = 0
         elif key == ANY:
@@ -242,21 +263,35 @@ class QuotaBook:
         team = self.team_of(job.user)
         quota = self.quota(team)
         limit = quota.limit.get(ANY)
-        if limit is not None and self.holds(team) + job.gpus > limit:
+        holds = self.holds(team, physical=True)
+        if limit is not None and holds + job.gpus > limit:
             return job, (
-                f"team {team} holds {self.holds(team)} GPUs; {job.gpus} more would be over "
+                f"team {team} holds {holds} GPUs; {job.gpus} more would be over "
                 f"its limit of {limit}"
             )
         models = self._models_for(job)
         shut: list[str] = []
         for key, cap_k in quota.limit.items():
-            if key != ANY and self.holds(team, key) + job.gpus > cap_k:
+            if key != ANY and self.holds(team, key, physical=True) + job.gpus > cap_k:
                 models = {m for m in models if not type_matches(key, m)}
                 shut.append(f"its {key} limit of {cap_k}")
         # a job that would borrow leaves free the GPUs others are guaranteed and wait for
-        # (or, if they do not lend, do not use)
-        borrows = self.holds(team) + job.gpus > quota.guaranteed.get(ANY, 0)
-        kept = self._kept_for_others(team) if borrows else {}
+        # (or, if they do not lend, do not use); a job within a typed guarantee of its team
+        # borrows nothing on GPUs of that type, and keeps to them while others wait
+        if self.holds(team) + job.gpus <= quota.guaranteed.get(ANY, 0):
+            under: tuple[str, int, int] | None = (ANY, 0, 0)  # within its any-type one
+        elif len(quota.guaranteed) > (ANY in quota.guaranteed):
+            under = self._under(job)  # it has typed guarantees: within one of them?
+        else:
+            under = None
+        kept = self._kept_for_others(team) if under is None or under[0] != ANY else {}
+        if kept and under is not None:
+            within = {m for m in models if type_matches(under[0], m)}
+            if self._free_of(free, ANY, within) >= job.gpus:
+                if within != models:
+                    models = within
+                    shut.append(f"its {under[0]} guarantee")
+                kept = {}
         for key, count in kept.items():
             room = self._free_of(free, key, models)
             if room - job.gpus < count:
@@ -270,6 +305,30 @@ class QuotaBook:
             return job, f"team {team} is at " + "; ".join(shut)
         return replace(job, gpu_types=frozenset(models)), ""
 
+    def admit_after(self, job: PendingJob, free: FreeMap, victims: Sequence[RunningJob]) -> str:
+        """Why `job` could not start once `victims` are gone ("" if it could): a claim is
+        made only for a job its quotas would then let start."""
+        parts = [p for v in victims for p in v.parts]
+        saved = {t: Counter(c) for t, c in self.held.items()}
+        saved_phys = {t: Counter(c) for t, c in self.physical.items()}
+        saved_users = Counter(self.user_gpus)
+        for v in victims:
+            team = self.team_of(v.user)
+            for node, gpus in v.parts:
+                for g in gpus:
+                    model = self.model.get((node, g), "")
+                    self.held.setdefault(team, Counter())[model] -= 1
+                    self.physical.setdefault(team, Counter())[model] -= 1
+                    self.user_gpus[v.user] -= 1
+        self._cache.clear()
+        free.give(parts)
+        try:
+            return self.admit(job, free)[1]
+        finally:
+            free.take(parts)
+            self.held, self.physical, self.user_gpus = saved, saved_phys, saved_users
+            self._cache.clear()
+
     def _kept(self, other: str, key: str, count: int, lend: bool) -> int:
         idle = count - self.holds(other, key)
         if lend:  # lent, unless the account has work waiting for them
@@ -279,6 +338,10 @@ class QuotaBook:
 
     def _kept_for_others(self, team: str) -> dict[str, int]:
         """Free GPUs kept for other accounts' guarantees, by type key."""
+        memo = ("kept", team, "")
+        got = self._cache.get(memo)
+        if got is not None:
+            return dict(got)  # type: ignore[call-overload, no-any-return]
         kept: dict[str, int] = {}
         for other, quota in self.quotas.accounts.items():
             if other == team:
@@ -287,6 +350,7 @@ class QuotaBook:
                 idle = self._kept(other, key, count, quota.lend)
                 if idle > 0:
                     kept[key] = kept.get(key, 0) + idle
+        self._cache[memo] = dict(kept)
         return kept
 
     def _kept_reason(self, team: str, key: str) -> str:
@@ -332,14 +396,48 @@ class QuotaBook:
                 return key, held, count
         return None
 
+    def _takeable(self, team: str, key: str) -> Iterator[RunningJob]:
+        """`team`'s jobs a reclaim of `key` GPUs could take (some only once they are past
+        the minimum runtime)."""
+        return (
+            r
+            for r in self.preemptible
+            if self.team_of(r.user) == team
+            and (
+                key == ANY
+                or all(
+                    type_matches(key, self.model.get((n, g), "")) for n, gs in r.parts for g in gs
+                )
+            )
+            and self.leaves_guarantees(team, (r,), reclaim=True)
+        )
+
+    def _borrowing_teams(self, team: str, key: str) -> list[str]:
+        return sorted(t for t in self.held if t != team and self.borrowing(t, key) > 0)
+
     def _borrowers(self, team: str, key: str) -> list[str]:
+        """The teams borrowing `key` GPUs that a reclaim by `team` could take some from."""
         memo = ("borrowers", team, key)
         got = self._cache.get(memo)
         if got is None:
-            got = self._cache[memo] = sorted(
-                t for t in self.held if t != team and self.borrowing(t, key) > 0
-            )
+            got = self._cache[memo] = [
+                t for t in self._borrowing_teams(team, key) if any(self._takeable(t, key))
+            ]
         return got  # type: ignore[return-value]
+
+    def _reclaim_wait(self, job: PendingJob, key: str, borrowers: Iterable[str]) -> float:
+        """Seconds until a reclaim by `job` can take a borrower's job: its reclaim_after,
+        and the borrowers' jobs' minimum runtime."""
+        due = self.quotas.reclaim_after_s - (self.now - job.submit_time)
+        ripe = min(
+            (
+                r.start_time + self.min_runtime_s - self.now
+                for t in borrowers
+                for r in self._takeable(t, key)
+            ),
+            default=0.0,
+        )
+        return max(due, ripe, 0.0)
 
     def could_reclaim(self, job: PendingJob) -> bool:
         if self.now - job.submit_time < self.quotas.reclaim_after_s:
@@ -360,12 +458,38 @@ class QuotaBook:
             type_matches(key, self.model.get((n, g), "")) for n, gs in victim.parts for g in gs
         ):
             return None
-        if self.borrowing(theirs, key) <= 0:
+        if self.borrowing(theirs, key) <= 0 or not self.leaves_guarantees(theirs, (victim,), True):
             return None
         return (
             f"team {mine} reclaims its guarantee ({held} of {count} {_key_text(key)}GPUs held) "
             f"from team {theirs}, which borrows {self.borrowing(theirs, key)}"
         )
+
+    def leaves_guarantees(
+        self, team: str, victims: Sequence[RunningJob], reclaim: bool = False
+    ) -> bool:
+        """Whether taking `victims` (jobs of `team`) leaves the team at or above every
+        guarantee that covers their GPUs (the any-type one and each matching typed one).
+        For a reclaim, whole jobs round: only the largest victim may cross the line."""
+        for key, count in self.quota(team).guaranteed.items():
+            sizes = [
+                sum(
+                    1
+                    for node, gpus in v.parts
+                    for g in gpus
+                    if key == ANY or type_matches(key, self.model.get((node, g), ""))
+                )
+                for v in victims
+            ]
+            taken = sum(sizes)
+            if not taken:
+                continue
+            left = self.holds(team, key) - taken
+            if reclaim:
+                left += max(sizes) - 1  # before the last victim it still borrowed
+            if left < count:
+                return False
+        return True
 
     def protected(self, victim: RunningJob) -> bool:
         """Whether taking `victim` would leave its account under a guarantee: then no
@@ -393,8 +517,15 @@ class QuotaBook:
             text = f"team {team} is under its guarantee ({held} of {count} {_key_text(key)}GPUs)"
             borrowers = self._borrowers(team, key)
             if not borrowers:
+                lenders = self._borrowing_teams(team, key)
+                if lenders:
+                    who = ", ".join(lenders)
+                    return (
+                        f"{text}; team {who} borrows, but no borrowing job can be preempted "
+                        "(--no-preempt, or it would take the team below a guarantee)"
+                    )
                 return f"{text}; no team borrows, the GPUs are in use within guarantees"
-            wait = self.quotas.reclaim_after_s - (self.now - job.submit_time)
+            wait = self._reclaim_wait(job, key, borrowers)
             who = ", ".join(f"{b} ({self.borrowing(b, key)})" for b in borrowers)
             if wait > 0:
                 return f"{text}; reclaims from borrowing teams {who} {_when(wait)}"
@@ -440,6 +571,26 @@ class _QuotaClaim:
             return False
         return self._could(job) if self._could is not None else True
 
+    def set_ok(self, job: PendingJob, victims: Sequence[RunningJob]) -> bool:
+        """Whether `job` may take all of `victims` together: no account is taken below a
+        guarantee (a reclaim down to its last job at most), but by a higher class."""
+        book = self.book
+        mine = book.team_of(job.user)
+        by_team: dict[str, list[RunningJob]] = {}
+        for v in victims:
+            by_team.setdefault(book.team_of(v.user), []).append(v)
+        for team, theirs in by_team.items():
+            if team == mine:
+                continue
+            if all(book.reclaim(job, v) is not None for v in theirs):
+                if not book.leaves_guarantees(team, theirs, reclaim=True):
+                    return False
+            elif all(job.priority > v.priority for v in theirs):
+                continue
+            elif not book.leaves_guarantees(team, theirs):
+                return False
+        return True
+
     def __call__(self, job: PendingJob, victim: RunningJob) -> str | None:
         why = self.book.reclaim(job, victim)
         if why is not None or self.base is None:
@@ -473,27 +624,31 @@ class AccountStanding:
 
 
 def quota_report(
-    snapshot: ClusterSnapshot, quotas: Quotas
+    snapshot: ClusterSnapshot, quotas: Quotas, min_runtime_s: float = 0.0
 ) -> tuple[list[AccountStanding], list[str]]:
-    """Each account's standing against its quotas, and warnings about the quotas."""
+    """Each account's standing against its quotas, and warnings about the quotas
+    (`min_runtime_s`: the policy's, before which no job is taken)."""
     book = QuotaBook(snapshot, quotas)
+    book.min_runtime_s = min_runtime_s
     rows = []
-    waiting: dict[str, float] = {}
+    waiting: dict[str, tuple[float, str, PendingJob]] = {}  # team -> its longest waiting job
     for job in snapshot.pending:
-        if book._under(job) is not None:
+        under = book._under(job)
+        if under is not None:
             team = book.team_of(job.user)
-            waiting[team] = min(waiting.get(team, job.submit_time), job.submit_time)
+            if team not in waiting or job.submit_time < waiting[team][0]:
+                waiting[team] = (job.submit_time, under[0], job)
     teams = sorted(set(quotas.accounts) | set(book.held))
     for team in teams:
         quota = book.quota(team)
         borrowing = book.borrowing(team)
         reclaim_in = -1.0
         reclaim_from: tuple[str, ...] = ()
-        if team in waiting:
-            borrowers = book._borrowers(team, ANY)
+        if team in waiting:  # a reclaim only from borrowers it can take a job from
+            _, key, job = waiting[team]
+            borrowers = book._borrowers(team, key)
             if borrowers:
-                since = snapshot.now - waiting[team]
-                reclaim_in = max(0.0, quotas.reclaim_after_s - since)
+                reclaim_in = book._reclaim_wait(job, key, borrowers)
                 reclaim_from = tuple(borrowers)
         rows.append(
             AccountStanding(
@@ -510,7 +665,12 @@ def quota_report(
         )
     warnings = []
     total = sum(n.gpu_count for n in snapshot.nodes)
-    promised = sum(q.guaranteed.get(ANY, 0) for q in quotas.accounts.values())
+    # an account's GPUs guaranteed in all: its any-type guarantee, or its typed ones
+    # together if they are more (they are GPUs too, which no one else can then count on)
+    promised = sum(
+        max(q.guaranteed.get(ANY, 0), sum(n for k, n in q.guaranteed.items() if k != ANY))
+        for q in quotas.accounts.values()
+    )
     if promised > total:
         warnings.append(
             f"guarantees add up to {promised} GPUs, more than the {total} the registered nodes hold"

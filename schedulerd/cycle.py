@@ -163,6 +163,7 @@ class Cycle:
                 started += await state.change(gangs)
                 self._explain(waits)
             victims = await self._persist_preemptions(plan)
+            await self._lapse_claims(snapshot, plan)
             await self._persist_handoffs(plan)
             self._explain(plan.reasons)
             self._explain(held)
@@ -226,6 +227,22 @@ class Cycle:
                 why = f"GPUs on {p.node} are being freed for it"
                 await self.state.change([claim_change(claimant, p.node, why)])
         return victims
+
+    async def _lapse_claims(self, snapshot: ClusterSnapshot, plan: Plan) -> None:
+        """A claim no victim yields to any more, for a job that did not start on it now,
+        lapses: the job waits in line like any other (its node is no longer kept for it)."""
+        keep = {r.yielding_to for r in snapshot.running if r.yielding_to}
+        keep |= {p.for_job for p in plan.preemptions} | {s.job_id for s in plan.starts}
+        changes = []
+        for pending in snapshot.pending:
+            if not pending.claimed_node or pending.job_id in keep:
+                continue
+            job = self.state.jobs.get(pending.job_id)
+            if job is not None and job.state is JobState.PENDING and job.claimed_node:
+                why = f"claim on {job.claimed_node} lapsed: no job is yielding GPUs to it"
+                changes.append(claim_change(job, "", why))
+        if changes:
+            await self.state.change(changes)
 
     async def _persist_handoffs(self, plan: Plan) -> None:
         if not plan.handoffs:

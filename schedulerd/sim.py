@@ -457,8 +457,10 @@ def simulate(
     builders, the ledger, ClusterState over a journal in memory) on a virtual clock.
 
     `quotas` (accounts are the trace's groups) are the cycle's, and a job is looked at again
-    when it has waited their reclaim_after. `watch` sees the running and pending jobs after
-    each instant's decisions (tests check invariants with it)."""
+    when it has waited their reclaim_after, and while its reclaim is due, when a running
+    job passes the policy's min_runtime_s (the daemon retries each heartbeat). `watch` sees
+    the running and pending jobs after each instant's decisions (tests check invariants
+    with it)."""
     return asyncio.run(
         _simulate(
             fair_share_unit(trace, group_by),
@@ -568,6 +570,9 @@ async def _simulate(
     pending: dict[int, _Job] = {}
     running: dict[int, _Job] = {}
     index_job: dict[int, int] = {}  # trace index -> job id
+    job_index: dict[int, int] = {}  # job id -> trace index
+    woken: set[float] = set()  # wake-ups added for reclaims waiting on a minimum runtime
+    min_runtime = float(getattr(policy, "min_runtime_s", 0.0))
     name_job: dict[str, int] = {}  # trace job name -> job id, once submitted
     cancelled = 0  # ended before they ran: a dependency that could never be met
     group_fair = _Fairness({g: 1.0 for g in groups})
@@ -580,26 +585,34 @@ async def _simulate(
     preempted: list[tuple[float, int]] = []
     node_free = {name: gpus_per_node for name in state.nodes}
     idle_gpu_s: dict[str, float] = {}
-    held_now: tuple[str, int] = ("", 0)  # (why, GPUs) idle while a fitting job waits
+    held_now: dict[str, int] = {}  # why -> GPUs idle while a fitting job waits
     policy_held: Mapping[int, str] = {}
 
-    def held() -> tuple[str, int]:
-        """GPUs idle now that a waiting job could use, and why it was not started."""
+    def held() -> dict[str, int]:
+        """GPUs idle now that waiting jobs could use, by why they were not started (the
+        cause the policy named for each job, else a reservation), in their order."""
         free_total = sum(node_free.values())
         if not free_total or not pending:
-            return ("", 0)
+            return {}
         widest = max(node_free.values())
         gated = cycle.held  # waiting on a dependency or an array's limit: not for now
         fit_one = [p for p in pending.values() if p.trace.gpus <= widest and p.id not in gated]
         if fit_one:
-            named = next((policy_held[p.id] for p in fit_one if p.id in policy_held), "")
-            return (named or "reservation", min(free_total, sum(p.trace.gpus for p in fit_one)))
+            causes: dict[str, int] = {}
+            left = free_total
+            for p in fit_one:
+                if left <= 0:
+                    break
+                why = policy_held.get(p.id) or "reservation"
+                causes[why] = causes.get(why, 0) + min(left, p.trace.gpus)
+                left -= p.trace.gpus
+            return causes
         fit_sum = sum(
             p.trace.gpus
             for p in pending.values()
             if p.trace.gpus <= free_total and p.id not in gated
         )
-        return ("fragmentation", min(free_total, fit_sum)) if fit_sum else ("", 0)
+        return {"fragmentation": min(free_total, fit_sum)} if fit_sum else {}
 
     def account(until: float) -> None:
         nonlocal busy_gpu_s
@@ -624,8 +637,7 @@ async def _simulate(
         user_fair.add(dt, total, alloc_u, demand_u)
         busy = sum(alloc_g.values())
         busy_gpu_s += dt * busy
-        why, idle = held_now
-        if idle:
+        for why, idle in held_now.items():
             idle_gpu_s[why] = idle_gpu_s.get(why, 0.0) + dt * idle
         if record_series:
             series["time"].append(now)
@@ -654,6 +666,7 @@ async def _simulate(
                 job_id = _submit(state, journal, ordered[ref], t, gpus_per_node, dependency)
                 name_job[ordered[ref].name] = job_id
                 index_job[ref] = job_id
+                job_index[job_id] = ref
                 trace_of[job_id] = ordered[ref]
                 jobs[job_id] = _Job(job_id, ordered[ref], ordered[ref].duration)
                 pending[job_id] = jobs[job_id]
@@ -691,6 +704,19 @@ async def _simulate(
         if watch is not None:
             watch(t, [j.trace for j in running.values()], [j.trace for j in pending.values()])
         held_now = held()
+        if quotas is not None and pending and running:
+            # a reclaim that is due but waits for the borrowers' jobs to pass the minimum
+            # runtime: the daemon would retry every heartbeat, so a cycle when one passes
+            due = [p.id for p in pending.values() if t - p.trace.submit >= quotas.reclaim_after_s]
+            ripe = [
+                at
+                for r in running.values()
+                if (at := state.jobs[r.id].start_time + min_runtime) > t
+            ]
+            if due and ripe and min(ripe) not in woken:
+                woken.add(min(ripe))
+                heapq.heappush(events, (min(ripe), 2, seq, job_index[due[0]], 0))
+                seq += 1
 
     now = clock.now
     measured = [j for j in jobs.values() if j.trace.measured and j.end is not None]

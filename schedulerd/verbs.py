@@ -249,7 +249,9 @@ class ClientVerbs:
         quotas = self.cycle.quotas
         if quotas is None:
             return {}, []
-        rows, warnings = quota_report(self.cycle.snapshot(self.state.clock()), quotas)
+        min_runtime = getattr(self.cycle.policy, "min_runtime_s", 0.0)
+        snapshot = self.cycle.snapshot(self.state.clock())
+        rows, warnings = quota_report(snapshot, quotas, min_runtime)
         return {r.account: r for r in rows}, warnings
 
     # ------------------------------------------------------------ changing a job

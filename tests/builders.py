@@ -124,6 +124,11 @@ class job:
         self._job = replace(self._job, handoff_after_s=after_s)
         return self
 
+    def claimed(self, node: str) -> job:
+        """Has preempted others earlier: GPUs on `node` are (or were) freed for it."""
+        self._job = replace(self._job, claimed_node=node)
+        return self
+
     def build(self) -> PendingJob:
         return self._job
 

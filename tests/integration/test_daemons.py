@@ -173,6 +173,10 @@ def test_bad_daemon_configuration_stops_with_a_message(open_tmp: Path) -> None:
     bad_victims.write_text('[scheduler.policy_params]\nvictim_order = "oldest"\n')
     bad_aging = open_tmp / "bad-aging.toml"
     bad_aging.write_text("[scheduler.policy_params]\naging_s = nan\n")
+    bad_runtime = open_tmp / "bad-runtime.toml"
+    bad_runtime.write_text("[scheduler.policy_params]\nmin_runtime_s = inf\n")
+    bad_types = open_tmp / "bad-types.toml"
+    bad_types.write_text("[fairshare.accounts.t]\nguaranteed = { A100 = 4, a100 = 4 }\n")
     bad_half_life = open_tmp / "bad-half-life.toml"
     bad_half_life.write_text("[fairshare]\nhalf_life = 0\n")
     for argv, message in (
@@ -188,6 +192,8 @@ def test_bad_daemon_configuration_stops_with_a_message(open_tmp: Path) -> None:
             "policy 'fairshare': bad parameters: victim_order must be one of least_work_lost",
         ),
         (["--config", str(bad_aging)], "aging_s must be a positive number of seconds"),
+        (["--config", str(bad_runtime)], "bad parameters: min_runtime_s must be a finite number"),
+        (["--config", str(bad_types)], "GPU types 'A100' and 'a100' name the same GPUs"),
         (["--config", str(open_tmp / "missing.toml")], "cannot read config"),
         (["--mqtt", "tcp://broker:1883"], "--mqtt: expected mqtt://HOST:PORT"),
     ):

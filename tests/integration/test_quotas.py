@@ -116,6 +116,25 @@ def test_a_guarantee_is_reclaimed_from_a_borrower_that_checkpoints_and_resumes(
     assert starts[-1] == "done at 1200"
 
 
+def test_why_and_usage_promise_no_reclaim_from_a_borrower_that_cannot_be_preempted(
+    cluster_factory: Callable[..., Cluster], workdir: Path
+) -> None:
+    cluster = cluster_factory(config=RECLAIM, agents=1, gpus_per_node=4)
+    borrower = cluster.submit("--no-preempt", "--wrap", "sleep 300", "--gpus", "4", cwd=workdir)
+    cluster.wait_state(borrower, "RUNNING")
+    owner = cluster.submit("--wrap", "sleep 1", "--gpus", "4", user="nobody", cwd=workdir)
+    wait_until("the owner's reason", lambda: "guarantee" in cluster.job(owner).reason)
+    why = cluster.gshare("why", str(owner), user="nobody")
+    assert why.code == 0, why.err
+    assert "team nlp borrows, but no borrowing job can be preempted" in why.out
+    assert "reclaims from" not in why.out and "reclaiming from" not in why.out
+    usage_json = json.loads(cluster.gshare("usage", "--json").out)
+    vision = next(a for a in usage_json["accounts"] if a["path"] == ["vision"])
+    assert vision["reclaim_from"] == []
+    assert cluster.state(borrower) == "RUNNING"
+    cluster.gshare("cancel", str(borrower), str(owner))
+
+
 TYPES = """
 [scheduler]
 kill_grace_s = 3
@@ -200,6 +219,17 @@ def test_gpu_types_place_jobs_and_bad_types_and_caps_are_refused(
         ("[fairshare.accounts.vision]\nlend = 1\n", "lend must be a bool"),
         ("[fairshare]\nmax_pending_jobs = -1\n", "max_pending_jobs must be between 0"),
         ("[fairshare.users.a]\nmax_running = 1\n", "unknown key 'max_running'"),
+        (
+            "[fairshare.accounts.vision]\nguaranteed = { A100 = 2, 'NVIDIA  a100' = 2 }\n",
+            "GPU types 'A100' and 'NVIDIA  a100' name the same GPUs",
+        ),
+        (
+            "[fairshare.accounts.vision]\nguaranteed = { A100 = 8 }\nlimit = 4\n",
+            "limit (4) must not be under guaranteed (8)",
+        ),
+        ("[fairshare]\nreclaim_after = 99999999999\n", "reclaim_after must be at most 30 days"),
+        ("[scheduler.policy_params]\nmin_runtime_s = nan\n", "min_runtime_s must be a finite"),
+        ("[scheduler.policy_params]\nfairshare_margin = inf\n", "fairshare_margin must be a"),
     ],
 )
 def test_a_bad_quota_stops_the_scheduler_at_start_up(open_tmp: Path, text: str, key: str) -> None:

@@ -67,6 +67,10 @@ def test_sim_bad_input(tmp_path: Path) -> None:
             [str(trace), "--policy-param", "weight_age=-1", "--policy", "priority"],
             "must not be negative",
         ),
+        (
+            [str(trace), "--policy-param", "min_runtime_s=nan"],
+            "bad parameters: min_runtime_s must be a finite number, not nan",
+        ),
         ([str(trace), "--nodes", "0"], "--nodes and --gpus-per-node must be at least 1"),
         ([str(trace), "--half-life", "soon"], "bad duration 'soon'"),
     ):

@@ -3,6 +3,7 @@ tables over snapshots made with the test builders."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from gshare.config import Config, ConfigError, load_config
 from policies import Plan, make_policy
 from policies.quota import UserLimits, quota_report, type_matches
+from policies.registry import PolicyError
 from schedulerd.cycle import quotas_of
 from tests.builders import NOW, guarantee, job, node, quotas, running, snapshot, teams
 
@@ -336,8 +338,14 @@ def test_usage_report_warns_when_guarantees_exceed_the_cluster() -> None:
     quota = quotas(vision=guarantee(6), nlp=guarantee({"a100": 6}))
     _, warnings = quota_report(snapshot(MIXED, [], [], TREE, quotas=quota), quota)
     assert warnings == [
-        "a100 guarantees add up to 6 GPUs, more than the 4 a100 GPUs the registered nodes hold"
+        "guarantees add up to 12 GPUs, more than the 8 the registered nodes hold",
+        "a100 guarantees add up to 6 GPUs, more than the 4 a100 GPUs the registered nodes hold",
     ]
+    # a typed and an any-type guarantee on the same GPUs are GPUs promised twice
+    quota = quotas(vision=guarantee({"a100": 4}), nlp=guarantee(4))
+    one = [node("n0").gpus(4).model(A100)]
+    _, warnings = quota_report(snapshot(one, [], [], TREE, quotas=quota), quota)
+    assert warnings == ["guarantees add up to 8 GPUs, more than the 4 the registered nodes hold"]
     quota = quotas(vision=guarantee(6), nlp=guarantee(4))
     _, warnings = quota_report(snapshot(MIXED, [], [], TREE, quotas=quota), quota)
     assert warnings == ["guarantees add up to 10 GPUs, more than the 8 the registered nodes hold"]
@@ -399,6 +407,17 @@ def test_quotas_from_the_config(tmp_path: Path) -> None:
         ("lend = 'no'", "lend must be a bool"),
         ("gauranteed = 4", "unknown key 'gauranteed'"),
         ("guaranteed = 99999999999", "guaranteed must be between 0 and 10000000"),
+        ("guaranteed = {A100 = 8}\nlimit = 4", "limit (4) must not be under guaranteed (8)"),
+        (
+            "guaranteed = {A100 = 2, h100 = 3}\nlimit = {'*' = 4}",
+            "limit (4) must not be under guaranteed (5)",
+        ),
+        (
+            "guaranteed = {A100 = 4, 'NVIDIA  a100' = 4}",
+            "guaranteed: GPU types 'A100' and 'NVIDIA  a100' name the same GPUs",
+        ),
+        ("limit = {a100 = 4, A100 = 2}", "limit: GPU types 'a100' and 'A100' name the same"),
+        ("shares = nan", "shares must be a finite number"),
     ],
 )
 def test_bad_quota_values_are_refused_naming_the_key(
@@ -421,6 +440,10 @@ def test_bad_quota_values_are_refused_naming_the_key(
         ("[fairshare]\nreclaim_after = true", "reclaim_after must be a duration"),
         ("[fairshare.users.bob]\nmax_gpus = 2", "[fairshare.users.bob]: unknown key 'max_gpus'"),
         ("[fairshare]\nusers = 3", "[users] must be a table"),
+        ("[fairshare]\nreclaim_after = 99999999999999999", "reclaim_after must be at most 30"),
+        ("[fairshare]\nreclaim_after = '100000000000d'", "reclaim_after must be at most 30"),
+        ("[fairshare]\nhalf_life = nan", "half_life must be positive"),
+        ("[fairshare]\ndefault_shares = inf", "default_shares must be a finite number"),
     ],
 )
 def test_bad_user_limits_are_refused_naming_the_key(
@@ -476,3 +499,299 @@ def test_free_gpus_are_not_lent_while_their_guaranteed_team_has_work_waiting() -
     assert plan.reasons[1].startswith(
         "the free GPUs are guaranteed to team vision, which has work waiting for them"
     )
+
+
+# ---------------------------------------------------------------- victim sets and claims
+
+A100 = "NVIDIA A100-SXM4-80GB"
+PEERS = teams(vision=(50, {"alice": 1}), nlp=(50, {"carol": 1}), other=(1, {"dave": 1}))
+
+
+def test_a_reclaim_of_several_victims_takes_no_more_than_the_team_borrows() -> None:
+    # nlp is guaranteed 4 and holds 5 (borrows 1): four of its 1-GPU jobs on n0 would free
+    # n0 for vision, but leave nlp at 1; no such set is taken
+    run = [running(10 + i, "n0", i).user("carol") for i in range(4)]
+    run += [
+        running(20, "n1", 0).user("carol"),
+        running(21, "n1", 1, 2, 3).user("dave").no_preempt(),
+    ]
+    snap = snapshot(
+        NODES,
+        [job(1).gpus(4).user("alice").submitted(NOW - 3600)],
+        run,
+        PEERS,
+        quotas=quotas(reclaim_after_s=60, vision=guarantee(4), nlp=guarantee(4)),
+    )
+    assert decide(snap).preemptions == ()
+
+
+def test_a_reclaim_may_round_up_to_one_whole_job() -> None:
+    # nlp borrows 4 of its 8 in one 8-GPU job: the reclaim takes that job whole
+    run = [running(20, "n0", *range(8)).user("carol")]
+    snap = snapshot(
+        [node("n0").gpus(8)],
+        [job(1).gpus(4).user("alice").submitted(NOW - 3600)],
+        run,
+        TREE,
+        quotas=quotas(reclaim_after_s=60, vision=guarantee(4), nlp=guarantee(4)),
+    )
+    assert [p.job_id for p in decide(snap, "priority").preemptions] == [20]
+
+
+def test_fair_share_with_several_victims_leaves_the_team_its_guarantee() -> None:
+    # nlp is guaranteed 6 and holds 8 in 1-GPU jobs (and a no-preempt 2-GPU job): vision's
+    # 4-GPU job would need four of them, which leaves nlp 4
+    run = [running(10 + i, "n0", i).user("carol") for i in range(6)]
+    run += [running(30, "n0", 6, 7).user("carol").no_preempt()]
+    snap = snapshot(
+        [node("n0").gpus(8)],
+        [job(1).gpus(4).user("alice").submitted(NOW - 60)],
+        run,
+        TREE,
+        quotas=quotas(reclaim_after_s=10**9, nlp=guarantee(6)),
+    )
+    assert decide(snap).preemptions == ()
+    # with a guarantee of 4, the same four victims are allowed
+    snap = snapshot(
+        [node("n0").gpus(8)],
+        [job(1).gpus(4).user("alice").submitted(NOW - 60)],
+        run,
+        TREE,
+        quotas=quotas(reclaim_after_s=10**9, nlp=guarantee(4)),
+    )
+    assert len(decide(snap).preemptions) == 4
+
+
+def test_no_claim_for_a_job_its_quotas_would_hold_back_after_the_preemption() -> None:
+    # a higher class may take nlp's GPUs within its guarantee, but nlp has work waiting for
+    # them: vision's job would then be refused them ("guaranteed to team nlp"), so no
+    # victim is preempted for it
+    run = [running(10, "n0", 0, 1, 2, 3).user("carol")]
+    pending = [job(1).gpus(4).user("alice").priority(1), job(2).gpus(4).user("carol")]
+    snap = snapshot([node("n0").gpus(4)], pending, run, TREE, quotas=quotas(nlp=guarantee(4)))
+    plan = decide(snap)
+    assert plan.preemptions == ()
+    # without the waiting job, the higher class takes them
+    snap = snapshot([node("n0").gpus(4)], pending[:1], run, TREE, quotas=quotas(nlp=guarantee(4)))
+    assert [p.job_id for p in decide(snap).preemptions] == [10]
+
+
+@pytest.mark.parametrize(
+    ("case", "claimant", "holder"),
+    [
+        ("typed guarantee reclaiming from an any-type one", "alice", "carol"),
+        ("any-type guarantee reclaiming from a typed one", "carol", "alice"),
+    ],
+)
+def test_typed_and_any_type_guarantees_do_not_reclaim_from_each_other(
+    case: str, claimant: str, holder: str
+) -> None:
+    # vision is guaranteed 4 A100s, nlp 4 of any type; the node has 4 A100s: whoever holds
+    # them holds them within its own guarantee
+    q = quotas(reclaim_after_s=60, vision=guarantee({"a100": 4}), nlp=guarantee(4))
+    snap = snapshot(
+        [node("n0").gpus(4).model(A100)],
+        [job(1).gpus(4).user(claimant).submitted(NOW - 3600)],
+        [running(20, "n0", 0, 1, 2, 3).user(holder)],
+        TREE,
+        quotas=q,
+    )
+    assert decide(snap).preemptions == (), case
+
+
+def test_a_typed_guarantee_is_not_borrowing_when_admitted() -> None:
+    # vision is guaranteed 4 A100s only, nlp 8 of any type with work waiting for 8: vision's
+    # job within its A100 guarantee starts on the A100s (it borrows nothing)
+    q = quotas(vision=guarantee({"a100": 4}), nlp=guarantee(8))
+    nodes = [node("n0").gpus(4).model(A100), node("n1").gpus(4).model("NVIDIA H100 80GB HBM3")]
+    pending = [job(1).gpus(4).user("alice")]
+    pending += [job(i).gpus(4).user("carol").priority(-1) for i in (2, 3)]
+    plan = decide(snapshot(nodes, pending, [], TREE, quotas=q), "priority")
+    assert [(s.job_id, s.node) for s in plan.starts] == [(1, "n0"), (2, "n1")]
+
+
+@pytest.mark.parametrize(
+    "cap",
+    [
+        quotas(nlp=guarantee(0, limit=8)),
+        quotas(users={"carol": UserLimits(max_running_gpus=8)}),
+    ],
+)
+def test_victims_still_yielding_count_against_limits_and_user_caps(cap: object) -> None:
+    # carol's 8-GPU job on n0 is yielding to alice's job but still holds the GPUs
+    run = [running(20, "n0", *range(8)).user("carol").yielding_to(1)]
+    pending = [
+        job(1).gpus(2).user("alice").submitted(NOW - 3600),
+        job(2).gpus(8).user("carol").submitted(NOW - 100),
+    ]
+    nodes = [node("n0").gpus(8), node("n1").gpus(8)]
+    plan = decide(snapshot(nodes, pending, run, TREE, quotas=cap))  # type: ignore[arg-type]
+    assert 2 not in [s.job_id for s in plan.starts]
+    assert "more would be over" in plan.reasons[2]
+
+
+def test_a_claim_no_victim_yields_to_lapses() -> None:
+    # job 1 claimed n0 earlier, but its victims are gone and nlp's job got the GPUs: the node
+    # is not promised to job 1 for ever; its due reclaim takes it back
+    q = quotas(reclaim_after_s=60, vision=guarantee(4))
+    snap = snapshot(
+        [node("n0").gpus(4)],
+        [job(1).gpus(4).user("alice").submitted(NOW - 7200).claimed("n0")],
+        [running(9, "n0", 0, 1, 2, 3).user("carol").started(7200)],
+        TREE,
+        quotas=q,
+    )
+    assert [p.job_id for p in decide(snap).preemptions] == [9]
+
+
+def test_a_claim_still_being_freed_keeps_its_node() -> None:
+    run = [running(9, "n0", 0, 1).user("carol").yielding_to(1)]
+    pending = [job(1).gpus(4).user("alice").claimed("n0"), job(2).gpus(2).user("carol")]
+    plan = decide(snapshot([node("n0").gpus(4)], pending, run, TREE))
+    assert plan.starts == ()
+
+
+def test_the_claimed_node_start_keeps_to_the_gpu_types_its_quotas_allow() -> None:
+    # vision is at its A100 limit: its claimant does not start on its claimed A100 node
+    q = quotas(vision=guarantee(0, limit={"a100": 4}))
+    nodes = [
+        node("n0").gpus(4).model(A100),
+        node("n1").gpus(4).model(A100),
+        node("n2").gpus(4).model("NVIDIA H100 80GB HBM3"),
+    ]
+    pending = [job(1).gpus(2).user("alice").submitted(NOW - 900).claimed("n0")]
+    run = [running(9, "n1", 0, 1, 2, 3).user("alice")]
+    plan = decide(snapshot(nodes, pending, run, TREE, quotas=q))
+    assert [s.node for s in plan.starts] == ["n2"]
+
+
+class _NoAgents:
+    async def launch(self, job: object) -> None:
+        raise AssertionError("nothing may start here")
+
+    def preempt(self, job: object) -> None:
+        raise AssertionError("nothing may be preempted here")
+
+    def schedulable(self) -> list[str]:
+        return ["n0000"]
+
+
+async def test_the_cycle_lets_a_claim_lapse_once_no_victim_yields_to_it() -> None:
+    # the daemon's own cycle: job 1 claimed n0000, its victims are gone, and its user's cap
+    # now holds it back; the claim is cleared (and said why), not kept for ever
+    from gshare.config import Config
+    from schedulerd.changes import claim_change
+    from schedulerd.cycle import Cycle
+    from schedulerd.ledger import Ledger
+    from schedulerd.model import GpuInfo, NodeRecord, NodeState
+    from schedulerd.sim import TraceJob, _Clock, _submit
+    from schedulerd.state import ClusterState, MemoryJournal
+
+    clock = _Clock(NOW)
+    journal = MemoryJournal()
+    state = ClusterState(journal, clock)
+    gpus = [GpuInfo(g, f"GPU-{g}", "sim", 81920, []) for g in range(4)]
+    state.nodes["n0000"] = NodeRecord("n0000", gpus, 0, 0, state=NodeState.UP, last_seen=NOW)
+    job_id = _submit(state, journal, TraceJob("j", NOW - 900, 60.0, 2, "alice", "vision"), NOW, 4)
+    [claimant] = await state.change([claim_change(state.jobs[job_id], "n0000", "freed for it")])
+    assert claimant.claimed_node == "n0000"
+    ledger = Ledger(3600.0)
+    cycle = Cycle(Config(), state, ledger, make_policy("fairshare"), _NoAgents(), lambda now: None)
+    cycle.quotas = quotas(everyone=UserLimits(max_running_gpus=1))
+    plan = await cycle.run()
+    assert plan.starts == () and plan.preemptions == ()
+    assert state.jobs[job_id].claimed_node == ""
+
+
+@pytest.mark.parametrize(
+    ("policy", "params", "message"),
+    [
+        ("fairshare", {"min_runtime_s": math.nan}, "min_runtime_s must be a finite number"),
+        ("fairshare", {"min_runtime_s": math.inf}, "min_runtime_s must be a finite number"),
+        ("fairshare", {"fairshare_margin": math.nan}, "fairshare_margin must be a finite"),
+        ("fairshare", {"min_runtime_s": "10m"}, "min_runtime_s must be a number, not '10m'"),
+        ("fairshare", {"backfill": "yes"}, "backfill must be true or false"),
+        ("priority", {"min_runtime_s": math.nan}, "min_runtime_s must be a finite number"),
+        ("priority", {"weight_age": math.inf}, "weight_age must be a finite number"),
+        ("priority", {"max_age_s": math.nan}, "max_age_s must be a finite number"),
+    ],
+)
+def test_policy_parameters_that_are_not_finite_numbers_are_refused(
+    policy: str, params: dict[str, object], message: str
+) -> None:
+    with pytest.raises(PolicyError) as err:
+        make_policy(policy, params)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("case", "holder", "reason", "reclaim_in"),
+    [
+        (
+            "the only borrower runs --no-preempt",
+            running(9, "n0", 0, 1, 2, 3).user("carol").no_preempt(),
+            "team nlp borrows, but no borrowing job can be preempted",
+            -1.0,
+        ),
+        (
+            "the borrower's job is younger than min_runtime_s (600 s)",
+            running(9, "n0", 0, 1, 2, 3).user("carol").started(100),
+            "reclaims from borrowing teams nlp (4) in about 8 min",
+            500.0,
+        ),
+    ],
+)
+def test_why_and_usage_promise_only_a_reclaim_that_can_happen(
+    case: str, holder: running, reason: str, reclaim_in: float
+) -> None:
+    q = quotas(reclaim_after_s=60, vision=guarantee(4))
+    snap = snapshot(
+        [node("n0").gpus(4)],
+        [job(1).gpus(4).user("alice").submitted(NOW - 3600)],
+        [holder],
+        TREE,
+        quotas=q,
+    )
+    plan = decide(snap)
+    assert plan.preemptions == (), case
+    assert reason in plan.reasons[1], (case, plan.reasons[1])
+    rows, _ = quota_report(snap, q, min_runtime_s=600)
+    assert {r.account: r for r in rows}["vision"].reclaim_in_s == reclaim_in, case
+
+
+def test_asking_admit_after_a_preemption_leaves_the_book_and_free_map_as_they_were() -> None:
+    from policies.placement import FreeMap
+    from policies.quota import QuotaBook
+
+    q = quotas(vision=guarantee(4, limit=6), nlp=guarantee(2))
+    run = [running(10, "n0", 0, 1, 2, 3).user("carol"), running(11, "n1", 0).user("alice")]
+    snap = snapshot(NODES, [job(1).gpus(4).user("alice")], run, TREE, quotas=q)
+    book = QuotaBook(snap, q)
+    free = FreeMap(snap.nodes)
+    before = (
+        {t: dict(c) for t, c in book.held.items()},
+        {t: dict(c) for t, c in book.physical.items()},
+        dict(book.user_gpus),
+        {n: set(g) for n, g in free.free.items()},
+        free.free_count,
+    )
+    assert book.admit_after(snap.pending[0], free, [snap.running[0]]) == ""
+    after = (
+        {t: dict(c) for t, c in book.held.items()},
+        {t: dict(c) for t, c in book.physical.items()},
+        dict(book.user_gpus),
+        {n: set(g) for n, g in free.free.items()},
+        free.free_count,
+    )
+    assert after == before
+    assert book.holds("nlp") == 4 and book.holds("vision", physical=True) == 1
+
+
+def test_a_running_job_yielding_to_no_one_is_charged_whatever_the_job_ids() -> None:
+    # yielding_to 0 means no one: a waiting job numbered 0 does not make every running
+    # job's GPUs count as being freed for it (its team at its limit stays at its limit)
+    run = [running(9, "n0", 0, 1, 2, 3).user("alice")]
+    q = quotas(vision=guarantee(0, limit=4))
+    plan = decide(snapshot(NODES, [job(0).user("bob")], run, TREE, quotas=q))
+    assert plan.starts == ()
+    assert "team vision holds 4 GPUs; 1 more would be over its limit of 4" in plan.reasons[0]

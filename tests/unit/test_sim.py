@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from policies import ClusterSnapshot, Plan, make_policy
+from policies.quota import AccountQuota, Quotas
 from schedulerd.sim import TraceError, TraceJob, jain, read_trace, simulate, water_fill
 
 HEADER = "job_id,submit_time_s,duration_s,gpus,user,group,status\n"
@@ -316,3 +317,25 @@ def test_jobs_wider_than_a_node_run_across_nodes_as_the_daemon_runs_them() -> No
         restart_cost_s=60,
     )
     assert r.preemptions == 1 and r.makespan_s == pytest.approx(4260)
+
+
+def test_a_reclaim_waiting_on_the_minimum_runtime_happens_when_it_passes() -> None:
+    # g1 is guaranteed the node; g2's job has held it since 0. g1's job is due at 70, but
+    # g2's job passes min_runtime_s (600) only at 600: the reclaim happens then, as the
+    # daemon's heartbeat would make it, not when g2's job ends at 20000
+    q = Quotas(
+        MappingProxyType({"g1": AccountQuota(MappingProxyType({"": 4}))}), reclaim_after_s=60.0
+    )
+    trace = [TraceJob("a", 0, 20000, 4, "u2", "g2"), TraceJob("b", 10, 100, 4, "u1", "g1")]
+    r = simulate(trace, make_policy("fairshare", {"explain": False}), 1, 4, quotas=q)
+    assert r.preempted == [(600.0, 1)]
+    assert (600.0, 2) in r.starts
+
+
+def test_gpus_idle_for_a_quota_are_booked_to_the_quota() -> None:
+    # one 4-GPU node; g1's limit is 2 and it sends four 1-GPU 100 s jobs at 0: two GPUs
+    # stay idle 0-100 only for the limit (2 x 100 GPU-s)
+    q = Quotas(MappingProxyType({"g1": AccountQuota(limit=MappingProxyType({"": 2}))}))
+    trace = [TraceJob(f"j{i}", 0, 100, 1, "u1", "g1") for i in range(4)]
+    r = simulate(trace, make_policy("fairshare", {"explain": False}), 1, 4, quotas=q)
+    assert r.idle_gpu_h == pytest.approx({"quota": 200 / 3600})
