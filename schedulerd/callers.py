@@ -107,15 +107,25 @@ class LocalCallers:
 
 
 class TcpCallers:
-    """`[server] tcp`: clients as ClientGate found them; agents by their node's token."""
+    """`[server] tcp`: clients as ClientGate found them; agents by their node's token, and
+    only inside TLS: a token is a reusable secret, so one sent in clear is never taken."""
 
-    def __init__(self, agent_key: bytes = b"") -> None:
+    def __init__(self, agent_key: bytes = b"", tls: bool = True) -> None:
         self.agent_key = agent_key
+        self.tls = tls
 
     def caller(self, context: Ctx) -> Caller:
         return _CALLER.get() or ANONYMOUS
 
     def may_be_agent(self, context: Ctx, node: str) -> bool:
+        if not self.tls:
+            log.warning(
+                "refused an agent for node %r from %s: agent tokens are taken only over TLS "
+                "([server.tls])",
+                node,
+                context.peer(),
+            )
+            return False
         return _token_proves(context, self.agent_key, node)
 
 

@@ -257,11 +257,26 @@ def test_a_fork_bomb_stops_at_the_pids_limit(confined: Cluster, workdir: Path) -
 def test_an_agent_that_is_not_root_runs_jobs_unconfined_and_says_so(
     cluster_factory: Callable[..., Cluster], open_tmp: Path
 ) -> None:
-    """An agent run as nobody (over TCP, with its node's token) confines nothing and says
-    so. (Jobs it would start cannot run here: this machine's Python lives under /root,
-    which nobody cannot reach; unconfined jobs run in every other integration test, whose
-    agents have --confine off.)"""
-    cluster = cluster_factory(config='[server]\ntcp = "127.0.0.1:0"\n', agents=0)
+    """An agent run as nobody (over TCP with TLS, with its node's token) confines nothing
+    and says so. (Jobs it would start cannot run here: this machine's Python lives under
+    /root, which nobody cannot reach; unconfined jobs run in every other integration test,
+    whose agents have --confine off.)"""
+    ca = open_tmp / "ca"
+    for args in (("init",), ("scheduler", "127.0.0.1", "localhost")):
+        made = subprocess.run(
+            [str(BIN / "gshare"), "ca", *args, "--dir", str(ca)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert made.returncode == 0, made.stderr
+    ca_pem = open_tmp / "ca.pem"  # the CA dir is root's alone: the agent reads a copy
+    ca_pem.write_bytes((ca / "ca.pem").read_bytes())
+    ca_pem.chmod(0o644)
+    tls = (
+        f'[server.tls]\ncert_file = "{ca / "scheduler.pem"}"\nkey_file = "{ca / "scheduler.key"}"\n'
+    )
+    cluster = cluster_factory(config='[server]\ntcp = "127.0.0.1:0"\n' + tls, agents=0)
     state = cluster.root / "sched"
     address = (state / "tcp.address").read_text().strip()
     token = subprocess.run(
@@ -276,6 +291,9 @@ def test_an_agent_that_is_not_root_runs_jobs_unconfined_and_says_so(
     token_file.chmod(0o644)
     agent_dir = open_tmp / "plain-agent"
     agent_dir.mkdir()
+    agent_conf = open_tmp / "plain-agent.toml"
+    agent_conf.write_text(f'[agent]\nca_file = "{ca_pem}"\n')
+    agent_conf.chmod(0o644)
     subprocess.run(["chown", "nobody:nogroup", str(agent_dir)], check=True)
     log = open(open_tmp / "plain-agent.log", "wb")  # noqa: SIM115
     agent = subprocess.Popen(
@@ -295,6 +313,8 @@ def test_an_agent_that_is_not_root_runs_jobs_unconfined_and_says_so(
             "1",
             "--token-file",
             str(token_file),
+            "--config",
+            str(agent_conf),
         ],
         stdout=log,
         stderr=log,

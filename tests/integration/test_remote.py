@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -426,57 +427,66 @@ async def test_gshare_top_from_another_host_watches_and_cancels(
     assert cluster.state(job_id) == "CANCELLED"
 
 
+def logged(log: Path, node: str) -> bool:
+    return f"refused an agent claiming node '{node}'" in log.read_text(errors="replace")
+
+
 def test_an_agent_with_its_token_speaks_tls_on_the_client_port(
     site: Site, cluster_factory: Callable[..., Cluster]
 ) -> None:
-    """The per-node token still works on [server] tcp, now inside TLS ([agent] ca_file)."""
+    """The per-node token works on [server] tcp inside TLS ([agent] ca_file), and proves
+    one node's name: the holder of node A's token cannot register as node B."""
     cluster = cluster_factory(config=server_config(site), agents=1)
-    token = subprocess.run(
-        [
-            PY,
-            "-m",
-            "schedulerd.main",
-            "--state-dir",
-            str(cluster.root / "sched"),
-            "--node-token",
-            "gpu-t",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert token.returncode == 0, token.stderr
-    (site.root / "gpu-t.token").write_text(token.stdout)
-    conf = site.root / "agent-token.toml"
-    conf.write_text(
-        f'[agent]\nca_file = "{site.ca / "ca.pem"}"\ntoken_file = "{site.root / "gpu-t.token"}"\n'
-    )
-    agent = subprocess.Popen(
-        [
-            PY,
-            "-m",
-            "nodeagent.main",
-            "--address",
-            tcp_address(cluster),
-            "--node",
-            "gpu-t",
-            "--state-dir",
-            str(site.root / "agent-gpu-t"),
-            "--fake-gpus",
-            "1",
-            "--config",
-            str(conf),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+
+    def token_of(node: str) -> Path:
+        res = subprocess.run(
+            [
+                PY,
+                "-m",
+                "schedulerd.main",
+                "--state-dir",
+                str(cluster.root / "sched"),
+                *("--node-token", node),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.returncode == 0, res.stderr
+        path = site.root / f"{node}.token"
+        path.write_text(res.stdout)
+        return path
+
+    bad = site.root / "bad.token"
+    bad.write_text("not-the-token\n")
+
+    def agent(name: str, token_file: Path) -> subprocess.Popen[bytes]:
+        conf = site.root / f"agent-{name}.toml"
+        conf.write_text(f'[agent]\nca_file = "{site.ca / "ca.pem"}"\ntoken_file = "{token_file}"\n')
+        return subprocess.Popen(
+            [
+                *(PY, "-m", "nodeagent.main", "--address", tcp_address(cluster)),
+                *("--node", name, "--state-dir", str(site.root / f"agent-{name}")),
+                *("--fake-gpus", "1", "--config", str(conf)),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    good = agent("gpu-t", token_of("gpu-t"))
+    intruder = agent("intruder", bad)
+    impostor = agent("impostor", token_of("gpu-t"))  # gpu-t's token, another name
     try:
         cluster.wait_nodes_up(2)
+        log = cluster.root / "schedulerd.log"
+        for name in ("intruder", "impostor"):  # refused before reading its stream
+            wait_until(f"{name} refused", partial(logged, log, name))
         with cluster.client() as c:
             assert {n.name for n in c.nodes()} == {"node0", "gpu-t"}
     finally:
-        agent.terminate()
-        agent.wait(10)
+        for proc in (good, intruder, impostor):
+            proc.terminate()
+            proc.wait(10)
 
 
 def test_bad_tls_files_stop_the_scheduler_with_the_key_named(site: Site) -> None:
