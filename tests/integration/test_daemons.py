@@ -61,6 +61,59 @@ def test_watch_streams_the_initial_state_then_changes(cluster: Cluster, workdir:
     client.close()
 
 
+WATCH_FLOOD = """import sys
+import grpc
+from gshare.api import gshare_pb2 as pb, gshare_pb2_grpc as pbg
+stub = pbg.ClientServiceStub(grpc.insecure_channel("unix:" + sys.argv[1]))
+calls, held = [], 0
+for _ in range(int(sys.argv[2])):
+    calls.append(stub.WatchCluster(pb.WatchClusterRequest()))
+    try:
+        next(calls[-1])
+        held += 1
+    except grpc.RpcError as exc:
+        print("refused", exc.code().name, exc.details(), flush=True)
+print("holding", held, flush=True)
+sys.stdin.read()  # hold them until the test is done
+"""
+
+
+def test_one_user_cannot_take_every_watch_stream(cluster: Cluster, workdir: Path) -> None:
+    """nobody opening watch after watch gets 16 and a clear refusal; root (and anyone
+    else) can still watch."""
+    flood_py = workdir / "flood.py"
+    flood_py.write_text(WATCH_FLOOD)
+    flood_py.chmod(0o644)
+    flood = subprocess.Popen(
+        [
+            *("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"),
+            *(PY, str(flood_py), str(cluster.sock), "40"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=cluster.env(),
+        text=True,
+    )
+    try:
+        assert flood.stdout is not None
+        lines = [flood.stdout.readline().strip() for _ in range(25)]
+        assert lines[-1] == "holding 16", lines
+        assert lines[0] == (
+            "refused RESOURCE_EXHAUSTED uid 65534 holds 16 watch streams already (the most "
+            "one caller may); close one first"
+        )
+        with grpc.insecure_channel(cluster.address) as channel:
+            first = next(
+                pb_grpc.ClientServiceStub(channel).WatchCluster(
+                    pb.WatchClusterRequest(), timeout=30
+                )
+            )
+        assert first.synced
+    finally:
+        flood.kill()
+        flood.wait(10)
+
+
 def test_a_silent_node_loses_its_jobs_to_others_and_is_told_to_kill_them(
     cluster_factory: Callable[..., Cluster], workdir: Path
 ) -> None:
