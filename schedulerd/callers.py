@@ -170,8 +170,9 @@ class ClientGate(_Interceptor):
     """Every ClientService request on the TCP listener: the caller is authenticated before
     the handler runs, or the request is refused UNAUTHENTICATED with the reason."""
 
-    def __init__(self, munge: Munge | None) -> None:
+    def __init__(self, munge: Munge | None, munge_root: bool = False) -> None:
         self.munge = munge
+        self.munge_root = munge_root  # root on any host with the key is root here
 
     async def caller_of(self, context: Ctx, expected: bytes) -> Caller:
         sent = dict(context.invocation_metadata() or ()).get(HEADER)
@@ -213,6 +214,13 @@ class ClientGate(_Interceptor):
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "the MUNGE credential was made for another request",
+            )
+        if cred.uid == 0 and not self.munge_root:
+            log.warning("refused a MUNGE credential of root from %s", context.peer())
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "root is not taken over MUNGE here ([server] munge_root = false): act as "
+                "root on the scheduler's host, or as yourself",
             )
         return Caller(user_name(cred.uid), cred.uid, cred.gid, via="munge")
 

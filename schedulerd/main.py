@@ -294,7 +294,8 @@ async def open_listeners(
             else None
         )
         remote = grpc.aio.server(
-            options=SERVER_OPTIONS, interceptors=[ErrorBoundary(), ClientGate(munge)]
+            options=SERVER_OPTIONS,
+            interceptors=[ErrorBoundary(), ClientGate(munge, config.munge_root)],
         )
         port = _listen(remote, tcp, "[server] tcp", creds)
         tcp_ids = TcpCallers(agent_key, tls=config.tls.enabled)

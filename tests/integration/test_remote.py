@@ -68,10 +68,14 @@ def site(open_tmp: Path) -> Iterator[Site]:
             d.stop()
 
 
-def server_config(site: Site, munge: bool = True, tls: bool = True, agents: bool = False) -> str:
+def server_config(
+    site: Site, munge: bool = True, tls: bool = True, agents: bool = False, root: bool = False
+) -> str:
     lines = ["[scheduler]", "kill_grace_s = 3", "[server]", 'tcp = "127.0.0.1:0"']
     if munge:
         lines.append(f'munge_socket = "{site.sched_munge.socket}"')
+    if root:
+        lines.append("munge_root = true")
     if agents:
         lines.append('agent_tcp = "127.0.0.1:0"')
     if tls:
@@ -189,7 +193,7 @@ def _raw_call(
 def test_replayed_forged_foreign_and_misbound_credentials_are_refused(
     site: Site, cluster_factory: Callable[..., Cluster]
 ) -> None:
-    cluster = cluster_factory(config=server_config(site), agents=1)
+    cluster = cluster_factory(config=server_config(site, root=True), agents=1)  # root's creds
     target, ca = tcp_address(cluster), site.ca / "ca.pem"
     nodes = "/gshare.v1.ClientService/ListNodes"
     cancel = "/gshare.v1.ClientService/CancelJob"
@@ -235,6 +239,38 @@ def test_replayed_forged_foreign_and_misbound_credentials_are_refused(
     # the scheduler still serves after all of that
     with cluster.client() as c:
         assert [n.name for n in c.nodes()] == ["node0"]
+
+
+def test_root_over_munge_is_refused_unless_munge_root(
+    site: Site, cluster_factory: Callable[..., Cluster]
+) -> None:
+    """Root on a host with the key is not root here by default: it would run root jobs
+    on every node. `[server] munge_root = true` takes it."""
+    nodes = "/gshare.v1.ClientService/ListNodes"
+    request = pb.ListNodesRequest().SerializeToString()
+    login = Munge(str(site.user_munge.socket))  # this test runs as root
+    cluster = cluster_factory(config=server_config(site), agents=1)
+    target, ca = tcp_address(cluster), site.ca / "ca.pem"
+    credential = login.encode(request_payload(nodes, request))
+    with pytest.raises(grpc.RpcError) as info:
+        _raw_call(target, ca, nodes, request, ((HEADER, credential),))
+    assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert "root is not taken over MUNGE here ([server] munge_root = false)" in str(
+        info.value.details()
+    )
+    res = remote([str(BIN / "gsub"), "--wrap", "id"], client_toml(site, cluster), user="root")
+    assert res.returncode != 0 and "munge_root" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    # a user's credential still works there
+    nobody = remote([str(BIN / "gshare"), "nodes"], client_toml(site, cluster))
+    assert nobody.returncode == 0, nobody.stderr
+
+    trusting = cluster_factory(config=server_config(site, root=True), agents=1)
+    credential = login.encode(request_payload(nodes, request))
+    reply = pb.ListNodesResponse.FromString(
+        _raw_call(tcp_address(trusting), ca, nodes, request, ((HEADER, credential),))
+    )
+    assert [n.name for n in reply.nodes] == ["node0"]
 
 
 def test_an_expired_credential_is_refused(
@@ -399,13 +435,13 @@ async def test_gshare_top_from_another_host_watches_and_cancels(
     workdir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The TUI's client reads [client] like gsub: here root's own credential (an admin),
-    from the login host's munged, over TCP+TLS."""
+    """The TUI's client reads [client] like gsub: here root's own credential (an admin,
+    with [server] munge_root = true), from the login host's munged, over TCP+TLS."""
     from tests.integration.test_top import settle
     from tui.app import GshareTop
     from tui.jobs import JobsView
 
-    cluster = cluster_factory(config=server_config(site), agents=1)
+    cluster = cluster_factory(config=server_config(site, root=True), agents=1)
     config = client_toml(site, cluster)
     res = remote([str(BIN / "gsub"), "--json", "--wrap", "sleep 300"], config, cwd=workdir)
     assert res.returncode == 0, res.stderr
