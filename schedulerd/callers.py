@@ -44,6 +44,7 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 AGENT_TOKEN_HEADER = "x-gshare-agent-token"
 AGENT_NODE_HEADER = "x-gshare-node"  # the node an agent over TCP registers as, shown up front
 NODE_UNIT = "gshare-node"  # the OU of a node's certificate (gshare ca node NAME)
+READER_UNIT = "gshare-reader"  # the OU of a reader's certificate (gshare ca reader NAME)
 CLIENT_SERVICE = "/gshare.v1.ClientService/"
 MAX_CREDENTIAL = 4096  # a MUNGE credential of gshare's payload is about 200 characters
 
@@ -178,8 +179,14 @@ class ClientGate(_Interceptor):
         sent = dict(context.invocation_metadata() or ()).get(HEADER)
         if not sent or self.munge is None:
             names = certificate_names(context)
-            if names is not None:  # a certificate of the cluster's CA: a reader
-                return Caller(f"cert:{names[1]}", -1, -1, via="tls")
+            if names is not None and names[0] == READER_UNIT and names[1]:
+                return Caller(f"cert:{names[1]}", -1, -1, via="tls")  # a reader
+            if names is not None:  # the CA's, but not a reader's (a node's, say)
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"a client certificate reads here only with OU={READER_UNIT} "
+                    f"(gshare ca reader NAME); this one has OU={names[0]!r}",
+                )
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "requests over TCP need a MUNGE credential (is munged running on your host?)"

@@ -321,6 +321,20 @@ def test_without_munge_tcp_is_read_only_and_reading_needs_a_certificate(
     assert res.returncode == 0 and "node0" in res.stdout, res.stderr
     sub = remote([str(BIN / "gsub"), "--wrap", "true"], reader, cwd=workdir)
     assert sub.returncode == 1 and "submitting needs a known user" in sub.stderr, sub.stderr
+    # a certificate of the same CA that is not a reader's (a node's) reads nothing
+    assert site.gshare_ca("node", "gpu-r").returncode == 0
+    for f in ("node-gpu-r.pem", "node-gpu-r.key"):
+        (site.ca / f).chmod(0o644)
+    as_node = client_toml(
+        site,
+        cluster,
+        "as-node.toml",
+        cert_file=str(site.ca / "node-gpu-r.pem"),
+        key_file=str(site.ca / "node-gpu-r.key"),
+    )
+    res = remote([str(BIN / "gshare"), "nodes"], as_node)
+    assert res.returncode == 1 and "only with OU=gshare-reader" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
     # no certificate: the TLS handshake itself is refused
     bare = remote([str(BIN / "gshare"), "nodes"], client_toml(site, cluster, "bare.toml"))
     assert bare.returncode == 1 and "cannot reach the scheduler" in bare.stderr
