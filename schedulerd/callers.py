@@ -231,6 +231,18 @@ class ClientGate(_Interceptor):
             )
         return Caller(user_name(cred.uid), cred.uid, cred.gid, via="munge")
 
+    def _refusal_up_front(self, details: grpc.HandlerCallDetails) -> str | None:
+        """Why a request is refused from its metadata alone (no credential, or one too long
+        to be one), so its body is neither parsed nor hashed; None: read on."""
+        if self.munge is None:
+            return None  # readers show a certificate: ClientGate looks at it per request
+        sent = [v for k, v in details.invocation_metadata or () if k == HEADER]
+        if not sent:
+            return "requests over TCP need a MUNGE credential (is munged running on your host?)"
+        if len(sent) > 1 or not isinstance(sent[0], str) or len(sent[0]) > MAX_CREDENTIAL:
+            return "the MUNGE credential is not one (too long)"
+        return None
+
     async def intercept_service(
         self,
         continuation: Callable[
@@ -242,6 +254,9 @@ class ClientGate(_Interceptor):
         method = details.method
         if handler is None or not method.startswith(CLIENT_SERVICE):
             return handler  # type: ignore[return-value]  # agents, health: not clients
+        refusal = self._refusal_up_front(details)
+        if refusal is not None:
+            return _refusing(handler, refusal)
         decode = handler.request_deserializer
 
         def deserialize(data: bytes) -> _Signed:
@@ -277,3 +292,20 @@ class ClientGate(_Interceptor):
                 response_serializer=handler.response_serializer,
             )
         return handler
+
+
+def _refusing(
+    handler: grpc.RpcMethodHandler[Any, Any], why: str
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler that answers UNAUTHENTICATED without decoding the request's bytes."""
+
+    async def refuse(request: bytes, context: Ctx) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, why)
+
+    async def refuse_stream(request: bytes, context: Ctx) -> AsyncIterator[object]:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, why)
+        yield None  # pragma: no cover  (a generator: abort raises)
+
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(refuse_stream)
+    return grpc.unary_unary_rpc_method_handler(refuse)

@@ -234,6 +234,20 @@ def test_replayed_forged_foreign_and_misbound_credentials_are_refused(
     assert "need a MUNGE credential" in refused(nodes, request, None)
     # and a long one is refused without reaching munged (gRPC stops one over 16 KiB)
     assert "too long" in refused(nodes, request, "M" * 8_000)
+    # both before the body is even parsed: bytes that are no message get the same answer
+    garbage = b"\xff" * 1_000_000
+    assert "need a MUNGE credential" in refused(nodes, garbage, None)
+    assert "too long" in refused(nodes, garbage, "M" * 8_000)
+    with grpc.secure_channel(target, grpc.ssl_channel_credentials(ca.read_bytes())) as channel:
+        watch = channel.unary_stream(
+            "/gshare.v1.ClientService/WatchCluster",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            next(watch(garbage, timeout=10))
+    assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED, info.value
+    assert "need a MUNGE credential" in str(info.value.details())
     log = (cluster.root / "schedulerd.log").read_text(errors="replace")
     assert "made for another request" in log and "Replayed credential" in log
     # the scheduler still serves after all of that
