@@ -393,6 +393,8 @@ class Launcher:
             cgroup = self.confinement.create(req.job_id, self._limits(req))
             if cgroup is not None:
                 spec["cgroup"] = cgroup.as_spec()
+                # its own SysV IPC and /dev/shm, gone with it (the tmpfs charged to its --mem)
+                spec["private_shm"], spec["shm_mb"] = True, req.mem_mb
             write_atomic(job_dir / "launch.json", spec)
             shim_log = os.open(
                 job_dir / "shim.log",
