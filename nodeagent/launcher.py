@@ -22,13 +22,13 @@ nothing a job leaves behind can hold up the agent's heartbeats.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import json
 import logging
 import math
 import os
 import pwd
+import queue
 import shutil
 import signal
 import stat
@@ -259,7 +259,7 @@ class Launcher:
         self.lease_file = state_dir / "lease.json"
         self.trash_dir = state_dir / "trash"  # what is being deleted off the event loop
         _own_dir(self.trash_dir, 0o700)
-        self._cleaner = concurrent.futures.ThreadPoolExecutor(1, "gshare-cleanup")
+        self._cleaner = Cleaner()
         self._cleaning: set[int] = set()  # jobs whose cgroup the cleaner is to remove
         self._cleaning_lock = threading.Lock()
         for left in self.trash_dir.iterdir():  # what an earlier run had no time to delete
@@ -676,7 +676,29 @@ class Launcher:
 
     def drain_cleanup(self) -> None:
         """Wait until what was handed to the cleaner is done (for tests and shutdown)."""
-        self._cleaner.submit(lambda: None).result()
+        self._cleaner.work.join()
+
+
+class Cleaner:
+    """One thread that does, in turn, what must not hold up the agent's event loop. It is
+    a daemon: an agent that stops does not wait for it (STATE/trash is emptied at start)."""
+
+    def __init__(self) -> None:
+        self.work: queue.Queue[tuple[Callable[..., object], tuple[object, ...]]] = queue.Queue()
+        threading.Thread(target=self._run, name="gshare-cleanup", daemon=True).start()
+
+    def submit(self, fn: Callable[..., object], *args: object) -> None:
+        self.work.put((fn, args))
+
+    def _run(self) -> None:
+        while True:
+            fn, args = self.work.get()
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("cleaning up after a job failed")
+            finally:
+                self.work.task_done()
 
 
 def _create(path: Path, content: bytes, uid: int, gid: int, mode: int) -> None:

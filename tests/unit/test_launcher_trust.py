@@ -179,7 +179,7 @@ def test_a_relaunch_takes_the_cgroup_back_from_the_cleaner(
 
     monkeypatch.setattr(launcher.confinement, "remove", remove)
     blocker = threading.Event()
-    launcher._cleaner.submit(blocker.wait)
+    launcher._cleaner.submit(blocker.wait, 30)
     launcher.forget(1)
     with launcher._cleaning_lock:
         launcher._cleaning.discard(1)  # what launch() does for a job it runs again
