@@ -64,7 +64,7 @@ def start_ticks(pid: int) -> int:
 
 
 CLONE_NEWNS, CLONE_NEWIPC = 0x00020000, 0x08000000
-MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 2, 4, 1 << 14, 1 << 18
+MS_NOSUID, MS_NODEV, MS_REC, MS_SLAVE = 2, 4, 1 << 14, 1 << 19
 
 
 def private_shm(shm_mb: int) -> None:
@@ -82,7 +82,9 @@ def private_shm(shm_mb: int) -> None:
             )
 
     check(libc.unshare(CLONE_NEWIPC | CLONE_NEWNS), "unshare")
-    check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "private mounts")
+    # slave: the node's later mounts (automounted homes) still reach the job; its own
+    # /dev/shm never reaches the node
+    check(libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None), "mount propagation")
     options = b"mode=1777" + (f",size={shm_mb}m".encode() if shm_mb > 0 else b"")
     check(libc.mount(b"tmpfs", b"/dev/shm", b"tmpfs", MS_NOSUID | MS_NODEV, options), "tmpfs")
 
