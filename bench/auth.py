@@ -77,6 +77,7 @@ def main() -> int:
                 agents=0,
                 config=(
                     f'[server]\ntcp = "127.0.0.1:0"\nmunge_socket = "{sched.socket}"\n'
+                    "munge_root = true\n"  # the bench's credentials are root's
                     f'[server.tls]\ncert_file = "{ca}/scheduler.pem"\n'
                     f'key_file = "{ca}/scheduler.key"\n'
                 ),

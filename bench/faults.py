@@ -48,7 +48,7 @@ import psutil
 
 from gshare.api import gshare_pb2 as pb
 from gshare.client import Client, ClientError
-from tests.cluster import PY, Cluster, wait_until
+from tests.cluster import BIN, PY, Cluster, wait_until
 
 LEASE_S, HEARTBEAT_S, GRACE_S = 4.0, 0.5, 2.0
 CONFIG = f"[scheduler]\nnode_lease_s = {LEASE_S}\nheartbeat_s = {HEARTBEAT_S}\nkill_grace_s = 2\n"
@@ -357,7 +357,15 @@ class Relay:
 
 def partition(root: Path, trials: int) -> Row:
     row = Row(f"connection cut past the lease ({LEASE_S:g}s), then healed")
-    config = CONFIG + '[server]\ntcp = "127.0.0.1:0"\n'
+    ca = root / "partition-ca"  # an agent token travels only inside TLS
+    for args in (["init"], ["scheduler", "127.0.0.1"]):
+        subprocess.run([str(BIN / "gshare"), "ca", *args, "--dir", str(ca)], check=True)
+    config = CONFIG + (
+        f'[server]\ntcp = "127.0.0.1:0"\n[server.tls]\ncert_file = "{ca}/scheduler.pem"\n'
+        f'key_file = "{ca}/scheduler.key"\n'
+    )
+    agent_config = root / "partition-agent.toml"
+    agent_config.write_text(f'[agent]\nca_file = "{ca}/ca.pem"\n')
     cluster = new_cluster(root / "partition", agents=1, gpus_per_node=2, config=config)
     state = cluster.root / "sched"
     host, _, port = (state / "tcp.address").read_text().strip().rpartition(":")
@@ -388,7 +396,7 @@ def partition(root: Path, trials: int) -> Row:
             "--token-file",
             str(token),
             "--config",
-            str(cluster.root / "gshare.toml"),
+            str(agent_config),
         ],
         stdout=log,
         stderr=log,

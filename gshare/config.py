@@ -142,6 +142,7 @@ class Config:
     socket: str = ""
     tcp: str = ""
     munge_socket: str = ""  # the scheduler's munged: TCP clients' credentials ([server])
+    munge_root: bool = False  # take uid 0 over MUNGE: only if every keyed host's root is trusted
     agent_tcp: str = ""  # HOST:PORT for agents with a node certificate (mutual TLS)
     tls: TlsConfig = field(default_factory=TlsConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
@@ -350,7 +351,11 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
     if agent_files["cert_file"] and not agent_files["ca_file"]:
         raise ConfigError(f"{awhere}: cert_file needs ca_file (the scheduler's CA)")
     swhere = f"{source} [server]"
-    _known_keys(server, {"socket", "tcp", "metrics", "munge_socket", "agent_tcp", "tls"}, swhere)
+    _known_keys(
+        server,
+        {"socket", "tcp", "metrics", "munge_socket", "munge_root", "agent_tcp", "tls"},
+        swhere,
+    )
     tcp = _typed(server, "tcp", str, swhere, "")
     agent_tcp = _typed(server, "agent_tcp", str, swhere, "")
     for key, value in (
@@ -382,6 +387,7 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
         socket=_typed(server, "socket", str, f"{source} [server]", ""),
         tcp=tcp,
         munge_socket=_typed(server, "munge_socket", str, swhere, ""),
+        munge_root=_typed(server, "munge_root", bool, swhere, False),
         agent_tcp=agent_tcp,
         tls=tls,
         client=client,

@@ -7,10 +7,16 @@ record: an agent that restarts reads it back and carries on.
 The agent and the shims run as root, the job as its owner; so the record is root's alone
 (STATE/jobs/ID is root's, mode 0711; its files 0600), and the job can neither forge it nor
 point it elsewhere. The job's script is its owner's (0700). The one thing the job writes
-for the agent, its checkpoint log, lies in the one directory the job owns there,
-STATE/jobs/ID/owner/, and is read as untrusted: no symlink, no FIFO, no hard link, only
-a regular file of the job's owner, a bounded chunk at a time. A pid read back after a
-restart is signalled only if the process it names started when the job did.
+for the agent, its checkpoint log, is one file root makes in that directory and gives to
+the job's owner (STATE/jobs/ID/checkpoints.jsonl): the job can write it but can make
+nothing else in the state dir, so it cannot fill the agent's directories with entries. It
+is read as untrusted: no symlink, no FIFO, no hard link, only a regular file of the job's
+owner, a bounded chunk at a time. A pid read back after a restart is signalled only if the
+process it names started when the job did.
+
+A job's directory and cgroup are removed off the agent's event loop: the directory is
+renamed into STATE/trash at once and deleted, with the cgroup, by one cleaning thread, so
+nothing a job leaves behind can hold up the agent's heartbeats.
 """
 
 from __future__ import annotations
@@ -22,11 +28,13 @@ import logging
 import math
 import os
 import pwd
+import queue
 import shutil
 import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -41,7 +49,7 @@ from nodeagent.shim import start_ticks, write_atomic
 
 log = logging.getLogger(__name__)
 
-OWNER_DIR = "owner"  # STATE/jobs/ID/owner: the job's own, for its checkpoint log
+OWNER_DIR = "owner"  # where an older agent put a job's checkpoint log (a dir it owned)
 CHECKPOINT_LOG = "checkpoints.jsonl"
 LOG_CHUNK = 1 << 20  # the most of a checkpoint log read at once
 
@@ -250,6 +258,13 @@ class Launcher:
         self.jobs_dir = state_dir / "jobs"
         _own_dir(self.jobs_dir, 0o711)
         self.lease_file = state_dir / "lease.json"
+        self.trash_dir = state_dir / "trash"  # what is being deleted off the event loop
+        _own_dir(self.trash_dir, 0o700)
+        self._cleaner = Cleaner()
+        self._cleaning: set[int] = set()  # jobs whose cgroup the cleaner is to remove
+        self._cleaning_lock = threading.Lock()
+        for left in self.trash_dir.iterdir():  # what an earlier run had no time to delete
+            self._cleaner.submit(shutil.rmtree, left, True)
         self.jobs: dict[int, JobProcess] = {}
         self.on_change = on_change
         self.on_checkpoint = on_checkpoint
@@ -346,7 +361,10 @@ class Launcher:
         if req.job_id in self.jobs:
             return self.jobs[req.job_id]  # a repeated launch: already ours
         job_dir = self.jobs_dir / str(req.job_id)
-        shutil.rmtree(job_dir, ignore_errors=True)  # what a launch cut short left
+        self._discard(job_dir)  # what a launch cut short left
+        if req.job_id in self._cleaning:  # ran here before: its cgroup is create()'s to clear
+            with self._cleaning_lock:
+                self._cleaning.discard(req.job_id)
         proc = JobProcess(req.job_id, job_dir, gpu_indexes=tuple(req.gpu_indexes))
         self.jobs[req.job_id] = proc
         try:
@@ -359,16 +377,9 @@ class Launcher:
                 uid, gid = os.geteuid(), os.getegid()
             proc.owner_uid = uid
             _create(job_dir / "script", req.script, uid, gid, 0o700)
-            owner = job_dir / OWNER_DIR
-            owner.mkdir(mode=0o700)
-            _create(owner / CHECKPOINT_LOG, b"", uid, gid, 0o600)
-            dir_fd = os.open(owner, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:  # the job's from here on: never touched by path as root again
-                os.fchown(dir_fd, uid, gid)
-            finally:
-                os.close(dir_fd)
+            _create(job_dir / CHECKPOINT_LOG, b"", uid, gid, 0o600)
             env = job_environment(req, ident)
-            env["GSHARE_CHECKPOINT_LOG"] = str(owner / CHECKPOINT_LOG)
+            env["GSHARE_CHECKPOINT_LOG"] = str(job_dir / CHECKPOINT_LOG)
             if req.hostfile:  # root's, in root's directory: read-only to the job
                 _create(
                     job_dir / "hostfile", req.hostfile.encode(), os.geteuid(), os.getegid(), 0o644
@@ -388,6 +399,8 @@ class Launcher:
             cgroup = self.confinement.create(req.job_id, self._limits(req))
             if cgroup is not None:
                 spec["cgroup"] = cgroup.as_spec()
+                # its own SysV IPC and /dev/shm, gone with it (the tmpfs charged to its --mem)
+                spec["private_shm"], spec["shm_mb"] = True, req.mem_mb
             write_atomic(job_dir / "launch.json", spec)
             shim_log = os.open(
                 job_dir / "shim.log",
@@ -474,11 +487,16 @@ class Launcher:
         """The next chunk of the job's checkpoint log, opened as root without trusting it:
         not a symlink (O_NOFOLLOW), not a FIFO that blocks (O_NONBLOCK, then a regular file
         only), not a hard link to someone else's file (the owner's, one link)."""
-        path = proc.dir / OWNER_DIR / CHECKPOINT_LOG
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = os.open(proc.dir / CHECKPOINT_LOG, flags)
         except FileNotFoundError:
-            return b""
+            try:  # a job an older agent launched, re-adopted
+                fd = os.open(proc.dir / OWNER_DIR / CHECKPOINT_LOG, flags)
+            except FileNotFoundError:
+                return b""
+            except OSError as exc:
+                return self._refuse_log(proc, exc.strerror or str(exc))
         except OSError as exc:
             return self._refuse_log(proc, exc.strerror or str(exc))
         try:
@@ -635,9 +653,58 @@ class Launcher:
         if proc is None or not proc.exited:
             return
         del self.jobs[job_id]
-        shutil.rmtree(proc.dir, ignore_errors=True)
-        if not self.confinement.remove(job_id):  # the shim removes it; unless it died
-            log.warning("job %d: its cgroup is not empty; left in place", job_id)
+        self._discard(proc.dir)
+        with self._cleaning_lock:
+            self._cleaning.add(job_id)
+        self._cleaner.submit(self._remove_cgroup, job_id)
+
+    def _discard(self, job_dir: Path) -> None:
+        """Take a job's directory out of the way at once (a rename); the cleaner deletes it."""
+        trash = self.trash_dir / f"{job_dir.name}.{time.time_ns()}"
+        try:
+            job_dir.rename(trash)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.warning("cannot move %s to %s: %s", job_dir, self.trash_dir, exc)
+            return
+        self._cleaner.submit(shutil.rmtree, trash, True)
+
+    def _remove_cgroup(self, job_id: int) -> None:
+        """On the cleaner's thread: kill what is left in the job's cgroup (the shim removes
+        it; unless it died) and remove it, unless the job was launched here again since."""
+        with self._cleaning_lock:
+            if job_id not in self._cleaning:
+                return
+            self._cleaning.discard(job_id)
+            if not self.confinement.remove(job_id):
+                log.warning("job %d: its cgroup is not empty; left in place", job_id)
+
+    def drain_cleanup(self) -> None:
+        """Wait until what was handed to the cleaner is done (for tests and shutdown)."""
+        self._cleaner.work.join()
+
+
+class Cleaner:
+    """One thread that does, in turn, what must not hold up the agent's event loop. It is
+    a daemon: an agent that stops does not wait for it (STATE/trash is emptied at start)."""
+
+    def __init__(self) -> None:
+        self.work: queue.Queue[tuple[Callable[..., object], tuple[object, ...]]] = queue.Queue()
+        threading.Thread(target=self._run, name="gshare-cleanup", daemon=True).start()
+
+    def submit(self, fn: Callable[..., object], *args: object) -> None:
+        self.work.put((fn, args))
+
+    def _run(self) -> None:
+        while True:
+            fn, args = self.work.get()
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("cleaning up after a job failed")
+            finally:
+                self.work.task_done()
 
 
 def _create(path: Path, content: bytes, uid: int, gid: int, mode: int) -> None:

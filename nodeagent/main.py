@@ -320,6 +320,13 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+    if token and not target.startswith("unix:") and credentials is None:
+        print(
+            "gshare-nodeagent: an agent token is sent only over TLS: set [agent] ca_file "
+            "(the cluster's CA) to reach a scheduler over TCP",
+            file=sys.stderr,
+        )
+        return 2
     root = args.cgroup_root if args.cgroup_root is not None else config.agent_cgroup_root
     try:
         check_cgroup_root(root)

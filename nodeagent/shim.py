@@ -4,10 +4,12 @@ The agent starts one shim per job, in a session of its own, so jobs outlive the 
 shim starts the job in a new session (its process group is the job), as the job's owner,
 with its output going to the job's log file; waits for it; kills what is left of its
 process group; and writes JOBDIR/exit.json atomically. A confined job's process joins
-its cgroup (nodeagent.cgroups) before it execs; at its end the shim kills what is left
-there, counts the OOM killer's kills, and removes the cgroup. An agent that restarts finds the
-job through JOBDIR and learns how it ended from exit.json. JOBDIR is root's alone: the job
-can neither forge these records nor point them elsewhere.
+its cgroup (nodeagent.cgroups) before it execs, and gets an IPC namespace and a mount
+namespace with a /dev/shm of its own (a tmpfs of at most its --mem): its SysV shared
+memory and its /dev/shm files go when its last process does. At its end the shim kills
+what is left in the cgroup, counts the OOM killer's kills, and removes the cgroup. An
+agent that restarts finds the job through JOBDIR and learns how it ended from exit.json.
+JOBDIR is root's alone: the job can neither forge these records nor point them elsewhere.
 
 While it waits, the shim holds the job to the node's lease (nodeagent.lease): when the
 scheduler has not been heard from in time, the job gets its preempt signal, its grace,
@@ -18,6 +20,7 @@ so that it happens while the agent is frozen or dead too. Standard library only.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import select
@@ -60,6 +63,32 @@ def start_ticks(pid: int) -> int:
         return 0
 
 
+CLONE_NEWNS, CLONE_NEWIPC = 0x00020000, 0x08000000
+MS_NOSUID, MS_NODEV, MS_REC, MS_SLAVE = 2, 4, 1 << 14, 1 << 19
+
+
+def private_shm(shm_mb: int) -> None:
+    """This process (the job to be) gets an IPC namespace and a /dev/shm tmpfs of its own
+    (at most `shm_mb` MiB; 0: tmpfs's default), both gone with the job's last process."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.unshare.argtypes = [ctypes.c_int]
+    libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
+
+    def check(result: int, what: str) -> None:
+        if result != 0:
+            err = ctypes.get_errno()
+            raise OSError(
+                err, f"cannot give the job its own /dev/shm and IPC: {what}: {os.strerror(err)}"
+            )
+
+    check(libc.unshare(CLONE_NEWIPC | CLONE_NEWNS), "unshare")
+    # slave: the node's later mounts (automounted homes) still reach the job; its own
+    # /dev/shm never reaches the node
+    check(libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None), "mount propagation")
+    options = b"mode=1777" + (f",size={shm_mb}m".encode() if shm_mb > 0 else b"")
+    check(libc.mount(b"tmpfs", b"/dev/shm", b"tmpfs", MS_NOSUID | MS_NODEV, options), "tmpfs")
+
+
 def _child(spec: dict[str, object], err_w: int) -> None:
     """In the forked child: become the job. Never returns."""
     try:
@@ -69,6 +98,8 @@ def _child(spec: dict[str, object], err_w: int) -> None:
                 cgroups.join(cgroup, os.getpid())
             except OSError as exc:
                 raise OSError(exc.errno, f"cannot join the job's cgroup: {exc.strerror}") from exc
+        if spec.get("private_shm"):
+            private_shm(int(str(spec.get("shm_mb") or 0)))
         for sig in SHIELDED:  # the shim ignores these; the job must not inherit that
             signal.signal(sig, signal.SIG_DFL)
         os.setsid()

@@ -44,6 +44,7 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 AGENT_TOKEN_HEADER = "x-gshare-agent-token"
 AGENT_NODE_HEADER = "x-gshare-node"  # the node an agent over TCP registers as, shown up front
 NODE_UNIT = "gshare-node"  # the OU of a node's certificate (gshare ca node NAME)
+READER_UNIT = "gshare-reader"  # the OU of a reader's certificate (gshare ca reader NAME)
 CLIENT_SERVICE = "/gshare.v1.ClientService/"
 MAX_CREDENTIAL = 4096  # a MUNGE credential of gshare's payload is about 200 characters
 
@@ -107,15 +108,25 @@ class LocalCallers:
 
 
 class TcpCallers:
-    """`[server] tcp`: clients as ClientGate found them; agents by their node's token."""
+    """`[server] tcp`: clients as ClientGate found them; agents by their node's token, and
+    only inside TLS: a token is a reusable secret, so one sent in clear is never taken."""
 
-    def __init__(self, agent_key: bytes = b"") -> None:
+    def __init__(self, agent_key: bytes = b"", tls: bool = True) -> None:
         self.agent_key = agent_key
+        self.tls = tls
 
     def caller(self, context: Ctx) -> Caller:
         return _CALLER.get() or ANONYMOUS
 
     def may_be_agent(self, context: Ctx, node: str) -> bool:
+        if not self.tls:
+            log.warning(
+                "refused an agent for node %r from %s: agent tokens are taken only over TLS "
+                "([server.tls])",
+                node,
+                context.peer(),
+            )
+            return False
         return _token_proves(context, self.agent_key, node)
 
 
@@ -160,15 +171,22 @@ class ClientGate(_Interceptor):
     """Every ClientService request on the TCP listener: the caller is authenticated before
     the handler runs, or the request is refused UNAUTHENTICATED with the reason."""
 
-    def __init__(self, munge: Munge | None) -> None:
+    def __init__(self, munge: Munge | None, munge_root: bool = False) -> None:
         self.munge = munge
+        self.munge_root = munge_root  # root on any host with the key is root here
 
     async def caller_of(self, context: Ctx, expected: bytes) -> Caller:
         sent = dict(context.invocation_metadata() or ()).get(HEADER)
         if not sent or self.munge is None:
             names = certificate_names(context)
-            if names is not None:  # a certificate of the cluster's CA: a reader
-                return Caller(f"cert:{names[1]}", -1, -1, via="tls")
+            if names is not None and names[0] == READER_UNIT and names[1]:
+                return Caller(f"cert:{names[1]}", -1, -1, via="tls")  # a reader
+            if names is not None:  # the CA's, but not a reader's (a node's, say)
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"a client certificate reads here only with OU={READER_UNIT} "
+                    f"(gshare ca reader NAME); this one has OU={names[0]!r}",
+                )
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "requests over TCP need a MUNGE credential (is munged running on your host?)"
@@ -204,7 +222,26 @@ class ClientGate(_Interceptor):
                 grpc.StatusCode.UNAUTHENTICATED,
                 "the MUNGE credential was made for another request",
             )
+        if cred.uid == 0 and not self.munge_root:
+            log.warning("refused a MUNGE credential of root from %s", context.peer())
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "root is not taken over MUNGE here ([server] munge_root = false): act as "
+                "root on the scheduler's host, or as yourself",
+            )
         return Caller(user_name(cred.uid), cred.uid, cred.gid, via="munge")
+
+    def _refusal_up_front(self, details: grpc.HandlerCallDetails) -> str | None:
+        """Why a request is refused from its metadata alone (no credential, or one too long
+        to be one), so its body is neither parsed nor hashed; None: read on."""
+        if self.munge is None:
+            return None  # readers show a certificate: ClientGate looks at it per request
+        sent = [v for k, v in details.invocation_metadata or () if k == HEADER]
+        if not sent:
+            return "requests over TCP need a MUNGE credential (is munged running on your host?)"
+        if len(sent) > 1 or not isinstance(sent[0], str) or len(sent[0]) > MAX_CREDENTIAL:
+            return "the MUNGE credential is not one (too long)"
+        return None
 
     async def intercept_service(
         self,
@@ -217,6 +254,9 @@ class ClientGate(_Interceptor):
         method = details.method
         if handler is None or not method.startswith(CLIENT_SERVICE):
             return handler  # type: ignore[return-value]  # agents, health: not clients
+        refusal = self._refusal_up_front(details)
+        if refusal is not None:
+            return _refusing(handler, refusal)
         decode = handler.request_deserializer
 
         def deserialize(data: bytes) -> _Signed:
@@ -252,3 +292,20 @@ class ClientGate(_Interceptor):
                 response_serializer=handler.response_serializer,
             )
         return handler
+
+
+def _refusing(
+    handler: grpc.RpcMethodHandler[Any, Any], why: str
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler that answers UNAUTHENTICATED without decoding the request's bytes."""
+
+    async def refuse(request: bytes, context: Ctx) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, why)
+
+    async def refuse_stream(request: bytes, context: Ctx) -> AsyncIterator[object]:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, why)
+        yield None  # pragma: no cover  (a generator: abort raises)
+
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(refuse_stream)
+    return grpc.unary_unary_rpc_method_handler(refuse)

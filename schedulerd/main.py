@@ -282,8 +282,9 @@ async def open_listeners(
                 log.warning("[server] munge_socket %s is not there (yet)", config.munge_socket)
         if not config.tls.enabled:
             log.warning(
-                "[server] tcp %s has no TLS ([server.tls]): what travels can be read on the "
-                "network (credentials still cannot be reused)",
+                "[server] tcp %s has no TLS ([server.tls]): requests and answers (job "
+                "scripts and environments too) can be read on the network; MUNGE credentials "
+                "cannot be reused, and agent tokens are refused on it",
                 tcp,
             )
         # without MUNGE, readers over TCP show a client certificate of the cluster's CA
@@ -293,10 +294,11 @@ async def open_listeners(
             else None
         )
         remote = grpc.aio.server(
-            options=SERVER_OPTIONS, interceptors=[ErrorBoundary(), ClientGate(munge)]
+            options=SERVER_OPTIONS,
+            interceptors=[ErrorBoundary(), ClientGate(munge, config.munge_root)],
         )
         port = _listen(remote, tcp, "[server] tcp", creds)
-        tcp_ids = TcpCallers(agent_key)
+        tcp_ids = TcpCallers(agent_key, tls=config.tls.enabled)
         pb_grpc.add_ClientServiceServicer_to_server(
             ClientService(scheduler, tcp_ids, watchers), remote
         )

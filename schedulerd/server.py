@@ -166,30 +166,70 @@ def fit_listing(jobs: list[pb.Job], budget: int) -> tuple[list[pb.Job], bool]:
 
 
 MAX_WATCHERS = 512  # WatchCluster streams at once: each holds a queue of up to 10,000
+WATCHERS_PER_CALLER = 16  # streams one uid (or one reader certificate) may hold at once
+WATCHERS_RESERVED = 32  # of MAX_WATCHERS, kept for root and admins
 MAX_LIST_LIMIT = 100_000  # ListJobs' limit: how many ended jobs one listing may read
 
 
 class Watchers:
     """The WatchCluster streams: each is told of every job and node change."""
 
-    def __init__(self, scheduler: Scheduler, most: int = MAX_WATCHERS) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        most: int = MAX_WATCHERS,
+        per_caller: int = WATCHERS_PER_CALLER,
+        reserved: int = WATCHERS_RESERVED,
+    ) -> None:
         self.s = scheduler
         self.most = most
+        self.per_caller = per_caller
+        self.reserved = reserved
         self.queues: set[asyncio.Queue[pb.ClusterChange | None]] = set()
+        self.holders: dict[asyncio.Queue[pb.ClusterChange | None], str] = {}
+        self.held: dict[str, int] = {}  # streams per caller
         scheduler.state.job_listeners.append(self.job_changed)
         scheduler.state.node_listeners.append(self.node_changed)
 
-    def join(self) -> asyncio.Queue[pb.ClusterChange | None]:
-        """A new stream's queue; refused past `most` streams, so readers (anonymous ones
-        over TCP too) cannot hold the scheduler's memory without bound."""
+    def join(
+        self, caller: Caller | None = None, privileged: bool = False
+    ) -> asyncio.Queue[pb.ClusterChange | None]:
+        """A new stream's queue, so readers (anonymous ones over TCP too) cannot hold the
+        scheduler's memory without bound: at most `per_caller` streams per uid (or reader
+        certificate), and the last `reserved` of `most` kept for root and admins."""
+        who = _watcher(caller)
         if len(self.queues) >= self.most:
             raise Refused(
                 f"the scheduler serves {self.most} watch streams already; try again later",
                 "RESOURCE_EXHAUSTED",
             )
+        if not privileged:
+            if self.held.get(who, 0) >= self.per_caller:
+                raise Refused(
+                    f"{who} holds {self.per_caller} watch streams already (the most one "
+                    "caller may); close one first",
+                    "RESOURCE_EXHAUSTED",
+                )
+            if len(self.queues) >= self.most - self.reserved:
+                raise Refused(
+                    f"the scheduler serves {len(self.queues)} watch streams already (the "
+                    f"last {self.reserved} are kept for root and admins); try again later",
+                    "RESOURCE_EXHAUSTED",
+                )
         queue: asyncio.Queue[pb.ClusterChange | None] = asyncio.Queue(maxsize=10_000)
         self.queues.add(queue)
+        self.holders[queue] = who
+        self.held[who] = self.held.get(who, 0) + 1
         return queue
+
+    def leave(self, queue: asyncio.Queue[pb.ClusterChange | None]) -> None:
+        """A stream ended: its place (and its caller's) is free."""
+        self.queues.discard(queue)
+        who = self.holders.pop(queue, None)
+        if who is not None:
+            self.held[who] -= 1
+            if not self.held[who]:
+                del self.held[who]
 
     def job_changed(self, job: JobRecord) -> None:
         if self.queues:
@@ -214,6 +254,13 @@ class Watchers:
         for q in list(self.queues):
             with contextlib.suppress(asyncio.QueueFull):
                 q.put_nowait(None)
+
+
+def _watcher(caller: Caller | None) -> str:
+    """Whose a watch stream is: a uid (Unix socket, MUNGE), else a reader certificate."""
+    if caller is None:
+        return "anonymous"
+    return f"uid {caller.uid}" if caller.uid >= 0 else caller.user
 
 
 def node_pb(s: Scheduler, node: NodeRecord) -> pb.Node:
@@ -468,7 +515,8 @@ class ClientService(pb_grpc.ClientServiceServicer):
         self, request: pb.WatchClusterRequest, context: Ctx
     ) -> AsyncIterator[pb.ClusterChange]:
         try:
-            queue = self.watchers.join()
+            caller = self.ids.caller(context)
+            queue = self.watchers.join(caller, self.v.is_admin(caller))
         except Refused as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         try:
@@ -484,7 +532,7 @@ class ClientService(pb_grpc.ClientServiceServicer):
                     return
                 yield change
         finally:
-            self.watchers.queues.discard(queue)
+            self.watchers.leave(queue)
 
 
 class AgentService(pb_grpc.AgentServiceServicer):

@@ -114,16 +114,36 @@ def test_the_job_dir_and_its_records_are_roots(cluster: Cluster, workdir: Path) 
         assert st.st_mode & 0o001, f"{d} is not traversable by the job's user"
     for entry in jdir.iterdir():
         st = entry.lstat()
-        if entry.name == "script":  # the job's own: read and run by it alone
+        if entry.name in ("script", "checkpoints.jsonl"):  # the job's own, nobody else's
             assert st.st_uid == NOBODY and stat.S_IMODE(st.st_mode) & 0o077 == 0
-        elif stat.S_ISDIR(st.st_mode):  # the one place the job writes for the agent
-            assert st.st_uid == NOBODY and stat.S_IMODE(st.st_mode) == 0o700
-            assert [p.name for p in entry.iterdir()] == ["checkpoints.jsonl"]
+            assert stat.S_ISREG(st.st_mode), entry
         else:
             assert st.st_uid == 0 and stat.S_ISREG(st.st_mode), entry
             assert not st.st_mode & 0o022, entry
     cluster.gshare("cancel", str(job_id))
     cluster.wait_state(job_id, FINAL)
+
+
+FILL = """#!/bin/bash
+log_dir=$(dirname "$GSHARE_CHECKPOINT_LOG")
+for i in 1 2 3; do
+  : > "$log_dir/f$i" 2>/dev/null && echo "made $log_dir/f$i" >> {report}
+  mkdir "$log_dir/d$i" 2>/dev/null && echo "made $log_dir/d$i" >> {report}
+done
+echo '{{"time": 1, "size": 1, "step": 1}}' >> "$GSHARE_CHECKPOINT_LOG" && echo logged >> {report}
+echo tried >> {report}
+"""
+
+
+def test_a_job_can_make_nothing_in_the_agents_state_dir(cluster: Cluster, workdir: Path) -> None:
+    """A job writes its checkpoint log and nothing else there: it cannot fill the agent's
+    state dir with entries (whose removal once held up the agent's heartbeats)."""
+    report = workdir / "report"
+    path = as_nobody(workdir / "fill.sh", FILL.format(report=report))
+    job_id = cluster.submit(path, user="nobody", cwd=workdir)
+    done = cluster.wait_state(job_id, FINAL, timeout=30)
+    assert cluster.state(job_id) == "COMPLETED", done.reason
+    assert report.read_text().splitlines() == ["logged", "tried"]
 
 
 def test_a_symlink_from_the_job_never_makes_root_write_elsewhere(

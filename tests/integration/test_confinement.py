@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -62,6 +63,19 @@ for name in sorted(os.listdir(dev)):
         result[name[6:]] = errno.errorcode[exc.errno]
 import json
 print(json.dumps({{"own": os.environ["GSHARE_GPUS"], "open": result}}))
+"""
+
+LEAVE_SHM = f"""#!{SYSTEM_PYTHON}
+# 8 MiB in /dev/shm and a 4 MiB SysV segment, left behind on purpose; then exit 0
+import ctypes, json, os
+with open({{name!r}}, "wb") as f:
+    f.write(b"\\x01" * (8 << 20))
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+shmid = libc.shmget({{key}}, 4 << 20, 0o1000 | 0o600)  # IPC_CREAT
+ctypes.memset(ctypes.c_void_p(libc.shmat(shmid, None, 0)), 1, 4 << 20)
+st = os.statvfs("/dev/shm")
+print(json.dumps({{{{"shmid": shmid, "shm_size": st.f_blocks * st.f_frsize}}}}))
 """
 
 FORK_BOMB = f"""#!{SYSTEM_PYTHON}
@@ -257,11 +271,26 @@ def test_a_fork_bomb_stops_at_the_pids_limit(confined: Cluster, workdir: Path) -
 def test_an_agent_that_is_not_root_runs_jobs_unconfined_and_says_so(
     cluster_factory: Callable[..., Cluster], open_tmp: Path
 ) -> None:
-    """An agent run as nobody (over TCP, with its node's token) confines nothing and says
-    so. (Jobs it would start cannot run here: this machine's Python lives under /root,
-    which nobody cannot reach; unconfined jobs run in every other integration test, whose
-    agents have --confine off.)"""
-    cluster = cluster_factory(config='[server]\ntcp = "127.0.0.1:0"\n', agents=0)
+    """An agent run as nobody (over TCP with TLS, with its node's token) confines nothing
+    and says so. (Jobs it would start cannot run here: this machine's Python lives under
+    /root, which nobody cannot reach; unconfined jobs run in every other integration test,
+    whose agents have --confine off.)"""
+    ca = open_tmp / "ca"
+    for args in (("init",), ("scheduler", "127.0.0.1", "localhost")):
+        made = subprocess.run(
+            [str(BIN / "gshare"), "ca", *args, "--dir", str(ca)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert made.returncode == 0, made.stderr
+    ca_pem = open_tmp / "ca.pem"  # the CA dir is root's alone: the agent reads a copy
+    ca_pem.write_bytes((ca / "ca.pem").read_bytes())
+    ca_pem.chmod(0o644)
+    tls = (
+        f'[server.tls]\ncert_file = "{ca / "scheduler.pem"}"\nkey_file = "{ca / "scheduler.key"}"\n'
+    )
+    cluster = cluster_factory(config='[server]\ntcp = "127.0.0.1:0"\n' + tls, agents=0)
     state = cluster.root / "sched"
     address = (state / "tcp.address").read_text().strip()
     token = subprocess.run(
@@ -276,6 +305,9 @@ def test_an_agent_that_is_not_root_runs_jobs_unconfined_and_says_so(
     token_file.chmod(0o644)
     agent_dir = open_tmp / "plain-agent"
     agent_dir.mkdir()
+    agent_conf = open_tmp / "plain-agent.toml"
+    agent_conf.write_text(f'[agent]\nca_file = "{ca_pem}"\n')
+    agent_conf.chmod(0o644)
     subprocess.run(["chown", "nobody:nogroup", str(agent_dir)], check=True)
     log = open(open_tmp / "plain-agent.log", "wb")  # noqa: SIM115
     agent = subprocess.Popen(
@@ -295,6 +327,8 @@ def test_an_agent_that_is_not_root_runs_jobs_unconfined_and_says_so(
             "1",
             "--token-file",
             str(token_file),
+            "--config",
+            str(agent_conf),
         ],
         stdout=log,
         stderr=log,
@@ -390,3 +424,30 @@ def test_what_a_job_leaves_running_outside_its_process_group_ends_with_it(
     except psutil.Error:  # gone (or its pid reused since by something else)
         alive = False
     assert not alive
+
+
+def _segments(key: int) -> list[str]:
+    out = subprocess.run(["ipcs", "-m"], capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if line.startswith(f"0x{key:08x}")]
+
+
+def test_a_jobs_shared_memory_and_dev_shm_go_with_it(confined: Cluster, workdir: Path) -> None:
+    """What a job puts in /dev/shm or in SysV shared memory is its own (an IPC namespace, a
+    /dev/shm tmpfs of its --mem) and is gone when it ends: nothing stays pinned."""
+    key = 0x5EC1300 + os.getpid() % 0xFF
+    name = f"/dev/shm/gshare-test-{os.getpid()}"
+    script = workdir / "leave.py"
+    script.write_text(LEAVE_SHM.format(name=name, key=key))
+    script.chmod(0o755)
+    try:
+        job_id = confined.submit("--mem", "128M", str(script), user="nobody", cwd=workdir)
+        job = confined.wait_state(job_id, {"COMPLETED", "FAILED"}, timeout=60)
+        out = Path(job.output_path).read_text()
+        assert confined.state(job_id) == "COMPLETED", (job.reason, out)
+        seen = json.loads(out.strip().splitlines()[-1])
+        assert seen["shmid"] >= 0 and seen["shm_size"] == 128 << 20
+        assert not Path(name).exists()
+        assert _segments(key) == []
+    finally:
+        Path(name).unlink(missing_ok=True)
+        subprocess.run(["ipcrm", "-M", str(key)], capture_output=True)

@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -67,10 +68,14 @@ def site(open_tmp: Path) -> Iterator[Site]:
             d.stop()
 
 
-def server_config(site: Site, munge: bool = True, tls: bool = True, agents: bool = False) -> str:
+def server_config(
+    site: Site, munge: bool = True, tls: bool = True, agents: bool = False, root: bool = False
+) -> str:
     lines = ["[scheduler]", "kill_grace_s = 3", "[server]", 'tcp = "127.0.0.1:0"']
     if munge:
         lines.append(f'munge_socket = "{site.sched_munge.socket}"')
+    if root:
+        lines.append("munge_root = true")
     if agents:
         lines.append('agent_tcp = "127.0.0.1:0"')
     if tls:
@@ -188,7 +193,7 @@ def _raw_call(
 def test_replayed_forged_foreign_and_misbound_credentials_are_refused(
     site: Site, cluster_factory: Callable[..., Cluster]
 ) -> None:
-    cluster = cluster_factory(config=server_config(site), agents=1)
+    cluster = cluster_factory(config=server_config(site, root=True), agents=1)  # root's creds
     target, ca = tcp_address(cluster), site.ca / "ca.pem"
     nodes = "/gshare.v1.ClientService/ListNodes"
     cancel = "/gshare.v1.ClientService/CancelJob"
@@ -229,11 +234,57 @@ def test_replayed_forged_foreign_and_misbound_credentials_are_refused(
     assert "need a MUNGE credential" in refused(nodes, request, None)
     # and a long one is refused without reaching munged (gRPC stops one over 16 KiB)
     assert "too long" in refused(nodes, request, "M" * 8_000)
+    # both before the body is even parsed: bytes that are no message get the same answer
+    garbage = b"\xff" * 1_000_000
+    assert "need a MUNGE credential" in refused(nodes, garbage, None)
+    assert "too long" in refused(nodes, garbage, "M" * 8_000)
+    with grpc.secure_channel(target, grpc.ssl_channel_credentials(ca.read_bytes())) as channel:
+        watch = channel.unary_stream(
+            "/gshare.v1.ClientService/WatchCluster",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            next(watch(garbage, timeout=10))
+    assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED, info.value
+    assert "need a MUNGE credential" in str(info.value.details())
     log = (cluster.root / "schedulerd.log").read_text(errors="replace")
     assert "made for another request" in log and "Replayed credential" in log
     # the scheduler still serves after all of that
     with cluster.client() as c:
         assert [n.name for n in c.nodes()] == ["node0"]
+
+
+def test_root_over_munge_is_refused_unless_munge_root(
+    site: Site, cluster_factory: Callable[..., Cluster]
+) -> None:
+    """Root on a host with the key is not root here by default: it would run root jobs
+    on every node. `[server] munge_root = true` takes it."""
+    nodes = "/gshare.v1.ClientService/ListNodes"
+    request = pb.ListNodesRequest().SerializeToString()
+    login = Munge(str(site.user_munge.socket))  # this test runs as root
+    cluster = cluster_factory(config=server_config(site), agents=1)
+    target, ca = tcp_address(cluster), site.ca / "ca.pem"
+    credential = login.encode(request_payload(nodes, request))
+    with pytest.raises(grpc.RpcError) as info:
+        _raw_call(target, ca, nodes, request, ((HEADER, credential),))
+    assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert "root is not taken over MUNGE here ([server] munge_root = false)" in str(
+        info.value.details()
+    )
+    res = remote([str(BIN / "gsub"), "--wrap", "id"], client_toml(site, cluster), user="root")
+    assert res.returncode != 0 and "munge_root" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    # a user's credential still works there
+    nobody = remote([str(BIN / "gshare"), "nodes"], client_toml(site, cluster))
+    assert nobody.returncode == 0, nobody.stderr
+
+    trusting = cluster_factory(config=server_config(site, root=True), agents=1)
+    credential = login.encode(request_payload(nodes, request))
+    reply = pb.ListNodesResponse.FromString(
+        _raw_call(tcp_address(trusting), ca, nodes, request, ((HEADER, credential),))
+    )
+    assert [n.name for n in reply.nodes] == ["node0"]
 
 
 def test_an_expired_credential_is_refused(
@@ -284,6 +335,20 @@ def test_without_munge_tcp_is_read_only_and_reading_needs_a_certificate(
     assert res.returncode == 0 and "node0" in res.stdout, res.stderr
     sub = remote([str(BIN / "gsub"), "--wrap", "true"], reader, cwd=workdir)
     assert sub.returncode == 1 and "submitting needs a known user" in sub.stderr, sub.stderr
+    # a certificate of the same CA that is not a reader's (a node's) reads nothing
+    assert site.gshare_ca("node", "gpu-r").returncode == 0
+    for f in ("node-gpu-r.pem", "node-gpu-r.key"):
+        (site.ca / f).chmod(0o644)
+    as_node = client_toml(
+        site,
+        cluster,
+        "as-node.toml",
+        cert_file=str(site.ca / "node-gpu-r.pem"),
+        key_file=str(site.ca / "node-gpu-r.key"),
+    )
+    res = remote([str(BIN / "gshare"), "nodes"], as_node)
+    assert res.returncode == 1 and "only with OU=gshare-reader" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
     # no certificate: the TLS handshake itself is refused
     bare = remote([str(BIN / "gshare"), "nodes"], client_toml(site, cluster, "bare.toml"))
     assert bare.returncode == 1 and "cannot reach the scheduler" in bare.stderr
@@ -331,7 +396,7 @@ def _agent(
             str(conf),
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=open(site.root / f"agent-{name}.err", "wb"),
     )
 
 
@@ -360,13 +425,22 @@ def test_an_agent_proves_its_node_with_its_certificate_and_no_other_node(
         with cluster.client() as c:
             names = {n.name for n in c.nodes()}
         assert names == {"node0", "gpu-a"}
+        # each refused agent tells its operator so. (It retries: gRPC's asyncio client can
+        # report a stream the scheduler refused before reading it as INTERNAL, when its
+        # own first write loses the race; the next attempt says why.)
+        for name in ("borrowed", "reader"):
+            err = site.root / f"agent-{name}.err"
+            wait_until(
+                f"agent {name} to say it was refused",
+                lambda e=err: (  # type: ignore[misc]
+                    b"refused this agent" in e.read_bytes()
+                ),
+            )
     finally:
         for proc in agents.values():
             proc.terminate()
             proc.wait(10)
-    for name in ("borrowed", "reader"):
-        assert b"refused this agent" in agents[name].stderr.read()  # type: ignore[union-attr]
-    assert b"refused this agent" not in agents["no-cert"].stderr.read()  # type: ignore[union-attr]
+    assert b"refused this agent" not in (site.root / "agent-no-cert.err").read_bytes()
 
 
 def test_client_settings_with_bad_values_stop_with_one_line(open_tmp: Path) -> None:
@@ -398,13 +472,13 @@ async def test_gshare_top_from_another_host_watches_and_cancels(
     workdir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The TUI's client reads [client] like gsub: here root's own credential (an admin),
-    from the login host's munged, over TCP+TLS."""
+    """The TUI's client reads [client] like gsub: here root's own credential (an admin,
+    with [server] munge_root = true), from the login host's munged, over TCP+TLS."""
     from tests.integration.test_top import settle
     from tui.app import GshareTop
     from tui.jobs import JobsView
 
-    cluster = cluster_factory(config=server_config(site), agents=1)
+    cluster = cluster_factory(config=server_config(site, root=True), agents=1)
     config = client_toml(site, cluster)
     res = remote([str(BIN / "gsub"), "--json", "--wrap", "sleep 300"], config, cwd=workdir)
     assert res.returncode == 0, res.stderr
@@ -426,57 +500,66 @@ async def test_gshare_top_from_another_host_watches_and_cancels(
     assert cluster.state(job_id) == "CANCELLED"
 
 
+def logged(log: Path, node: str) -> bool:
+    return f"refused an agent claiming node '{node}'" in log.read_text(errors="replace")
+
+
 def test_an_agent_with_its_token_speaks_tls_on_the_client_port(
     site: Site, cluster_factory: Callable[..., Cluster]
 ) -> None:
-    """The per-node token still works on [server] tcp, now inside TLS ([agent] ca_file)."""
+    """The per-node token works on [server] tcp inside TLS ([agent] ca_file), and proves
+    one node's name: the holder of node A's token cannot register as node B."""
     cluster = cluster_factory(config=server_config(site), agents=1)
-    token = subprocess.run(
-        [
-            PY,
-            "-m",
-            "schedulerd.main",
-            "--state-dir",
-            str(cluster.root / "sched"),
-            "--node-token",
-            "gpu-t",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert token.returncode == 0, token.stderr
-    (site.root / "gpu-t.token").write_text(token.stdout)
-    conf = site.root / "agent-token.toml"
-    conf.write_text(
-        f'[agent]\nca_file = "{site.ca / "ca.pem"}"\ntoken_file = "{site.root / "gpu-t.token"}"\n'
-    )
-    agent = subprocess.Popen(
-        [
-            PY,
-            "-m",
-            "nodeagent.main",
-            "--address",
-            tcp_address(cluster),
-            "--node",
-            "gpu-t",
-            "--state-dir",
-            str(site.root / "agent-gpu-t"),
-            "--fake-gpus",
-            "1",
-            "--config",
-            str(conf),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+
+    def token_of(node: str) -> Path:
+        res = subprocess.run(
+            [
+                PY,
+                "-m",
+                "schedulerd.main",
+                "--state-dir",
+                str(cluster.root / "sched"),
+                *("--node-token", node),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.returncode == 0, res.stderr
+        path = site.root / f"{node}.token"
+        path.write_text(res.stdout)
+        return path
+
+    bad = site.root / "bad.token"
+    bad.write_text("not-the-token\n")
+
+    def agent(name: str, token_file: Path) -> subprocess.Popen[bytes]:
+        conf = site.root / f"agent-{name}.toml"
+        conf.write_text(f'[agent]\nca_file = "{site.ca / "ca.pem"}"\ntoken_file = "{token_file}"\n')
+        return subprocess.Popen(
+            [
+                *(PY, "-m", "nodeagent.main", "--address", tcp_address(cluster)),
+                *("--node", name, "--state-dir", str(site.root / f"agent-{name}")),
+                *("--fake-gpus", "1", "--config", str(conf)),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    good = agent("gpu-t", token_of("gpu-t"))
+    intruder = agent("intruder", bad)
+    impostor = agent("impostor", token_of("gpu-t"))  # gpu-t's token, another name
     try:
         cluster.wait_nodes_up(2)
+        log = cluster.root / "schedulerd.log"
+        for name in ("intruder", "impostor"):  # refused before reading its stream
+            wait_until(f"{name} refused", partial(logged, log, name))
         with cluster.client() as c:
             assert {n.name for n in c.nodes()} == {"node0", "gpu-t"}
     finally:
-        agent.terminate()
-        agent.wait(10)
+        for proc in (good, intruder, impostor):
+            proc.terminate()
+            proc.wait(10)
 
 
 def test_bad_tls_files_stop_the_scheduler_with_the_key_named(site: Site) -> None:

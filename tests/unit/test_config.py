@@ -42,6 +42,7 @@ def test_defaults_and_queues(tmp_path: Path) -> None:
         ("[queues.a]\ndefault_mem = -1\n", "default_mem: bad memory size '-1'"),
         ("[queues.a]\ndefault_mem = 1.5\n", "default_mem must be a size"),
         ("[queues.a]\ndefault_mem = '99999999999T'\n", "default_mem: 99999999999T is more"),
+        ("[server]\nmunge_root = 'yes'\n", "[server]: munge_root must be a bool"),
         ("[agent]\nconfine = 'maybe'\n", "[agent]: confine must be auto or off"),
         ("[agent]\npids_max = -1\n", "[agent]: pids_max must be between 0 and"),
         ("[agent]\npids_max = nan\n", "pids_max must be a int"),

@@ -287,14 +287,47 @@ async def test_watch_streams_are_bounded() -> None:
 
     core = await Core.make(config_for({"g": ["ann"]}))
     try:
-        watchers = Watchers(core.s, most=2)
+        watchers = Watchers(core.s, most=2, reserved=0)
         first = watchers.join()
         watchers.join()
         with pytest.raises(Refused) as refused:
             watchers.join()
         assert refused.value.code == "RESOURCE_EXHAUSTED"
-        watchers.queues.discard(first)  # one ends: another may come
+        watchers.leave(first)  # one ends: another may come
         watchers.join()
+    finally:
+        await core.close()
+
+
+async def test_one_caller_cannot_take_every_watch_stream() -> None:
+    """Each uid (or reader certificate) holds at most `per_caller` streams, and the last
+    `reserved` are root's and admins' alone."""
+    from schedulerd.errors import Refused
+    from schedulerd.peercred import Caller
+    from schedulerd.server import Watchers
+
+    core = await Core.make(config_for({"g": ["ann"]}))
+    nobody, ann = Caller("nobody", 65534, 65534), Caller("ann", 1000, 1000)
+    reader = Caller("cert:grafana", -1, -1, via="tls")
+    try:
+        watchers = Watchers(core.s, most=6, per_caller=2, reserved=2)
+        mine = [watchers.join(nobody), watchers.join(nobody)]
+        with pytest.raises(Refused, match="uid 65534 holds 2 watch streams already"):
+            watchers.join(nobody)
+        watchers.join(reader)
+        watchers.join(ann)  # others are not held up by nobody's streams...
+        with pytest.raises(Refused, match="kept for root and admins") as refused:
+            watchers.join(reader)  # ...until only the reserve is left
+        assert refused.value.code == "RESOURCE_EXHAUSTED"
+        root = Caller("root", 0, 0)
+        watchers.join(root, privileged=True)
+        watchers.join(root, privileged=True)
+        with pytest.raises(Refused, match="serves 6 watch streams"):
+            watchers.join(root, privileged=True)
+        watchers.leave(mine[0])
+        watchers.leave(mine[0])  # twice: counted once
+        assert watchers.held["uid 65534"] == 1 and len(watchers.queues) == 5
+        watchers.join(root, privileged=True)  # the place is free again
     finally:
         await core.close()
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -129,3 +131,58 @@ def test_a_lease_record_only_moves_forward(tmp_path: Path) -> None:
     assert lease.read(record)[0] == 103.5 and stat.S_IMODE(record.stat().st_mode) == 0o600
     record.write_text(json.dumps({"boot_id": "another boot", "deadline": 1e12}))
     assert lease.read(record)[0] == 0
+
+
+def test_forget_deletes_a_jobs_directory_off_the_callers_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job's directory may hold anything the job made: forget() only renames it, and the
+    deleting (and the cgroup's removal) happen on the cleaner's thread, never the loop's."""
+    launcher, proc, _, _ = launcher_with_job(tmp_path)
+    for i in range(100):
+        (proc.dir / OWNER_DIR / f"f{i}").touch()
+    threads: list[str] = []
+    real_rmtree = shutil.rmtree
+
+    def rmtree(path: Path, ignore_errors: bool = False) -> None:
+        threads.append(threading.current_thread().name)
+        real_rmtree(path, ignore_errors)
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    removed: list[str] = []
+
+    def remove(job_id: int) -> bool:
+        removed.append(threading.current_thread().name)
+        return True
+
+    monkeypatch.setattr(launcher.confinement, "remove", remove)
+    launcher.forget(1)
+    assert not proc.dir.exists()  # out of the way at once
+    launcher.drain_cleanup()
+    assert list(launcher.trash_dir.iterdir()) == []
+    me = threading.current_thread().name
+    assert threads and me not in threads
+    assert removed and me not in removed
+
+
+def test_a_relaunch_takes_the_cgroup_back_from_the_cleaner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job launched here again before the cleaner got to it: the cleaner leaves its
+    (new) cgroup alone."""
+    launcher, _, _, _ = launcher_with_job(tmp_path)
+    removed: list[int] = []
+
+    def remove(job_id: int) -> bool:
+        removed.append(job_id)
+        return True
+
+    monkeypatch.setattr(launcher.confinement, "remove", remove)
+    blocker = threading.Event()
+    launcher._cleaner.submit(blocker.wait, 30)
+    launcher.forget(1)
+    with launcher._cleaning_lock:
+        launcher._cleaning.discard(1)  # what launch() does for a job it runs again
+    blocker.set()
+    launcher.drain_cleanup()
+    assert removed == []
