@@ -145,7 +145,7 @@ def _promoted(ranked: list[PendingJob], jobs: list[PendingJob]) -> list[PendingJ
     class: never ahead of a job of a higher class."""
     out = list(ranked)
     for job in reversed(jobs):
-        at = out.index(job)
+        at = next(i for i, j in enumerate(out) if j is job)  # `is`: no field compares
         head = at
         while head > 0 and out[head - 1].priority <= job.priority:
             head -= 1
