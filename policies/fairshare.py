@@ -3,7 +3,9 @@
 Jobs rank by priority class (--priority) first, then as a progressive filling of the
 GPUs would start them, team first, then user, with the Fair Tree factor (fairtree.py)
 between those who hold the same, and a team's key halving for every `aging_s` a job
-waits (fairorder.py).
+waits (fairorder.py). Two jobs go to the head of their class whatever their team holds:
+one whose time limit outlasts all the known work (ends_last_first) and the oldest job
+across nodes that cannot start now (oldest_wide_first).
 A blocked job may preempt a running one when it
 has a higher priority class, or when its team is under its fair share of the GPUs, the
 victim's team is over, and the claimant's team is still within its share once the job
