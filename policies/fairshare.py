@@ -3,7 +3,9 @@
 Jobs rank by priority class (--priority) first, then as a progressive filling of the
 GPUs would start them, team first, then user, with the Fair Tree factor (fairtree.py)
 between those who hold the same, and a team's key halving for every `aging_s` a job
-waits (fairorder.py).
+waits (fairorder.py). Two jobs go to the head of their class whatever their team holds:
+one whose time limit outlasts all the known work (ends_last_first) and the oldest job
+across nodes that cannot start now (oldest_wide_first).
 A blocked job may preempt a running one when it
 has a higher priority class, or when its team is under its fair share of the GPUs, the
 victim's team is over, and the claimant's team is still within its share once the job
@@ -22,6 +24,7 @@ from policies.accounts import AccountTree
 from policies.engine import Knobs, decide, ordinal
 from policies.fairorder import fair_order
 from policies.fairtree import FairTree, fair_tree
+from policies.placement import FreeMap
 from policies.preemption import ClaimRule
 from policies.priority import (
     ParameterError,
@@ -30,6 +33,10 @@ from policies.priority import (
     priority_class_claim,
 )
 from policies.snapshot import ClusterSnapshot, PendingJob, Plan, RunningJob
+
+MAX_WIDE_LOOKED_AT = 16  # the oldest waiting jobs across nodes looked at each cycle
+INF = float("inf")
+MAX_PROMOTED = 16  # the longest jobs moved forward each cycle (few are ever that long)
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,7 @@ class FairShare:
         ranked = fair_order(
             snapshot.pending, snapshot.running, tree, ft, snapshot.now, self.aging_s
         )
+        ranked = ends_last_first(oldest_wide_first(ranked, snapshot), snapshot)
         context = _team_context(ranked, tree, ft) if self.explain else None
         claim: ClaimRule = (
             _Claims(snapshot, tree.team_of, ft, self.fairshare_margin)
@@ -78,6 +86,73 @@ class FairShare:
             victim_order=self.victim_order,
         )
         return decide(snapshot, ranked, knobs, claim, context)
+
+
+def oldest_wide_first(ranked: list[PendingJob], snapshot: ClusterSnapshot) -> list[PendingJob]:
+    """The oldest waiting job across nodes that cannot start now goes first in line, so
+    that it holds the reservation (engine.py) until it starts.
+
+    Whole nodes drain for such a job's reservation. In fair order the first blocked job
+    changes as usage moves: a job ranked ahead of it takes the drained nodes, and the
+    reservation moves on to drain others. Held by the oldest, it stays where it is."""
+    if not snapshot.multi_node:
+        return ranked
+    up = [n.gpu_count for n in snapshot.nodes if n.schedulable]
+    widest, total = max(up, default=0), sum(up)
+    wide = sorted(  # those that could ever start here
+        (j for j in ranked if (j.nodes > 1 or j.gpus > widest) and j.gpus <= total),
+        key=lambda j: (j.submit_time, j.job_id),
+    )
+    if not wide:
+        return ranked
+    free = FreeMap(snapshot.nodes)
+    for job in wide[:MAX_WIDE_LOOKED_AT]:
+        if free.find(job) is None:
+            return _promoted(ranked, [job])
+    return ranked
+
+
+def ends_last_first(ranked: list[PendingJob], snapshot: ClusterSnapshot) -> list[PendingJob]:
+    """Jobs whose time limit alone is longer than the horizon (all the known work, running
+    and waiting, spread over every GPU) go first in line, the longest first.
+
+    Such a job ends after everything else whenever it starts: each hour it waits behind
+    jobs of teams with less usage is an hour added to when the cluster's work is done,
+    with the cluster mostly idle around it at the end. Few jobs are ever that long."""
+    if not ranked:
+        return ranked
+    horizon = horizon_s(snapshot)
+    longest = sorted(
+        (j for j in ranked if j.time_limit_s > horizon), key=lambda j: (-j.time_limit_s, j.job_id)
+    )
+    return _promoted(ranked, longest[:MAX_PROMOTED]) if longest else ranked
+
+
+def horizon_s(snapshot: ClusterSnapshot) -> float:
+    """How long the known work (running jobs' time left, waiting jobs' time limits) would
+    take spread over every schedulable GPU; jobs with no time limit count for nothing."""
+    now = snapshot.now
+    gpus = sum(n.gpu_count for n in snapshot.nodes if n.schedulable)
+    if not gpus:
+        return INF
+    work = sum(
+        r.gpus * max(0.0, r.expected_end() - now) for r in snapshot.running if r.time_limit_s
+    )
+    work += sum(j.gpus * j.time_limit_s for j in snapshot.pending)
+    return work / gpus
+
+
+def _promoted(ranked: list[PendingJob], jobs: list[PendingJob]) -> list[PendingJob]:
+    """`jobs` (the first first) moved forward in `ranked` to the head of their priority
+    class: never ahead of a job of a higher class."""
+    out = list(ranked)
+    for job in reversed(jobs):
+        at = next(i for i, j in enumerate(out) if j is job)  # `is`: no field compares
+        head = at
+        while head > 0 and out[head - 1].priority <= job.priority:
+            head -= 1
+        out.insert(head, out.pop(at))
+    return out
 
 
 def _team_context(

@@ -115,6 +115,11 @@ class job:
         self._job = replace(self._job, time_limit_s=seconds)
         return self
 
+    def across(self, nodes: int, each: int) -> job:
+        """Asks for `nodes` parts of `each` GPUs (a gang across nodes)."""
+        self._job = replace(self._job, gpus=nodes * each, nodes=nodes, gpus_per_node=each)
+        return self
+
     def gpu_types(self, *names: str) -> job:
         self._job = replace(self._job, gpu_types=frozenset(normalise_type(n) for n in names))
         return self

@@ -418,3 +418,73 @@ def test_the_fairshare_order(
 def test_a_bad_aging_is_refused(bad: float) -> None:
     with pytest.raises(PolicyError, match="aging_s must be a positive number of seconds"):
         make_policy("fairshare", {"aging_s": bad})
+
+
+# ------------------------------------------------- fairshare: wide and long jobs
+
+
+def test_fairshare_keeps_the_reservation_with_the_oldest_job_across_nodes() -> None:
+    # Fair order alone puts carol's job first: it would take the GPU freed on a node that
+    # is draining for the gang, and the gang's reservation would move on each cycle.
+    tree = teams(vision=(50, {"alice": 1, "bob": 1}), nlp=(50, {"carol": 1}))
+    snap = snapshot(
+        [node("a").gpus(2), node("b").gpus(2)],
+        [
+            job(1).across(2, 2).user("alice").submitted(0).limit(3600),
+            job(2).across(2, 2).user("bob").submitted(10).limit(3600),
+            job(3).gpus(1).user("carol").submitted(20),  # no time limit
+        ],
+        run=[
+            running(100, "a", 0).user("carol").limit(3600),
+            running(101, "b", 0).user("carol").limit(3600),
+        ],
+        accounts=tree,
+        usage={"alice": 1000.0, "bob": 10.0, "carol": 1.0},
+    )
+    plan = make_policy("fairshare").decide(snap)
+    assert plan.order[0] == 1  # the oldest gang that cannot start holds the reservation
+    assert started(plan) == []
+    assert "would delay job 1" in plan.reasons[3]
+    # once nothing across nodes waits, fair order alone again
+    alone = snapshot(
+        [node("a").gpus(2), node("b").gpus(2)],
+        [job(3).gpus(1).user("carol").submitted(20), job(4).gpus(1).user("alice")],
+        run=[running(100, "a", 0).user("carol"), running(101, "b", 0, 1).user("alice")],
+        accounts=tree,
+        usage={"alice": 1000.0, "carol": 1.0},
+    )
+    assert started(make_policy("fairshare").decide(alone)) == [3]
+
+
+def test_fairshare_never_promotes_a_gang_larger_than_the_cluster() -> None:
+    snap = snapshot(
+        [node("a").gpus(2), node("b").gpus(2)],
+        [job(1).across(3, 2).submitted(0), job(2).gpus(1).user("carol").submitted(5)],
+        usage={"alice": 1000.0, "carol": 1.0},
+    )
+    plan = make_policy("fairshare").decide(snap)
+    assert started(plan) == [2]
+    assert plan.reasons[1].startswith("needs 6 GPUs, the cluster has 4 up")
+
+
+def test_fairshare_starts_first_a_job_that_would_end_after_all_other_work() -> None:
+    # one free GPU; alice's 100 h job ends last whenever it starts: each hour it waits is
+    # an hour more before the cluster's work is done
+    tree = teams(vision=(50, {"alice": 1}), nlp=(50, {"carol": 1}))
+
+    def cluster(long_limit: float, carol_class: int = 0) -> Plan:
+        snap = snapshot(
+            [node("a").gpus(2)],
+            [
+                job(1).user("alice").submitted(0).limit(long_limit),
+                job(2).user("carol").submitted(5).limit(3600).priority(carol_class),
+            ],
+            run=[running(100, "a", 0).user("alice").limit(3600)],
+            accounts=tree,
+            usage={"alice": 1000.0, "carol": 10.0},
+        )
+        return make_policy("fairshare").decide(snap)
+
+    assert started(cluster(100 * 3600)) == [1]
+    assert started(cluster(3600)) == [2]  # not longer than the rest: fair order
+    assert started(cluster(100 * 3600, carol_class=1)) == [2]  # a higher class stays ahead

@@ -18,6 +18,7 @@ from policies import (
     RunningJob,
     make_policy,
 )
+from policies.fairshare import horizon_s
 
 POLICIES = ["fifo", "priority", "fairshare"]
 USERS = ["u0", "u1", "u2", "u3"]
@@ -198,6 +199,15 @@ def test_the_fairshare_order_keeps_classes_and_each_users_submit_order(
     ranked = [pending[i] for i in plan.order]
     classes = [-j.priority for j in ranked]
     assert classes == sorted(classes)  # a higher priority class is never behind a lower
+    # jobs that would end after all the known work, and the oldest job wider than a node
+    # that cannot start, are moved to the head of their class (fairshare.ends_last_first,
+    # oldest_wide_first); the others keep each user's submit order
+    horizon = horizon_s(snap)
+    widest = max((n.gpu_count for n in snap.nodes if n.schedulable), default=0)
     for user in USERS:
-        mine = [(-j.priority, j.submit_time, j.job_id) for j in ranked if j.user == user]
+        mine = [
+            (-j.priority, j.submit_time, j.job_id)
+            for j in ranked
+            if j.user == user and j.time_limit_s <= horizon and j.gpus <= widest
+        ]
         assert mine == sorted(mine)  # a user's own jobs in class, then submit order
