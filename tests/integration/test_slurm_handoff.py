@@ -290,8 +290,14 @@ def test_a_multi_node_job_goes_to_slurm_with_its_node_count(
 
     [why] = wait_until("Slurm's answer", refused, timeout=60)
     assert "Requested node configuration is not available" in why, why
-    job = cluster.job(job_id)
+    # the refusal is its reason until the next cycle words why it waits here
+    job = wait_until(
+        "the job to say why it waits here",
+        lambda: (
+            (j := cluster.job(job_id)) and "needs 1 free GPUs on each of 2 nodes" in j.reason and j
+        ),
+        timeout=60,
+    )
     assert job.state == pb.PENDING and job.slurm_job_id == 0
-    assert "needs 1 free GPUs on each of 2 nodes" in job.reason, job.reason
     assert cluster.gshare("cancel", str(job_id)).code == 0
     cluster.wait_state(job_id, "CANCELLED", timeout=60)
