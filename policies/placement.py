@@ -130,12 +130,12 @@ class FreeMap:
                         gpus = choose_gpus(self.free[name], self.peers[name], job.gpus)
                         return Placement(((name, gpus),))
             return None
-        idle = sorted(
-            (n for n in self.idle_nodes() if n not in exclude),
-            key=lambda n: (-self.nodes[n].gpu_count, n),
-        )
+        return self._whole_nodes(job, (n for n in self.idle_nodes() if n not in exclude))
+
+    def _whole_nodes(self, job: PendingJob, idle: Iterable[str]) -> Placement | None:
+        """A job wider than a node on whole idle nodes: the largest first, ties by name."""
         chosen, total = [], 0
-        for name in idle:
+        for name in sorted(idle, key=lambda n: (-self.nodes[n].gpu_count, n)):
             if total >= job.gpus:
                 break
             chosen.append(name)
@@ -156,23 +156,14 @@ class FreeMap:
                         gpus = choose_gpus(usable, self.peers[name], job.gpus)
                         return Placement(((name, gpus),))
             return None
-        idle = sorted(
+        return self._whole_nodes(
+            job,
             (
                 n
                 for n in self.idle_nodes()
                 if n not in exclude and self.all_of_types(n, job.gpu_types)
             ),
-            key=lambda n: (-self.nodes[n].gpu_count, n),
         )
-        chosen, total = [], 0
-        for name in idle:
-            if total >= job.gpus:
-                break
-            chosen.append(name)
-            total += self.nodes[name].gpu_count
-        if total < job.gpus:
-            return None
-        return Placement(tuple((n, tuple(sorted(self.free[n]))) for n in sorted(chosen)))
 
     def _find_parts(self, job: PendingJob, exclude: frozenset[str]) -> Placement | None:
         """`nodes` parts of `gpus_per_node` GPUs, each on its own node: the nodes left with
