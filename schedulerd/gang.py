@@ -322,7 +322,9 @@ def _final(job: JobRecord, parts: list[JobPart], actor: str, now: float) -> list
             if job.end_request
             else f"part {first.rank} on {first.node} " + (part_failure(first))
         )
-        return _requeue(job, actor, why, parts, exits)
+        # a part that cannot be launched: requeued, but not for ever (--max-restarts)
+        unlaunched = any(p.error for p in failed)
+        return _requeue(job, actor, why, parts, exits, unlaunched=unlaunched)
     if job.end_request:
         to = JobState(job.end_request)
         return [Change(job.job_id, to, "end", actor, job.reason, (*exits, ("reason", job.reason)))]
@@ -355,10 +357,17 @@ def _requeue(
     parts: list[JobPart],
     exits: tuple[tuple[str, Any], ...],
     yielding: bool = False,
+    unlaunched: bool = False,
 ) -> list[Change]:
-    """Back to the queue once every part is gone (through LOST from RUNNING)."""
-    if yielding and job.max_restarts >= 0 and job.restarts + 1 > job.max_restarts:
-        final = f"{why}; preempted {job.preemptions} times, over --max-restarts {job.max_restarts}"
+    """Back to the queue once every part is gone (through LOST from RUNNING). A yield, or
+    a part that could not be launched, counts against --max-restarts."""
+    if (yielding or unlaunched) and job.max_restarts >= 0 and job.restarts + 1 > job.max_restarts:
+        if yielding:
+            final = (
+                f"{why}; preempted {job.preemptions} times, over --max-restarts {job.max_restarts}"
+            )
+        else:
+            final = f"{why}; tried {job.restarts + 1} times, over --max-restarts {job.max_restarts}"
         return [
             Change(job.job_id, JobState.FAILED, "end", actor, final, (*exits, ("reason", final)))
         ]

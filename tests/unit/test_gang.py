@@ -131,6 +131,24 @@ def test_a_part_that_cannot_launch_requeues_the_gang() -> None:
     assert [c.to_state for c in changes] == [JobState.PENDING]  # from STARTING: no LOST
 
 
+def test_a_gang_that_never_launches_fails_after_max_restarts() -> None:
+    """Requeued for a part that could not be launched, but not for ever: once it has been
+    tried --max-restarts times it fails, with the part's reason."""
+    parts = [JobPart("n0", 0, (0,)), JobPart("n1", 1, (0,))]
+    starting = gang(JobState.STARTING, parts=parts, max_restarts=2, restarts=2)
+    stopping = apply(starting, gang_report(starting, "n0", ended(127, error="no such dir"), 5.0))
+    [end] = gang_report(stopping, "n1", ended(0, 9), 6.0).changes
+    assert end.to_state is JobState.FAILED
+    assert end.reason == (
+        "part 0 on n0 could not be launched: no such dir; tried 3 times, over --max-restarts 2"
+    )
+    # below the limit it is requeued, counting the try
+    again = gang(JobState.STARTING, parts=parts, max_restarts=2, restarts=1)
+    stopping = apply(again, gang_report(again, "n0", ended(127, error="no such dir"), 5.0))
+    [requeue] = gang_report(stopping, "n1", ended(0, 9), 6.0).changes
+    assert requeue.to_state is JobState.PENDING and dict(requeue.fields)["restarts"] == 2
+
+
 def test_a_cancel_ends_cancelled_when_the_last_part_is_gone() -> None:
     cancelling = gang(end_request="CANCELLED", reason="cancelled by alice")
     half = apply(cancelling, gang_report(cancelling, "n1", ended(143), 5.0))
