@@ -338,20 +338,8 @@ def take_snapshot(
                     running_cache[job.job_id] = (job, seen[1], view)
                 running.append(view)
                 continue
-            view = RunningJob(
-                job.job_id,
-                job.user,
-                job.queue,
-                ((job.node, tuple(i for i in job.gpu_indexes if i not in sick)),),
-                job.start_time,
-                job.priority,
-                job.time_limit_s,
-                checkpoint,
-                preemptible=not job.no_preempt,
-                yielding_to=job.preempted_for if job.state is JobState.PREEMPTING else 0,
-                cpus=job.cpus,
-                mem_mb=job.mem_mb,
-            )
+            held_here = tuple(i for i in job.gpu_indexes if i not in sick)
+            view = _running_view(job, ((job.node, held_here),), checkpoint)
             running_cache[job.job_id] = (job, tuple(sick), view)
             running.append(view)
         elif state is pending_state:
@@ -430,11 +418,18 @@ def _gang_view(
     for p in job.parts:
         sick = nodes[p.node].gpu_health if p.node in nodes else {}
         parts.append((p.node, tuple(i for i in p.gpus if i not in sick)))
+    return _running_view(job, tuple(parts), checkpoint)
+
+
+def _running_view(
+    job: JobRecord, parts: tuple[tuple[str, tuple[int, ...]], ...], checkpoint: float | None
+) -> RunningJob:
+    """A running job as the policies see it, holding `parts` (drained GPUs left out)."""
     return RunningJob(
         job.job_id,
         job.user,
         job.queue,
-        tuple(parts),
+        parts,
         job.start_time,
         job.priority,
         job.time_limit_s,
