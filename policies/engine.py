@@ -11,13 +11,22 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+import heapq
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
 from policies.handoff import choose_handoffs
+from policies.memo import RunningIndex
 from policies.placement import FreeMap, Placement
-from policies.preemption import VICTIM_ORDERS, ClaimRule, choose_victims
+from policies.preemption import (
+    VICTIM_ORDERS,
+    VICTIM_RANKS,
+    ClaimRule,
+    VictimPool,
+    choose_victims,
+    victim_pool,
+)
 from policies.quota import QuotaBook, quota_claim
 from policies.snapshot import (
     ClusterSnapshot,
@@ -86,9 +95,19 @@ def why_not_placed(job: PendingJob, free: FreeMap) -> str:
 
 
 def _reserve(
-    job: PendingJob, free: FreeMap, running: Sequence[RunningJob], now: float
+    job: PendingJob,
+    free: FreeMap,
+    running: Sequence[RunningJob],
+    now: float,
+    index: RunningIndex | None = None,
 ) -> Reservation:
+    """`index`: the snapshot's running jobs indexed (policies/memo.py); `running` is then
+    only the jobs started in this cycle."""
+    if index is not None and job.nodes == 1 and not job.gpu_types and job.gpus <= free.widest:
+        return _reserve_sweep(job, free, index, running, now)
     ends: dict[str, list[tuple[float, int]]] = {}
+    if index is not None:
+        ends = {name: list(parts) for name, parts in index.on_node.items()}
     for r in running:
         for where, held in r.parts:
             ends.setdefault(where, []).append((r.expected_end(), len(held)))
@@ -124,6 +143,66 @@ def _reserve(
         total += free.nodes[name].gpu_count
         at = max(at, t)
     return Reservation(job, at if total >= job.gpus else INF, frozenset(chosen), {})
+
+
+def _reserve_sweep(
+    job: PendingJob, free: FreeMap, index: RunningIndex, fresh: Sequence[RunningJob], now: float
+) -> Reservation:
+    """The reservation _reserve makes for a job on one node, without looking at every
+    node: the running jobs' parts are taken in order of their expected end until a node
+    has the GPUs the job needs (then those ending at that same time, for ties by name)."""
+    need = job.gpus
+    nodes, free_gpus = free.nodes, free.free
+    best_at, best_name, best_have = INF, "", 0
+    for k in range(need, free.widest + 1):  # nodes with the GPUs free now
+        for name in free.buckets[k]:
+            if not best_name or name < best_name:
+                best_at, best_name, best_have = now, name, k
+    have: dict[str, int] = {}  # GPUs a node has so far in the sweep; -1: out of it
+    added = sorted(
+        (r.expected_end(), len(held), where, r.job_id) for r in fresh for where, held in r.parts
+    )
+    for end, count, where, _ in heapq.merge(index.by_end, added):
+        if end > best_at or end == INF:
+            break
+        n = have.get(where)
+        if n is None:
+            node = nodes.get(where)
+            if node is None or len(node.gpus) < need or len(free_gpus[where]) >= need:
+                have[where] = -1  # cannot hold the job, or already counted as free now
+                continue
+            n = len(free_gpus[where])
+        elif n < 0:
+            continue
+        n += count
+        if n < need:
+            have[where] = n
+            continue
+        have[where] = -1
+        if end < best_at or where < best_name:
+            best_at, best_name, best_have = end, where, n
+    if not best_name:  # no node has the GPUs at a known time: the first by name that could
+        names = [name for name, node in nodes.items() if len(node.gpus) >= need]
+        if not names:
+            return Reservation(job, INF, frozenset(), {})
+        best_name = min(names)
+        parts = list(index.on_node.get(best_name, ()))
+        parts += [(r.expected_end(), len(h)) for r in fresh for w, h in r.parts if w == best_name]
+        best_have = len(free_gpus[best_name])
+        for _, count in sorted(parts):
+            if best_have >= need:
+                break
+            best_have += count
+    return Reservation(job, best_at, frozenset({best_name}), {best_name: max(0, best_have - need)})
+
+
+def _yielding(running: Iterable[RunningJob]) -> dict[int, list[RunningJob]]:
+    """Preemptor -> the jobs yielding their GPUs to it, by job id."""
+    out: dict[int, list[RunningJob]] = {}
+    for r in running:
+        if r.yielding_to:
+            out.setdefault(r.yielding_to, []).append(r)
+    return {k: sorted(v, key=lambda r: r.job_id) for k, v in out.items()}
 
 
 def _gpus_of(node: NodeView) -> frozenset[tuple[str, int]]:
@@ -176,15 +255,15 @@ def decide(
     ranked: Sequence[PendingJob],
     knobs: Knobs,
     claim: ClaimRule | None = None,
-    context: Callable[[PendingJob, int], str] | None = None,
+    context: Callable[[PendingJob], str] | None = None,
+    index: RunningIndex | None = None,
 ) -> Plan:
+    """`index`: the snapshot's running jobs, indexed and brought up to date by the policy
+    (policies/memo.py); without it they are read from the snapshot."""
     now = snapshot.now
     free = FreeMap(snapshot.nodes)
-    running = list(snapshot.running)
-    yielding: dict[int, list[RunningJob]] = {}
-    for r in running:
-        if r.yielding_to:
-            yielding.setdefault(r.yielding_to, []).append(r)
+    running: list[RunningJob] = [] if index is not None else list(snapshot.running)
+    yielding = index.yielding_to() if index is not None else _yielding(snapshot.running)
     starts: list[Start] = []
     preemptions: list[Preemption] = []
     reasons: dict[int, str] = {}
@@ -199,8 +278,8 @@ def decide(
         claim = quota_claim(book, claim)
         context = book.with_context(context)
 
-    def note(job: PendingJob, position: int, why: str) -> None:
-        extra = context(job, position) if context else ""
+    def note(job: PendingJob, why: str) -> None:
+        extra = context(job) if context else ""
         reasons[job.job_id] = f"{why}; {extra}" if extra else why
 
     def start(job: PendingJob, placement: Placement, backfilled: bool) -> None:
@@ -215,12 +294,11 @@ def decide(
         )
 
     explain = knobs.explain
-    why_cache: dict[
-        tuple[int, int, int], str
-    ] = {}  # (gpus, cpus, mem) -> text, while free is unchanged
+    # (gpus, cpus, mem, nodes) -> text, while free is unchanged
+    why_cache: dict[tuple[int, int, int, int], str] = {}
 
     def why_not(job: PendingJob) -> str:
-        key = (job.gpus, job.cpus, job.mem_mb)
+        key = (job.gpus, job.cpus, job.mem_mb, job.nodes)
         text = why_cache.get(key)
         if text is None:
             text = why_cache[key] = why_not_placed(job, free)
@@ -228,22 +306,35 @@ def decide(
 
     # Nodes promised to a job that is waiting for victims to yield: nobody else may use them.
     promised: set[str] = set()
-    # who could be preempted at all, whoever asks
-    eligible = [
-        r
-        for r in snapshot.running
-        if r.preemptible and not r.yielding_to and now - r.start_time >= knobs.min_runtime_s
-    ]
-    lowest_class = min((r.priority for r in eligible), default=0)
+    # who could be preempted at all, whoever asks: the lowest priority class among them
     victim_cost = VICTIM_ORDERS[knobs.victim_order]
+    victim_rank = VICTIM_RANKS[victim_cost]
+    min_runtime = knobs.min_runtime_s
+    eligible: list[RunningJob] = []
+    if index is not None:
+        lowest = index.lowest_eligible_class(now, min_runtime)
+    else:
+        eligible = [
+            r
+            for r in snapshot.running
+            if r.preemptible and not r.yielding_to and now - r.start_time >= min_runtime
+        ]
+        lowest = min((r.priority for r in eligible), default=None)
+    lowest_class = lowest or 0
     could_claim = getattr(claim, "could_claim", None)
+    # the claim rule's victim kinds may be kept from one cycle to the next (`kinds_of`:
+    # what its `victim_key` depends on, e.g. the account tree)
+    kinds_of = getattr(claim, "kinds_of", None)
 
-    if not knobs.preemption or claim is None or not eligible:
+    if not knobs.preemption or claim is None or lowest is None:
         tries = 0  # no one can be preempted this cycle
 
-    def try_preempt(job: PendingJob, position: int) -> bool:
-        nonlocal tries
-        if not knobs.preemption or claim is None or not eligible:
+    # who could be preempted, grouped once a cycle for the searches (preemption.py)
+    pool: VictimPool | None = None
+
+    def try_preempt(job: PendingJob) -> bool:
+        nonlocal tries, pool, eligible
+        if not knobs.preemption or claim is None or lowest is None:
             return False
         # a guarantee due back is reclaimed whatever the tries left (few jobs are ever due)
         reclaiming = book is not None and book.could_reclaim(job)
@@ -252,17 +343,26 @@ def decide(
         if job.priority <= lowest_class and could_claim is not None and not could_claim(job):
             return False  # no claim on anyone: not worth a search, nor a try
         tries -= 0 if reclaiming else 1
-        taken = {p.job_id for p in preemptions}
-        candidates = [
-            r
-            for r in eligible
-            if r.job_id not in taken and not any(where in promised for where, _ in r.parts)
-        ]
+        if pool is None and index is not None and kinds_of is not None:
+            key = (kinds_of, victim_rank)
+            pool = index.pool(key, getattr(claim, "victim_key", None), victim_rank)
+        elif pool is None:
+            if index is not None:  # (kinds that cannot be kept: this cycle's alone)
+                eligible = [
+                    r
+                    for r in snapshot.running
+                    if r.preemptible and not r.yielding_to and now - r.start_time >= min_runtime
+                ]
+            pool = victim_pool(eligible, claim, victim_cost, now)
+        skip = {p.job_id for p in preemptions}  # a job across nodes with a part promised too
+        skip.update(
+            r.job_id for r in pool.across.values() if any(w in promised for w, _ in r.parts)
+        )
         # a guarantee comes before a backfill reservation: a reclaim may take from its nodes
         held_for = reservation.nodes if reservation is not None and not reclaiming else ()
         off = promised | frozenset(held_for)
         choice = choose_victims(
-            job, free, candidates, now, knobs.min_runtime_s, claim, off, victim_cost
+            job, free, pool, now, knobs.min_runtime_s, claim, off, victim_cost, skip
         )
         if choice is None:
             return False
@@ -272,7 +372,7 @@ def decide(
             preemptions.append(Preemption(victim.job_id, job.job_id, why, choice.node))
         promised.add(choice.node)
         ids = ", ".join(str(v.job_id) for v in choice.victims)
-        note(job, position, f"preempting job {ids} on {choice.node}")
+        note(job, f"preempting job {ids} on {choice.node}")
         if book is not None:  # the GPUs being freed count as the job's from now on
             free_here = ((choice.node, tuple(free.free[choice.node])),)
             book.promise(job, (*free_here, *(v.parts[0] for v in choice.victims)), choice.victims)
@@ -295,25 +395,76 @@ def decide(
         if placement is not None:
             start(job, placement, backfilled=False)
     started = {s.job_id for s in starts}
-    # Once no GPU is free and no preemption is left to try, the jobs further back can only
-    # be told why they wait: a short path for them (thousands a cycle at scale).
-    exhausted = False
-    tail_why = ""  # with backfill off: what each of them waits behind
+    handoff = snapshot.slurm is not None
 
-    for position, job in enumerate(ranked, start=1):
+    def cannot_run_here(job: PendingJob) -> bool:
+        """True when the job cannot run here now, whatever the others do (it is told why)."""
         if job.job_id in started:
-            continue
-        if job.handoff_after_s == 0 and snapshot.slurm is not None:
-            continue  # it goes to Slurm, not here (policies/handoff.py)
+            return True
+        if handoff and job.handoff_after_s == 0:
+            return True  # it goes to Slurm, not here (policies/handoff.py)
         if job.gpus > free.total or not free.nodes:
             if explain:  # cannot run here now, and so blocks no one
-                note(job, position, why_not_placed(job, free))
-            continue
+                note(job, why_not_placed(job, free))
+            return True
         if job.gpu_types and free.typed_total(job.gpu_types) < job.gpus:
             if explain:
                 have = free.typed_total(job.gpu_types)
                 kinds = ", ".join(sorted(job.gpu_types))
-                note(job, position, f"needs {job.gpus} GPUs of type {kinds}, {have} are up")
+                note(job, f"needs {job.gpus} GPUs of type {kinds}, {have} are up")
+            return True
+        return False
+
+    def waits_apart(job: PendingJob) -> bool:
+        """True when the job waits for a reason of its own, not for its place in line."""
+        if not snapshot.multi_node and job.gpus > free.widest:
+            if explain:
+                note(
+                    job,
+                    f"needs {job.gpus} GPUs on one node, the largest has {free.widest}; "
+                    "jobs across nodes are not launched yet",
+                )
+            return True
+        waiting_on = yielding.get(job.job_id)
+        if waiting_on:
+            ids = ", ".join(str(r.job_id) for r in waiting_on)
+            note(job, f"waiting for job {ids} to yield its GPUs")
+            promised.update(node for r in waiting_on for node, _ in r.parts)
+            return True
+        return False
+
+    def explain_rest(rest: Sequence[PendingJob], behind: str) -> None:
+        """Why each job of `rest` waits, once no GPU is free and no preemption is left to
+        try: thousands of jobs a cycle at scale, so the words are made once per kind of job
+        (its size and the policy's context for it), and only the few jobs with a case of
+        their own go through the full checks."""
+        texts: dict[tuple[int, int, int, int, str], str] = {}
+        cap = free.total if snapshot.multi_node else min(free.total, free.widest)
+        apart = started | yielding.keys()
+        # a context that speaks of the job's user alone is asked once per user and size
+        by_user = getattr(context, "by_user", False)
+        for job in rest:
+            if (
+                job.gpu_types
+                or job.gpus > cap
+                or job.job_id in apart
+                or (handoff and job.handoff_after_s == 0)
+            ):
+                if not cannot_run_here(job) and not waits_apart(job):
+                    note(job, behind or why_not(job))
+                continue
+            extra = job.user if by_user else context(job) if context else ""
+            key = (job.gpus, job.cpus, job.mem_mb, job.nodes, extra)
+            text = texts.get(key)
+            if text is None:
+                why = behind or why_not(job)
+                if by_user and context is not None:
+                    extra = context(job)
+                text = texts[key] = f"{why}; {extra}" if extra else why
+            reasons[job.job_id] = text
+
+    for at, job in enumerate(ranked):
+        if cannot_run_here(job):
             continue
         if book is not None:
             job, over = book.admit(job, free)
@@ -321,58 +472,37 @@ def decide(
                 if free.find(job, exclude=frozenset(promised)) is not None:
                     held[job.job_id] = "quota"  # it would fit: the GPUs idle for a quota
                 if explain:
-                    note(job, position, over)
+                    note(job, over)
                 continue
-        if not snapshot.multi_node and job.gpus > free.widest:
-            if explain:
-                note(
-                    job,
-                    position,
-                    f"needs {job.gpus} GPUs on one node, the largest has {free.widest}; "
-                    "jobs across nodes are not launched yet",
-                )
-            continue
-        waiting_on = yielding.get(job.job_id)
-        if waiting_on:
-            ids = ", ".join(str(r.job_id) for r in waiting_on)
-            note(job, position, f"waiting for job {ids} to yield its GPUs")
-            promised.update(node for r in waiting_on for node, _ in r.parts)
-            continue
-        if exhausted:
-            why = tail_why or why_cache.get((job.gpus, job.cpus, job.mem_mb)) or why_not(job)
-            extra = context(job, position) if context else ""
-            reasons[job.job_id] = (
-                f"{ordinal(position)} in line, {why}; {extra}"
-                if extra
-                else f"{ordinal(position)} in line, {why}"
-            )
+        if waits_apart(job):
             continue
         if reservation is None:
             placement = free.find(job, exclude=frozenset(promised))
             if placement is not None:
                 start(job, placement, backfilled=False)
                 continue
-            if try_preempt(job, position):
+            if try_preempt(job):
                 continue
-            reservation = _reserve(job, free, running, now)
+            reservation = _reserve(job, free, running, now, index)
             reservation.nodes = reservation.nodes | promised
             if explain:
                 where = ", ".join(sorted(reservation.nodes - promised)) or "a node"
                 when = _when(reservation.start, now)
                 note(
                     job,
-                    position,
                     f"{why_not_placed(job, free)}; expected to start on {where} {when}",
                 )
             continue
-        # behind the first blocked job: backfill, if the job can fit anywhere at all now
-        # (with quotas a guarantee due back may still preempt: no short path then)
+        # Once no GPU is free and no preemption is left to try, nothing more can start:
+        # the jobs from here on are only told why they wait (with quotas a guarantee due
+        # back may still preempt: no short path then).
         if not free.free_count and tries <= 0 and book is None:
-            if not explain:
-                break  # nothing more can start or preempt, and no one needs to be told why
-            exhausted = True
-            if not knobs.backfill:
-                tail_why = f"behind job {reservation.job.job_id}, which is first in line"
+            if explain:
+                first = reservation.job.job_id
+                behind = "" if knobs.backfill else f"behind job {first}, which is first in line"
+                explain_rest(ranked[at:], behind)
+            break
+        # behind the first blocked job: backfill, if the job can fit anywhere at all now
         if knobs.backfill and free.largest_block() >= min(job.gpus, free.widest):
             placement = _backfill(job, free, reservation, now)
             if placement is not None:
@@ -383,10 +513,10 @@ def decide(
             why = why_not(job) if explain else ""
         else:
             why = f"behind job {reservation.job.job_id}, which is first in line"
-        if try_preempt(job, position):
+        if try_preempt(job):
             continue
         if explain:
-            note(job, position, f"{ordinal(position)} in line, {why}")
+            note(job, why)
     order = tuple([j.job_id for j in ranked])
     plan = Plan(
         tuple(starts),

@@ -17,13 +17,15 @@ its share and the claimant's team over, and the claimant's team never is after a
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from dataclasses import dataclass
+import operator
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from policies.accounts import AccountTree
-from policies.engine import Knobs, decide, ordinal
+from policies.engine import Knobs, decide
 from policies.fairorder import fair_order
 from policies.fairtree import FairTree, fair_tree
+from policies.memo import CycleMemo
 from policies.placement import FreeMap
 from policies.preemption import ClaimRule
 from policies.priority import (
@@ -34,6 +36,7 @@ from policies.priority import (
 )
 from policies.snapshot import ClusterSnapshot, PendingJob, Plan, RunningJob
 
+_USER = operator.attrgetter("user")
 MAX_WIDE_LOOKED_AT = 16  # the oldest waiting jobs across nodes looked at each cycle
 INF = float("inf")
 MAX_PROMOTED = 16  # the longest jobs moved forward each cycle (few are ever that long)
@@ -52,6 +55,8 @@ class FairShare:
     # a waiting job's team key halves for every aging_s it has waited (fairorder.py)
     aging_s: float = 3 * 86400.0
     victim_order: str = "least_work_lost"  # or youngest, lowest_priority (preemption.py)
+    # what it keeps from one cycle to the next (policies/memo.py); not a parameter
+    memo: CycleMemo = field(default_factory=CycleMemo, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         check_victim_order(self.victim_order)
@@ -65,16 +70,18 @@ class FairShare:
             raise ParameterError("fairshare_margin must not be negative")
 
     def decide(self, snapshot: ClusterSnapshot) -> Plan:
-        users = {j.user for j in snapshot.pending} | {r.user for r in snapshot.running}
+        index = self.memo.running
+        index.update(snapshot.running)
+        users = set(map(_USER, snapshot.pending)) | index.held_user.keys()
         tree = snapshot.accounts.with_users(users)
         ft = fair_tree(tree, snapshot.usage)
         ranked = fair_order(
             snapshot.pending, snapshot.running, tree, ft, snapshot.now, self.aging_s
         )
         ranked = ends_last_first(oldest_wide_first(ranked, snapshot), snapshot)
-        context = _team_context(ranked, tree, ft) if self.explain else None
+        context = _TeamContext(tree, ft) if self.explain else None
         claim: ClaimRule = (
-            _Claims(snapshot, tree.team_of, ft, self.fairshare_margin)
+            _Claims(snapshot, tree.team_of, ft, self.fairshare_margin, index.held_user)
             if self.fairshare_preemption
             else priority_class_claim
         )
@@ -85,7 +92,7 @@ class FairShare:
             explain=self.explain,
             victim_order=self.victim_order,
         )
-        return decide(snapshot, ranked, knobs, claim, context)
+        return decide(snapshot, ranked, knobs, claim, context, index)
 
 
 def oldest_wide_first(ranked: list[PendingJob], snapshot: ClusterSnapshot) -> list[PendingJob]:
@@ -155,44 +162,51 @@ def _promoted(ranked: list[PendingJob], jobs: list[PendingJob]) -> list[PendingJ
     return out
 
 
-def _team_context(
-    ranked: list[PendingJob], tree: AccountTree, ft: FairTree
-) -> Callable[[PendingJob, int], str]:
-    """'3rd in team vision; team vision at 1.8x its share' for each waiting job."""
-    team_of = {user: tree.team_of(user) for user in {j.user for j in ranked}}
-    standing = {
-        team: f" in team {team}; team {team} at {ft.ratio((team,)):.1f}x its share"
-        for team in set(team_of.values())
-    }
-    # each job's place in its team's line, worded once per place and team
-    team_place: dict[int, str] = {}
-    seen = dict.fromkeys(standing, 0)
-    for job in ranked:
-        team = team_of[job.user]
-        place = seen[team] = seen[team] + 1
-        team_place[job.job_id] = ordinal(place) + standing[team]
+class _TeamContext:
+    """'team vision at 1.8x its share' for each waiting job, worded once per team a cycle.
+    (Its place in line and in its team are not in the words: they move whenever a job
+    ahead starts or leaves, and `gshare why` shows them beside the reason.)"""
 
-    def context(job: PendingJob, _position: int) -> str:
-        return team_place[job.job_id]
+    by_user = True  # the words depend on the job's user alone (engine.py asks once per user)
 
-    return context
+    def __init__(self, tree: AccountTree, ft: FairTree) -> None:
+        self.tree = tree
+        self.ft = ft
+        self.words: dict[str, str] = {}  # by user
+
+    def __call__(self, job: PendingJob) -> str:
+        text = self.words.get(job.user)
+        if text is None:
+            team = self.tree.team_of(job.user)
+            share = self.ft.ratio((team,))
+            text = self.words[job.user] = f"team {team} at {share:.1f}x its share"
+        return text
 
 
 class _Claims:
     """Who may displace whom, from the GPUs each team holds against its entitlement."""
 
     def __init__(
-        self, snapshot: ClusterSnapshot, team_of: Callable[[str], str], ft: FairTree, margin: float
+        self,
+        snapshot: ClusterSnapshot,
+        team_of: Callable[[str], str],
+        ft: FairTree,
+        margin: float,
+        held_user: Mapping[str, int],
     ) -> None:
         self.team_of = functools.lru_cache(maxsize=None)(team_of)  # per user, once a cycle
         self.margin = margin
-        total = sum(n.gpu_count for n in snapshot.nodes if n.schedulable) or 1
+        total = sum(len(n.gpus) for n in snapshot.nodes if n.schedulable) or 1
         shares = {path[0]: s.share for path, s in ft.standings.items() if len(path) == 1}
         self.entitled = {team: share * total for team, share in shares.items()}
         self.held: dict[str, float] = {}
-        for r in snapshot.running:
-            team = self.team_of(r.user)
-            self.held[team] = self.held.get(team, 0.0) + r.gpus
+        for user, gpus in held_user.items():
+            team = self.team_of(user)
+            self.held[team] = self.held.get(team, 0.0) + gpus
+        # victim_key's answers depend on the configured account tree alone (a user it
+        # does not name is in the default account either way): kinds of victims can be
+        # kept from one cycle to the next while it is the same (engine.py)
+        self.kinds_of = snapshot.accounts
 
     def _ratio(self, team: str, delta: float = 0.0) -> float:
         entitled = self.entitled.get(team, 0.0)

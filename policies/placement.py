@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from policies.quota import accepts
-from policies.snapshot import NodeView, Part, PendingJob
+from policies.snapshot import GpuSlot, NodeView, Part, PendingJob
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,23 +62,41 @@ def choose_gpus(
     return best[1]
 
 
+# NVLink peers by GPU index, per tuple of GPU slots: the snapshot keeps a node's tuple while
+# its GPUs are unchanged, so each is read once, not once a cycle for every node
+_LINKS: dict[int, tuple[tuple[GpuSlot, ...], dict[int, frozenset[int]]]] = {}
+
+
+def links_of(gpus: tuple[GpuSlot, ...]) -> dict[int, frozenset[int]]:
+    kept = _LINKS.get(id(gpus))
+    if kept is not None and kept[0] is gpus:
+        return kept[1]
+    links = {g.index: g.nvlink_peers for g in gpus}
+    if len(_LINKS) >= 100_000:
+        _LINKS.clear()
+    _LINKS[id(gpus)] = (gpus, links)
+    return links
+
+
 class FreeMap:
     def __init__(self, nodes: Iterable[NodeView]) -> None:
         self.nodes = {n.name: n for n in nodes if n.schedulable}
         self.free: dict[str, set[int]] = {name: set(n.free_gpus) for name, n in self.nodes.items()}
         self.cpus = {name: n.free_cpus for name, n in self.nodes.items()}
         self.mem = {name: n.free_mem_mb for name, n in self.nodes.items()}
-        self.peers = {
-            name: {g.index: g.nvlink_peers for g in n.gpus} for name, n in self.nodes.items()
-        }
-        self.widest = max((n.gpu_count for n in self.nodes.values()), default=0)
-        self.total = sum(n.gpu_count for n in self.nodes.values())
-        self.free_count = sum(len(f) for f in self.free.values())
+        counts = [len(n.gpus) for n in self.nodes.values()]
+        self.widest = max(counts, default=0)
+        self.total = sum(counts)
+        self.free_count = sum(map(len, self.free.values()))
         self._largest = -1  # cached largest_block(); -1 once a change makes it stale
         self.buckets: list[list[str]] = [[] for _ in range(self.widest + 1)]
         for name in sorted(self.nodes):
             self.buckets[len(self.free[name])].append(name)
         self._typed: dict[frozenset[str], frozenset[tuple[str, int]]] = {}
+
+    def links(self, name: str) -> dict[int, frozenset[int]]:
+        """Node `name`'s NVLink peers of each GPU."""
+        return links_of(self.nodes[name].gpus)
 
     # ------------------------------------------------------------ GPU types
 
@@ -127,7 +145,7 @@ class FreeMap:
             for k in range(job.gpus, self.widest + 1):
                 for name in self.buckets[k]:
                     if name not in exclude and self._host_ok(name, job):
-                        gpus = choose_gpus(self.free[name], self.peers[name], job.gpus)
+                        gpus = choose_gpus(self.free[name], self.links(name), job.gpus)
                         return Placement(((name, gpus),))
             return None
         return self._whole_nodes(job, (n for n in self.idle_nodes() if n not in exclude))
@@ -153,7 +171,7 @@ class FreeMap:
                         continue
                     usable = [g for g in self.free[name] if (name, g) in ok]
                     if len(usable) >= job.gpus:
-                        gpus = choose_gpus(usable, self.peers[name], job.gpus)
+                        gpus = choose_gpus(usable, self.links(name), job.gpus)
                         return Placement(((name, gpus),))
             return None
         return self._whole_nodes(
@@ -180,7 +198,7 @@ class FreeMap:
                 if len(chosen) == job.nodes:
                     return Placement(
                         tuple(
-                            (n, choose_gpus(self.free[n], self.peers[n], each))
+                            (n, choose_gpus(self.free[n], self.links(n), each))
                             for n in sorted(chosen)
                         )
                     )

@@ -14,8 +14,9 @@ the victim order (a policy parameter, `victim_order`):
 
 from __future__ import annotations
 
+import bisect
 import itertools
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from policies.placement import FreeMap
@@ -64,52 +65,182 @@ VICTIM_ORDERS: dict[str, VictimCost] = {
 }
 
 
+def _saved(job: RunningJob) -> float:
+    """Since when a job's work would be lost: its last checkpoint, else its start."""
+    ckpt = job.last_checkpoint
+    return ckpt if ckpt and ckpt >= job.start_time else job.start_time
+
+
+# victim order -> a sort key that does not change with time and, at any time, orders
+# victims as their cost does (the cost is never lower further on); lets a pool of victims
+# stay sorted from one cycle to the next
+VictimRank = Callable[[RunningJob], tuple[float, ...]]
+VICTIM_RANKS: dict[VictimCost, VictimRank] = {
+    work_lost: lambda r: (-_saved(r),),
+    _age: lambda r: (-r.start_time,),
+    _class_then_work_lost: lambda r: (float(r.priority), -_saved(r)),
+}
+
+_Entry = tuple[tuple[float, ...], str, int, RunningJob]  # (rank, node, job id, victim)
+
+
+def _entry_key(entry: _Entry) -> tuple[tuple[float, ...], str, int]:
+    return entry[0], entry[1], entry[2]
+
+
+class VictimPool:
+    """Running jobs that may be preempted, grouped by the kind of victim the claim rule
+    answers alike (its `victim_key`, e.g. team and class; without one, every victim is
+    asked alone), each kind in cost order. A job across nodes is seen from each of its
+    nodes as the part it would free there. Made once a cycle, or kept across cycles and
+    patched (policies/memo.py); a search checks each victim's age itself."""
+
+    def __init__(
+        self, victim_key: Callable[[RunningJob], Hashable] | None, rank: VictimRank
+    ) -> None:
+        self.victim_key = victim_key
+        self.rank = rank
+        self.kinds: dict[Hashable, list[_Entry]] = {}
+        self.across: dict[int, RunningJob] = {}  # the jobs across nodes among them
+
+    def _views(self, r: RunningJob) -> tuple[RunningJob, ...]:
+        if len(r.parts) == 1:
+            return (r,)
+        return tuple(replace(r, parts=(part,)) for part in r.parts)
+
+    def _kind(self, view: RunningJob) -> Hashable:
+        key = self.victim_key
+        return key(view) if key is not None else (view.job_id, view.parts[0][0])
+
+    def add(self, r: RunningJob) -> None:
+        if not r.preemptible or r.yielding_to:
+            return
+        if len(r.parts) > 1:
+            self.across[r.job_id] = r
+        for view in self._views(r):
+            entry = (self.rank(view), view.parts[0][0], view.job_id, view)
+            bisect.insort(self.kinds.setdefault(self._kind(view), []), entry, key=_entry_key)
+
+    def drop(self, r: RunningJob) -> None:
+        if not r.preemptible or r.yielding_to:
+            return
+        self.across.pop(r.job_id, None)
+        for view in self._views(r):
+            kind = self._kind(view)
+            entries = self.kinds[kind]
+            key = (self.rank(view), view.parts[0][0], view.job_id)
+            at = bisect.bisect_left(entries, key, key=_entry_key)
+            if at == len(entries) or _entry_key(entries[at]) != key:
+                raise KeyError(key)
+            del entries[at]
+            if not entries:
+                del self.kinds[kind]
+
+    def claimed(self, job: PendingJob, claim: ClaimRule) -> list[tuple[Hashable, str]]:
+        """The kinds of victim `job` has a claim on, with why (asked once per kind)."""
+        out = []
+        for kind, entries in self.kinds.items():
+            why = claim(job, entries[0][3])
+            if why is not None:
+                out.append((kind, why))
+        return out
+
+
+def victim_pool(
+    eligible: Iterable[RunningJob], claim: ClaimRule, cost: VictimCost, now: float
+) -> VictimPool:
+    """A pool of `eligible` for one cycle."""
+    rank = VICTIM_RANKS.get(cost) or (lambda r: (cost(r, now),))
+    pool = VictimPool(getattr(claim, "victim_key", None), rank)
+    for r in eligible:
+        pool.add(r)
+    return pool
+
+
 def choose_victims(
     job: PendingJob,
     free: FreeMap,
-    running: Sequence[RunningJob],
+    running: Sequence[RunningJob] | VictimPool,
     now: float,
     min_runtime_s: float,
     claim: ClaimRule,
     off_limits: frozenset[str] | set[str] = frozenset(),
     cost: VictimCost = work_lost,
+    skip: Collection[int] = (),
 ) -> VictimChoice | None:
     """The victims to preempt for `job`, cheapest by `cost`; `work_lost_s` of the choice is
-    what they lose, whatever the order."""
+    what they lose, whatever the order. `running` is every running job, or the cycle's
+    pool of eligible ones (made with the same cost and time); jobs in `skip` are not taken."""
     if job.gpus > free.widest or job.nodes > 1:
         return None  # jobs across nodes wait for their nodes; they do not preempt
+    pool = (
+        running
+        if isinstance(running, VictimPool)
+        else victim_pool(
+            (
+                r
+                for r in running
+                if r.preemptible and not r.yielding_to and now - r.start_time >= min_runtime_s
+            ),
+            claim,
+            cost,
+            now,
+        )
+    )
+    claimed = pool.claimed(job, claim)
+    if not claimed:
+        return None
+    nodes_up, free_gpus = free.nodes, free.free
+    types = job.gpu_types
+
+    def usable(victim: RunningJob, where: str) -> bool:
+        return (
+            now - victim.start_time >= min_runtime_s
+            and victim.job_id not in skip
+            and where in nodes_up
+            and where not in off_limits
+            and len(nodes_up[where].gpus) >= job.gpus
+            and not (types and not free.all_of_types(where, types))
+        )
+
+    # A claim rule may also judge victims together (`set_ok`, e.g. that a set leaves their
+    # account at its guarantee): then each set chosen must pass it.
+    set_ok: Callable[[PendingJob, Sequence[RunningJob]], bool] | None = getattr(
+        claim, "set_ok", None
+    )
+    if set_ok is None:
+        # The common case: one victim is enough somewhere. The cheapest such victim is
+        # among the first of its kind (in cost order) that free what their node lacks, so
+        # each kind is read only as far as the cost of the best found so far.
+        single: tuple[float, str, int, RunningJob, str] | None = None
+        for kind, why in claimed:
+            for _, where, job_id, r in pool.kinds[kind]:
+                price = cost(r, now)
+                if single is not None and price > single[0]:
+                    break
+                if not usable(r, where):
+                    continue
+                need = job.gpus - len(free_gpus[where])
+                if 0 < need <= r.gpus and (single is None or (price, where, job_id) < single[:3]):
+                    single = (price, where, job_id, r, why)
+        if single is not None:
+            _, node, _, victim, why = single
+            return VictimChoice(node, (victim,), (why,), work_lost(victim, now))
     by_node: dict[str, list[tuple[RunningJob, str]]] = {}
-    # A claim rule may say which victims it answers alike (`victim_key`, e.g. their team
-    # and class): then it is asked once per kind of victim, not once per running job.
-    victim_key: Callable[[RunningJob], Hashable] | None = getattr(claim, "victim_key", None)
-    answers: dict[Hashable, str | None] = {}
-    for r in running:
-        if not r.preemptible or r.yielding_to or now - r.start_time < min_runtime_s:
-            continue
-        for where, held in r.parts:
-            if where not in free.nodes or where in off_limits:
+    for kind, why in claimed:
+        for _, where, _, r in pool.kinds[kind]:
+            if not usable(r, where):
                 continue
-            if job.gpu_types and not free.all_of_types(where, job.gpu_types):
-                continue
-            # a job across nodes, seen from one of them: the part there is what it frees
-            view = r if len(r.parts) == 1 else replace(r, parts=((where, held),))
-            if victim_key is None or len(r.parts) != 1:
-                why = claim(job, view)
+            here = by_node.get(where)
+            if here is None:
+                by_node[where] = [(r, why)]
             else:
-                kind = victim_key(view)
-                if kind in answers:
-                    why = answers[kind]
-                else:
-                    why = answers[kind] = claim(job, view)
-            if why is not None:
-                by_node.setdefault(where, []).append((view, why))
+                here.append((r, why))
     # The fewest victims a node needs is found greedily (largest jobs first); only the nodes
     # that need the fewest are searched for the set that loses the least work.
     needs: list[tuple[int, str, int]] = []
     for node, candidates in by_node.items():
-        if free.nodes[node].gpu_count < job.gpus:
-            continue
-        need = job.gpus - len(free.free[node])
+        need = job.gpus - len(free_gpus[node])
         if need <= 0:
             continue
         sizes = [c[0].gpus for c in candidates]
@@ -125,13 +256,8 @@ def choose_victims(
             needs.append((count, node, need))
     if not needs:
         return None
-    # A claim rule may also judge victims together (`set_ok`, e.g. that a set leaves their
-    # account at its guarantee): then each set chosen must pass it.
-    set_ok: Callable[[PendingJob, Sequence[RunningJob]], bool] | None = getattr(
-        claim, "set_ok", None
-    )
     fewest = min(n[0] for n in needs)
-    if fewest == 1:  # the common case: one victim is enough, the least costly one anywhere
+    if fewest == 1:  # with a set check: the least costly single victim it accepts
         singles = (
             (cost(r, now), node, r.job_id, r, why)
             for count, node, need in needs

@@ -119,5 +119,5 @@ class Multifactor:
             ranked,
             self.knobs(),
             priority_class_claim,
-            lambda job, _pos: f"priority {scores[job.job_id]:.0f}",
+            lambda job: f"priority {scores[job.job_id]:.0f}",
         )

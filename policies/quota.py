@@ -536,12 +536,12 @@ class QuotaBook:
         return ""
 
     def with_context(
-        self, context: Callable[[PendingJob, int], str] | None
-    ) -> Callable[[PendingJob, int], str]:
+        self, context: Callable[[PendingJob], str] | None
+    ) -> Callable[[PendingJob], str]:
         """The policy's words for a waiting job, then the team's standing on its guarantee."""
 
-        def both(job: PendingJob, position: int) -> str:
-            first = context(job, position) if context is not None else ""
+        def both(job: PendingJob) -> str:
+            first = context(job) if context is not None else ""
             mine = self.context(job)
             return f"{first}; {mine}" if first and mine else first or mine
 

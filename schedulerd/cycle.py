@@ -34,6 +34,7 @@ from policies import (
     SlurmCapacity,
     handoff_after,
 )
+from policies.engine import ordinal
 from policies.quota import AccountQuota, Quotas, UserLimits, normalise_type
 from schedulerd.changes import claim_change, preempt_change, start_changes
 from schedulerd.gang import gang_starts
@@ -113,6 +114,24 @@ class Cycle:
         if self._positions is None:
             self._positions = {job_id: i for i, job_id in enumerate(self._order, start=1)}
         return self._positions
+
+    def team_place(self, job: JobRecord) -> str:
+        """'2nd in team vision': the job's place among its team's waiting jobs at the last
+        cycle ('' when it was not in line, or when there is one team). Worked out when
+        asked (`gshare why`), from the last order: reasons leave it out, as it moves
+        whenever a job ahead starts or leaves."""
+        if len(self.accounts.teams()) < 2 or job.job_id not in self.positions:
+            return ""
+        team = self.accounts.team_of(job.user)
+        jobs = self.state.jobs
+        place = 0
+        for job_id in self._order:
+            other = jobs.get(job_id)
+            if other is not None and self.accounts.team_of(other.user) == team:
+                place += 1
+            if job_id == job.job_id:
+                return f"{ordinal(place)} in team {team}"
+        return ""
 
     def handoff_after(self, job: JobRecord) -> float:
         queue = self.config.queues.get(job.queue)

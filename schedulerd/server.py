@@ -373,6 +373,9 @@ class ClientService(pb_grpc.ClientServiceServicer):
         job_id = await _guard(context, self._job_id(request.job_id, request.target))
         job, events = await _guard(context, self.v.get_job(job_id))
         msg = job_pb(self.s, job, events, self.s.cycle.positions.get(job.job_id, 0))
+        place = self.s.cycle.team_place(job) if job.state is JobState.PENDING else ""
+        if place and msg.reason:
+            msg.reason = f"{msg.reason}; {place}"
         if not msg.has_gpu_stats and job.start_time:
             stats = await self.s.db(self.s.store.gpu_stats, job.job_id)
             if stats is not None:

@@ -45,7 +45,7 @@ def test_why_usage_and_a_ledger_that_survives_a_restart(
     text = wait_until("a reason with a place in line", why)
     assert text.startswith(f"job {waiting} is PENDING, 1 in line:")
     assert "needs 2 GPUs on one node, largest free block is 0" in text
-    assert "1st in team vision\n  team vision at 1.3x its share" in text
+    assert "team vision at 1.3x its share\n  1st in team vision" in text
     queue = cluster.gshare("queue").out
     assert "largest free block is 0" in queue and "team vision" not in queue  # the short form
 

@@ -52,7 +52,7 @@ def test_fairshare_puts_the_user_under_their_share_first() -> None:
     )
     plan = make_policy("fairshare").decide(snap)
     assert started(plan) == [2]
-    assert "1st in team vision; team vision at 2.0x its share" in plan.reasons[1]
+    assert plan.reasons[1].endswith("; team vision at 2.0x its share")
     assert plan.reasons[1].startswith("needs 1 GPUs on one node, largest free block is 0")
 
 
@@ -84,7 +84,8 @@ def test_a_blocked_job_reserves_and_only_short_jobs_backfill() -> None:
     assert plan.reasons[1].startswith(
         "needs 4 GPUs on one node, largest free block is 2; expected to start on a in about 2 min"
     )
-    assert plan.reasons[3] == "3rd in line, needs 2 GPUs on one node, largest free block is 0"
+    assert plan.reasons[3] == "needs 2 GPUs on one node, largest free block is 0"
+    assert plan.position(3) == 3
 
 
 def test_a_long_job_backfills_off_the_reserved_node() -> None:
@@ -102,7 +103,8 @@ def test_without_backfill_the_first_blocked_job_holds_everyone() -> None:
     snap = snapshot([node("a").gpus(4).busy(0, 1)], [job(1).gpus(4), job(2).gpus(1).limit(1)])
     plan = make_policy("fifo", {"backfill": False}).decide(snap)
     assert started(plan) == []
-    assert plan.reasons[2] == "2nd in line, behind job 1, which is first in line"
+    assert plan.reasons[2] == "behind job 1, which is first in line"
+    assert plan.position(2) == 2
 
 
 def test_a_job_no_node_can_hold_blocks_no_one() -> None:

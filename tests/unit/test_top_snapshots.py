@@ -101,8 +101,7 @@ CHANGES = [
         "dave",
         pb.PENDING,
         8,
-        reason="needs 8 GPUs on one node, largest free block is 2; "
-        "1st in team nlp; team nlp at 0.4x its share",
+        reason="needs 8 GPUs on one node, largest free block is 2; team nlp at 0.4x its share",
     ),
     job(9, "eval", "alice", pb.COMPLETED, 1, "gpu-b", (), start=1000.0, end=1125.0),
     pb.ClusterChange(synced=True),

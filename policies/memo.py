@@ -1,0 +1,150 @@
+"""What a policy keeps from one scheduling cycle to the next, so that a cycle costs about
+what changed rather than everything there is.
+
+The daemon's snapshot keeps the same frozen view object for a job or node that did not
+change (schedulerd/cycle.py), so what changed between two snapshots is found by object
+identity, at C speed: the views new in this snapshot and those of the last one that are
+gone. Each index here is patched with that difference. A fresh memo, or one handed an
+unrelated snapshot, finds everything new and builds its indexes whole; either way the
+indexes answer exactly what the same question asked of the snapshot alone would
+(tests/unit/test_memo.py runs long sequences of cycles both ways and compares the plans).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import Generic, TypeVar
+
+from policies.preemption import VictimPool, VictimRank
+from policies.snapshot import RunningJob
+
+T = TypeVar("T")
+INF = float("inf")
+
+
+class Changes(Generic[T]):
+    """The objects of a sequence, kept by identity from one call to the next (kept alive,
+    so that no new object can take a kept one's id)."""
+
+    def __init__(self) -> None:
+        self._live: dict[int, T] = {}
+
+    def live(self) -> Iterable[T]:
+        return self._live.values()
+
+    def update(self, items: Sequence[T]) -> tuple[list[T], list[T]]:
+        """(new, gone) since the last call, each in no particular order."""
+        live = dict(zip(map(id, items), items, strict=True))
+        old, self._live = self._live, live
+        if not old:
+            return list(live.values()), []
+        gone = [old[k] for k in old.keys() - live.keys()]
+        new = [live[k] for k in live.keys() - old.keys()]
+        return new, gone
+
+
+class RunningIndex:
+    """The running jobs of the last snapshot, indexed for one cycle's questions."""
+
+    def __init__(self) -> None:
+        self._changes: Changes[RunningJob] = Changes()
+        self.held_user: dict[str, int] = {}  # GPUs each user's running jobs hold
+        self._jobs_of: dict[str, int] = {}  # how many running jobs each user has
+        # every part of every running job, (expected end, GPUs, node, job id), sorted
+        self.by_end: list[tuple[float, int, str, int]] = []
+        self.on_node: dict[str, list[tuple[float, int]]] = {}  # node -> (end, GPUs) of parts
+        self.yielding: dict[int, dict[int, RunningJob]] = {}  # preemptor -> its victims by id
+        # preemptible jobs not yielding, by priority class: their start times, sorted
+        self.class_starts: dict[int, list[float]] = {}
+        self._pool: VictimPool | None = None
+        self._pool_key: tuple[object, ...] = ()
+
+    def update(self, running: Sequence[RunningJob]) -> None:
+        new, gone = self._changes.update(running)
+        pool = self._pool
+        for r in gone:
+            self._drop(r)
+            if pool is not None:
+                pool.drop(r)
+        for r in new:
+            self._add(r)
+            if pool is not None:
+                pool.add(r)
+
+    def _add(self, r: RunningJob) -> None:
+        self.held_user[r.user] = self.held_user.get(r.user, 0) + r.gpus
+        self._jobs_of[r.user] = self._jobs_of.get(r.user, 0) + 1
+        end = r.expected_end()
+        for where, held in r.parts:
+            bisect.insort(self.by_end, (end, len(held), where, r.job_id))
+            self.on_node.setdefault(where, []).append((end, len(held)))
+        if r.yielding_to:
+            self.yielding.setdefault(r.yielding_to, {})[r.job_id] = r
+        elif r.preemptible:
+            bisect.insort(self.class_starts.setdefault(r.priority, []), r.start_time)
+
+    def _drop(self, r: RunningJob) -> None:
+        if self._jobs_of[r.user] == 1:  # (a user whose jobs hold no GPU is still there)
+            del self._jobs_of[r.user], self.held_user[r.user]
+        else:
+            self._jobs_of[r.user] -= 1
+            self.held_user[r.user] -= r.gpus
+        end = r.expected_end()
+        for where, held in r.parts:
+            _remove_sorted(self.by_end, (end, len(held), where, r.job_id))
+            here = self.on_node[where]
+            here.remove((end, len(held)))
+            if not here:
+                del self.on_node[where]
+        if r.yielding_to:
+            victims = self.yielding[r.yielding_to]
+            del victims[r.job_id]
+            if not victims:
+                del self.yielding[r.yielding_to]
+        elif r.preemptible:
+            starts = self.class_starts[r.priority]
+            _remove_sorted(starts, r.start_time)
+            if not starts:
+                del self.class_starts[r.priority]
+
+    def yielding_to(self) -> dict[int, list[RunningJob]]:
+        """Preemptor -> the jobs yielding their GPUs to it, by job id."""
+        return {k: [v[i] for i in sorted(v)] for k, v in self.yielding.items()}
+
+    def lowest_eligible_class(self, now: float, min_runtime_s: float) -> int | None:
+        """The lowest priority class with a job that may be preempted now; None: none may."""
+        return min(
+            (c for c, starts in self.class_starts.items() if now - starts[0] >= min_runtime_s),
+            default=None,
+        )
+
+    def pool(
+        self,
+        key: tuple[object, ...],
+        victim_key: Callable[[RunningJob], Hashable] | None,
+        rank: VictimRank,
+    ) -> VictimPool:
+        """Every preemptible job not yielding (of any age: the search checks it), grouped by
+        `victim_key` and in `rank` order, kept across cycles while `key` (what the two
+        functions depend on) is the same."""
+        if self._pool is None or self._pool_key != key:
+            pool = VictimPool(victim_key, rank)
+            for r in self._changes.live():
+                pool.add(r)
+            self._pool, self._pool_key = pool, key
+        return self._pool
+
+
+def _remove_sorted(items: list[T], item: T) -> None:
+    at = bisect.bisect_left(items, item)  # type: ignore[call-overload]
+    if at == len(items) or items[at] != item:
+        raise KeyError(item)
+    del items[at]
+
+
+class CycleMemo:
+    """One policy's memory between cycles."""
+
+    def __init__(self) -> None:
+        self.running = RunningIndex()
