@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from policies.handoff import choose_handoffs
-from policies.memo import RunningIndex
+from policies.memo import CycleMemo, RunningIndex
 from policies.placement import FreeMap, Placement
 from policies.preemption import (
     VICTIM_ORDERS,
@@ -256,12 +256,13 @@ def decide(
     knobs: Knobs,
     claim: ClaimRule | None = None,
     context: Callable[[PendingJob], str] | None = None,
-    index: RunningIndex | None = None,
+    memo: CycleMemo | None = None,
 ) -> Plan:
-    """`index`: the snapshot's running jobs, indexed and brought up to date by the policy
-    (policies/memo.py); without it they are read from the snapshot."""
+    """`memo`: what the policy keeps between cycles (policies/memo.py), already brought up
+    to date with this snapshot; without it everything is read from the snapshot."""
     now = snapshot.now
-    free = FreeMap(snapshot.nodes)
+    index = memo.running if memo is not None else None
+    free = FreeMap(snapshot.nodes, memo.nodes.free if memo is not None else None)
     running: list[RunningJob] = [] if index is not None else list(snapshot.running)
     yielding = index.yielding_to() if index is not None else _yielding(snapshot.running)
     starts: list[Start] = []

@@ -16,14 +16,15 @@ its share and the claimant's team over, and the claimant's team never is after a
 
 from __future__ import annotations
 
+import bisect
 import functools
+import itertools
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from policies.accounts import AccountTree
 from policies.engine import Knobs, decide
-from policies.fairorder import fair_order
 from policies.fairtree import FairTree, fair_tree
 from policies.memo import CycleMemo
 from policies.placement import FreeMap
@@ -37,6 +38,9 @@ from policies.priority import (
 from policies.snapshot import ClusterSnapshot, PendingJob, Plan, RunningJob
 
 _USER = operator.attrgetter("user")
+_GPUS = operator.attrgetter("gpus")
+_NODES = operator.attrgetter("nodes")
+_LIMIT = operator.attrgetter("time_limit_s")
 MAX_WIDE_LOOKED_AT = 16  # the oldest waiting jobs across nodes looked at each cycle
 INF = float("inf")
 MAX_PROMOTED = 16  # the longest jobs moved forward each cycle (few are ever that long)
@@ -70,15 +74,16 @@ class FairShare:
             raise ParameterError("fairshare_margin must not be negative")
 
     def decide(self, snapshot: ClusterSnapshot) -> Plan:
-        index = self.memo.running
-        index.update(snapshot.running)
+        memo = self.memo
+        memo.update(snapshot)
+        index = memo.running
         users = set(map(_USER, snapshot.pending)) | index.held_user.keys()
         tree = snapshot.accounts.with_users(users)
         ft = fair_tree(tree, snapshot.usage)
-        ranked = fair_order(
-            snapshot.pending, snapshot.running, tree, ft, snapshot.now, self.aging_s
+        ranked = memo.order.order(
+            snapshot.pending, index.held_user, tree, ft, snapshot.now, self.aging_s
         )
-        ranked = ends_last_first(oldest_wide_first(ranked, snapshot), snapshot)
+        ranked = ends_last_first(oldest_wide_first(ranked, snapshot, memo), snapshot, memo)
         context = _TeamContext(tree, ft) if self.explain else None
         claim: ClaimRule = (
             _Claims(snapshot, tree.team_of, ft, self.fairshare_margin, index.held_user)
@@ -92,34 +97,44 @@ class FairShare:
             explain=self.explain,
             victim_order=self.victim_order,
         )
-        return decide(snapshot, ranked, knobs, claim, context, index)
+        return decide(snapshot, ranked, knobs, claim, context, memo)
 
 
-def oldest_wide_first(ranked: list[PendingJob], snapshot: ClusterSnapshot) -> list[PendingJob]:
+def oldest_wide_first(
+    ranked: list[PendingJob], snapshot: ClusterSnapshot, memo: CycleMemo | None = None
+) -> list[PendingJob]:
     """The oldest waiting job across nodes that cannot start now goes first in line, so
     that it holds the reservation (engine.py) until it starts.
 
     Whole nodes drain for such a job's reservation. In fair order the first blocked job
     changes as usage moves: a job ranked ahead of it takes the drained nodes, and the
     reservation moves on to drain others. Held by the oldest, it stays where it is."""
-    if not snapshot.multi_node:
+    if not snapshot.multi_node or not ranked:
         return ranked
-    up = [n.gpu_count for n in snapshot.nodes if n.schedulable]
-    widest, total = max(up, default=0), sum(up)
+    base = memo.nodes.free if memo is not None else None
+    if base is not None:
+        widest, total = base.widest(), base.total
+    else:
+        up = [len(n.gpus) for n in snapshot.nodes if n.schedulable]
+        widest, total = max(up, default=0), sum(up)
+    if max(map(_NODES, ranked)) == 1 and max(map(_GPUS, ranked)) <= widest:
+        return ranked  # (most queues: no job wider than a node, found at C speed)
     wide = sorted(  # those that could ever start here
         (j for j in ranked if (j.nodes > 1 or j.gpus > widest) and j.gpus <= total),
         key=lambda j: (j.submit_time, j.job_id),
     )
     if not wide:
         return ranked
-    free = FreeMap(snapshot.nodes)
+    free = FreeMap(snapshot.nodes, base)
     for job in wide[:MAX_WIDE_LOOKED_AT]:
         if free.find(job) is None:
             return _promoted(ranked, [job])
     return ranked
 
 
-def ends_last_first(ranked: list[PendingJob], snapshot: ClusterSnapshot) -> list[PendingJob]:
+def ends_last_first(
+    ranked: list[PendingJob], snapshot: ClusterSnapshot, memo: CycleMemo | None = None
+) -> list[PendingJob]:
     """Jobs whose time limit alone is longer than the horizon (all the known work, running
     and waiting, spread over every GPU) go first in line, the longest first.
 
@@ -128,24 +143,39 @@ def ends_last_first(ranked: list[PendingJob], snapshot: ClusterSnapshot) -> list
     with the cluster mostly idle around it at the end. Few jobs are ever that long."""
     if not ranked:
         return ranked
-    horizon = horizon_s(snapshot)
+    horizon = horizon_s(snapshot, memo)
+    if max(map(_LIMIT, ranked)) <= horizon:
+        return ranked  # (nearly always, found at C speed)
     longest = sorted(
         (j for j in ranked if j.time_limit_s > horizon), key=lambda j: (-j.time_limit_s, j.job_id)
     )
     return _promoted(ranked, longest[:MAX_PROMOTED]) if longest else ranked
 
 
-def horizon_s(snapshot: ClusterSnapshot) -> float:
+def horizon_s(snapshot: ClusterSnapshot, memo: CycleMemo | None = None) -> float:
     """How long the known work (running jobs' time left, waiting jobs' time limits) would
-    take spread over every schedulable GPU; jobs with no time limit count for nothing."""
+    take spread over every schedulable GPU; jobs with no time limit count for nothing.
+    `memo`: the snapshot's running jobs and nodes, indexed (the same figure, sooner)."""
     now = snapshot.now
-    gpus = sum(n.gpu_count for n in snapshot.nodes if n.schedulable)
+    if memo is not None:
+        gpus = memo.nodes.free.total
+        parts = memo.running.by_end
+    else:
+        gpus = sum(len(n.gpus) for n in snapshot.nodes if n.schedulable)
+        parts = sorted(
+            (r.expected_end(), len(held), where, r.job_id)
+            for r in snapshot.running
+            for where, held in r.parts
+        )
     if not gpus:
         return INF
-    work = sum(
-        r.gpus * max(0.0, r.expected_end() - now) for r in snapshot.running if r.time_limit_s
+    # the parts (in order of their end) still to run, each for its time left
+    ahead = itertools.islice(
+        parts, bisect.bisect_right(parts, (now, INF)), bisect.bisect_left(parts, (INF,))
     )
-    work += sum(j.gpus * j.time_limit_s for j in snapshot.pending)
+    work: float = sum(count * (end - now) for end, count, _, _ in ahead)
+    pending = snapshot.pending
+    work += sum(map(operator.mul, map(_GPUS, pending), map(_LIMIT, pending)))
     return work / gpus
 
 

@@ -16,8 +16,10 @@ import bisect
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Generic, TypeVar
 
+from policies.fairorder import OrderMemo
+from policies.placement import FreeBase
 from policies.preemption import VictimPool, VictimRank
-from policies.snapshot import RunningJob
+from policies.snapshot import ClusterSnapshot, NodeView, RunningJob
 
 T = TypeVar("T")
 INF = float("inf")
@@ -143,8 +145,29 @@ def _remove_sorted(items: list[T], item: T) -> None:
     del items[at]
 
 
+class NodeIndex:
+    """The schedulable nodes' free GPUs of the last snapshot (placement.FreeBase)."""
+
+    def __init__(self) -> None:
+        self._changes: Changes[NodeView] = Changes()
+        self.free = FreeBase()
+
+    def update(self, nodes: Sequence[NodeView]) -> None:
+        new, gone = self._changes.update(nodes)
+        for node in gone:
+            self.free.drop(node)
+        for node in new:
+            self.free.add(node)
+
+
 class CycleMemo:
-    """One policy's memory between cycles."""
+    """One policy's memory between cycles: call update() with each cycle's snapshot."""
 
     def __init__(self) -> None:
         self.running = RunningIndex()
+        self.nodes = NodeIndex()
+        self.order = OrderMemo()  # the fair order's (fairorder.py), kept by fairshare
+
+    def update(self, snapshot: ClusterSnapshot) -> None:
+        self.running.update(snapshot.running)
+        self.nodes.update(snapshot.nodes)

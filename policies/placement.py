@@ -79,19 +79,31 @@ def links_of(gpus: tuple[GpuSlot, ...]) -> dict[int, frozenset[int]]:
 
 
 class FreeMap:
-    def __init__(self, nodes: Iterable[NodeView]) -> None:
-        self.nodes = {n.name: n for n in nodes if n.schedulable}
-        self.free: dict[str, set[int]] = {name: set(n.free_gpus) for name, n in self.nodes.items()}
-        self.cpus = {name: n.free_cpus for name, n in self.nodes.items()}
-        self.mem = {name: n.free_mem_mb for name, n in self.nodes.items()}
-        counts = [len(n.gpus) for n in self.nodes.values()]
-        self.widest = max(counts, default=0)
-        self.total = sum(counts)
-        self.free_count = sum(map(len, self.free.values()))
+    def __init__(self, nodes: Iterable[NodeView], base: FreeBase | None = None) -> None:
+        """`base`: the same nodes, kept from earlier cycles (policies/memo.py); this map
+        then starts as a copy of it (its sets are never changed in place, only replaced)."""
+        if base is not None:
+            self.nodes = base.nodes
+            self.free = dict(base.free)
+            self.cpus = dict(base.cpus)
+            self.mem = dict(base.mem)
+            self.widest = base.widest()
+            self.total = base.total
+            self.free_count = base.free_count
+            self.buckets = [list(base.buckets.get(k, ())) for k in range(self.widest + 1)]
+        else:
+            self.nodes = {n.name: n for n in nodes if n.schedulable}
+            self.free = {name: n.free_gpus for name, n in self.nodes.items()}
+            self.cpus = {name: n.free_cpus for name, n in self.nodes.items()}
+            self.mem = {name: n.free_mem_mb for name, n in self.nodes.items()}
+            counts = [len(n.gpus) for n in self.nodes.values()]
+            self.widest = max(counts, default=0)
+            self.total = sum(counts)
+            self.free_count = sum(map(len, self.free.values()))
+            self.buckets = [[] for _ in range(self.widest + 1)]
+            for name in sorted(self.nodes):
+                self.buckets[len(self.free[name])].append(name)
         self._largest = -1  # cached largest_block(); -1 once a change makes it stale
-        self.buckets: list[list[str]] = [[] for _ in range(self.widest + 1)]
-        for name in sorted(self.nodes):
-            self.buckets[len(self.free[name])].append(name)
         self._typed: dict[frozenset[str], frozenset[tuple[str, int]]] = {}
 
     def links(self, name: str) -> dict[int, frozenset[int]]:
@@ -215,7 +227,7 @@ class FreeMap:
     def take(self, parts: Iterable[Part], job: PendingJob | None = None) -> None:
         for name, gpus in parts:
             before = len(self.free[name])
-            self.free[name] -= set(gpus)
+            self.free[name] = self.free[name] - set(gpus)  # a new set: a base's stays as it is
             self.free_count -= before - len(self.free[name])
             if job is not None:
                 self.cpus[name] -= job.cpus
@@ -227,9 +239,59 @@ class FreeMap:
             if name not in self.nodes:
                 continue
             before = len(self.free[name])
-            self.free[name] |= set(gpus)
+            self.free[name] = self.free[name] | set(gpus)
             self.free_count += len(self.free[name]) - before
             self._move(name, before)
+
+
+class FreeBase:
+    """The schedulable nodes' free GPUs, CPUs and memory as a snapshot has them, kept from
+    one cycle to the next and patched node by node (policies/memo.py); FreeMap copies it."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, NodeView] = {}
+        self.free: dict[str, frozenset[int]] = {}
+        self.cpus: dict[str, int] = {}
+        self.mem: dict[str, int] = {}
+        self.buckets: dict[int, list[str]] = {}  # free GPUs -> node names, sorted
+        self.sizes: dict[int, int] = {}  # GPUs a node has -> how many nodes have that many
+        self.total = 0
+        self.free_count = 0
+
+    def widest(self) -> int:
+        return max(self.sizes, default=0)
+
+    def add(self, node: NodeView) -> None:
+        if not node.schedulable:
+            return
+        name = node.name
+        if name in self.nodes:  # (named twice in one snapshot: the last one counts)
+            self.drop(self.nodes[name])
+        self.nodes[name] = node
+        self.free[name] = node.free_gpus
+        self.cpus[name] = node.free_cpus
+        self.mem[name] = node.free_mem_mb
+        bisect.insort(self.buckets.setdefault(len(node.free_gpus), []), name)
+        size = len(node.gpus)
+        self.sizes[size] = self.sizes.get(size, 0) + 1
+        self.total += size
+        self.free_count += len(node.free_gpus)
+
+    def drop(self, node: NodeView) -> None:
+        name = node.name
+        if self.nodes.get(name) is not node:
+            return  # not schedulable: never added
+        del self.nodes[name], self.free[name], self.cpus[name], self.mem[name]
+        bucket = self.buckets[len(node.free_gpus)]
+        del bucket[bisect.bisect_left(bucket, name)]
+        if not bucket:
+            del self.buckets[len(node.free_gpus)]
+        size = len(node.gpus)
+        self.sizes[size] -= 1
+        if not self.sizes[size]:
+            del self.sizes[size]
+        self.total -= size
+        self.free_count -= len(node.free_gpus)
 
 
 def place(job: PendingJob, nodes: Iterable[NodeView]) -> Placement | None:
