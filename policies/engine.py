@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import functools
 import heapq
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import compress
 from types import MappingProxyType
 
 from policies.handoff import choose_handoffs
@@ -39,6 +41,11 @@ from policies.snapshot import (
 )
 
 INF = float("inf")
+_JOB_ID = operator.attrgetter("job_id")
+# what a waiting job's words depend on (with a policy context that speaks of its user)
+_KIND = operator.attrgetter(
+    "gpus", "cpus", "mem_mb", "nodes", "user", "gpu_types", "handoff_after_s"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,33 +443,38 @@ def decide(
 
     def explain_rest(rest: Sequence[PendingJob], behind: str) -> None:
         """Why each job of `rest` waits, once no GPU is free and no preemption is left to
-        try: thousands of jobs a cycle at scale, so the words are made once per kind of job
-        (its size and the policy's context for it), and only the few jobs with a case of
-        their own go through the full checks."""
-        texts: dict[tuple[int, int, int, int, str], str] = {}
+        try: tens of thousands of jobs a cycle at scale, so the words are made once per
+        kind of job (its size, and its user when the policy's context speaks of the user
+        alone), the jobs are sorted into kinds at C speed, and only the few with a case of
+        their own (GPU types, too wide, started, yielding, handed off) go through the full
+        checks."""
         cap = free.total if snapshot.multi_node else min(free.total, free.widest)
-        apart = started | yielding.keys()
-        # a context that speaks of the job's user alone is asked once per user and size
-        by_user = getattr(context, "by_user", False)
-        for job in rest:
-            if (
-                job.gpu_types
-                or job.gpus > cap
-                or job.job_id in apart
-                or (handoff and job.handoff_after_s == 0)
-            ):
+        if context is not None and not getattr(context, "by_user", False):
+            for job in rest:  # words of its own for each job: asked one by one
                 if not cannot_run_here(job) and not waits_apart(job):
                     note(job, behind or why_not(job))
+            return
+        kinds = list(map(_KIND, rest))
+        ids = list(map(_JOB_ID, rest))
+        texts: dict[tuple[object, ...], str] = {}
+        apart: set[tuple[object, ...]] = set()  # kinds whose jobs each go the long way
+        for kind, job in dict(zip(kinds, rest, strict=True)).items():  # one job of each kind
+            if job.gpu_types or job.gpus > cap or (handoff and job.handoff_after_s == 0):
+                apart.add(kind)
+                texts[kind] = ""  # (their words are made below, one by one)
                 continue
-            extra = job.user if by_user else context(job) if context else ""
-            key = (job.gpus, job.cpus, job.mem_mb, job.nodes, extra)
-            text = texts.get(key)
-            if text is None:
-                why = behind or why_not(job)
-                if by_user and context is not None:
-                    extra = context(job)
-                text = texts[key] = f"{why}; {extra}" if extra else why
-            reasons[job.job_id] = text
+            why = behind or why_not(job)
+            extra = context(job) if context is not None else ""
+            texts[kind] = f"{why}; {extra}" if extra else why
+        reasons.update(zip(ids, map(texts.__getitem__, kinds), strict=True))
+        alone = list(compress(rest, map(apart.__contains__, kinds)))
+        if started or yielding:
+            in_rest = set(ids)
+            alone += [rest[ids.index(i)] for i in started | yielding.keys() if i in in_rest]
+        for job in alone:
+            reasons.pop(job.job_id, None)
+            if not cannot_run_here(job) and not waits_apart(job):
+                note(job, behind or why_not(job))
 
     for at, job in enumerate(ranked):
         if cannot_run_here(job):
