@@ -15,7 +15,6 @@ import heapq
 import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from itertools import compress
 from types import MappingProxyType
 
 from policies.handoff import choose_handoffs
@@ -42,10 +41,22 @@ from policies.snapshot import (
 
 INF = float("inf")
 _JOB_ID = operator.attrgetter("job_id")
-# what a waiting job's words depend on (with a policy context that speaks of its user)
-_KIND = operator.attrgetter(
-    "gpus", "cpus", "mem_mb", "nodes", "user", "gpu_types", "handoff_after_s"
-)
+_GPUS = operator.attrgetter("gpus")
+_TYPES = operator.attrgetter("gpu_types")
+# what a waiting job's words depend on, when its case is the common one (engine.decide)
+_KIND = operator.attrgetter("gpus", "cpus", "mem_mb", "nodes", "user")
+
+
+class _Words(dict[tuple[int, int, int, int, str], str]):
+    """Words by kind of job, each made when first asked."""
+
+    def __init__(self, make: Callable[[tuple[int, int, int, int, str]], str]) -> None:
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, kind: tuple[int, int, int, int, str]) -> str:
+        text = self[kind] = self.make(kind)
+        return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,36 +456,51 @@ def decide(
         """Why each job of `rest` waits, once no GPU is free and no preemption is left to
         try: tens of thousands of jobs a cycle at scale, so the words are made once per
         kind of job (its size, and its user when the policy's context speaks of the user
-        alone), the jobs are sorted into kinds at C speed, and only the few with a case of
-        their own (GPU types, too wide, started, yielding, handed off) go through the full
-        checks."""
-        cap = free.total if snapshot.multi_node else min(free.total, free.widest)
-        if context is not None and not getattr(context, "by_user", False):
+        alone: `of_user`), the jobs are sorted into kinds at C speed, and only the few with
+        a case of their own (GPU types, too wide, handed off, started, yielding) go through
+        the full checks."""
+        of_user: Callable[[str], str] | None = getattr(context, "of_user", None)
+        if context is not None and of_user is None:
             for job in rest:  # words of its own for each job: asked one by one
                 if not cannot_run_here(job) and not waits_apart(job):
                     note(job, behind or why_not(job))
             return
-        kinds = list(map(_KIND, rest))
-        ids = list(map(_JOB_ID, rest))
-        texts: dict[tuple[object, ...], str] = {}
-        apart: set[tuple[object, ...]] = set()  # kinds whose jobs each go the long way
-        for kind, job in dict(zip(kinds, rest, strict=True)).items():  # one job of each kind
-            if job.gpu_types or job.gpus > cap or (handoff and job.handoff_after_s == 0):
-                apart.add(kind)
-                texts[kind] = ""  # (their words are made below, one by one)
-                continue
-            why = behind or why_not(job)
-            extra = context(job) if context is not None else ""
-            texts[kind] = f"{why}; {extra}" if extra else why
-        reasons.update(zip(ids, map(texts.__getitem__, kinds), strict=True))
-        alone = list(compress(rest, map(apart.__contains__, kinds)))
+        cap = free.total if snapshot.multi_node else min(free.total, free.widest)
+        alone: list[PendingJob] = []
+        if any(map(_TYPES, rest)) or max(map(_GPUS, rest)) > cap or handoff:
+
+            def own_case(job: PendingJob) -> bool:
+                return bool(
+                    job.gpu_types or job.gpus > cap or (handoff and job.handoff_after_s == 0)
+                )
+
+            alone = list(filter(own_case, rest))
+        words = _Words(lambda kind: kind_words(kind, behind, of_user))
+        kinds = map(_KIND, rest)
+        reasons.update(zip(map(_JOB_ID, rest), map(words.__getitem__, kinds), strict=True))
         if started or yielding:
+            ids = list(map(_JOB_ID, rest))
             in_rest = set(ids)
             alone += [rest[ids.index(i)] for i in started | yielding.keys() if i in in_rest]
         for job in alone:
             reasons.pop(job.job_id, None)
             if not cannot_run_here(job) and not waits_apart(job):
                 note(job, behind or why_not(job))
+
+    def kind_words(
+        kind: tuple[int, int, int, int, str], behind: str, of_user: Callable[[str], str] | None
+    ) -> str:
+        gpus, cpus, mem_mb, nodes, user = kind
+        if behind:
+            why = behind
+        else:  # why_not of a job of that kind (all it reads of one)
+            each = gpus // nodes if nodes > 1 else 0
+            like = PendingJob(
+                0, user, "", gpus, 0, 0.0, cpus, mem_mb, nodes=nodes, gpus_per_node=each
+            )
+            why = why_not(like)
+        extra = of_user(user) if of_user is not None else ""
+        return f"{why}; {extra}" if extra else why
 
     for at, job in enumerate(ranked):
         if cannot_run_here(job):

@@ -197,19 +197,21 @@ class _TeamContext:
     (Its place in line and in its team are not in the words: they move whenever a job
     ahead starts or leaves, and `gshare why` shows them beside the reason.)"""
 
-    by_user = True  # the words depend on the job's user alone (engine.py asks once per user)
-
     def __init__(self, tree: AccountTree, ft: FairTree) -> None:
         self.tree = tree
         self.ft = ft
         self.words: dict[str, str] = {}  # by user
 
     def __call__(self, job: PendingJob) -> str:
-        text = self.words.get(job.user)
+        return self.of_user(job.user)
+
+    def of_user(self, user: str) -> str:
+        """The words depend on the job's user alone (engine.py asks once per user)."""
+        text = self.words.get(user)
         if text is None:
-            team = self.tree.team_of(job.user)
+            team = self.tree.team_of(user)
             share = self.ft.ratio((team,))
-            text = self.words[job.user] = f"team {team} at {share:.1f}x its share"
+            text = self.words[user] = f"team {team} at {share:.1f}x its share"
         return text
 
 
