@@ -298,10 +298,13 @@ class Cycle:
 @dataclass
 class SnapshotCache:
     """Frozen views of jobs kept from one snapshot to the next, by job id, with the record
-    (and the drained GPUs) they were made from."""
+    (and the drained GPUs) they were made from, and of nodes, by name. A view that did not
+    change is the same object in the next snapshot: the policies tell what changed by
+    identity (policies/memo.py)."""
 
     pending: dict[int, tuple[JobRecord, PendingJob]] = field(default_factory=dict)
     running: dict[int, tuple[JobRecord, tuple[int, ...], RunningJob]] = field(default_factory=dict)
+    nodes: dict[str, NodeView] = field(default_factory=dict)  # by name
 
 
 def take_snapshot(
@@ -400,22 +403,30 @@ def take_snapshot(
             del running_cache[job_id]
     ok = set(schedulable)
     views = []
+    node_cache = kept.nodes
     for name in sorted(nodes):
         node = nodes[name]
         taken = busy.get(name, set())
         slots = _slots(node)
-        views.append(
-            NodeView(
-                name=name,
-                gpus=slots,
-                free_gpus=frozenset(g.index for g in slots if g.index not in taken),
-                cpus=node.cpus,
-                mem_mb=node.mem_mb,
-                free_cpus=node.cpus - used_cpus.get(name, 0),
-                free_mem_mb=node.mem_mb - used_mem.get(name, 0),
-                schedulable=name in ok,
-            )
+        shown = NodeView(
+            name=name,
+            gpus=slots,
+            free_gpus=frozenset(g.index for g in slots if g.index not in taken),
+            cpus=node.cpus,
+            mem_mb=node.mem_mb,
+            free_cpus=node.cpus - used_cpus.get(name, 0),
+            free_mem_mb=node.mem_mb - used_mem.get(name, 0),
+            schedulable=name in ok,
         )
+        before = node_cache.get(name)
+        if before is not None and before == shown:
+            shown = before  # the same object as last time: the policies see it unchanged
+        else:
+            node_cache[name] = shown
+        views.append(shown)
+    if len(node_cache) > len(nodes):
+        for name in [n for n in node_cache if n not in nodes]:
+            del node_cache[name]
     return ClusterSnapshot(
         now,
         tuple(views),
