@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import bisect
 import functools
-import itertools
+import math
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -41,6 +41,8 @@ _USER = operator.attrgetter("user")
 _GPUS = operator.attrgetter("gpus")
 _NODES = operator.attrgetter("nodes")
 _LIMIT = operator.attrgetter("time_limit_s")
+_FIRST = operator.itemgetter(0)
+_SECOND = operator.itemgetter(1)
 MAX_WIDE_LOOKED_AT = 16  # the oldest waiting jobs across nodes looked at each cycle
 INF = float("inf")
 MAX_PROMOTED = 16  # the longest jobs moved forward each cycle (few are ever that long)
@@ -169,11 +171,11 @@ def horizon_s(snapshot: ClusterSnapshot, memo: CycleMemo | None = None) -> float
         )
     if not gpus:
         return INF
-    # the parts (in order of their end) still to run, each for its time left
-    ahead = itertools.islice(
-        parts, bisect.bisect_right(parts, (now, INF)), bisect.bisect_left(parts, (INF,))
-    )
-    work: float = sum(count * (end - now) for end, count, _, _ in ahead)
+    # the parts still to run (in order of their end), each for its time left: the sum of
+    # GPUs x end less now x GPUs, summed exactly at C speed (tens of thousands of parts)
+    ahead = parts[bisect.bisect_right(parts, (now, INF)) : bisect.bisect_left(parts, (INF,))]
+    counts = list(map(_SECOND, ahead))
+    work: float = math.fsum(map(operator.mul, counts, map(_FIRST, ahead))) - now * sum(counts)
     pending = snapshot.pending
     work += sum(map(operator.mul, map(_GPUS, pending), map(_LIMIT, pending)))
     return work / gpus
