@@ -565,4 +565,4 @@ def decide(
         order,
         held=MappingProxyType(held),
     )
-    return choose_handoffs(snapshot, plan)
+    return choose_handoffs(snapshot, plan, book)

@@ -15,10 +15,14 @@ from __future__ import annotations
 from dataclasses import replace
 from types import MappingProxyType
 
+from policies.quota import QuotaBook
 from policies.snapshot import ClusterSnapshot, Handoff, Plan
 
 
-def choose_handoffs(snapshot: ClusterSnapshot, plan: Plan) -> Plan:
+def choose_handoffs(snapshot: ClusterSnapshot, plan: Plan, book: QuotaBook | None = None) -> Plan:
+    """`book`: the cycle's quota ledger, with this cycle's starts charged; a job that
+    would take its user or account over a limit is not handed off (its GPUs in Slurm
+    count against limits as GPUs here do)."""
     slurm = snapshot.slurm
     if slurm is None:
         return plan
@@ -51,6 +55,12 @@ def choose_handoffs(snapshot: ClusterSnapshot, plan: Plan) -> Plan:
                 f"handed to Slurm: waited {waited / 60:.0f} min here while Slurm had "
                 f"{free[fits]} free GPUs on one node"
             )
+        over = book.over_limits(job) if book is not None else ""
+        if over:
+            reasons[job_id] = f"{reasons.get(job_id, 'waiting')}; not handed to Slurm: {over}"
+            continue
+        if book is not None:
+            book.elsewhere(job.user, job.gpus)
         if fits is not None:
             free[fits] -= job.gpus
         handoffs.append(Handoff(job_id, why))

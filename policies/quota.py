@@ -167,6 +167,15 @@ class QuotaBook:
                     wanting[key] += job.gpus
         for job_id, parts in freed.items():
             self.promise(claimants[job_id], parts)
+        for user, gpus in snapshot.elsewhere.items():
+            self.elsewhere(user, gpus)
+
+    def elsewhere(self, user: str, gpus: int) -> None:
+        """GPUs `user`'s jobs ask of Slurm: for limits and user caps, as GPUs of no known
+        model (so only a limit over every type counts them), never for guarantees."""
+        self._cache.clear()
+        self.physical.setdefault(self.team_of(user), Counter())[""] += gpus
+        self.user_gpus[user] += gpus
 
     # ------------------------------------------------------------ holdings
 
@@ -250,25 +259,33 @@ class QuotaBook:
 
     # ------------------------------------------------------------ admission
 
-    def admit(self, job: PendingJob, free: FreeMap) -> tuple[PendingJob, str]:
-        """The job as it may start (its GPU types narrowed to those its quotas leave room
-        on), or why it may not start now."""
-        limits = self.quotas.user_limits(job.user)
-        cap = limits.max_running_gpus
+    def over_limits(self, job: PendingJob) -> str:
+        """Why `job` would take its user over max_running_gpus or its account over its
+        limit over every type ('' when it would not), wherever it runs."""
+        cap = self.quotas.user_limits(job.user).max_running_gpus
         if cap and self.user_gpus[job.user] + job.gpus > cap:
-            return job, (
+            return (
                 f"user {job.user} runs {self.user_gpus[job.user]} GPUs; {job.gpus} more would "
                 f"be over their max_running_gpus of {cap}"
             )
         team = self.team_of(job.user)
-        quota = self.quota(team)
-        limit = quota.limit.get(ANY)
+        limit = self.quota(team).limit.get(ANY)
         holds = self.holds(team, physical=True)
         if limit is not None and holds + job.gpus > limit:
-            return job, (
+            return (
                 f"team {team} holds {holds} GPUs; {job.gpus} more would be over "
                 f"its limit of {limit}"
             )
+        return ""
+
+    def admit(self, job: PendingJob, free: FreeMap) -> tuple[PendingJob, str]:
+        """The job as it may start (its GPU types narrowed to those its quotas leave room
+        on), or why it may not start now."""
+        over = self.over_limits(job)
+        if over:
+            return job, over
+        team = self.team_of(job.user)
+        quota = self.quota(team)
         models = self._models_for(job)
         shut: list[str] = []
         for key, cap_k in quota.limit.items():

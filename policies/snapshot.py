@@ -116,6 +116,9 @@ class ClusterSnapshot:
     # when not, a job wider than every node waits with that reason and reserves nothing
     multi_node: bool = True
     quotas: Quotas | None = None  # None: no guarantees, limits or per-user caps
+    # GPUs each user's jobs handed to Slurm ask there (queued or running): they count
+    # against quota limits and max_running_gpus, not against guarantees (policies/quota.py)
+    elsewhere: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True, slots=True)

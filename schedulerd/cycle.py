@@ -45,6 +45,9 @@ from schedulerd.model import GpuInfo, JobRecord, NodeRecord
 from schedulerd.state import ClusterState
 from schedulerd.store import Change
 
+# jobs handed to Slurm, queued or running there: their GPUs count against quota limits
+IN_SLURM = frozenset({JobState.HANDED_OFF, JobState.RUNNING_REMOTE})
+
 
 class Agents(Protocol):
     """Where the cycle's commands go: the agent sessions, or simulated agents."""
@@ -334,8 +337,12 @@ def take_snapshot(
     running: list[RunningJob] = []
     pending: list[PendingJob] = []
     pending_state = JobState.PENDING
+    elsewhere: dict[str, int] = {}  # GPUs of jobs handed to Slurm, by user
     for job in jobs:
         state = job.state
+        if state in IN_SLURM:
+            elsewhere[job.user] = elsewhere.get(job.user, 0) + job.gpus
+            continue
         if state in ON_NODE:
             for where, gpus in job.holds() if job.parts else ((job.node, job.gpu_indexes),):
                 busy.setdefault(where, set()).update(gpus)
@@ -437,6 +444,7 @@ def take_snapshot(
         slurm,
         multi_node,
         quotas,
+        MappingProxyType(elsewhere),
     )
 
 
