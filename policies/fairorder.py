@@ -40,7 +40,7 @@ is the same computation from nothing. Both require distinct job ids among the pe
 from __future__ import annotations
 
 import operator
-from bisect import bisect_left, bisect_right, insort
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import accumulate, chain, compress, count, groupby, islice, repeat
 from math import log2
@@ -74,28 +74,52 @@ def fair_order(
 
 
 class _Run:
-    """A user's pending jobs of one priority class in submit order, with their user keys
-    and wait terms."""
+    """A user's pending jobs of one priority class in submit order, with their GPUs, submit
+    times, user keys and wait terms."""
 
     __slots__ = ("gpus", "jobs", "keys", "priority", "submits", "waits")
 
     def __init__(self, priority: int, jobs: list[PendingJob]) -> None:
         self.priority = priority
+        self.keys: list[float] = []
+        self.waits: list[float] = []  # min(submit time, now) / aging_s of each job
+        self._reset(jobs)
+
+    def _reset(self, jobs: list[PendingJob]) -> None:
         self.jobs = jobs
         self.gpus = list(map(_GPUS, jobs))
         self.submits = list(map(_SUBMIT_TIME, jobs))
-        self.keys: list[float] = []
-        self.waits: list[float] = []  # min(submit time, now) / aging_s of each job
+
+    def remove(self, gone: list[PendingJob]) -> None:
+        if len(gone) > FEW:
+            ids = set(map(id, gone))
+            self._reset([j for j in self.jobs if id(j) not in ids])
+            return
+        for job in gone:  # job ids are distinct: the one at i is this job
+            i = bisect_left(self.jobs, _submit_key(job), key=_submit_key)
+            del self.jobs[i], self.gpus[i], self.submits[i]
+
+    def add(self, came: list[PendingJob]) -> None:
+        """`came` is in submit order."""
+        if len(came) > FEW:
+            jobs = self.jobs + came
+            _in_submit_order(jobs)
+            self._reset(jobs)
+            return
+        for job in came:
+            i = bisect_right(self.jobs, _submit_key(job), key=_submit_key)
+            self.jobs.insert(i, job)
+            self.gpus.insert(i, job.gpus)
+            self.submits.insert(i, job.submit_time)
 
 
 class _User:
-    """One user's pending jobs in submit order (class first), with what ranks them."""
+    """One user's pending jobs, a run per class, with what ranks them."""
 
     __slots__ = (
         "changed",
         "factor",
         "held",
-        "jobs",
         "latest",
         "name",
         "now",
@@ -109,9 +133,8 @@ class _User:
         self.name = name
         self.team = path[0]
         self.path = (*path, name)  # its key in the Fair Tree standings
-        self.jobs: list[PendingJob] = []
         self.changed = True  # jobs came or went since it was last ranked
-        self.runs: list[_Run] = []  # one per class, the highest priority first
+        self.runs: dict[int, _Run] = {}  # by priority
         self.latest = -INF  # the latest submit time among its jobs
         self.held = -1.0  # what the keys were computed with (-1: never)
         self.share = -1.0
@@ -119,44 +142,35 @@ class _User:
         self.now = -INF
 
     def remove(self, gone: list[PendingJob]) -> None:
-        if len(gone) > FEW:
-            ids = set(map(id, gone))
-            self.jobs = [j for j in self.jobs if id(j) not in ids]
-            return
-        for job in gone:
-            i = bisect_left(self.jobs, _submit_key(job), key=_submit_key)
-            del self.jobs[i]  # job ids are distinct: the one at i is this job
+        gone.sort(key=_CLASS)  # stable: submit order within a class
+        for p, group in groupby(gone, _CLASS):
+            run = self.runs[p]
+            run.remove(list(group))
+            if not run.jobs:
+                del self.runs[p]
 
     def add(self, came: list[PendingJob]) -> None:
         """`came` is in submit order (class first)."""
-        if not self.jobs:
-            self.jobs = came
-        elif len(came) > FEW:
-            self.jobs.extend(came)
-            _in_submit_order(self.jobs)
-        else:
-            for job in came:
-                insort(self.jobs, job, key=_submit_key)
+        for p, group in groupby(came, _CLASS):
+            run = self.runs.get(p)
+            if run is None:
+                self.runs[p] = _Run(p, list(group))
+            else:
+                run.add(list(group))
 
     def refresh(self, held: float, share: float, factor: float, now: float, aging_s: float) -> bool:
         """Recompute what changed; whether anything that ranks its jobs did."""
         jobs_changed = self.changed
+        runs = sorted(self.runs.values(), key=_PRIORITY, reverse=True)
         if jobs_changed:
-            self.runs = []
-            jobs, lo = self.jobs, 0
-            while lo < len(jobs):
-                p = jobs[lo].priority
-                hi = bisect_right(jobs, -p, lo, key=_NEG_CLASS)
-                self.runs.append(_Run(p, jobs[lo:hi]))
-                lo = hi
-            self.latest = max(run.submits[-1] for run in self.runs)  # each in submit order
+            self.latest = max(run.submits[-1] for run in runs)  # each in submit order
             self.changed = False
         changed = jobs_changed or factor != self.factor
         self.factor = factor
         if jobs_changed or held != self.held or share != self.share:
             self.held, self.share = held, share
             before = held  # the GPUs before each job, on across classes
-            for run in self.runs:
+            for run in runs:
                 cum = list(accumulate(run.gpus, initial=before))
                 before = cum.pop()
                 run.keys = list(map((1 / share).__mul__, cum)) if share > 0 else [INF] * len(cum)
@@ -165,7 +179,7 @@ class _User:
         waits_valid = now == self.now or (self.latest <= self.now and self.latest <= now)
         if jobs_changed or not waits_valid:
             self.now = now
-            for run in self.runs:
+            for run in runs:
                 submits: Iterable[float] = run.submits
                 if self.latest > now:
                     submits = map(min, submits, repeat(now))
@@ -209,17 +223,17 @@ class _Team:
         # submit order: then a stable sort by user key alone gives the rank order.
         users = sorted(self.users.values(), key=_FACTOR, reverse=True)
         groups = [list(group) for _, group in groupby(users, _FACTOR)]
-        priorities = sorted({run.priority for u in users for run in u.runs}, reverse=True)
+        priorities = sorted({p for u in users for p in u.runs}, reverse=True)
         self.classes = {}
         before: float = held  # the team's GPUs before each job, on across classes
         for p in priorities:
             runs: list[_Run] = []
             for group in groups:
-                alike = [run for u in group for run in u.runs if run.priority == p]
+                alike = [u.runs[p] for u in group if p in u.runs]
                 runs.extend(alike if len(alike) < 2 else [_in_submit_order_merged(alike)])
             # 1. the team's jobs as a progressive filling takes them: the runs merged
             keys = list(chain.from_iterable(run.keys for run in runs))
-            by_rank = sorted(range(len(keys)), key=keys.__getitem__)
+            by_rank = sorted(_indexes(len(keys)), key=keys.__getitem__)
             jobs = _pick(chain.from_iterable(run.jobs for run in runs), by_rank)
             gpus = _pick(chain.from_iterable(run.gpus for run in runs), by_rank)
             waits = _pick(chain.from_iterable(run.waits for run in runs), by_rank)
@@ -314,7 +328,7 @@ class OrderMemo:
             user = users[name]
             user.remove(list(group))
             user.changed = True
-            if not user.jobs:
+            if not user.runs:
                 del users[name]
                 team = teams[user.team]
                 del team.users[name]
@@ -376,7 +390,7 @@ class OrderMemo:
             jobs = list(chain.from_iterable(part.jobs for part in parts))
             team_keys = list(chain.from_iterable(part.team_keys for part in parts))
             # stable: each team's jobs of equal team keys stay in rank order
-            order = sorted(range(len(jobs)), key=team_keys.__getitem__)
+            order = sorted(_indexes(len(jobs)), key=team_keys.__getitem__)
             keys = list(map(team_keys.__getitem__, order))
             ties = list(compress(count(), map(operator.eq, keys, islice(keys, 1, None))))
             if ties:
@@ -479,6 +493,16 @@ def _same_run(a: Sequence[T], i: int, b: Sequence[T], j: int) -> int:
     return run
 
 
+_INDEXES: list[int] = []
+
+
+def _indexes(n: int) -> list[int]:
+    """list(range(n)), from ints made once: a sort of 45k indexes then allocates none."""
+    if len(_INDEXES) < n:
+        _INDEXES.extend(range(len(_INDEXES), n))
+    return _INDEXES[:n]
+
+
 def _pick(items: Iterable[T], order: list[int]) -> list[T]:
     return list(map(list(items).__getitem__, order))
 
@@ -488,10 +512,6 @@ def _in_submit_order(jobs: list[PendingJob]) -> None:
     jobs.sort(key=_JOB_ID)
     jobs.sort(key=_SUBMIT_TIME)
     jobs.sort(key=_CLASS, reverse=True)  # stable: submit order within a class
-
-
-def _neg_class(job: PendingJob) -> int:
-    return -job.priority
 
 
 def _submit_key(job: PendingJob) -> tuple[int, float, int]:
@@ -504,4 +524,4 @@ _CLASS = operator.attrgetter("priority")
 _USER = operator.attrgetter("user")
 _GPUS = operator.attrgetter("gpus")
 _FACTOR = operator.attrgetter("factor")
-_NEG_CLASS = _neg_class
+_PRIORITY = operator.attrgetter("priority")

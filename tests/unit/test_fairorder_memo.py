@@ -163,6 +163,17 @@ def test_job_ids_must_be_distinct() -> None:
         OrderMemo().order([job(1, "ann"), job(1, "bob")], {}, TREE, fair_tree(TREE, {}), NOW, AGING)
 
 
+def test_many_jobs_of_one_user_come_and_go_at_once() -> None:
+    memo = OrderMemo()
+    ft = fair_tree(TREE, USAGE)
+    jobs = [job(i, "ann", i % 3, NOW - 100 * (i % 7), prio=i % 2) for i in range(1, 31)]
+    memo.order(jobs, HELD, TREE, ft, NOW, AGING)
+    came = [job(i, "ann", 1, NOW - 50 * (i % 5), prio=i % 2) for i in range(31, 51)]
+    jobs = [j for j in jobs if j.job_id % 3 == 0] + came  # 10 of each class's 15 go, 20 come
+    got = memo.order(jobs, HELD, TREE, ft, NOW, AGING)
+    assert_same(got, reference_order(jobs, HELD, ft, NOW))
+
+
 @pytest.mark.parametrize(
     "listed",
     [
