@@ -163,6 +163,36 @@ def test_job_ids_must_be_distinct() -> None:
         OrderMemo().order([job(1, "ann"), job(1, "bob")], {}, TREE, fair_tree(TREE, {}), NOW, AGING)
 
 
+def test_many_jobs_of_one_user_come_and_go_at_once() -> None:
+    memo = OrderMemo()
+    ft = fair_tree(TREE, USAGE)
+    jobs = [job(i, "ann", i % 3, NOW - 100 * (i % 7), prio=i % 2) for i in range(1, 31)]
+    memo.order(jobs, HELD, TREE, ft, NOW, AGING)
+    came = [job(i, "ann", 1, NOW - 50 * (i % 5), prio=i % 2) for i in range(31, 51)]
+    jobs = [j for j in jobs if j.job_id % 3 == 0] + came  # 10 of each class's 15 go, 20 come
+    got = memo.order(jobs, HELD, TREE, ft, NOW, AGING)
+    assert_same(got, reference_order(jobs, HELD, ft, NOW))
+
+
+@pytest.mark.parametrize(
+    "listed",
+    [
+        [*JOBS, JOBS[2]],  # a kept job twice, in place
+        [JOBS[2], *JOBS],  # a kept job twice, out of place
+        [*JOBS[::-1], job(9, "ann"), JOBS[0]],  # moved, and twice
+    ],
+)
+def test_a_job_listed_twice_is_refused_and_the_memo_still_works(listed: list[PendingJob]) -> None:
+    memo = OrderMemo()
+    ft = fair_tree(TREE, USAGE)
+    memo.order(JOBS, HELD, TREE, ft, NOW, AGING)
+    with pytest.raises(ValueError, match="listed twice"):
+        memo.order(listed, HELD, TREE, ft, NOW, AGING)
+    new = job(11, "bob", submitted=NOW - 5)
+    jobs = [*JOBS[::-1], new]
+    assert_same(memo.order(jobs, HELD, TREE, ft, NOW, AGING), reference_order(jobs, HELD, ft, NOW))
+
+
 # ------------------------------------------------------------------ random cycles
 
 
@@ -197,6 +227,8 @@ def cycles(draw: st.DrawFn) -> list[dict[str, object]]:
                     )
                 ),
                 "tick": draw(st.sampled_from([0.0, 0.0, 1.0, 7.5, AGING])),
+                # how the jobs are listed: as kept (most cycles), reversed, or rotated
+                "listing": draw(st.sampled_from(["kept", "kept", "reversed", "rotated"])),
                 "same_tree_object": draw(st.booleans()),
             }
         )
@@ -226,7 +258,12 @@ def test_the_memo_is_fair_order_at_every_cycle(steps: list[dict[str, object]]) -
         now += step["tick"]  # type: ignore[operator]
         tree = TREE if step["same_tree_object"] else CONFIGURED.with_users(USERS[::-1])
         ft = fair_tree(tree, step["usage"])  # type: ignore[arg-type]
-        got = memo.order(tuple(pending), held, tree, ft, now, AGING)
+        listed = list(pending)
+        if step["listing"] == "reversed":
+            listed.reverse()
+        elif step["listing"] == "rotated":
+            listed = listed[1:] + listed[:1]
+        got = memo.order(tuple(listed), held, tree, ft, now, AGING)
         want = fair_order(pending, running_of(held), tree, ft, now, AGING)
         assert_same(got, want)
         assert_same(want, reference_order(pending, held, ft, now))
