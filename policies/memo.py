@@ -18,7 +18,7 @@ from typing import Generic, TypeVar
 
 from policies.fairorder import OrderMemo
 from policies.placement import FreeBase
-from policies.preemption import VictimPool, VictimRank
+from policies.preemption import MANY, VictimPool, VictimRank
 from policies.snapshot import ClusterSnapshot, NodeView, RunningJob
 
 T = TypeVar("T")
@@ -69,22 +69,35 @@ class RunningIndex:
             self._drop(r)
             if pool is not None:
                 pool.drop(r)
+        many = len(new) > MANY  # (then appended, and each list sorted once)
         for r in new:
-            self._add(r)
-            if pool is not None:
-                pool.add(r)
+            self._add(r, sort=not many)
+        if many:
+            self.by_end.sort()
+            for starts in self.class_starts.values():
+                starts.sort()
+        if pool is not None:
+            pool.add_all(new)
 
-    def _add(self, r: RunningJob) -> None:
+    def _add(self, r: RunningJob, sort: bool) -> None:
         self.held_user[r.user] = self.held_user.get(r.user, 0) + r.gpus
         self._jobs_of[r.user] = self._jobs_of.get(r.user, 0) + 1
         end = r.expected_end()
         for where, held in r.parts:
-            bisect.insort(self.by_end, (end, len(held), where, r.job_id))
+            part = (end, len(held), where, r.job_id)
+            if sort:
+                bisect.insort(self.by_end, part)
+            else:
+                self.by_end.append(part)
             self.on_node.setdefault(where, []).append((end, len(held)))
         if r.yielding_to:
             self.yielding.setdefault(r.yielding_to, {})[r.job_id] = r
         elif r.preemptible:
-            bisect.insort(self.class_starts.setdefault(r.priority, []), r.start_time)
+            starts = self.class_starts.setdefault(r.priority, [])
+            if sort:
+                bisect.insort(starts, r.start_time)
+            else:
+                starts.append(r.start_time)
 
     def _drop(self, r: RunningJob) -> None:
         if self._jobs_of[r.user] == 1:  # (a user whose jobs hold no GPU is still there)
@@ -132,8 +145,7 @@ class RunningIndex:
         functions depend on) is the same."""
         if self._pool is None or self._pool_key != key:
             pool = VictimPool(victim_key, rank)
-            for r in self._changes.live():
-                pool.add(r)
+            pool.add_all(list(self._changes.live()))
             self._pool, self._pool_key = pool, key
         return self._pool
 

@@ -27,6 +27,7 @@ ClaimRule = Callable[[PendingJob, RunningJob], str | None]
 
 MAX_SUBSETS_PER_NODE = 4096
 MAX_NODES_SEARCHED = 32  # when several victims are needed, only the most promising nodes
+MANY = 64  # more jobs than this added at once: appended, then sorted once
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,14 +113,29 @@ class VictimPool:
         key = self.victim_key
         return key(view) if key is not None else (view.job_id, view.parts[0][0])
 
-    def add(self, r: RunningJob) -> None:
+    def add(self, r: RunningJob, sort: bool = True) -> None:
+        """`sort` False: appended only; `add_all` sorts once after many."""
         if not r.preemptible or r.yielding_to:
             return
         if len(r.parts) > 1:
             self.across[r.job_id] = r
         for view in self._views(r):
             entry = (self.rank(view), view.parts[0][0], view.job_id, view)
-            bisect.insort(self.kinds.setdefault(self._kind(view), []), entry, key=_entry_key)
+            entries = self.kinds.setdefault(self._kind(view), [])
+            if sort:
+                bisect.insort(entries, entry, key=_entry_key)
+            else:
+                entries.append(entry)
+
+    def add_all(self, jobs: Sequence[RunningJob]) -> None:
+        if len(jobs) <= MANY:
+            for r in jobs:
+                self.add(r)
+            return
+        for r in jobs:
+            self.add(r, sort=False)
+        for entries in self.kinds.values():
+            entries.sort(key=_entry_key)
 
     def drop(self, r: RunningJob) -> None:
         if not r.preemptible or r.yielding_to:
@@ -152,8 +168,7 @@ def victim_pool(
     """A pool of `eligible` for one cycle."""
     rank = VICTIM_RANKS.get(cost) or (lambda r: (cost(r, now),))
     pool = VictimPool(getattr(claim, "victim_key", None), rank)
-    for r in eligible:
-        pool.add(r)
+    pool.add_all(list(eligible))
     return pool
 
 
