@@ -17,7 +17,7 @@ from gshare.api import gshare_pb2_grpc as pb_grpc
 from gshare.arrays import JobRef, parse_job_ref
 from gshare.client import MAX_MESSAGE_BYTES
 from gshare.limits import MAX_SPEC_BYTES, SCRIPT_CEILING
-from policies.quota import AccountStanding
+from policies.quotareport import AccountStanding
 from schedulerd import agents as ag
 from schedulerd.callers import AGENT_NODE_HEADER
 from schedulerd.changes import JobReport

@@ -10,7 +10,8 @@ import pytest
 
 from gshare.config import Config, ConfigError, load_config
 from policies import Plan, make_policy
-from policies.quota import UserLimits, quota_report, type_matches
+from policies.quota import UserLimits, type_matches
+from policies.quotareport import quota_report
 from policies.registry import PolicyError
 from schedulerd.cycle import quotas_of
 from tests.builders import NOW, guarantee, job, node, quotas, running, snapshot, teams
@@ -761,7 +762,7 @@ def test_why_and_usage_promise_only_a_reclaim_that_can_happen(
 
 def test_asking_admit_after_a_preemption_leaves_the_book_and_free_map_as_they_were() -> None:
     from policies.placement import FreeMap
-    from policies.quota import QuotaBook
+    from policies.quotabook import QuotaBook
 
     q = quotas(vision=guarantee(4, limit=6), nlp=guarantee(2))
     run = [running(10, "n0", 0, 1, 2, 3).user("carol"), running(11, "n1", 0).user("alice")]
