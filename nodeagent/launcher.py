@@ -25,9 +25,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import os
-import pwd
 import queue
 import shutil
 import signal
@@ -37,73 +35,24 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import psutil
 
-from gshare import jobenv
 from nodeagent.cgroups import CgroupError, Confinement, JobLimits
+from nodeagent.jobfiles import (
+    CHECKPOINT_LOG,
+    LOG_CHUNK,
+    OWNER_DIR,
+    _create,
+    _identity,
+    checkpoint_line,
+    job_environment,
+)
+from nodeagent.runner import JobProcess, LaunchError, LaunchRequest
 from nodeagent.shim import start_ticks, write_atomic
 
 log = logging.getLogger(__name__)
-
-OWNER_DIR = "owner"  # where an older agent put a job's checkpoint log (a dir it owned)
-CHECKPOINT_LOG = "checkpoints.jsonl"
-LOG_CHUNK = 1 << 20  # the most of a checkpoint log read at once
-
-
-@dataclass
-class JobProcess:
-    job_id: int
-    dir: Path
-    pid: int = 0
-    start_time: float = 0.0
-    exited: bool = False
-    exit_code: int = 0
-    exit_signal: int = 0
-    end_time: float = 0.0
-    error: str = ""
-    killed_after_grace: bool = False
-    shim: subprocess.Popen[bytes] | None = None
-    checkpoint_offset: int = 0  # how far checkpoints.jsonl has been read
-    checkpoint_pending: dict[str, float] | None = None  # the newest, not yet reported
-    checkpoint_told_at: float = -1e9  # monotonic time of the last report
-    bad_lines_told: bool = False  # one warning per job, however many bad lines
-    gpu_indexes: tuple[int, ...] = ()
-    owner_uid: int = -1  # who the checkpoint log must belong to
-    start_ticks: int = 0  # with pid: which process the job is (shim.start_ticks)
-    lease_lost: bool = False  # its shim stopped it: the scheduler was not heard from in time
-    log_refused: bool = False  # its checkpoint log was not a file we read (said once)
-    oom_kills: int = 0  # processes of it the OOM killer ended in its cgroup
-
-
-@dataclass(frozen=True)
-class LaunchRequest:
-    job_id: int
-    script: bytes
-    args: list[str]
-    env: dict[str, str]
-    workdir: str
-    output_path: str
-    user: str
-    uid: int
-    gid: int
-    gpu_indexes: list[int]
-    gpu_uuids: list[str]
-    node: str
-    restart_count: int = 0
-    checkpoint_dir: str = ""
-    preempt_signal: int = signal.SIGUSR1
-    grace_s: float = 0.0  # after preempt_signal, when the node stops it (0: the shim's default)
-    mem_mb: int = 0  # its memory limit where jobs are confined (0: none)
-    cpus: int = 0  # its CPU limit where jobs are confined (0: none)
-    hostfile: str = ""  # a part of a multi-node job: its hostfile, for GSHARE_HOSTFILE
-
-
-class LaunchError(Exception):
-    pass
 
 
 class StateDirError(Exception):
@@ -121,125 +70,6 @@ def _own_dir(path: Path, mode: int) -> None:
     if stat.S_IMODE(st.st_mode) != mode:
         log.info("%s: mode %o -> %o", path, stat.S_IMODE(st.st_mode), mode)
         path.chmod(mode)
-
-
-def _identity(req: LaunchRequest) -> dict[str, object]:
-    """How the job runs: as its owner when we are root, else as ourselves."""
-    if os.geteuid() != 0:
-        return {"run_as": False}
-    try:
-        entry = pwd.getpwuid(req.uid)
-    except KeyError as exc:
-        raise LaunchError(f"user id {req.uid} ({req.user}) does not exist on this node") from exc
-    groups = os.getgrouplist(entry.pw_name, entry.pw_gid)
-    return {
-        "run_as": req.uid != 0,
-        "uid": entry.pw_uid,
-        "gid": entry.pw_gid,
-        "groups": groups,
-        "home": entry.pw_dir,
-        "user": entry.pw_name,
-    }
-
-
-def job_environment(req: LaunchRequest, ident: dict[str, object]) -> dict[str, str]:
-    """gshare's variables (gshare/jobenv.py, the same a handed-off job gets), and the
-    owner's HOME, USER and LOGNAME when the job runs as its owner."""
-    env = dict(req.env)
-    if ident.get("run_as"):
-        env.update(HOME=str(ident["home"]), USER=str(ident["user"]), LOGNAME=str(ident["user"]))
-    return jobenv.job_environment(
-        env,
-        job_id=req.job_id,
-        restart_count=req.restart_count,
-        output=req.output_path,
-        checkpoint_dir=req.checkpoint_dir,
-        preempt_signal=req.preempt_signal,
-        node=req.node,
-        gpu_indexes=tuple(req.gpu_indexes),
-        gpu_uuids=tuple(req.gpu_uuids),
-    )
-
-
-INT64_MAX = 2**63 - 1
-
-
-def checkpoint_line(line: bytes) -> dict[str, float] | None:
-    """One line of a job's checkpoint log, `{"time", "size", "step"}`, or None when it is
-    not one: the values must be finite, not negative, and fit the wire (int64 for size and
-    step); what a job writes is never trusted further than that."""
-    try:
-        data = json.loads(line)
-        report = {k: float(data[k]) for k in ("time", "size", "step")}
-    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
-        return None
-    if not all(math.isfinite(v) and v >= 0 for v in report.values()):
-        return None
-    if report["size"] > INT64_MAX or report["step"] > INT64_MAX:
-        return None
-    return report
-
-
-class JobRunner(Protocol):
-    """What the link to the scheduler needs of whatever runs jobs: `Launcher` on a node,
-    `FakeLauncher` in tests."""
-
-    jobs: dict[int, JobProcess]
-
-    def launch(self, req: LaunchRequest) -> JobProcess: ...
-
-    def kill(self, job_id: int, grace_s: float) -> None: ...
-
-    def preempt(self, job_id: int, sig: int, grace_s: float) -> None: ...
-
-    def signal(self, job_id: int, sig: int) -> None: ...
-
-    def forget(self, job_id: int) -> None: ...
-
-
-class FakeLauncher:
-    """Runs nothing: a launched job has a pid at once, and each call is recorded, for
-    tests of the agent's side of the wire without processes."""
-
-    def __init__(self, on_change: Callable[[JobProcess], None] | None = None) -> None:
-        self.jobs: dict[int, JobProcess] = {}
-        self.calls: list[tuple[str, int, object]] = []
-        self.on_change = on_change
-        self._next_pid = 1000
-
-    def launch(self, req: LaunchRequest) -> JobProcess:
-        self.calls.append(("launch", req.job_id, tuple(req.gpu_indexes)))
-        if req.job_id not in self.jobs:
-            self._next_pid += 1
-            proc = JobProcess(req.job_id, Path("/nonexistent"), pid=self._next_pid)
-            proc.start_time, proc.gpu_indexes = time.time(), tuple(req.gpu_indexes)
-            self.jobs[req.job_id] = proc
-            if self.on_change is not None:
-                self.on_change(proc)
-        return self.jobs[req.job_id]
-
-    def end(self, job_id: int, exit_code: int = 0, exit_signal: int = 0) -> None:
-        """The job ends (as its process would)."""
-        proc = self.jobs[job_id]
-        proc.exited, proc.exit_code, proc.exit_signal = True, exit_code, exit_signal
-        proc.end_time = time.time()
-        if self.on_change is not None:
-            self.on_change(proc)
-
-    def kill(self, job_id: int, grace_s: float) -> None:
-        self.calls.append(("kill", job_id, grace_s))
-
-    def preempt(self, job_id: int, sig: int, grace_s: float) -> None:
-        self.calls.append(("preempt", job_id, (sig, grace_s)))
-
-    def signal(self, job_id: int, sig: int) -> None:
-        self.calls.append(("signal", job_id, sig))
-
-    def forget(self, job_id: int) -> None:
-        self.calls.append(("forget", job_id, None))
-        proc = self.jobs.get(job_id)
-        if proc is not None and proc.exited:
-            del self.jobs[job_id]
 
 
 class Launcher:
@@ -705,16 +535,6 @@ class Cleaner:
                 log.exception("cleaning up after a job failed")
             finally:
                 self.work.task_done()
-
-
-def _create(path: Path, content: bytes, uid: int, gid: int, mode: int) -> None:
-    """A new file (never one that is there, never through a symlink), given to uid:gid."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    with open(fd, "wb") as f:
-        f.write(content)
-        os.fchmod(fd, mode)
-        if (uid, gid) != (os.geteuid(), os.getegid()):
-            os.fchown(fd, uid, gid)
 
 
 def _running(pid: int, ticks: int) -> bool:

@@ -26,8 +26,8 @@ from gshare.api import gshare_pb2_grpc as pb_grpc
 from gshare.client import CHANNEL_OPTIONS
 from gshare.limits import MAX_CPUS, MAX_MEM_MB
 from nodeagent.gpus import GpuDevice
-from nodeagent.launcher import JobProcess, JobRunner, LaunchRequest
 from nodeagent.lease import Lease
+from nodeagent.runner import JobProcess, JobRunner, LaunchRequest
 
 log = logging.getLogger(__name__)
 

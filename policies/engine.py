@@ -28,7 +28,8 @@ from policies.preemption import (
     choose_victims,
     victim_pool,
 )
-from policies.quota import QuotaBook, quota_claim
+from policies.quotabook import QuotaBook
+from policies.quotaclaim import quota_claim
 from policies.snapshot import (
     ClusterSnapshot,
     NodeView,
@@ -290,7 +291,7 @@ def decide(
     held: dict[int, str] = {}  # jobs that would fit but a quota holds back (Plan.held)
     reservation: Reservation | None = None
     tries = knobs.preemption_tries
-    # quotas (policies/quota.py): who may start, and who may reclaim a guarantee
+    # quotas (policies/quota.py, quotabook.py): who may start, and who may reclaim a guarantee
     quotas = snapshot.quotas
     book = QuotaBook(snapshot, quotas) if quotas is not None and quotas.active else None
     if book is not None:

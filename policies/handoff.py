@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 from types import MappingProxyType
 
-from policies.quota import QuotaBook
+from policies.quotabook import QuotaBook
 from policies.snapshot import ClusterSnapshot, Handoff, Plan
 
 

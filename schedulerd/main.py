@@ -27,11 +27,14 @@ from gshare.logs import setup_logging
 from gshare.metrics import MetricsServer
 from gshare.munge import Munge, MungeError
 from policies import PolicyError, make_policy
+from schedulerd.agentservice import AgentService
+from schedulerd.boundary import SERVER_OPTIONS, ErrorBoundary
 from schedulerd.callers import ClientGate, LocalCallers, NodeCertCallers, TcpCallers, node_token
 from schedulerd.daemon import Scheduler
 from schedulerd.peercred import PeerCredFrontDoor
-from schedulerd.server import SERVER_OPTIONS, AgentService, ClientService, ErrorBoundary, Watchers
+from schedulerd.server import ClientService
 from schedulerd.store import Store, default_url
+from schedulerd.watchers import Watchers
 
 log = logging.getLogger("schedulerd")
 

@@ -17,7 +17,7 @@ from gshare.arrays import Dependency, JobRef, parse_array
 from gshare.config import Config
 from gshare.limits import MAX_PRIORITY
 from policies import FairTree, fair_tree
-from policies.quota import AccountStanding, quota_report
+from policies.quotareport import AccountStanding, quota_report
 from schedulerd.agents import AgentHub
 from schedulerd.changes import end_request_change, preempt_change
 from schedulerd.cycle import Cycle

@@ -11,9 +11,9 @@ from pathlib import Path
 from gshare.api import gshare_pb2 as pb
 from gshare.telemetry import gpu_topic, host_topic, status_topic
 from nodeagent.gpus import FakeProbe
-from nodeagent.launcher import FakeLauncher
 from nodeagent.lease import Lease
 from nodeagent.link import SchedulerLink
+from nodeagent.runner import FakeLauncher
 from nodeagent.telemetry import MemorySink, TelemetryPublisher
 
 

@@ -21,8 +21,9 @@ import pytest
 from gshare.limits import format_mem_mb, parse_mem_mb
 from nodeagent import cgroups
 from nodeagent.cgroups import CgroupV1, CgroupV2, JobLimits
-from nodeagent.launcher import JobProcess, Launcher, LaunchRequest
+from nodeagent.launcher import Launcher
 from nodeagent.main import main as agent_main
+from nodeagent.runner import JobProcess, LaunchRequest
 
 SERVICE = "system.slice/gshare-nodeagent.service"
 LIMITS = JobLimits(mem_mb=32 * 1024, cpus=2, pids_max=100, denied_gpu_minors=(0, 2))

@@ -283,7 +283,7 @@ async def test_a_registration_that_fails_half_way_leaves_no_session() -> None:
 
 async def test_watch_streams_are_bounded() -> None:
     from schedulerd.errors import Refused
-    from schedulerd.server import Watchers
+    from schedulerd.watchers import Watchers
 
     core = await Core.make(config_for({"g": ["ann"]}))
     try:
@@ -304,7 +304,7 @@ async def test_one_caller_cannot_take_every_watch_stream() -> None:
     `reserved` are root's and admins' alone."""
     from schedulerd.errors import Refused
     from schedulerd.peercred import Caller
-    from schedulerd.server import Watchers
+    from schedulerd.watchers import Watchers
 
     core = await Core.make(config_for({"g": ["ann"]}))
     nobody, ann = Caller("nobody", 65534, 65534), Caller("ann", 1000, 1000)

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from nodeagent import lease
-from nodeagent.launcher import CHECKPOINT_LOG, LOG_CHUNK, OWNER_DIR, JobProcess, Launcher
+from nodeagent.jobfiles import CHECKPOINT_LOG, LOG_CHUNK, OWNER_DIR
+from nodeagent.launcher import Launcher
+from nodeagent.runner import JobProcess
 
 LINE = json.dumps({"time": 1.0, "size": 10, "step": 3}) + "\n"
 

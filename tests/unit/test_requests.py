@@ -237,7 +237,7 @@ async def test_the_guard_maps_errors_to_one_line_statuses(
 ) -> None:
     import grpc
 
-    from schedulerd.server import _guard
+    from schedulerd.boundary import _guard
 
     async def work() -> None:
         raise error
