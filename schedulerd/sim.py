@@ -6,31 +6,28 @@ and preemptions take effect at once. A preempted job keeps the work up to its la
 checkpoint (every --checkpoint-every minutes of its run; none if 0), loses the rest and
 pays --restart-cost seconds when it starts again. Time limits are the jobs' real
 durations (perfect estimates), so backfill sees what a well-estimating user would give.
+
+The replay is here; the simulated agents and submits are in `schedulerd/simagents.py`,
+the measures, the report and the figure in `schedulerd/simresult.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import heapq
-import math
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any
+from dataclasses import replace
 
-from gshare.checkpoint import YIELD_EXIT_CODE
 from gshare.config import Config
 from policies import Account, AccountTree, Policy
 from policies.quota import Quotas
-from schedulerd.changes import JobReport, report_changes
 from schedulerd.cycle import Cycle
-from schedulerd.gang import gang_report
-from schedulerd.jobstate import JobState
 from schedulerd.ledger import Ledger
-from schedulerd.model import GpuInfo, JobRecord, NodeRecord, NodeState
+from schedulerd.model import GpuInfo, NodeRecord, NodeState
+from schedulerd.simagents import SimAgents, _Clock, _Job, _submit
+from schedulerd.simresult import SimResult, _Fairness, _pct, jain, plot, report, water_fill
 from schedulerd.state import ClusterState, MemoryJournal
-from schedulerd.store import Change, NewJob
 from schedulerd.trace import (
     AFTER,
     COLUMNS,
@@ -43,7 +40,7 @@ from schedulerd.trace import (
     read_trace,
 )
 
-__all__ = [  # with what schedulerd/trace.py reads, `gshare sim`'s API
+__all__ = [  # with what schedulerd/trace.py and schedulerd/simresult.py hold, `gshare sim`'s API
     "AFTER",
     "COLUMNS",
     "GROUP_BY",
@@ -60,243 +57,6 @@ __all__ = [  # with what schedulerd/trace.py reads, `gshare sim`'s API
     "simulate",
     "water_fill",
 ]
-
-
-def water_fill(
-    capacity: float, demand: dict[str, float], weight: dict[str, float]
-) -> dict[str, float]:
-    """Max-min division of `capacity` among those with demand, by weight, capped by demand."""
-    out = {k: 0.0 for k in demand}
-    active = {k for k, d in demand.items() if d > 0 and weight.get(k, 0) > 0}
-    left = capacity
-    while active and left > 1e-9:
-        total_w = sum(weight[k] for k in active)
-        step = {k: left * weight[k] / total_w for k in active}
-        capped = {k for k in active if out[k] + step[k] >= demand[k] - 1e-9}
-        if not capped:
-            for k in active:
-                out[k] += step[k]
-            break
-        for k in capped:
-            left -= demand[k] - out[k]
-            out[k] = demand[k]
-        active -= capped
-    return out
-
-
-def jain(values: Sequence[float]) -> float:
-    if not values:
-        return 1.0
-    square = sum(v * v for v in values)
-    return (sum(values) ** 2) / (len(values) * square) if square > 0 else 1.0
-
-
-@dataclass
-class _Fairness:
-    """Time-weighted Jain's index of allocation / entitlement, and GPU-seconds received vs
-    entitled, for one grouping (teams or users)."""
-
-    weight: dict[str, float]
-    jain_time: float = 0.0
-    jain_sum: float = 0.0
-    got: dict[str, float] = field(default_factory=dict)
-    entitled: dict[str, float] = field(default_factory=dict)
-
-    def add(self, dt: float, capacity: int, alloc: dict[str, int], demand: dict[str, int]) -> None:
-        wanting = {k: float(v) for k, v in demand.items() if v > 0}
-        if not wanting:
-            return
-        ent = water_fill(capacity, wanting, self.weight)
-        ratios = [alloc.get(k, 0) / e for k, e in ent.items() if e > 1e-9]
-        if ratios:
-            self.jain_sum += dt * jain(ratios)
-            self.jain_time += dt
-        for k, e in ent.items():
-            self.entitled[k] = self.entitled.get(k, 0.0) + dt * e
-        for k, a in alloc.items():
-            self.got[k] = self.got.get(k, 0.0) + dt * a
-
-    def index(self) -> float:
-        return self.jain_sum / self.jain_time if self.jain_time else 1.0
-
-
-# ------------------------------------------------------------------ the simulation
-
-
-@dataclass
-class _Job:
-    id: int
-    trace: TraceJob
-    remaining: float  # work left, seconds
-    first_start: float | None = None
-    end: float | None = None
-    run_start: float = 0.0
-    run_overhead: float = 0.0  # restart cost paid at the start of this run
-    version: int = 0
-    node: str = ""
-
-
-@dataclass
-class SimResult:
-    policy: str
-    nodes: int
-    gpus_per_node: int
-    jobs: int
-    left_out: int
-    avg_jct_s: float
-    median_jct_s: float
-    p95_jct_s: float
-    avg_wait_s: float
-    median_wait_s: float
-    p95_wait_s: float
-    utilization: float
-    makespan_s: float
-    preemptions: int
-    jain_fairness: float
-    jain_fairness_users: float
-    groups: dict[str, dict[str, float]]
-    users: dict[str, dict[str, float]]
-    cycles: int
-    # what preemption cost, in GPU-hours: work since the victims' last checkpoints, and
-    # the restart cost they paid when they started again
-    lost_work_gpu_h: float = 0.0
-    restart_gpu_h: float = 0.0
-    # GPU-hours idle while a waiting job would have fit: by why it was not started
-    # ("reservation": held for the first job in line or a preemptor; "fragmentation": free
-    # in total but not on one node; or the cause the policy named, e.g. "quota")
-    idle_gpu_h: dict[str, float] = field(default_factory=dict)
-    group_by: str = "group"
-    cancelled: int = 0  # jobs whose dependency could never be met (the `after` column)
-    series: dict[str, list[float]] = field(repr=False, default_factory=dict)
-    series_groups: dict[str, list[float]] = field(repr=False, default_factory=dict)
-    # what the scheduler's own core did: starts and preemptions in order, (time, job id)
-    starts: list[tuple[float, int]] = field(repr=False, default_factory=list)
-    preempted: list[tuple[float, int]] = field(repr=False, default_factory=list)
-
-    @property
-    def preemption_gpu_h(self) -> float:
-        return self.lost_work_gpu_h + self.restart_gpu_h
-
-    def as_json(self) -> dict[str, Any]:
-        skip = ("series", "series_groups", "starts", "preempted")
-        out = {k: v for k, v in self.__dict__.items() if k not in skip}
-        out["preemption_gpu_h"] = self.preemption_gpu_h
-        out["idle_waiting_gpu_h"] = sum(self.idle_gpu_h.values())
-        return out
-
-
-def _pct(values: Sequence[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
-
-
-class _Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class SimAgents:
-    """Simulated node agents: a launched job runs at once and ends when its work is done;
-    a job asked to yield yields at once, keeping the work up to its last checkpoint. What
-    they report goes through the same change builders as a real agent's reports."""
-
-    def __init__(
-        self,
-        state: ClusterState,
-        jobs: dict[int, _Job],
-        checkpoint_every_s: float,
-        restart_cost_s: float,
-    ) -> None:
-        self.state = state
-        self.jobs = jobs
-        self.every = checkpoint_every_s
-        self.restart_cost_s = restart_cost_s
-        self.launched: list[JobRecord] = []
-        self.yielding: list[JobRecord] = []
-        self.lost_gpu_s = 0.0  # work since the last checkpoint, of preempted jobs
-        self.restart_gpu_s = 0.0  # restart cost paid by jobs starting again
-
-    def schedulable(self) -> list[str]:
-        return list(self.state.nodes)
-
-    async def launch(self, job: JobRecord) -> None:
-        self.launched.append(job)
-
-    def preempt(self, job: JobRecord) -> None:
-        self.yielding.append(job)
-
-    def last_checkpoint(self, job: JobRecord, now: float) -> float:
-        j = self.jobs[job.job_id]
-        if self.every <= 0:
-            return 0.0
-        done = max(0.0, now - j.run_start - j.run_overhead)
-        if done < self.every:
-            return 0.0
-        return j.run_start + j.run_overhead + math.floor(done / self.every) * self.every
-
-    async def report(self, now: float) -> tuple[list[_Job], list[_Job]]:
-        """Tell the core what the agents saw since the last cycle: (started, yielded)."""
-        started, yielded = [], []
-        launched, self.launched = self.launched, []
-        yielding, self.yielding = self.yielding, []
-        async with self.state.lock:
-            for job in launched:
-                j = self.jobs[job.job_id]
-                j.run_start = now
-                j.run_overhead = self.restart_cost_s if job.restarts else 0.0
-                j.version += 1
-                j.node = job.node
-                self.restart_gpu_s += j.run_overhead * job.gpus
-                if j.first_start is None:
-                    j.first_start = now
-                await self._tell(job.job_id, JobReport(job.job_id, pid=1, start_time=now), now)
-                started.append(j)
-            for job in yielding:
-                j = self.jobs[job.job_id]
-                done = max(0.0, now - j.run_start - j.run_overhead)
-                every = self.every  # the work up to the last checkpoint is kept
-                saved = math.floor(done / every) * every if every > 0 else 0.0
-                j.remaining -= min(saved, j.remaining)
-                self.lost_gpu_s += (done - saved) * job.gpus
-                report = JobReport(job.job_id, exited=True, exit_code=YIELD_EXIT_CODE, end_time=now)
-                # backfill sees the rest of its work, plus the cost of starting again
-                limit = math.ceil(j.remaining + self.restart_cost_s)
-                await self._tell(job.job_id, report, now, (("time_limit_s", limit),))
-                yielded.append(j)
-        return started, yielded
-
-    async def finish(self, job_id: int, now: float) -> None:
-        async with self.state.lock:
-            await self._tell(job_id, JobReport(job_id, exited=True, exit_code=0, end_time=now), now)
-
-    async def _tell(
-        self, job_id: int, report: JobReport, now: float, extra: tuple[tuple[str, Any], ...] = ()
-    ) -> None:
-        """The same report from every node the job runs on (one, or each of its parts),
-        through the daemon's own change builders; `extra` goes with the change that ends
-        or requeues it."""
-        job = self.state.jobs[job_id]
-        if job.parts:
-            for part in job.parts:
-                current = self.state.jobs.get(job_id)
-                if current is None or not current.state.on_node:
-                    break
-                changes = list(gang_report(current, part.node, report, now).changes)
-                if changes and not changes[-1].to_state.on_node:
-                    changes = [*changes[:-1], _with(changes[-1], extra)]
-                await self.state.change(changes)
-            return
-        changes = report_changes(job, job.node, report, now)
-        await self.state.change([_with(c, extra) for c in changes])
-
-
-def _with(change: Change, extra: tuple[tuple[str, Any], ...]) -> Change:
-    return replace(change, fields=(*change.fields, *extra)) if extra else change
 
 
 GROUP_BY = ("group", "user")
@@ -639,119 +399,3 @@ async def _simulate(
         starts=starts,
         preempted=preempted,
     )
-
-
-def _submit(
-    state: ClusterState,
-    journal: MemoryJournal,
-    t: TraceJob,
-    now: float,
-    per_node: int,
-    dependency: str = "",
-) -> int:
-    """A trace job as a submit: stored, then in the live view, as the daemon's submits. A
-    job wider than a node asks for the fewest nodes that hold it, evenly."""
-    nodes = math.ceil(t.gpus / per_node)
-    each = math.ceil(t.gpus / nodes)
-    record = JobRecord(
-        job_id=0,
-        user=t.user,
-        uid=-1,
-        gid=-1,
-        name=t.name,
-        queue="default",
-        gpus=t.gpus,
-        priority=0,
-        time_limit_s=math.ceil(t.duration),
-        cpus=0,
-        mem_mb=0,
-        workdir="/",
-        env={},
-        output="",
-        args=[],
-        script_name=t.name,
-        state=JobState.PENDING,
-        submit_time=now,
-        max_restarts=-1,  # a replayed job is never failed for being preempted
-        dependency=dependency,
-        nodes=nodes,
-        gpus_per_node=each if nodes > 1 else 0,
-    )
-    if nodes > 1:
-        record.gpus = nodes * each
-    [(job_id, _)] = journal.submit_many([NewJob(record, b"")], now)
-    state.admit(record)
-    return job_id
-
-
-# ------------------------------------------------------------------ the command line
-
-
-def _hours(seconds: float) -> str:
-    return f"{seconds / 3600:.2f} h" if seconds < 86400 * 3 else f"{seconds / 86400:.1f} d"
-
-
-def report(result: SimResult, trace: str, top_users: int = 10) -> str:
-    r = result
-    total = r.nodes * r.gpus_per_node
-    jct = (_hours(r.avg_jct_s), _hours(r.median_jct_s), _hours(r.p95_jct_s))
-    wait = (_hours(r.avg_wait_s), _hours(r.median_wait_s), _hours(r.p95_wait_s))
-    left = (
-        f", {r.left_out} left out (wider than the cluster, or waiting on such a job)"
-        if r.left_out
-        else ""
-    )
-    if r.cancelled:
-        left += f", {r.cancelled} cancelled (a dependency that could never be met)"
-    lines = [
-        f"gshare sim: {trace}, policy {r.policy}, {r.nodes} nodes x {r.gpus_per_node} GPUs "
-        f"({total} GPUs), {r.jobs} jobs{left}",
-        "  job completion time   avg {:>9}   median {:>9}   p95 {:>9}".format(*jct),
-        "  queueing delay        avg {:>9}   median {:>9}   p95 {:>9}".format(*wait),
-        f"  GPU utilization {r.utilization:6.1%}   makespan {_hours(r.makespan_s)}   "
-        f"preemptions {r.preemptions}   scheduling cycles {r.cycles}",
-        "  Jain's fairness index (allocation / max-min entitlement): "
-        f"groups {r.jain_fairness:.3f}, users {r.jain_fairness_users:.3f}"
-        + ("  (groups: each user)" if r.group_by == "user" else ""),
-        f"  lost to preemption {r.preemption_gpu_h:.1f} GPU-h: work since the last checkpoint "
-        f"{r.lost_work_gpu_h:.1f}, restarts {r.restart_gpu_h:.1f}",
-        f"  idle while a job that fit waited {sum(r.idle_gpu_h.values()):.1f} GPU-h"
-        + (
-            ": " + ", ".join(f"{why} {v:.1f}" for why, v in r.idle_gpu_h.items())
-            if r.idle_gpu_h
-            else ""
-        ),
-        "",
-        f"  {'group':<12} {'GPU share':>10} {'entitled':>10}",
-    ]
-    for name, g in sorted(r.groups.items(), key=lambda kv: -kv[1]["share"]):
-        lines.append(f"  {name:<12} {g['share']:>10.1%} {g['entitled']:>10.1%}")
-    lines += [
-        "",
-        f"  {'user':<12} {'GPU share':>10} {'entitled':>10}   (top {top_users}; all in --json)",
-    ]
-    for name, u in sorted(r.users.items(), key=lambda kv: -kv[1]["share"])[:top_users]:
-        lines.append(f"  {name:<12} {u['share']:>10.1%} {u['entitled']:>10.1%}")
-    return "\n".join(lines)
-
-
-def plot(result: SimResult, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    days = [t / 86400 for t in result.series["time"]]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
-    groups = sorted(result.series_groups, key=lambda g: -result.groups[g]["share"])
-    top.stackplot(days, [result.series_groups[g] for g in groups], labels=groups, step="post")
-    top.set_ylabel("share of GPUs")
-    top.set_ylim(0, 1)
-    top.legend(loc="upper right", fontsize=7, ncol=3)
-    top.set_title(f"policy {result.policy}: GPU share per group over time")
-    bottom.step(days, result.series["queue"], where="post")
-    bottom.set_ylabel("jobs waiting")
-    bottom.set_xlabel("days since the first submit")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

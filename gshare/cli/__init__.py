@@ -1,11 +1,15 @@
 """The command lines: `gsub` submits a job, `gshare` does the rest.
 
-- gsub.py:     gsub's entry point
-- options.py:  gsub's options and #GSUB directives, the script, the JobSpec
-- main.py:     gshare's parser and entry point
-- commands.py: one function per gshare command
-- render.py:   tables for people, JSON for programs
-- common.py:   what they share (usage errors, one-line failures)
+- gsub.py:       gsub's entry point
+- options.py:    gsub's options and #GSUB directives, the script, the JobSpec
+- main.py:       gshare's parser and entry point
+- commands.py:   one function per job command (queue, show, why, sweep, logs, and the
+                 actions: cancel, hold, release, preempt, priority)
+- usage.py:      gshare usage: the fair-share tree and the quotas
+- nodes.py:      gshare nodes, drain and resume
+- standalone.py: gshare sim, top and ca, which main.py runs without a client
+- render.py:     tables for people, JSON for programs
+- common.py:     what they share (usage errors, one-line failures)
 
 Each entry point imports only what it runs: nothing here imports the scheduler, the
 policies or the TUI at module level (`gshare up`, `gshare top` and `gshare sim` import

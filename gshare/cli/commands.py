@@ -1,4 +1,9 @@
-"""The gshare commands: one function each, over the client library."""
+"""The job commands: queue, show, why, sweep, logs, and the actions on jobs (cancel,
+hold, release, preempt, priority), one function each over the client library.
+
+The other gshare commands: usage.py (`gshare usage`), nodes.py (nodes, drain, resume),
+standalone.py (sim, top, ca).
+"""
 
 from __future__ import annotations
 
@@ -8,16 +13,13 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from gshare.api import gshare_pb2 as pb
 from gshare.arrays import fold
-from gshare.cli.common import UsageError, fail
+from gshare.cli.common import UsageError
 from gshare.cli.render import (
     _first_clause,
-    _gpu_table,
     _gpu_use,
-    _metrics_json,
     _runtime,
     _short,
     _signal_label,
@@ -52,139 +54,6 @@ def cmd_why(client: Client, args: argparse.Namespace) -> int:
     if job.dependency:
         print(f"  dependency: {printable(job.dependency)}")
     return 0
-
-
-def cmd_usage(client: Client, args: argparse.Namespace) -> int:
-    report = client.usage()
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "half_life_s": report.half_life_s,
-                    "cluster_gpus": report.cluster_gpus,
-                    "accounts": [
-                        {
-                            "path": list(a.path),
-                            "kind": "user" if a.is_user else "account",
-                            "shares": a.shares,
-                            "share": a.share,
-                            "usage_gpu_s": a.usage,
-                            "usage_share": a.usage_share,
-                            "level_fairshare": None if a.level_fairshare < 0 else a.level_fairshare,
-                            "fairshare_factor": a.fairshare_factor if a.is_user else None,
-                            "running_gpus": a.running_gpus,
-                            "pending_gpus": a.pending_gpus,
-                            "idle_gpu_s": a.idle_gpu_s,
-                            **_quota_json(a),
-                        }
-                        for a in report.accounts
-                    ],
-                    "reclaim_after_s": report.reclaim_after_s,
-                    "warnings": list(report.warnings),
-                },
-                indent=2,
-            )
-        )
-        return 0
-    rows = []
-    for a in report.accounts:
-        name = "  " * (len(a.path) - 1) + a.path[-1]
-        lf = "inf" if a.level_fairshare < 0 else f"{a.level_fairshare:.2f}"
-        rows.append(
-            [
-                name,
-                f"{a.shares:g}",
-                f"{a.share:.3f}",
-                f"{a.usage / 3600:.1f}",
-                f"{a.usage_share:.3f}",
-                lf,
-                f"{a.fairshare_factor:.3f}" if a.is_user else "",
-                str(a.running_gpus),
-                str(a.pending_gpus),
-                f"{a.idle_gpu_s / 3600:.1f}",
-            ]
-        )
-    days = report.half_life_s / 86400
-    gpus = report.cluster_gpus
-    print(f"usage: decayed GPU-hours, half-life {days:g} days; {gpus} GPUs in the cluster")
-    print(
-        table(
-            rows,
-            [
-                "ACCOUNT/USER",
-                "SHARES",
-                "SHARE",
-                "USAGE(GPU-h)",
-                "USAGE-SHARE",
-                "LEVEL-FS",
-                "FS-FACTOR",
-                "RUNNING",
-                "PENDING",
-                "IDLE(GPU-h)",
-            ],
-        )
-    )
-    quota_rows = [a for a in report.accounts if _has_quota(a)]
-    if quota_rows:
-        print()
-        after = _ago(report.reclaim_after_s)
-        print(f"quotas (GPUs; a team under its guarantee reclaims after {after}):")
-        print(
-            table(
-                [
-                    [
-                        printable(a.path[-1]),
-                        printable(a.guaranteed) or "-",
-                        printable(a.limit) or "-",
-                        "yes" if a.lend else "no",
-                        str(a.held_gpus),
-                        str(a.borrowing) if a.borrowing else "",
-                        _borrow_text(a),
-                    ]
-                    for a in quota_rows
-                ],
-                ["ACCOUNT", "GUARANTEED", "LIMIT", "LENDS", "HOLDS", "BORROWS", "RECLAIM"],
-            )
-        )
-    for warning in report.warnings:
-        print(f"warning: {printable(warning)}")
-    return 0
-
-
-def _has_quota(a: pb.AccountUsage) -> bool:
-    return not a.is_user and bool(a.guaranteed or a.limit or a.held_gpus or a.borrowing)
-
-
-def _ago(seconds: float) -> str:
-    return format_duration(seconds) if seconds >= 60 else f"{seconds:.0f}s"
-
-
-def _borrow_text(a: pb.AccountUsage) -> str:
-    """Who it borrows from, and when its reclaim happens."""
-    parts = []
-    if a.borrowing:
-        source = ", ".join(a.borrows_from) or "unguaranteed GPUs"
-        parts.append(f"borrows from {printable(source)}")
-    if a.reclaim_from:
-        who = printable(", ".join(a.reclaim_from))
-        when = "now" if a.reclaim_in_s <= 0 else f"in {_ago(a.reclaim_in_s)}"
-        parts.append(f"reclaims from {who} {when}")
-    return "; ".join(parts)
-
-
-def _quota_json(a: pb.AccountUsage) -> dict[str, object]:
-    if not _has_quota(a):
-        return {}
-    return {
-        "guaranteed": a.guaranteed or None,
-        "limit": a.limit or None,
-        "lend": a.lend,
-        "held_gpus": a.held_gpus,
-        "borrowing": a.borrowing,
-        "borrows_from": list(a.borrows_from),
-        "reclaim_in_s": None if a.reclaim_in_s < 0 else a.reclaim_in_s,
-        "reclaim_from": list(a.reclaim_from),
-    }
 
 
 def cmd_queue(client: Client, args: argparse.Namespace) -> int:
@@ -453,110 +322,6 @@ def cmd_release(client: Client, args: argparse.Namespace) -> int:
     return _each(client, args.jobs, "release", "released")
 
 
-def cmd_nodes(client: Client, args: argparse.Namespace) -> int:
-    nodes = client.nodes()
-    if args.json:
-        print(
-            json.dumps(
-                [
-                    {
-                        "name": n.name,
-                        "state": pb.NodeState.Name(n.state).removeprefix("NODE_"),
-                        "reason": n.reason,
-                        "gpu_backend": n.gpu_backend,
-                        "confinement": n.confinement or None,
-                        "telemetry": n.telemetry or None,
-                        "drained": n.drained,
-                        "gpus": [
-                            {
-                                "index": g.index,
-                                "uuid": g.uuid,
-                                "model": g.model,
-                                "memory_mb": g.memory_mb,
-                                "nvlink_peers": list(g.nvlink_peers),
-                                "busy": g.index in n.busy_gpus,
-                                "drained": g.drained or None,
-                                "warnings": list(g.warnings),
-                                "metrics": _metrics_json(g.metrics)
-                                if g.HasField("metrics")
-                                else None,
-                            }
-                            for g in n.gpus
-                        ],
-                        "cpus": n.cpus,
-                        "mem_mb": n.mem_mb,
-                    }
-                    for n in nodes
-                ],
-                indent=2,
-            )
-        )
-        return 0
-    rows = []
-    for n in nodes:
-        models = sorted({g.model for g in n.gpus})
-        rows.append(
-            [
-                printable(n.name),
-                pb.NodeState.Name(n.state).removeprefix("NODE_"),
-                f"{len(n.busy_gpus)}/{len(n.gpus)}",
-                printable(", ".join(models)) or "-",
-                printable(n.gpu_backend) or "-",
-                str(n.cpus),
-                f"{n.mem_mb // 1024}G",
-                _short(printable(n.confinement), 40) or "-",
-                _short(printable(n.reason), 40),
-            ]
-        )
-    print(
-        table(
-            rows,
-            [
-                "NODE",
-                "STATE",
-                "GPUS(USED/ALL)",
-                "MODEL",
-                "BACKEND",
-                "CPUS",
-                "MEM",
-                "CONFINED",
-                "REASON",
-            ],
-        )
-    )
-    if args.gpus:
-        print()
-        print(_gpu_table(nodes))
-    notes = [
-        printable(f"  {n.name} GPU {g.index}: {text}")
-        for n in nodes
-        for g in n.gpus
-        for text in ([f"drained: {g.drained}"] if g.drained else []) + list(g.warnings)
-    ]
-    if notes:
-        print("\nGPUs out of scheduling or with stray processes:")
-        print("\n".join(notes))
-    return 0
-
-
-def cmd_drain(client: Client, args: argparse.Namespace) -> int:
-    node, gpu = _node_gpu(args.target)
-    resume = args.command == "resume"
-    n = client.drain(node, gpu, resume, args.reason or "")
-    what = f"{node} GPU {gpu}" if gpu >= 0 else node
-    print(f"{what}: {'back in scheduling' if resume else 'drained'}")
-    if not resume and gpu < 0 and n.busy_gpus:
-        print(f"  {len(n.busy_gpus)} GPUs still run jobs; they finish where they are")
-    return 0
-
-
-def _node_gpu(target: str) -> tuple[str, int]:
-    node, sep, gpu = target.partition(":")
-    if not node or (sep and not gpu.isdigit()):
-        raise UsageError(f"expected NODE or NODE:GPU, not {target!r}")
-    return node, int(gpu) if sep else -1
-
-
 def cmd_logs(client: Client, args: argparse.Namespace) -> int:
     job = client.job(args.job)
     nodes = max(job.spec.nodes, 1)
@@ -588,93 +353,3 @@ def cmd_logs(client: Client, args: argparse.Namespace) -> int:
                 sys.stdout.flush()
                 return 0
             time.sleep(0.5)
-
-
-def _param(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise UsageError(f"--policy-param needs KEY=VALUE, not {text!r}")
-    lowered = value.lower()
-    if lowered in ("true", "false"):
-        return key, lowered == "true"
-    for kind in (int, float):
-        try:
-            return key, kind(value)
-        except ValueError:
-            pass
-    return key, value
-
-
-def cmd_sim(args: argparse.Namespace) -> int:
-    # the simulator drives the scheduler's own decision code, so it lives beside it
-    from policies import PolicyError, make_policy
-    from schedulerd.sim import (
-        TraceError,
-        check_dependencies,
-        plot,
-        read_trace,
-        report,
-        simulate,
-    )
-
-    if args.nodes < 1 or args.gpus_per_node < 1:
-        raise UsageError("--nodes and --gpus-per-node must be at least 1")
-    if args.checkpoint_every < 0 or args.restart_cost < 0:
-        raise UsageError("--checkpoint-every and --restart-cost must not be negative")
-    if args.half_life <= 0:
-        raise UsageError("--half-life must be positive")
-    params: dict[str, Any] = {"explain": False}
-    params.update(_param(p) for p in args.policy_param)
-    try:
-        policy = make_policy(args.policy, params)
-        jobs = read_trace(args.trace)
-        if args.running_at_start:
-            jobs += read_trace(args.running_at_start, measured=False)
-        check_dependencies(jobs, str(args.trace))
-    except (PolicyError, TraceError) as exc:
-        return fail("gshare sim", str(exc), 2)
-    result = simulate(
-        jobs,
-        policy,
-        args.nodes,
-        args.gpus_per_node,
-        half_life_s=args.half_life,
-        checkpoint_every_s=args.checkpoint_every * 60,
-        restart_cost_s=args.restart_cost,
-        record_series=args.plot is not None,
-        group_by=args.group_by,
-    )
-    if args.plot is not None:
-        try:
-            plot(result, args.plot)
-        except ImportError:
-            return fail("gshare sim", "--plot needs matplotlib: pip install 'gshare[sim]'")
-        except OSError as exc:
-            return fail("gshare sim", f"cannot write {args.plot}: {exc.strerror}")
-    print(json.dumps(result.as_json(), indent=2) if args.json else report(result, args.trace.name))
-    return 0
-
-
-def cmd_top(args: argparse.Namespace) -> int:
-    from tui.app import run  # Textual is imported only by the terminal UI
-
-    return run(args.address)
-
-
-def cmd_ca(args: argparse.Namespace) -> int:
-    from gshare.ca import CaError, init, issue
-
-    days = args.days if args.days is not None else (3650 if args.what == "init" else 825)
-    if not 0 < days <= 36500:
-        return fail("gshare ca", f"--days must be between 1 and 36500, not {days}", 2)
-    try:
-        if args.what == "init":
-            if args.names:
-                return fail("gshare ca", "init takes no names (use --dir)", 2)
-            made = init(args.dir, days)
-        else:
-            made = issue(args.dir, args.what, list(args.names), days)
-    except CaError as exc:
-        return fail("gshare ca", str(exc), 2 if "name" in str(exc) else 1)
-    print(made)
-    return 0

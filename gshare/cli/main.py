@@ -10,25 +10,22 @@ from pathlib import Path
 from gshare import __version__
 from gshare.address import AddressError
 from gshare.cli.commands import (
-    cmd_ca,
     cmd_cancel,
-    cmd_drain,
     cmd_hold,
     cmd_logs,
-    cmd_nodes,
     cmd_preempt,
     cmd_priority,
     cmd_queue,
     cmd_release,
     cmd_show,
-    cmd_sim,
     cmd_sweep,
-    cmd_top,
-    cmd_usage,
     cmd_why,
 )
 from gshare.cli.common import UsageError, _OneLineParser, fail
+from gshare.cli.nodes import cmd_drain, cmd_nodes
 from gshare.cli.options import _duration, _int32, _job_id, _job_ref, _one_job
+from gshare.cli.standalone import cmd_ca, cmd_sim, cmd_top
+from gshare.cli.usage import cmd_usage
 from gshare.client import Client, ClientError
 from gshare.limits import MAX_NODES_PER_JOB
 

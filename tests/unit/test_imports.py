@@ -19,7 +19,9 @@ def test_gsub_loads_no_scheduler_policy_tui_or_gshare_command() -> None:
     for name in loaded:
         top = name.split(".")[0]
         assert top not in {"schedulerd", "policies", "tui", "textual", "rich"}, name
-    assert "gshare.cli.commands" not in loaded and "gshare.config" not in loaded
+    commands = ("commands", "usage", "nodes", "standalone")
+    assert not {f"gshare.cli.{m}" for m in commands} & loaded
+    assert "gshare.config" not in loaded
 
 
 def test_gshare_loads_no_scheduler_policy_or_tui_until_a_command_needs_them() -> None:

@@ -398,7 +398,8 @@ async def test_the_cycle_lets_a_claim_lapse_once_no_victim_yields_to_it() -> Non
     from schedulerd.cycle import Cycle
     from schedulerd.ledger import Ledger
     from schedulerd.model import GpuInfo, NodeRecord, NodeState
-    from schedulerd.sim import TraceJob, _Clock, _submit
+    from schedulerd.sim import TraceJob
+    from schedulerd.simagents import _Clock, _submit
     from schedulerd.state import ClusterState, MemoryJournal
 
     clock = _Clock(NOW)
