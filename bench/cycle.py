@@ -10,9 +10,9 @@ the first cycle finds the cluster as built and keeps nothing yet; after each cyc
 plan is applied as the daemon applies it (started jobs run, victims yield and go the
 cycle after, their claimants hold a claim on the node), then one second passes in which
 CHURN jobs end, CHURN new jobs are submitted and usage accrues. CHURN is nodes / 200 (5
-and 50): with these time limits, ending jobs at that rate means an average run of about
-8 minutes, an order of magnitude busier than the running jobs' limits imply, so it errs
-on the side of more change per cycle. The snapshot keeps the same view object for an
+and 50; --churn N makes it nodes / N): with these time limits, ending jobs at that rate
+means an average run of about 8 minutes, an order of magnitude busier than the running
+jobs' limits imply, so it errs on the side of more change per cycle. The snapshot keeps the same view object for an
 unchanged job or node, as the daemon's does.
 
 Per policy it prints the first cycle and the median and p99 of the steady cycles that
@@ -22,7 +22,7 @@ steady cycle's queue: sorting the pending jobs by submit time. At the end, the d
 policy's median steady cycle with reasons as a ratio to that baseline, at each size.
 
 Usage: .venv/bin/python bench/cycle.py [--runs 30] [--sizes 1000x10000,10000x50000]
-                                       [--policies fairshare,priority,fifo]
+                                       [--policies fairshare,priority,fifo] [--churn 200]
 """
 
 from __future__ import annotations
@@ -221,22 +221,29 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=30, help="steady cycles counted per policy")
     p.add_argument("--sizes", default="1000x10000,10000x50000", help="NODESxPENDING,...")
     p.add_argument("--policies", default="fairshare,priority,fifo")
+    p.add_argument(
+        "--churn", type=int, default=200, help="jobs ending (and submitted) per cycle: nodes / N"
+    )
     args = p.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core
     ratios = []
     for size in args.sizes.split(","):
         nodes, pending = (int(x) for x in size.split("x"))
-        ratios.append((size, one_size(nodes, pending, args.runs, args.policies.split(","))))
+        ratios.append(
+            (size, one_size(nodes, pending, args.runs, args.policies.split(","), args.churn))
+        )
     print("\nthe default policy (fairshare, with reasons), median steady cycle / baseline:")
     for size, (ratio, first) in ratios:
         print(f"  {size:<14} x{ratio:.1f}   (first cycle, nothing kept yet: x{first:.1f})")
     return 0
 
 
-def one_size(nodes: int, pending: int, runs: int, policies: list[str]) -> tuple[float, float]:
+def one_size(
+    nodes: int, pending: int, runs: int, policies: list[str], per: int = 200
+) -> tuple[float, float]:
     snap = build(nodes, pending)
-    churn = max(1, nodes // 200)
+    churn = max(1, nodes // per)
     busy = sum(8 - len(n.free_gpus) for n in snap.nodes)
     print(
         f"\n{nodes} nodes x 8 GPUs ({busy} busy, {len(snap.running)} running jobs), "
