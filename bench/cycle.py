@@ -12,8 +12,8 @@ cycle after, their claimants hold a claim on the node), then one second passes i
 CHURN jobs end, CHURN new jobs are submitted and usage accrues. CHURN is nodes / 200 (5
 and 50; --churn N makes it nodes / N): with these time limits, ending jobs at that rate
 means an average run of about 8 minutes, an order of magnitude busier than the running
-jobs' limits imply, so it errs on the side of more change per cycle. The snapshot keeps the same view object for an
-unchanged job or node, as the daemon's does.
+jobs' limits imply, so it errs on the side of more change per cycle. The snapshot keeps
+the same view object for an unchanged job or node, as the daemon's does.
 
 Per policy it prints the first cycle and the median and p99 of the steady cycles that
 follow (after WARM cycles that are not counted), with reasons worded (as the scheduler
