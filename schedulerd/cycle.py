@@ -107,6 +107,7 @@ class Cycle:
         self.views = SnapshotCache()
         self._order: tuple[int, ...] = ()
         self._positions: dict[int, int] | None = {}
+        self._team_places: dict[int, tuple[int, str]] | None = None  # (place, team)
         self.count = 0
         self.last_s = 0.0
         self.hooks = CycleHooks()
@@ -121,20 +122,24 @@ class Cycle:
     def team_place(self, job: JobRecord) -> str:
         """'2nd in team vision': the job's place among its team's waiting jobs at the last
         cycle ('' when it was not in line, or when there is one team). Worked out when
-        asked (`gshare why`), from the last order: reasons leave it out, as it moves
-        whenever a job ahead starts or leaves."""
-        if len(self.accounts.teams()) < 2 or job.job_id not in self.positions:
+        first asked after a cycle (`gshare why`), for every job at once, from the last
+        order: reasons leave it out, as it moves whenever a job ahead starts or leaves."""
+        if len(self.accounts.teams()) < 2:
             return ""
-        team = self.accounts.team_of(job.user)
-        jobs = self.state.jobs
-        place = 0
-        for job_id in self._order:
-            other = jobs.get(job_id)
-            if other is not None and self.accounts.team_of(other.user) == team:
-                place += 1
-            if job_id == job.job_id:
-                return f"{ordinal(place)} in team {team}"
-        return ""
+        if self._team_places is None:
+            team_of, jobs = self.accounts.team_of, self.state.jobs
+            seen: dict[str, int] = {}
+            places: dict[int, tuple[int, str]] = {}
+            for job_id in self._order:
+                other = jobs.get(job_id)
+                if other is None:
+                    continue
+                team = team_of(other.user)
+                seen[team] = place = seen.get(team, 0) + 1
+                places[job_id] = (place, team)
+            self._team_places = places
+        found = self._team_places.get(job.job_id)
+        return f"{ordinal(found[0])} in team {found[1]}" if found is not None else ""
 
     def handoff_after(self, job: JobRecord) -> float:
         queue = self.config.queues.get(job.queue)
@@ -175,7 +180,7 @@ class Cycle:
             plan = self.policy.decide(snapshot)
             if self.hooks.decided is not None:
                 self.hooks.decided(time.perf_counter() - t0)
-            self._order, self._positions = plan.order, None
+            self._order, self._positions, self._team_places = plan.order, None, None
             # 3. persist
             started = await state.change(start_changes(plan, state.nodes, now))
             if self.multi_node:
