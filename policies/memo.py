@@ -13,6 +13,7 @@ indexes answer exactly what the same question asked of the snapshot alone would
 from __future__ import annotations
 
 import bisect
+import operator
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Generic, TypeVar
 
@@ -22,6 +23,8 @@ from policies.preemption import MANY, VictimPool, VictimRank
 from policies.snapshot import ClusterSnapshot, NodeView, RunningJob
 
 T = TypeVar("T")
+_JOB_ID = operator.attrgetter("job_id")
+_NAME = operator.attrgetter("name")
 INF = float("inf")
 
 
@@ -50,19 +53,29 @@ class RunningIndex:
     """The running jobs of the last snapshot, indexed for one cycle's questions."""
 
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
         self._changes: Changes[RunningJob] = Changes()
         self.held_user: dict[str, int] = {}  # GPUs each user's running jobs hold
         self._jobs_of: dict[str, int] = {}  # how many running jobs each user has
         # every part of every running job, (expected end, GPUs, node, job id), sorted
         self.by_end: list[tuple[float, int, str, int]] = []
         self.on_node: dict[str, list[tuple[float, int]]] = {}  # node -> (end, GPUs) of parts
-        self.yielding: dict[int, dict[int, RunningJob]] = {}  # preemptor -> its victims by id
+        self.yielding: dict[int, dict[int, RunningJob]] = {}  # preemptor -> id(view) -> victim
         # preemptible jobs not yielding, by priority class: their start times, sorted
         self.class_starts: dict[int, list[float]] = {}
         self._pool: VictimPool | None = None
         self._pool_key: tuple[object, ...] = ()
 
     def update(self, running: Sequence[RunningJob]) -> None:
+        try:
+            self._update(running)
+        except (KeyError, ValueError):  # views that cannot be told apart: start over
+            self._reset()
+            self._update(running)
+
+    def _update(self, running: Sequence[RunningJob]) -> None:
         new, gone = self._changes.update(running)
         pool = self._pool
         for r in gone:
@@ -91,7 +104,7 @@ class RunningIndex:
                 self.by_end.append(part)
             self.on_node.setdefault(where, []).append((end, len(held)))
         if r.yielding_to:
-            self.yielding.setdefault(r.yielding_to, {})[r.job_id] = r
+            self.yielding.setdefault(r.yielding_to, {})[id(r)] = r
         elif r.preemptible:
             starts = self.class_starts.setdefault(r.priority, [])
             if sort:
@@ -114,7 +127,7 @@ class RunningIndex:
                 del self.on_node[where]
         if r.yielding_to:
             victims = self.yielding[r.yielding_to]
-            del victims[r.job_id]
+            del victims[id(r)]
             if not victims:
                 del self.yielding[r.yielding_to]
         elif r.preemptible:
@@ -125,7 +138,7 @@ class RunningIndex:
 
     def yielding_to(self) -> dict[int, list[RunningJob]]:
         """Preemptor -> the jobs yielding their GPUs to it, by job id."""
-        return {k: [v[i] for i in sorted(v)] for k, v in self.yielding.items()}
+        return {k: sorted(v.values(), key=_JOB_ID) for k, v in self.yielding.items()}
 
     def lowest_eligible_class(self, now: float, min_runtime_s: float) -> int | None:
         """The lowest priority class with a job that may be preempted now; None: none may."""
@@ -163,9 +176,17 @@ class NodeIndex:
     def __init__(self) -> None:
         self._changes: Changes[NodeView] = Changes()
         self.free = FreeBase()
+        self._twice = False  # the last snapshot named a node twice
 
     def update(self, nodes: Sequence[NodeView]) -> None:
         new, gone = self._changes.update(nodes)
+        names = set(map(_NAME, nodes))
+        if self._twice or len(names) != len(nodes):
+            # a name twice (in this snapshot or the last): the views that count are the
+            # last of each name, in snapshot order; read them all again
+            self._twice = len(names) != len(nodes)
+            self.free = FreeBase()
+            new, gone = list(nodes), []
         for node in gone:
             self.free.drop(node)
         for node in new:

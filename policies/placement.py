@@ -239,7 +239,9 @@ class FreeMap:
             if name not in self.nodes:
                 continue
             before = len(self.free[name])
-            self.free[name] = self.free[name] | set(gpus)
+            # (only GPUs the node still lists: a job may hold one its agent no longer reports)
+            here = {g.index for g in self.nodes[name].gpus}
+            self.free[name] = self.free[name] | (set(gpus) & here)
             self.free_count += len(self.free[name]) - before
             self._move(name, before)
 

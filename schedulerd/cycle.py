@@ -114,10 +114,19 @@ class Cycle:
 
     @property
     def positions(self) -> dict[int, int]:
-        """Each waiting job's place in line at the last cycle (1: next)."""
+        """Each waiting job's place in line at the last cycle (1: next), among the jobs
+        still waiting (the cycle's order holds the jobs it started or handed off too)."""
         if self._positions is None:
-            self._positions = {job_id: i for i, job_id in enumerate(self._order, start=1)}
+            self._positions = {job_id: i for i, job_id in enumerate(self._waiting(), start=1)}
         return self._positions
+
+    def _waiting(self) -> list[int]:
+        jobs, pending = self.state.jobs, JobState.PENDING
+        return [
+            job_id
+            for job_id in self._order
+            if (job := jobs.get(job_id)) is not None and job.state is pending
+        ]
 
     def team_place(self, job: JobRecord) -> str:
         """'2nd in team vision': the job's place among its team's waiting jobs at the last
@@ -130,11 +139,8 @@ class Cycle:
             team_of, jobs = self.accounts.team_of, self.state.jobs
             seen: dict[str, int] = {}
             places: dict[int, tuple[int, str]] = {}
-            for job_id in self._order:
-                other = jobs.get(job_id)
-                if other is None:
-                    continue
-                team = team_of(other.user)
+            for job_id in self._waiting():
+                team = team_of(jobs[job_id].user)
                 seen[team] = place = seen.get(team, 0) + 1
                 places[job_id] = (place, team)
             self._team_places = places
@@ -363,6 +369,8 @@ def take_snapshot(
                 view = _gang_view(job, nodes, checkpoint)
                 if seen is None or seen[0] is not job or seen[2] != view:
                     running_cache[job.job_id] = (job, (), view)
+                else:
+                    view = seen[2]  # the same object: the policies see it unchanged
                 running.append(view)
                 continue
             if seen is not None and seen[0] is job and seen[1] == tuple(sick):

@@ -308,3 +308,33 @@ def test_the_single_victim_found_is_the_cheapest_of_all(
         assert (cost(victim, NOW), victim.node, victim.job_id) == min(singles)
     elif choice is not None:
         assert len(choice.victims) > 1
+
+
+def test_views_that_cannot_be_told_apart_leave_the_memo_as_a_fresh_one() -> None:
+    # (snapshots the daemon does not make, but a policy may be handed)
+    slots = tuple(GpuSlot(g, f"a-{g}") for g in range(4))
+    whole, none_free = NodeView("a", slots, frozenset(range(4))), NodeView("a", slots, frozenset())
+    job = PendingJob(1, "u0", "default", 2, 0, 0.0)
+    victim = RunningJob(7, "u1", "default", (("a", (0, 1)),), 0.0, yielding_to=1)
+    sequence = [
+        ClusterSnapshot(NOW, (whole, none_free), (job,)),  # a node named twice: the last counts
+        ClusterSnapshot(NOW, (whole,), (job,)),
+        ClusterSnapshot(NOW, (none_free, whole), (job,)),
+        ClusterSnapshot(NOW, (none_free,), (job,), (victim, replace(victim))),  # one job twice
+        ClusterSnapshot(NOW, (whole,), (job,)),
+    ]
+    kept = make_policy("fairshare")
+    for snap in sequence:
+        assert kept.decide(snap) == make_policy("fairshare").decide(snap)
+
+
+def test_a_victim_holding_a_gpu_its_node_no_longer_lists_is_no_crash() -> None:
+    # its agent came back with fewer GPUs while the job ran on the one now missing
+    node = NodeView("n0", tuple(GpuSlot(g, f"n0-{g}") for g in range(2)), frozenset())
+    victim = RunningJob(7, "u1", "default", (("n0", (0, 1, 2)),), 0.0, priority=0)
+    job = PendingJob(1, "u0", "default", 2, 5, 0.0)
+    snap = ClusterSnapshot(
+        10_000.0, (node,), (job,), (victim,), quotas=Quotas(user_default=UserLimits(100))
+    )
+    plan = make_policy("fairshare").decide(snap)
+    assert [(p.job_id, p.for_job) for p in plan.preemptions] == [(7, 1)]
