@@ -124,6 +124,84 @@ def _child(spec: dict[str, object], err_w: int) -> None:
     os._exit(127)
 
 
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> None:
+    """Processes the job leaves behind its own process group and its parent (torchrun's
+    workers start sessions of their own) become the shim's children when their parent
+    ends, not init's: the shim can then find and end them (a confined job's cgroup holds
+    them too; an unconfined job has only this)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def descendants(root: int) -> list[int]:
+    """The pids below `root` (its children, theirs, ...), read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue  # gone meanwhile
+        # the fields after the name, which is in parentheses and may hold anything
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 1:
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = [], list(children.get(root, ()))
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, ()))
+    return found
+
+
+def signal_all(pgid: int, sig: int) -> None:
+    """`sig` to the job's process group, and to the processes below the shim that left the
+    group (they are the job's too); each process gets it once."""
+    with contextlib.suppress(OSError):
+        os.killpg(pgid, sig)
+    for pid in descendants(os.getpid()):
+        with contextlib.suppress(OSError):
+            if os.getpgid(pid) != pgid:
+                os.kill(pid, sig)
+
+
+def reap_strays(leader: int) -> None:
+    """Reap the job's processes that ended after they had become the shim's (not the job
+    itself: its status is read by _wait), so that none stays a zombie while the job runs."""
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if info is None or info.si_pid == leader:
+            return
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(info.si_pid, 0)
+
+
+def end_strays() -> None:
+    """SIGKILL and reap what the job left below the shim, until nothing is left or a few
+    seconds have passed."""
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        left = descendants(os.getpid())
+        if not left:
+            return
+        for pid in left:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        time.sleep(0.05)
+
+
 class LeaseStop:
     """The node lost its lease: the job's preempt signal, its grace, SIGTERM, SIGKILL."""
 
@@ -144,8 +222,7 @@ class LeaseStop:
             return now + 1.0
         sig, wait = self.steps.pop(0)
         _say(f"{signal.Signals(sig).name} to the job, then {wait:g}s")
-        with contextlib.suppress(OSError):
-            os.killpg(self.pgid, sig)
+        signal_all(self.pgid, sig)
         self.next_at = now + wait
         return self.next_at
 
@@ -184,6 +261,7 @@ def _wait(pid: int, err_r: int, spec: dict[str, object]) -> tuple[int, bytes, bo
                 done, status = pid, 0
             if done:
                 break
+            reap_strays(pid)
             timeout = 1.0 if pidfd >= 0 else 0.1
             if lease_file:
                 now = lease.now()
@@ -213,6 +291,7 @@ def _wait(pid: int, err_r: int, spec: dict[str, object]) -> tuple[int, bytes, bo
 
 def run(job_dir: Path) -> int:
     spec = json.loads((job_dir / "launch.json").read_text())
+    become_subreaper()
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
@@ -227,6 +306,7 @@ def run(job_dir: Path) -> int:
     os.close(err_r)
     with contextlib.suppress(OSError):  # what the job left in its process group goes with it
         os.killpg(pid, signal.SIGKILL)
+    end_strays()  # and what it left outside the group, below the shim
     oom_kills = 0
     cgroup = spec.get("cgroup")
     if isinstance(cgroup, dict):  # and what it left anywhere else

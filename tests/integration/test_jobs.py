@@ -256,3 +256,36 @@ def test_environment_and_gsub_directives_reach_the_job(cluster: Cluster, workdir
     assert words[:2] == ["script", "cli"] and words[-2:] == ["x", "--flag"]
     assert len(words[2].split(",")) == 2 and words[3] == job.node and words[4] == words[2]
     assert os.environ.get("GSHARE_JOB_ID") is None
+
+
+def _alive(pid: int, cmdline: list[str]) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        return proc.cmdline() == cmdline and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:  # gone (or its pid reused since by something else)
+        return False
+
+
+@pytest.mark.parametrize("end", ["completes", "is cancelled"])
+def test_what_an_unconfined_job_leaves_in_a_session_of_its_own_ends_with_it(
+    cluster: Cluster, workdir: Path, end: str
+) -> None:
+    # as torchrun's workers do: a session of their own, outside the job's process group,
+    # and their parent gone first (no cgroup here to find them by)
+    pid_file = workdir / f"stray-{end[:2]}.pid"
+    wait = "sleep 3" if end == "completes" else "sleep 600"  # (the stray seen alive first)
+    path = script(
+        workdir / "stray.sh",
+        f"#!/bin/sh\nsh -c 'setsid sleep 601 & echo $! > {pid_file}'\n{wait}\n",
+    )
+    job_id = cluster.submit(str(path), cwd=workdir)
+    wait_until("the stray's pid", lambda: pid_file.exists() and pid_file.read_text().strip())
+    stray = int(pid_file.read_text())
+    assert _alive(stray, ["sleep", "601"])
+    if end == "is cancelled":
+        cluster.wait_state(job_id, "RUNNING")
+        cluster.gshare("cancel", str(job_id))
+        cluster.wait_state(job_id, "CANCELLED")
+    else:
+        cluster.wait_state(job_id, "COMPLETED")
+    wait_until("the stray to end with its job", lambda: not _alive(stray, ["sleep", "601"]))
