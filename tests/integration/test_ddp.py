@@ -24,7 +24,9 @@ def cluster_of(factory: Callable[..., Cluster], agents: int) -> Cluster:
     return factory(
         agents=agents,
         gpus_per_node=2,
-        config='[scheduler]\nkill_grace_s = 5\nmaster_ports = "39600-39699"\n',
+        # (MASTER_PORTs below the kernel's ephemeral range, 32768-60999 here: a port in it
+        # may be any connection's own port when torchrun comes to listen on it)
+        config='[scheduler]\nkill_grace_s = 5\nmaster_ports = "28600-28699"\n',
         node_addresses=addresses,
     )
 
