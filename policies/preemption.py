@@ -272,26 +272,22 @@ def choose_victims(
     if not needs:
         return None
     fewest = min(n[0] for n in needs)
-    if fewest == 1:  # with a set check: the least costly single victim it accepts
-        singles = (
-            (cost(r, now), node, r.job_id, r, why)
-            for count, node, need in needs
-            if count == 1
-            for r, why in by_node[node]
-            if r.gpus >= need
+    # (without a set check the scan above has found a single victim wherever one is enough)
+    if fewest == 1 and set_ok is not None:  # the least costly single the set check accepts
+        singles = sorted(
+            (
+                (cost(r, now), node, r.job_id, r, why)
+                for count, node, need in needs
+                if count == 1
+                for r, why in by_node[node]
+                if r.gpus >= need
+            ),
+            key=lambda s: s[:3],
         )
-        if set_ok is None:
-            single = min(singles, default=None)
-        else:  # the least costly that the set check accepts (asked in cost order)
-            single = next(
-                (s for s in sorted(singles, key=lambda s: s[:3]) if set_ok(job, (s[3],))),
-                None,
-            )
+        single = next((s for s in singles if set_ok(job, (s[3],))), None)
         if single is not None:
             _, node, _, victim, why = single
             return VictimChoice(node, (victim,), (why,), work_lost(victim, now))
-        if set_ok is None:
-            return None
     # Several victims: search the nodes whose k least costly candidates lose least, a few.
     # (With a set check, a set may have to be larger than the fewest, a few more are tried.)
     sizes_tried = range(fewest, fewest + (3 if set_ok is not None else 1))
