@@ -15,6 +15,8 @@ from policies import (
     RunningJob,
 )
 from policies.quota import AccountQuota, Quotas, UserLimits, normalise_type
+from schedulerd.jobstate import JobState
+from schedulerd.model import JobRecord
 
 
 def quotas(
@@ -212,3 +214,34 @@ def snapshot(
         MappingProxyType(usage or {}),
         quotas=quotas,
     )
+
+
+def record(state: JobState, **kw: object) -> JobRecord:
+    """A scheduler job record in `state` (job 7 of ann, 2 GPUs on n1), `kw` changed."""
+    values: dict[str, object] = dict(
+        job_id=7,
+        user="ann",
+        uid=1000,
+        gid=1000,
+        name="j",
+        queue="default",
+        gpus=2,
+        priority=0,
+        time_limit_s=0,
+        cpus=0,
+        mem_mb=0,
+        workdir="/w",
+        env={},
+        output="",
+        args=[],
+        script_name="j.sh",
+        state=state,
+        submit_time=1.0,
+        node="n1",
+        gpu_indexes=[0, 1],
+        restarts=2,
+        preemptions=3,
+        max_restarts=-1,
+    )
+    values.update(kw)
+    return JobRecord(**values)  # type: ignore[arg-type]

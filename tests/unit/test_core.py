@@ -16,38 +16,8 @@ from schedulerd.changes import JobReport, lost_changes, reconcile, report_change
 from schedulerd.jobstate import JobState
 from schedulerd.model import JobRecord
 from schedulerd.sim import TraceJob, simulate
+from tests.builders import record
 from tests.core import Core, FakeClock, config_for
-
-
-def record(state: JobState, **kw: object) -> JobRecord:
-    values: dict[str, object] = dict(
-        job_id=7,
-        user="ann",
-        uid=1000,
-        gid=1000,
-        name="j",
-        queue="default",
-        gpus=2,
-        priority=0,
-        time_limit_s=0,
-        cpus=0,
-        mem_mb=0,
-        workdir="/w",
-        env={},
-        output="",
-        args=[],
-        script_name="j.sh",
-        state=state,
-        submit_time=1.0,
-        node="n1",
-        gpu_indexes=[0, 1],
-        restarts=2,
-        preemptions=3,
-        max_restarts=-1,
-    )
-    values.update(kw)
-    return JobRecord(**values)  # type: ignore[arg-type]
-
 
 R, P, S = JobState.RUNNING, JobState.PREEMPTING, JobState.STARTING
 

@@ -10,8 +10,7 @@ from policies import ClusterSnapshot, Plan, SlurmCapacity, make_policy
 from policies.quota import UserLimits
 from schedulerd.cycle import take_snapshot
 from schedulerd.jobstate import JobState
-from schedulerd.model import JobRecord
-from tests.builders import guarantee, job, node, quotas, running, snapshot, teams
+from tests.builders import guarantee, job, node, quotas, record, running, snapshot, teams
 
 TREE = teams(vision=(50, {"alice": 1, "bob": 1}), nlp=(50, {"carol": 1}))
 SLURM = SlurmCapacity(True, (8, 8))
@@ -85,36 +84,13 @@ def test_without_quotas_hand_offs_are_not_limited() -> None:
     assert [h.job_id for h in decide(with_slurm(snap, alice=40)).handoffs] == [1, 2, 3]
 
 
-def record(job_id: int, user: str, gpus: int, state: JobState) -> JobRecord:
-    return JobRecord(
-        job_id=job_id,
-        user=user,
-        uid=1000,
-        gid=1000,
-        name="j",
-        queue="default",
-        gpus=gpus,
-        priority=0,
-        time_limit_s=0,
-        cpus=0,
-        mem_mb=0,
-        workdir="/w",
-        env={},
-        output="",
-        args=[],
-        script_name="j.sh",
-        state=state,
-        submit_time=1.0,
-    )
-
-
 def test_the_snapshot_counts_jobs_handed_to_slurm_queued_or_running_there() -> None:
     jobs = [
-        record(1, "alice", 2, JobState.HANDED_OFF),
-        record(2, "alice", 4, JobState.RUNNING_REMOTE),
-        record(3, "bob", 1, JobState.HANDED_OFF),
-        record(4, "bob", 8, JobState.COMPLETED),  # done in Slurm: counts no more
-        record(5, "carol", 3, JobState.PENDING),
+        record(JobState.HANDED_OFF, job_id=1, user="alice", gpus=2),
+        record(JobState.RUNNING_REMOTE, job_id=2, user="alice", gpus=4),
+        record(JobState.HANDED_OFF, job_id=3, user="bob", gpus=1),
+        record(JobState.COMPLETED, job_id=4, user="bob", gpus=8),  # done in Slurm: no more
+        record(JobState.PENDING, job_id=5, user="carol", gpus=3),
     ]
     snap = take_snapshot(10.0, jobs, {}, [])
     assert dict(snap.elsewhere) == {"alice": 6, "bob": 1}
